@@ -1,0 +1,5 @@
+"""Allow `python -m mailgate`."""
+
+from mailgate.cli.main import main
+
+main()

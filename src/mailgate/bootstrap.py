@@ -1,0 +1,303 @@
+"""The one wiring point: builds every stage from a Config and connects them.
+
+Nothing wires itself at import time. `Service` owns the pieces, starts the
+supervised threads in dependency order and stops them in reverse (receivers
+before the committer they hand messages to), within the stop deadline.
+`run_service` is `mailgate run`: lock, start, wait for a signal, stop, and
+return the exit code (0 only for a clean stop). Every way out writes an event.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from types import FrameType, TracebackType
+
+from mailgate import __version__
+from mailgate.config.schema import Config, parse_hostport
+from mailgate.connectors.postoffice import PostofficeConnector
+from mailgate.errors import AlreadyRunning, StoreError
+from mailgate.interchange.scheduler import Scheduler
+from mailgate.interchange.wakeup import Wakeup
+from mailgate.interchange.worker import InterchangeThread
+from mailgate.observe import catalog
+from mailgate.observe.events import EventLog, levels_from_config, open_event_log
+from mailgate.postoffice.address import AddressMap
+from mailgate.postoffice.tree import Postoffice
+from mailgate.queue.backend import Backend
+from mailgate.queue.commit import Committer
+from mailgate.queue.lock import DataDirLock
+from mailgate.queue.retry import RetryPolicy
+from mailgate.queue.sqlite import SqliteBackend
+from mailgate.queue.store import QueueStore, Writer
+from mailgate.receive.server import SmtpListener, bind
+from mailgate.receive.smtp import ReceiveHandler, ReceiveSettings
+from mailgate.route.policy import RecipientPolicy, postoffice_verifier
+from mailgate.route.router import Router
+from mailgate.supervise.supervisor import Supervisor
+
+STORE_WAIT = 60.0
+
+
+def address_map(config: Config) -> AddressMap:
+    po = config.postoffice
+    return AddressMap(config.postoffice_domain, po.address_template, po.max_name_length)
+
+
+def postoffice(config: Config) -> Postoffice:
+    return Postoffice(config.postoffice_root, address_map(config))
+
+
+def open_events(config: Config, *, stderr: bool | None = None) -> EventLog:
+    log = config.log
+    return open_event_log(
+        config.log_dir,
+        levels=levels_from_config(log.levels),
+        max_bytes=log.max_bytes,
+        backups=log.backups,
+        stderr=log.stderr if stderr is None else stderr,
+    )
+
+
+def queue_store(config: Config, writer: Writer, backend: Backend) -> QueueStore:
+    """The queue facade with the retry policy and lease of `config`."""
+    q = config.queue
+    return QueueStore(
+        backend,
+        writer,
+        policy=RetryPolicy(q.retry_min, q.retry_max, q.max_lifetime),
+        lease=q.lease,
+        max_internal_failures=q.max_internal_failures,
+    )
+
+
+class Service:
+    """Every stage of one mailgate process, wired; `start` then `stop`."""
+
+    def __init__(self, config: Config, events: EventLog) -> None:
+        self.config = config
+        self.events = events
+        self.lock = DataDirLock(config.data_dir)
+        self.backend = SqliteBackend(config.queue_path)
+        self.committer = Committer(self.backend, events, max_batch=config.queue.commit_batch)
+        self.store = queue_store(config, self.committer, self.backend)
+        self.wakeup = Wakeup()
+        self.stopped = threading.Event()
+        self.failure: str | None = None
+        self.supervisor = Supervisor(
+            events,
+            max_restarts=config.supervise.max_restarts,
+            window=config.supervise.restart_window,
+            on_fatal=self.fail,
+        )
+        self.address_map = address_map(config)
+        self.postoffice = Postoffice(config.postoffice_root, self.address_map)
+        self.router = Router([(r.match, r.connector) for r in config.route], self.address_map)
+        self.policy = RecipientPolicy(
+            self.router, {"postoffice": postoffice_verifier(self.postoffice.exists)}
+        )
+        self.listener: SmtpListener | None = None
+        self.interchange_threads: list[str] = []
+
+    # --- start -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Take the lock, open the store, bind the port, start every thread.
+
+        Raises AlreadyRunning, StoreError or OSError before any thread starts.
+        """
+        self.lock.acquire()
+        try:
+            self._prepare()
+        except BaseException:
+            self.lock.release()
+            raise
+        self._start_threads()
+
+    def _prepare(self) -> None:
+        config = self.config
+        self.postoffice.root.mkdir(parents=True, exist_ok=True)
+        self.backend.initialize()
+        released = _release_all(self.backend)
+        if released:
+            self.events.emit(
+                catalog.LEASES_RELEASED, count=released, why="held when the service last ended"
+            )
+        host, port = parse_hostport(config.smtp.listen)
+        smtp = config.smtp
+        handler = ReceiveHandler(
+            ReceiveSettings(
+                hostname=config.service.hostname,
+                max_message_size=smtp.max_message_size,
+                max_recipients=smtp.max_recipients,
+                timeout=smtp.timeout,
+                commit_timeout=smtp.commit_timeout,
+                reject_8bit_headers=smtp.reject_8bit_headers,
+            ),
+            self.store,
+            self.policy,
+            self.wakeup,
+            self.events,
+        )
+        self.listener = SmtpListener(handler, bind(host, port))
+
+    def _start_threads(self) -> None:
+        config, sup = self.config, self.supervisor
+        assert self.listener is not None
+        sup.start()
+        committer = self.committer
+        sup.spawn(
+            "commit",
+            "commit",
+            lambda h: committer.run(lambda: h.stopping, h.progress),
+            critical=True,
+            on_stop=committer.wake,
+        )
+        sup.spawn(
+            "scheduler",
+            "scheduler",
+            Scheduler(
+                self.store,
+                self.wakeup,
+                self.events,
+                ["postoffice"],
+                keep_done=config.queue.keep_done,
+            ),
+        )
+        connector = PostofficeConnector(
+            self.postoffice,
+            self.address_map,
+            self.events,
+            hostname=config.service.hostname,
+            quota=config.postoffice.quota,
+        )
+        body = InterchangeThread(
+            connector,
+            self.store,
+            self.wakeup,
+            self.events,
+            hostname=config.service.hostname,
+            batch=config.postoffice.batch,
+        )
+        for n in range(1, config.postoffice.threads + 1):
+            name = f"postoffice-{n}"
+            sup.spawn(
+                name, "interchange", body, connector="postoffice", on_stop=self.wakeup.notify_all
+            )
+            self.interchange_threads.append(name)
+        sup.spawn(
+            "smtp", "receive", self.listener, critical=True, on_stop=self.listener.request_stop
+        )
+
+    # --- stop ------------------------------------------------------------------------------------
+    def fail(self, reason: str) -> None:
+        """Ask for a stop that ends with a non-zero exit status."""
+        self.failure = self.failure or reason
+        self.stopped.set()
+
+    def request_stop(self) -> None:
+        self.stopped.set()
+
+    def stop(self) -> list[str]:
+        """Stop every thread within [service] stop_timeout; names of threads left running."""
+        deadline = time.monotonic() + self.config.service.stop_timeout
+        groups = [["smtp"], self.interchange_threads, ["scheduler"], ["commit"]]
+        left = self.supervisor.stop_all(groups, deadline)
+        if left:
+            self.events.emit(
+                catalog.STOP_INCOMPLETE,
+                timeout=self.config.service.stop_timeout,
+                threads=", ".join(left),
+            )
+        self.lock.release()
+        return left
+
+
+def _release_all(backend: SqliteBackend) -> int:
+    """At start this process owns the store: every lease belongs to a process now gone."""
+    from mailgate.queue.commit import DirectWriter
+    from mailgate.queue.ops import release_leases
+
+    writer = DirectWriter(backend)
+    try:
+        return writer.submit("release-all", lambda c: release_leases(c, time.time())).result()
+    finally:
+        writer.close()
+
+
+def install_excepthooks(events: EventLog) -> None:
+    """No exception may end a thread or the process without an event saying so."""
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        exc = args.exc_value or RuntimeError("unknown")
+        events.emit(
+            catalog.UNHANDLED_EXCEPTION,
+            where=f"thread {args.thread.name if args.thread else '?'}",
+            error=repr(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+
+    def main_hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        events.emit(
+            catalog.UNHANDLED_EXCEPTION,
+            where="main thread",
+            error=repr(exc),
+            traceback="".join(traceback.format_exception(kind, exc, tb)),
+        )
+
+    threading.excepthook = thread_hook
+    sys.excepthook = main_hook
+
+
+def run_service(config: Config, *, notes: list[tuple[catalog.EventType, dict[str, str]]]) -> int:
+    """`mailgate run`: start, serve until SIGTERM/SIGINT, stop. Returns the exit status."""
+    events = open_events(config)
+    install_excepthooks(events)
+    for event, fields in notes:
+        events.emit(event, **fields)
+    service = Service(config, events)
+    try:
+        service.start()
+    except AlreadyRunning as exc:
+        events.emit(catalog.ALREADY_RUNNING, data_dir=config.data_dir, pid=exc.pid or "?")
+        return 1
+    except (StoreError, OSError) as exc:
+        events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")
+        return 1
+    assert service.listener is not None
+    host, port = service.listener.address
+    events.emit(
+        catalog.SERVICE_STARTED,
+        version=__version__,
+        pid=os.getpid(),
+        data_dir=config.data_dir,
+        listen=f"{host}:{port}",
+    )
+    reason = _wait_for_signal(service, events)
+    left = service.stop()
+    if service.failure:
+        events.emit(catalog.SERVICE_FAILED, reason=service.failure)
+        return 1
+    events.emit(catalog.SERVICE_STOPPED, reason=reason)
+    return 1 if left else 0
+
+
+def _wait_for_signal(service: Service, events: EventLog) -> str:
+    received: list[str] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if received:  # a second signal: the operator wants out now
+            events.emit(catalog.SERVICE_FAILED, reason=f"second {name}: exiting at once")
+            os._exit(1)
+        received.append(name)
+        service.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not service.stopped.wait(1.0):
+        pass
+    return f"{received[0]} received" if received else (service.failure or "stop requested")

@@ -1,0 +1,52 @@
+"""Options and helpers shared by every `mailgate` command."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from mailgate.config import load_config
+from mailgate.config.schema import Config
+from mailgate.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_options(func: F) -> F:
+    """--config FILE and --data-dir DIR, accepted by every command."""
+    func = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Data directory (default: the config's service.data_dir, else ./var).",
+    )(func)
+    func = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="MAILGATE_CONFIG",
+        default=None,
+        help="TOML configuration file (default: built-in defaults).",
+    )(func)
+    return func
+
+
+def get_config(config_path: Path | None, data_dir: Path | None, **overrides: Any) -> Config:
+    """Load the configuration or exit with status 2 listing every problem."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["service.data_dir"] = str(data_dir)
+    try:
+        return load_config(config_path, values)
+    except ConfigError as exc:
+        report_config_error(config_path, exc)
+        raise SystemExit(2) from None
+
+
+def report_config_error(path: Path | None, exc: ConfigError) -> None:
+    click.echo(f"mailgate: configuration {path or '(built-in)'} is invalid:", err=True)
+    for key, reason in exc.problems:
+        click.echo(f"  {key}: {reason}", err=True)

@@ -1,0 +1,87 @@
+"""The `mailgate` command: run the service, check configuration, administer postoffices."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mailgate import __version__
+from mailgate.cli.common import config_options, get_config, report_config_error
+from mailgate.cli.mailbox import mailbox
+from mailgate.config import load_config
+from mailgate.errors import ConfigError
+from mailgate.observe import catalog
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mailgate")
+def cli() -> None:
+    """mailgate: a supervised, durable mail connector interchange."""
+
+
+@cli.command()
+@config_options
+@click.option("--listen", metavar="HOST:PORT", help="SMTP listener (overrides smtp.listen).")
+@click.option("--smarthost", metavar="HOST:PORT", help="Relay non-local mail to this host.")
+def run(
+    config_path: Path | None, data_dir: Path | None, listen: str | None, smarthost: str | None
+) -> None:
+    """Run the service in the foreground until SIGTERM or SIGINT."""
+    from mailgate.bootstrap import run_service
+
+    config = get_config(config_path, data_dir, **{"smtp.listen": listen})
+    notes: list[tuple[catalog.EventType, dict[str, str]]] = []
+    if smarthost:
+        notes.append((catalog.OPTION_IGNORED, {"option": f"--smarthost {smarthost}"}))
+    sys.exit(run_service(config, notes=notes))
+
+
+@cli.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check_config(file: Path) -> None:
+    """Validate a configuration file; exit 0 if valid, 1 listing each problem if not."""
+    try:
+        load_config(file)
+    except ConfigError as exc:
+        report_config_error(file, exc)
+        sys.exit(1)
+    click.echo(f"{file}: ok")
+
+
+@cli.command()
+@click.option("--write", is_flag=True, help="Rewrite the generated files.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("docs"),
+    show_default=True,
+)
+def docs(write: bool, directory: Path) -> None:
+    """Check (or --write) docs generated from the code: configuration.md and events.md."""
+    from mailgate.config.reference import render_reference
+    from mailgate.observe.reference import render_events
+
+    stale = []
+    for name, text in (("configuration.md", render_reference()), ("events.md", render_events())):
+        path = directory / name
+        if write:
+            directory.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        elif not path.exists() or path.read_text() != text:
+            stale.append(str(path))
+    if stale:
+        click.echo(f"out of date: {', '.join(stale)} (run `mailgate docs --write`)", err=True)
+        sys.exit(1)
+
+
+cli.add_command(mailbox)
+
+
+def main() -> None:
+    cli()
+
+
+__all__ = ["config_options", "get_config", "main"]

@@ -1,0 +1,69 @@
+"""Loading the configuration: TOML file, then command-line overrides, then validation.
+
+Every problem is reported as (dotted key path, reason), e.g.
+`smtp.max_recipients: Input should be greater than or equal to 1`, and the
+service refuses to start with an invalid file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mailgate.config.schema import Config
+from mailgate.errors import ConfigError
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif str(part).startswith(("function-", "json-or-python", "lax-or-strict")):
+            continue  # pydantic's internal validator names, not keys
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "(top level)"
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def parse_config(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Config:
+    """Validate a configuration mapping; `overrides` are dotted keys set by flags."""
+    merged: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        target = merged.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError([(section, "must be a table")])
+        target[key] = value
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        problems = [(_dotted(tuple(e["loc"])), _reason(e)) for e in exc.errors()]
+        raise ConfigError(problems) from None
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read and validate `path` (built-in defaults when None) with `overrides` applied."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError([(str(path), f"cannot read: {exc.strerror}")]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+    return parse_config(data, overrides)

@@ -1,0 +1,270 @@
+"""Every setting of mailgate, with its type, default and meaning, declared once.
+
+The TOML file mirrors these sections. Unknown keys, wrong types and impossible
+values are refused by validation (see load.py), and docs/configuration.md is
+generated from the descriptions here (see reference.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from mailgate.config.units import Duration, Size
+from mailgate.route.patterns import parse_pattern
+
+KNOWN_CONNECTORS = ("postoffice",)
+LEVELS = ("none", "minimum", "medium", "maximum")
+CATEGORIES = (
+    "Service", "Config", "Receive", "Routing", "Queue", "Interchange",
+    "Sent", "NDR", "Supervision", "Postoffice", "Control",
+)  # fmt: skip
+
+
+def default_hostname() -> str:
+    """This machine's host name, lower-cased; no DNS lookup (it may hang offline)."""
+    return socket.gethostname().lower() or "localhost"
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """Split "host:port" or "[v6]:port"; raise ValueError with a reason."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return host, int(port)
+
+
+def _hostport(value: str) -> str:
+    parse_hostport(value)
+    return value
+
+
+def _networks(value: list[str]) -> list[str]:
+    for net in value:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{net!r} is not a network in CIDR form ({exc})") from None
+    return value
+
+
+def _pattern(value: str) -> str:
+    parse_pattern(value)
+    return value
+
+
+def _domain(value: str) -> str:
+    labels = value.split(".")
+    if not value or len(value) > 253 or any(not label or len(label) > 63 for label in labels):
+        raise ValueError(f"{value!r} is not a domain name")
+    return value.lower()
+
+
+HostPort = Annotated[str, AfterValidator(_hostport)]
+Domain = Annotated[str, AfterValidator(_domain)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ServiceSettings(Section):
+    hostname: Domain = Field(
+        default_factory=default_hostname,
+        description="Name this service gives itself in SMTP greetings and Received: headers.",
+        json_schema_extra={"doc_default": "this machine's host name"},
+    )
+    data_dir: str = Field(
+        "./var", description="Directory holding the queue, the postoffice, logs and the lock."
+    )
+    stop_timeout: Duration = Field(
+        "30s",
+        validate_default=True,
+        description="How long a stop waits for in-flight work before exiting anyway.",
+    )
+
+
+class SmtpSettings(Section):
+    listen: HostPort = Field("127.0.0.1:2525", description="Address and port of the SMTP listener.")
+    max_message_size: Size = Field(
+        "10MiB",
+        validate_default=True,
+        description="Largest message accepted (advertised with SIZE; 552 5.3.4 beyond).",
+    )
+    max_recipients: int = Field(
+        1000, ge=1, description="Recipients per message; more get 452 4.5.3."
+    )
+    timeout: Duration = Field(
+        "5m", validate_default=True, description="Idle time after which a session is closed."
+    )
+    commit_timeout: Duration = Field(
+        "30s",
+        validate_default=True,
+        description="Longest wait for the queue to make a message durable before answering 451.",
+    )
+    reject_8bit_headers: bool = Field(
+        True,
+        description="Refuse raw 8-bit header bytes from clients that did not ask for SMTPUTF8.",
+    )
+    relay_networks: Annotated[list[str], AfterValidator(_networks)] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Clients (CIDR) allowed to relay to domains that no local route serves.",
+        json_schema_extra={"doc_default": '["127.0.0.0/8", "::1/128"]'},
+    )
+
+
+class QueueSettings(Section):
+    path: str = Field("", description="SQLite queue file; empty means <data_dir>/queue/queue.db.")
+    lease: Duration = Field(
+        "5m",
+        validate_default=True,
+        description="How long a claimed recipient stays leased to one thread before others "
+        "retry it.",
+    )
+    retry_min: Duration = Field(
+        "5m", validate_default=True, description="First retry delay after a temporary failure."
+    )
+    retry_max: Duration = Field(
+        "67m", validate_default=True, description="Largest retry delay (backoff doubles up to it)."
+    )
+    max_lifetime: Duration = Field(
+        "5d",
+        validate_default=True,
+        description="Age after which a message still failing temporarily is bounced.",
+    )
+    max_internal_failures: int = Field(
+        3, ge=1, description="Internal errors on one recipient before it is quarantined."
+    )
+    keep_done: Duration = Field(
+        "7d",
+        validate_default=True,
+        description="How long finished messages stay in the store for tracking.",
+    )
+    commit_batch: int = Field(
+        512, ge=1, description="Most operations that share one durable commit (group commit)."
+    )
+
+    @model_validator(mode="after")
+    def _retry_order(self) -> QueueSettings:
+        if self.retry_min > self.retry_max:
+            raise ValueError("retry_min must not exceed retry_max")
+        return self
+
+
+class PostofficeSettings(Section):
+    domain: str = Field(
+        "",
+        description="Mail domain under which postoffice addresses live; empty means "
+        "service.hostname.",
+    )
+    address_template: str = Field(
+        "{mailbox}@{po}.{net}.{domain}",
+        description="SMTP form of a postoffice address; uses {mailbox}, {po}, {net}, {domain}.",
+    )
+    max_name_length: int = Field(
+        10, ge=1, le=64, description="Longest network, postoffice or mailbox name (MS Mail: 10)."
+    )
+    quota: Size = Field(
+        0, description="Bytes a mailbox may hold before deliveries defer; 0 means no quota."
+    )
+    threads: int = Field(2, ge=1, le=64, description="Interchange threads delivering to mailboxes.")
+    batch: int = Field(32, ge=1, le=1000, description="Recipients one thread claims at a time.")
+
+    @model_validator(mode="after")
+    def _template(self) -> PostofficeSettings:
+        for part in ("{mailbox}", "{po}", "{net}"):
+            if self.address_template.count(part) != 1:
+                raise ValueError(f"address_template must contain {part} exactly once")
+        if self.address_template.count("@") != 1:
+            raise ValueError("address_template must contain exactly one '@'")
+        return self
+
+
+class LogSettings(Section):
+    dir: str = Field("", description="Directory of the event log; empty means <data_dir>/log.")
+    max_bytes: Size = Field(
+        "10MiB", validate_default=True, description="Size at which the JSON event log rotates."
+    )
+    backups: int = Field(5, ge=0, description="Rotated event log files kept.")
+    stderr: bool = Field(True, description="Also write events in human form to standard error.")
+    levels: dict[str, Literal["none", "minimum", "medium", "maximum"]] = Field(
+        default_factory=dict,
+        description="Diagnostic level per event category (none/minimum/medium/maximum); "
+        "categories not named use medium, Sent uses maximum.",
+        json_schema_extra={"doc_default": "{}"},
+    )
+
+    @model_validator(mode="after")
+    def _categories(self) -> LogSettings:
+        unknown = sorted(set(self.levels) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; known: {', '.join(CATEGORIES)}")
+        return self
+
+
+class SuperviseSettings(Section):
+    max_restarts: int = Field(
+        5, ge=1, description="Restarts of one thread within restart_window before it is failed."
+    )
+    restart_window: Duration = Field(
+        "60s", validate_default=True, description="Window over which restarts are counted."
+    )
+
+
+class RouteRule(Section):
+    match: Annotated[str, AfterValidator(_pattern)] = Field(
+        description="Address pattern: 'user@dom', '*@dom', '*@*.dom', 'MS:NET/PO/*' or '*'."
+    )
+    connector: str = Field(description="Connector that delivers matching recipients.")
+
+    @model_validator(mode="after")
+    def _known(self) -> RouteRule:
+        if self.connector not in KNOWN_CONNECTORS:
+            raise ValueError(
+                f"unknown connector {self.connector!r}; known: {', '.join(KNOWN_CONNECTORS)}"
+            )
+        return self
+
+
+class Config(Section):
+    """The whole configuration. Derived paths are properties, never stored twice."""
+
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    postoffice: PostofficeSettings = Field(default_factory=PostofficeSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    supervise: SuperviseSettings = Field(default_factory=SuperviseSettings)
+    route: list[RouteRule] = Field(
+        default_factory=lambda: [RouteRule(match="MS:*/*/*", connector="postoffice")],
+        description="Ordered address-space rules; the first match wins.",
+        json_schema_extra={"doc_default": '[{ match = "MS:*/*/*", connector = "postoffice" }]'},
+    )
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.service.data_dir)
+
+    @property
+    def queue_path(self) -> Path:
+        return Path(self.queue.path) if self.queue.path else self.data_dir / "queue" / "queue.db"
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.log.dir) if self.log.dir else self.data_dir / "log"
+
+    @property
+    def postoffice_root(self) -> Path:
+        return self.data_dir / "postoffice"
+
+    @property
+    def postoffice_domain(self) -> str:
+        return self.postoffice.domain.lower() or self.service.hostname

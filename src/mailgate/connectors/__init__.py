@@ -1,0 +1,1 @@
+"""connectors: the ways out of mailgate (postoffice Maildirs now; smarthost, LMTP later)."""

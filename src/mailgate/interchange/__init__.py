@@ -1,0 +1,1 @@
+"""interchange: threads that claim due recipients per connector, deliver and record outcomes."""

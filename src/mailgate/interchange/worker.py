@@ -1,0 +1,185 @@
+"""An interchange thread: claim due recipients of one connector, deliver, record.
+
+The loop, per batch: claim (a lease in the queue), deliver each recipient
+through the connector's per-thread session, flush the session (make the batch
+durable at the destination), then record every outcome in one queue commit,
+and only then write events. A crash anywhere before the record leaves the
+leases to be released and the recipients retried; the postoffice connector
+makes such a retry idempotent. An unexpected exception in one delivery is an
+internal error for that recipient only (event 2450; quarantine after a few),
+never the end of the thread.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Sequence
+
+from mailgate.errors import PermanentFailure, TemporaryFailure
+from mailgate.interchange.connector import Connector, ConnectorSession
+from mailgate.interchange.wakeup import Wakeup
+from mailgate.model import Claim, Disposition, Outcome, RecipientState
+from mailgate.observe import catalog
+from mailgate.observe.events import EventLog
+from mailgate.queue.ops import Recorded
+from mailgate.queue.store import QueueReader, QueueStore
+from mailgate.supervise.handle import ThreadHandle
+from mailgate.testing import faults
+
+IDLE_WAIT = 5.0
+STORE_WAIT = 120.0
+
+
+def lease_owner(hostname: str, thread_name: str) -> str:
+    """Lease owner id; the trailing ':' keeps 'postoffice-1:' from prefixing 'postoffice-10:'."""
+    return f"{hostname}:{os.getpid()}:{thread_name}:"
+
+
+class InterchangeThread:
+    """The body of one interchange thread (pass an instance to Supervisor.spawn)."""
+
+    def __init__(
+        self,
+        connector: Connector,
+        store: QueueStore,
+        wakeup: Wakeup,
+        events: EventLog,
+        *,
+        hostname: str,
+        batch: int,
+    ) -> None:
+        self.connector = connector
+        self.store = store
+        self.wakeup = wakeup
+        self.events = events
+        self.hostname = hostname
+        self.batch = batch
+
+    def __call__(self, handle: ThreadHandle) -> None:
+        owner = lease_owner(self.hostname, handle.name)
+        # Leases a previous life of this thread held are ours to give back now.
+        released = self.store.release_leases(owner).result(STORE_WAIT)
+        if released:
+            self.events.emit(
+                catalog.LEASES_RELEASED, count=released, why=f"left by {handle.name} before restart"
+            )
+        faults.check("interchange.context")
+        session = self.connector.open()
+        reader = self.store.reader()
+        try:
+            self._loop(handle, owner, session, reader)
+        finally:
+            session.close()
+            reader.close()
+
+    def _loop(
+        self, handle: ThreadHandle, owner: str, session: ConnectorSession, reader: QueueReader
+    ) -> None:
+        name = self.connector.name
+        seen = self.wakeup.generation(name)
+        while not handle.stopping:
+            claims = self.store.claim(name, owner, self.batch).result(STORE_WAIT)
+            if not claims:
+                handle.idle()
+                seen = self.wakeup.wait(name, seen, IDLE_WAIT)
+                continue
+            outcomes = self._deliver_batch(handle, session, reader, claims)
+            recorded = self.store.record(outcomes, owner).result(STORE_WAIT)
+            self._report(recorded)
+            handle.idle()
+
+    def _deliver_batch(
+        self,
+        handle: ThreadHandle,
+        session: ConnectorSession,
+        reader: QueueReader,
+        claims: Sequence[Claim],
+    ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        bodies: dict[str, bytes | None] = {}
+        for claim in claims:
+            handle.busy(claim.queue_id, claim.address, claim.connector)
+            if claim.queue_id not in bodies:
+                bodies = {claim.queue_id: reader.body(claim.queue_id)}
+            outcomes.append(self._deliver_one(session, claim, bodies[claim.queue_id]))
+            handle.progress()
+        return self._flush(session, outcomes)
+
+    def _deliver_one(self, session: ConnectorSession, claim: Claim, body: bytes | None) -> Outcome:
+        started = time.time()
+        try:
+            if body is None:
+                raise LookupError(f"body of {claim.queue_id} is missing from the queue")
+            faults.check("interchange.deliver")
+            reply = session.deliver(claim, body)
+            disposition = Disposition.DELIVERED
+        except TemporaryFailure as exc:
+            reply, disposition = exc.reply, Disposition.DEFERRED
+        except PermanentFailure as exc:
+            reply, disposition = exc.reply, Disposition.FAILED
+        except Exception as exc:  # a bug or corrupt data: this recipient only, never the thread
+            reply, disposition = f"451 4.3.0 internal error: {exc!r}", Disposition.INTERNAL_ERROR
+            self.events.emit(
+                catalog.PROCESSING_FAILED,
+                queue_id=claim.queue_id,
+                recipient=claim.address,
+                connector=claim.connector,
+                failures=claim.internal_failures + 1,
+                limit=self.store.max_internal_failures,
+                error=repr(exc),
+                traceback="".join(traceback.format_exception(exc)),
+            )
+        return Outcome(claim, disposition, reply, started, time.time())
+
+    def _flush(self, session: ConnectorSession, outcomes: list[Outcome]) -> list[Outcome]:
+        """Make deliveries durable; if that fails, nothing in the batch counts as delivered."""
+        try:
+            session.flush()
+        except TemporaryFailure as exc:
+            return [
+                Outcome(o.claim, Disposition.DEFERRED, exc.reply, o.started_at, o.finished_at)
+                if o.disposition is Disposition.DELIVERED
+                else o
+                for o in outcomes
+            ]
+        return outcomes
+
+    def _report(self, recorded: Sequence[Recorded]) -> None:
+        for item in recorded:
+            claim, outcome = item.outcome.claim, item.outcome
+            if item.lease_lost:
+                self.events.emit(
+                    catalog.LEASE_LOST,
+                    queue_id=claim.queue_id,
+                    recipient=claim.address,
+                    outcome=outcome.disposition.value,
+                )
+                continue
+            common = {
+                "queue_id": claim.queue_id,
+                "recipient": claim.address,
+                "connector": claim.connector,
+                "reply": item.reply,
+            }
+            if item.state is RecipientState.DELIVERED:
+                delays = (
+                    f"{outcome.started_at - claim.received_at:.2f}/"
+                    f"{outcome.finished_at - outcome.started_at:.3f}"
+                )
+                self.events.emit(catalog.SENT, delays=delays, attempts=claim.attempts, **common)
+            elif item.state is RecipientState.DEFERRED:
+                retry_in = f"{max(0.0, (item.retry_at or 0) - time.time()):.0f}s"
+                self.events.emit(catalog.DEFERRED, retry_in=retry_in, **common)
+            elif item.state is RecipientState.BOUNCED:
+                self.events.emit(catalog.BOUNCED, **common)
+            elif item.state is RecipientState.QUARANTINED:
+                self.events.emit(
+                    catalog.QUARANTINED,
+                    queue_id=claim.queue_id,
+                    recipient=claim.address,
+                    failures=claim.internal_failures + 1,
+                )
+            if item.message_done:
+                self.events.emit(catalog.MESSAGE_DONE, queue_id=claim.queue_id)

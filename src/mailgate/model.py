@@ -1,0 +1,90 @@
+"""Plain records that cross stage boundaries: envelopes, claims, outcomes.
+
+Nothing here does I/O; every record is immutable so it can be handed between
+threads (the SMTP loop, the commit thread, interchange threads) without locks.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from dataclasses import dataclass
+
+
+class RecipientState(enum.StrEnum):
+    """Recipient states of the queue (DESIGN.md section 3)."""
+
+    QUEUED = "queued"
+    ACTIVE = "active"
+    DEFERRED = "deferred"
+    HELD = "held"
+    QUARANTINED = "quarantined"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+
+    @property
+    def final(self) -> bool:
+        return self in (RecipientState.DELIVERED, RecipientState.BOUNCED)
+
+
+class Disposition(enum.StrEnum):
+    """The outcome of one delivery attempt for one recipient."""
+
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    INTERNAL_ERROR = "internal-error"
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """A queue id sortable by arrival time: 13 hex digits of microseconds + 6 random."""
+    micros = int((time.time() if now is None else now) * 1_000_000)
+    return f"{micros:013X}{secrets.token_hex(3).upper()}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    address: str
+    connector: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message accepted by a receiver, ready to be made durable."""
+
+    queue_id: str
+    sender: str
+    recipients: tuple[NewRecipient, ...]
+    body: bytes
+    received_at: float
+    client: str
+    header_message_id: str | None = None
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One recipient leased to an interchange thread, with its message's envelope."""
+
+    recipient_id: int
+    queue_id: str
+    address: str
+    connector: str
+    sender: str
+    received_at: float
+    attempts: int
+    internal_failures: int
+    redelivery: bool
+    smtputf8: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to a claimed recipient; recorded by the queue in one transaction."""
+
+    claim: Claim
+    disposition: Disposition
+    reply: str
+    started_at: float
+    finished_at: float

@@ -1,0 +1,1 @@
+"""observe: the event catalog, the event log and its sinks."""

@@ -1,0 +1,319 @@
+"""The event catalog: every event mailgate writes, with its numeric ID.
+
+Each event has an ID, a category, a severity, the diagnostic level at which it is
+written (an event is written when its level is at or below its category's
+setting; errors and critical events are always written), a message template,
+what it means and what the administrator should do. IDs of the Microsoft Mail
+Connector are kept where the meaning is the same (2448 Sent, 2375 no such
+mailbox, 2380 thread exception, 10003 thread failed fatally, ...).
+docs/events.md is generated from this module (`mailgate docs --write`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class Level(enum.IntEnum):
+    NONE = 0
+    MINIMUM = 1
+    MEDIUM = 2
+    MAXIMUM = 3
+
+
+class Category(enum.StrEnum):
+    SERVICE = "Service"
+    CONFIG = "Config"
+    RECEIVE = "Receive"
+    ROUTING = "Routing"
+    QUEUE = "Queue"
+    INTERCHANGE = "Interchange"
+    SENT = "Sent"
+    NDR = "NDR"
+    SUPERVISION = "Supervision"
+    POSTOFFICE = "Postoffice"
+    CONTROL = "Control"
+
+
+DEFAULT_LEVELS: dict[Category, Level] = {c: Level.MEDIUM for c in Category} | {
+    Category.SENT: Level.MAXIMUM
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    id: int
+    name: str
+    category: Category
+    severity: Severity
+    level: Level
+    template: str
+    meaning: str
+    action: str
+
+
+CATALOG: dict[int, EventType] = {}
+
+
+def _event(
+    id: int,
+    name: str,
+    category: Category,
+    severity: Severity,
+    level: Level,
+    template: str,
+    meaning: str,
+    action: str,
+) -> EventType:
+    if id in CATALOG:
+        raise ValueError(f"duplicate event id {id}")
+    event = EventType(id, name, category, severity, level, template, meaning, action)
+    CATALOG[id] = event
+    return event
+
+
+S, C = Severity, Category
+MIN, MED, MAX = Level.MINIMUM, Level.MEDIUM, Level.MAXIMUM
+
+# --- Service -------------------------------------------------------------------------------------
+SERVICE_STARTED = _event(
+    1000, "ServiceStarted", C.SERVICE, S.INFO, MIN,
+    "mailgate {version} started (pid {pid}); data in {data_dir}; SMTP on {listen}",
+    "The service started and accepts mail.",
+    "None.",
+)  # fmt: skip
+SERVICE_STOPPED = _event(
+    1001, "ServiceStopped", C.SERVICE, S.INFO, MIN,
+    "mailgate stopped: {reason}",
+    "The service stopped cleanly; the reason names what asked it to stop.",
+    "None, unless the stop was not asked for.",
+)  # fmt: skip
+SERVICE_FAILED = _event(
+    1002, "ServiceFailed", C.SERVICE, S.CRITICAL, MIN,
+    "mailgate is exiting after a failure: {reason}",
+    "The service cannot go on and exits with a non-zero status so that its service "
+    "manager restarts it.",
+    "Read the events before this one for the cause; fix it and start the service.",
+)  # fmt: skip
+ALREADY_RUNNING = _event(
+    1003, "AlreadyRunning", C.SERVICE, S.ERROR, MIN,
+    "mailgate is already running on {data_dir} (pid {pid}); this one will not start",
+    "A second service was started on a data directory that another one holds.",
+    "Stop the running one first, or give this one another --data-dir.",
+)  # fmt: skip
+OPTION_IGNORED = _event(
+    1004, "OptionIgnored", C.SERVICE, S.WARNING, MIN,
+    "option {option} is not supported yet and is ignored",
+    "A command-line option was accepted for compatibility but has no effect in this version.",
+    "Remove the option, or upgrade to a version that supports it.",
+)  # fmt: skip
+STOP_INCOMPLETE = _event(
+    1005, "StopIncomplete", C.SERVICE, S.ERROR, MIN,
+    "stop deadline of {timeout}s passed; threads still running: {threads}",
+    "The service exits although some threads did not finish in time. Work they held "
+    "is released by lease expiry and retried; nothing accepted is lost.",
+    "Look at the named threads' last events; a hung destination is the usual cause.",
+)  # fmt: skip
+UNHANDLED_EXCEPTION = _event(
+    1006, "UnhandledException", C.SERVICE, S.CRITICAL, MIN,
+    "unhandled exception in {where}: {error}\n{traceback}",
+    "An exception escaped every handler; the service exits rather than run in an "
+    "unknown state.",
+    "Report it with the traceback; the service manager restarts the service.",
+)  # fmt: skip
+
+# --- Config --------------------------------------------------------------------------------------
+CONFIG_INVALID = _event(
+    1100, "ConfigInvalid", C.CONFIG, S.ERROR, MIN,
+    "configuration {source} is invalid: {problems}",
+    "The configuration file has unknown keys, wrong types or impossible values; the "
+    "service refuses to start with it.",
+    "Fix the keys named (dotted paths) and check with `mailgate check-config FILE`.",
+)  # fmt: skip
+
+# --- Receive -------------------------------------------------------------------------------------
+MESSAGE_RECEIVED = _event(
+    3000, "MessageReceived", C.RECEIVE, S.INFO, MED,
+    "{queue_id}: received from {client} <{sender}> for {recipients} recipient(s), "
+    "{size} bytes, message-id {message_id}",
+    "A message is durable in the queue and the client was told 250.",
+    "None.",
+)  # fmt: skip
+STORE_FAILED_RECEIVE = _event(
+    3001, "ReceiveStoreFailed", C.RECEIVE, S.ERROR, MIN,
+    "could not make a message from {client} <{sender}> durable: {error}; answered {reply}",
+    "The queue failed while storing a message; the client was told to retry later "
+    "(4xx) and nothing of the message was kept.",
+    "Check disk space and the queue store (`mailgate queue check` when available).",
+)  # fmt: skip
+INVALID_RECIPIENT = _event(
+    2371, "InvalidRecipient", C.RECEIVE, S.INFO, MED,
+    "refused recipient <{recipient}> from {client}: {reply}",
+    "A recipient was refused at RCPT time: no such postoffice mailbox or a malformed "
+    "address. The client gets a 5xx and keeps the message.",
+    "None, unless the mailbox should exist: create it with `mailgate mailbox add`.",
+)  # fmt: skip
+RELAY_DENIED = _event(
+    3002, "RelayDenied", C.ROUTING, S.WARNING, MIN,
+    "relay denied for <{recipient}> from {client}: no route serves its domain",
+    "A client asked for a recipient that no local route serves and is not allowed to relay.",
+    "None if the client is not yours; otherwise add a route or its network to relay_networks.",
+)  # fmt: skip
+MESSAGE_REFUSED = _event(
+    3003, "MessageRefused", C.RECEIVE, S.WARNING, MIN,
+    "refused message from {client} <{sender}>: {reply}",
+    "Message content broke a protocol rule (bare CR or LF, NUL, 8-bit headers without "
+    "SMTPUTF8, size); the client got a 5xx and nothing was queued.",
+    "None; the sending software must be fixed to send valid mail.",
+)  # fmt: skip
+SESSION_ERROR = _event(
+    3004, "SessionError", C.RECEIVE, S.ERROR, MIN,
+    "unexpected error in SMTP session with {client}: {error}\n{traceback}",
+    "A bug or an unexpected condition in a session; the client got a 4xx, the service "
+    "goes on serving.",
+    "Report it with the traceback.",
+)  # fmt: skip
+
+# --- Queue ---------------------------------------------------------------------------------------
+LEASES_RELEASED = _event(
+    4000, "LeasesReleased", C.QUEUE, S.WARNING, MIN,
+    "released {count} lease(s) {why}; their recipients will be retried",
+    "Recipients held by a thread or process that ended without recording an outcome "
+    "were put back in the queue; postoffice delivery checks for an earlier copy first.",
+    "None; frequent releases point at crashes or stalls worth looking into.",
+)  # fmt: skip
+STORE_ERROR = _event(
+    4001, "StoreError", C.QUEUE, S.ERROR, MIN,
+    "queue store error in {operation}: {error}",
+    "A queue operation failed; it is retried, and callers waiting on it get a "
+    "temporary failure.",
+    "Check disk space and the queue file; repeated errors need attention.",
+)  # fmt: skip
+LEASE_LOST = _event(
+    4002, "LeaseLost", C.QUEUE, S.WARNING, MIN,
+    "{queue_id}: lease on <{recipient}> was lost before its outcome ({outcome}) was recorded",
+    "A thread took longer than the lease; another thread may have retried the recipient. "
+    "Postoffice delivery does not duplicate; a smarthost may see the message twice.",
+    "Raise [queue] lease, or look for a slow destination.",
+)  # fmt: skip
+MESSAGE_DONE = _event(
+    4003, "MessageDone", C.QUEUE, S.INFO, MAX,
+    "{queue_id}: every recipient reached a final state; body removed",
+    "All recipients of the message were delivered or bounced.",
+    "None.",
+)  # fmt: skip
+MESSAGES_PURGED = _event(
+    4004, "MessagesPurged", C.QUEUE, S.INFO, MED,
+    "purged {count} finished message(s) older than {age}",
+    "Records of finished messages past [queue] keep_done were removed.",
+    "None.",
+)  # fmt: skip
+
+# --- Interchange ---------------------------------------------------------------------------------
+SENT = _event(
+    2448, "Sent", C.SENT, S.INFO, MAX,
+    "{queue_id}: delivered to <{recipient}> via {connector}: {reply} "
+    "(delays={delays}, attempts={attempts})",
+    "One recipient was delivered. When these stop while mail is queued, a connector is stuck.",
+    "None.",
+)  # fmt: skip
+DEFERRED = _event(
+    2400, "Deferred", C.INTERCHANGE, S.WARNING, MED,
+    "{queue_id}: delivery to <{recipient}> via {connector} deferred: {reply}; "
+    "next attempt in {retry_in}",
+    "A temporary failure; the recipient stays queued and is retried with backoff until "
+    "[queue] max_lifetime.",
+    "None, unless it repeats: then look at the destination named in the reply.",
+)  # fmt: skip
+BOUNCED = _event(
+    2401, "Bounced", C.INTERCHANGE, S.WARNING, MIN,
+    "{queue_id}: delivery to <{recipient}> via {connector} failed permanently: {reply}",
+    "A permanent failure (or the maximum lifetime passed); the recipient will not be retried.",
+    "None; the sender is told. Check the reply if many recipients fail this way.",
+)  # fmt: skip
+NO_SUCH_MAILBOX = _event(
+    2375, "NoSuchMailbox", C.POSTOFFICE, S.WARNING, MIN,
+    "{queue_id}: no mailbox {mailbox} for <{recipient}>",
+    "A message reached the postoffice for a mailbox that does not exist (it was removed "
+    "after the message was accepted, or is not a real directory). Permanent failure.",
+    "Create the mailbox with `mailgate mailbox add` if it should exist.",
+)  # fmt: skip
+MAILBOX_UNAVAILABLE = _event(
+    2376, "MailboxUnavailable", C.POSTOFFICE, S.WARNING, MIN,
+    "{queue_id}: mailbox {mailbox} cannot take mail now: {error}; deferred",
+    "Delivery to an existing mailbox failed for a reason that may pass (disk full, "
+    "quota, I/O error). The message is deferred, not bounced.",
+    "Free space or raise the quota; mail flows again on the next retry.",
+)  # fmt: skip
+THREAD_EXCEPTION = _event(
+    2380, "ThreadException", C.SUPERVISION, S.ERROR, MIN,
+    "thread {thread} ({role}) raised {error}; restart {restarts} in {backoff}s\n{traceback}",
+    "A supervised thread died with an exception; it is restarted with a fresh context "
+    "after a back-off.",
+    "Report the traceback; repeated restarts end in event 10003.",
+)  # fmt: skip
+PROCESSING_FAILED = _event(
+    2450, "MessageProcessingFailed", C.INTERCHANGE, S.ERROR, MIN,
+    "{queue_id}: internal error delivering to <{recipient}> via {connector} "
+    "(failure {failures} of {limit}): {error}\n{traceback}",
+    "Delivery raised an unexpected error; the recipient is retried, and quarantined "
+    "after [queue] max_internal_failures such errors.",
+    "Report the traceback.",
+)  # fmt: skip
+QUARANTINED = _event(
+    2446, "MessageQuarantined", C.INTERCHANGE, S.ERROR, MIN,
+    "{queue_id}: recipient <{recipient}> quarantined after {failures} internal failures",
+    "A poison message: it failed by internal error too often and is set aside so it "
+    "cannot block other mail. It is kept, not lost.",
+    "Inspect the message; delete, bounce or release it with the queue commands.",
+)  # fmt: skip
+
+# --- Supervision ---------------------------------------------------------------------------------
+THREAD_STARTED = _event(
+    5000, "ThreadStarted", C.SUPERVISION, S.INFO, MAX,
+    "thread {thread} ({role}) started, native id {native_id}",
+    "A supervised thread started (also after each restart).",
+    "None.",
+)  # fmt: skip
+THREAD_EXITED = _event(
+    5001, "ThreadExited", C.SUPERVISION, S.ERROR, MIN,
+    "thread {thread} ({role}) returned without being asked to stop; restart {restarts} "
+    "in {backoff}s",
+    "A supervised thread ended on its own; it is restarted like one that raised.",
+    "Report it; it is a bug.",
+)  # fmt: skip
+THREAD_FAILED = _event(
+    10003, "ThreadFailedFatally", C.SUPERVISION, S.CRITICAL, MIN,
+    "thread {thread} ({role}) failed {restarts} times within {window}s; not restarted",
+    "A thread kept dying; restarting it again would only hide the problem. Its work "
+    "stops until the cause is fixed.",
+    "Read its 2380 events for the cause, fix it, and restart the service.",
+)  # fmt: skip
+
+# --- Postoffice administration -------------------------------------------------------------------
+MAILBOX_ADDED = _event(
+    6000, "MailboxAdded", C.POSTOFFICE, S.INFO, MIN,
+    "mailbox {mailbox} added as <{address}>",
+    "An administrator created a postoffice mailbox.",
+    "None.",
+)  # fmt: skip
+MAILBOX_REMOVED = _event(
+    6001, "MailboxRemoved", C.POSTOFFICE, S.WARNING, MIN,
+    "mailbox {mailbox} removed with {messages} message(s)",
+    "An administrator removed a postoffice mailbox and the mail it held.",
+    "None.",
+)  # fmt: skip
+UNSAFE_PATH = _event(
+    6002, "UnsafePath", C.POSTOFFICE, S.ERROR, MIN,
+    "refused path {path} below the postoffice root: {reason}",
+    "A name or a symlink would have led outside the postoffice root; nothing was written.",
+    "Remove the symlink or fix the name; look for who planted it.",
+)  # fmt: skip

@@ -1,0 +1,193 @@
+"""The postoffice tree: `<root>/NET/PO/MAILBOX/{tmp,new,cur}`, one Maildir per mailbox.
+
+Every path below the root is opened one component at a time relative to its
+parent's file descriptor with O_NOFOLLOW, so a symlink planted anywhere in the
+tree (a mailbox pointing at /etc, say) is refused instead of followed. Names
+reaching this module were validated by `address.validate_name`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailgate.errors import AddressError
+from mailgate.postoffice.address import AddressMap, PostofficeAddress, validate_name
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAILDIR_SUBDIRS = ("tmp", "new", "cur")
+TRASH = ".removed"
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxInfo:
+    address: PostofficeAddress
+    messages: int
+    size: int
+
+
+def open_dir(name: str, parent_fd: int) -> int:
+    """Open a directory below `parent_fd`, refusing symlinks (raises OSError)."""
+    return os.open(name, DIR_FLAGS, dir_fd=parent_fd)
+
+
+def fsync_dir(fd: int) -> None:
+    os.fsync(fd)
+
+
+class Postoffice:
+    """Administers and opens mailboxes below one root directory."""
+
+    def __init__(self, root: Path, address_map: AddressMap) -> None:
+        self.root = root
+        self.map = address_map
+
+    @contextlib.contextmanager
+    def _root_fd(self) -> Iterator[int]:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def open_mailbox(self, address: PostofficeAddress) -> Iterator[int]:
+        """Yield a descriptor of the mailbox directory; OSError if missing or a symlink."""
+        with self._root_fd() as fd:
+            opened: list[int] = []
+            try:
+                current = fd
+                for part in (address.net, address.po, address.mailbox):
+                    current = open_dir(part, current)
+                    opened.append(current)
+                yield current
+            finally:
+                for each in reversed(opened):
+                    os.close(each)
+
+    def exists(self, address: PostofficeAddress) -> bool:
+        """Whether the mailbox exists as a real Maildir (no symlink anywhere below the root)."""
+        try:
+            with self.open_mailbox(address) as fd:
+                for sub in MAILDIR_SUBDIRS:
+                    os.close(open_dir(sub, fd))
+        except OSError:
+            return False
+        return True
+
+    def add(self, address: PostofficeAddress) -> bool:
+        """Create the mailbox (and its network and postoffice); False if it already existed."""
+        with self._root_fd() as fd:
+            opened: list[int] = []
+            created = False
+            try:
+                current = fd
+                for part in (address.net, address.po, address.mailbox, *MAILDIR_SUBDIRS):
+                    if part in MAILDIR_SUBDIRS:
+                        created |= _mkdir(part, opened[-1])
+                        continue
+                    created |= _mkdir(part, current)
+                    current = open_dir(part, current)
+                    opened.append(current)
+                for each in opened:
+                    fsync_dir(each)
+                fsync_dir(fd)
+            finally:
+                for each in reversed(opened):
+                    os.close(each)
+        return created
+
+    def remove(self, address: PostofficeAddress, *, force: bool = False) -> int:
+        """Remove a mailbox; refuse one holding mail unless `force`. Returns messages removed.
+
+        The directory is first renamed into a trash folder (atomic), so a delivery
+        racing with the removal never writes into a half-deleted tree.
+        """
+        info = self.info(address)
+        if info.messages and not force:
+            raise AddressError(
+                f"{address} holds {info.messages} message(s); use --force to remove it anyway"
+            )
+        trash = self.root / TRASH
+        trash.mkdir(exist_ok=True, mode=0o700)
+        target = trash / f"{address.net}-{address.po}-{address.mailbox}-{time.time_ns()}"
+        with self._root_fd() as root_fd:
+            net_fd = open_dir(address.net, root_fd)
+            try:
+                po_fd = open_dir(address.po, net_fd)
+                try:
+                    os.rename(address.mailbox, target, src_dir_fd=po_fd)
+                    fsync_dir(po_fd)
+                finally:
+                    os.close(po_fd)
+            finally:
+                os.close(net_fd)
+        shutil.rmtree(target)
+        return info.messages
+
+    def info(self, address: PostofficeAddress) -> MailboxInfo:
+        """Count messages and bytes in new/ and cur/; AddressError if there is no such mailbox."""
+        count = size = 0
+        try:
+            with self.open_mailbox(address) as fd:
+                for sub in ("new", "cur"):
+                    sub_fd = open_dir(sub, fd)
+                    try:
+                        for entry in os.scandir(sub_fd):
+                            if entry.is_file(follow_symlinks=False):
+                                count += 1
+                                size += entry.stat(follow_symlinks=False).st_size
+                    finally:
+                        os.close(sub_fd)
+        except OSError as exc:
+            raise AddressError(f"{address}: no such mailbox ({exc.strerror})") from None
+        return MailboxInfo(address, count, size)
+
+    def mailboxes(self) -> list[PostofficeAddress]:
+        """Every mailbox in the tree, sorted; entries with invalid names are skipped."""
+        found: list[PostofficeAddress] = []
+        if not self.root.is_dir():
+            return found
+        limit = self.map.max_name_length
+        for net in _subdirs(self.root):
+            for po in _subdirs(net):
+                for mbx in _subdirs(po):
+                    try:
+                        address = PostofficeAddress(
+                            validate_name("network", net.name, limit),
+                            validate_name("postoffice", po.name, limit),
+                            validate_name("mailbox", mbx.name, limit),
+                        )
+                    except AddressError:
+                        continue
+                    if address.relpath.parts == (net.name, po.name, mbx.name):
+                        found.append(address)
+        return sorted(found)
+
+
+def _mkdir(name: str, parent_fd: int) -> bool:
+    try:
+        os.mkdir(name, mode=0o700, dir_fd=parent_fd)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return [
+            Path(entry.path)
+            for entry in os.scandir(path)
+            if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")
+        ]
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return []
+        raise

@@ -1,0 +1,1 @@
+"""queue: the durable store between receivers and interchange threads."""

@@ -1,0 +1,172 @@
+"""Group commit: one writer thread applies queued write operations in shared transactions.
+
+Callers submit an operation and get a Future. The commit thread takes the first
+waiting operation, then every other one already waiting (up to a batch limit),
+runs each inside its own savepoint of one transaction, and COMMITs once: every
+caller in the batch shares a single fsync. Futures are resolved only after the
+COMMIT returned, so "done" always means "on disk". While one batch is being
+synced the next one gathers, which is what makes durability cheap under load.
+
+A failing operation fails only its own future; a failing COMMIT fails the whole
+batch with StoreError (the callers answer 4xx) and the thread reopens its
+connection. Operations waiting when the thread restarts stay queued for the new one.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from mailgate.errors import StoreError
+from mailgate.observe import catalog
+from mailgate.observe.events import EventLog
+from mailgate.queue.backend import Backend, Connection
+
+T = TypeVar("T")
+Op = Callable[[Connection], Any]
+
+
+@dataclass(slots=True)
+class _Job:
+    name: str
+    op: Op
+    future: Future[Any] = field(default_factory=Future)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitterStats:
+    batches: int
+    operations: int
+    largest_batch: int
+    waiting: int
+    last_commit_seconds: float
+
+
+class Committer:
+    """The group-commit writer. `run` is the body of a supervised thread."""
+
+    def __init__(self, backend: Backend, events: EventLog, *, max_batch: int = 512) -> None:
+        self._backend = backend
+        self._events = events
+        self._max_batch = max_batch
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._batches = 0
+        self._operations = 0
+        self._largest = 0
+        self._last_commit = 0.0
+
+    def submit(self, name: str, op: Callable[[Connection], T]) -> Future[T]:
+        job = _Job(name, op)
+        self._jobs.put(job)
+        return job.future
+
+    def wake(self) -> None:
+        """Unblock the thread so it notices a stop request."""
+        self._jobs.put(None)
+
+    def statistics(self) -> CommitterStats:
+        return CommitterStats(
+            self._batches, self._operations, self._largest, self._jobs.qsize(), self._last_commit
+        )
+
+    def run(self, stopping: Callable[[], bool], progress: Callable[[], None]) -> None:
+        conn: Connection | None = None
+        try:
+            while True:
+                batch = self._gather(stopping)
+                if batch is None:
+                    return
+                if not batch:
+                    continue
+                if conn is None:
+                    conn = self._backend.connect()
+                if not self._apply(conn, batch):
+                    conn.close()
+                    conn = None
+                progress()
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _gather(self, stopping: Callable[[], bool]) -> list[_Job] | None:
+        try:
+            first = self._jobs.get(timeout=0.5)
+        except queue.Empty:
+            return None if stopping() else []
+        batch = [first] if first is not None else []
+        while len(batch) < self._max_batch:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                batch.append(job)
+        if not batch and stopping():
+            return None
+        return batch
+
+    def _apply(self, conn: Connection, batch: list[_Job]) -> bool:
+        """Run a batch in one transaction; False if the connection should be reopened."""
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        started = time.monotonic()
+        try:
+            conn.begin()
+            for job in batch:
+                if not job.future.set_running_or_notify_cancel():
+                    continue
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = job.op(conn)
+                except Exception as exc:  # one operation's failure stays its own
+                    conn.execute("ROLLBACK TO SAVEPOINT op")
+                    conn.execute("RELEASE SAVEPOINT op")
+                    results.append((job, None, exc))
+                    continue
+                conn.execute("RELEASE SAVEPOINT op")
+                results.append((job, value, None))
+            conn.commit()
+        except Exception as exc:
+            conn.rollback()
+            error = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
+            self._events.emit(catalog.STORE_ERROR, operation="commit", error=str(exc))
+            for job in batch:
+                if job.future.running():
+                    job.future.set_exception(error)
+            return False
+        self._last_commit = time.monotonic() - started
+        self._batches += 1
+        self._operations += len(batch)
+        self._largest = max(self._largest, len(batch))
+        for job, value, failure in results:
+            if failure is None:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(failure)
+        return True
+
+
+class DirectWriter:
+    """Runs each operation at once in its own transaction, for tools with no service running."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._conn = backend.connect()
+
+    def submit(self, name: str, op: Callable[[Connection], T]) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            self._conn.begin()
+            value = op(self._conn)
+            self._conn.commit()
+        except Exception as exc:
+            self._conn.rollback()
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+        return future
+
+    def close(self) -> None:
+        self._conn.close()

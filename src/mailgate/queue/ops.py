@@ -1,0 +1,223 @@
+"""Write operations of the queue, each a function over one open transaction.
+
+They run inside the committer's shared transaction (group commit), each in its
+own savepoint, so one failing operation never undoes another's work. Only
+portable SQL is used. Transitions of a leased recipient are guarded by its lease
+owner: a thread whose lease expired cannot overwrite another thread's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailgate.model import Claim, Disposition, NewMessage, Outcome, RecipientState
+from mailgate.queue.backend import Connection
+from mailgate.queue.retry import RetryPolicy
+
+WAITING = ("queued", "deferred")
+FINAL = ("delivered", "bounced")
+
+
+def insert_message(conn: Connection, msg: NewMessage) -> None:
+    conn.execute(
+        "INSERT INTO messages (id, received_at, sender, size, client, header_message_id, "
+        "smtputf8) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            msg.queue_id,
+            msg.received_at,
+            msg.sender,
+            len(msg.body),
+            msg.client,
+            msg.header_message_id,
+            int(msg.smtputf8),
+        ),
+    )
+    conn.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (msg.queue_id, msg.body))
+    for rcpt in msg.recipients:
+        conn.execute(
+            "INSERT INTO recipients (message_id, address, connector, state, due_at, updated_at) "
+            "VALUES (?, ?, ?, 'queued', ?, ?)",
+            (msg.queue_id, rcpt.address, rcpt.connector, msg.received_at, msg.received_at),
+        )
+
+
+_CLAIM_COLUMNS = (
+    "r.id, r.message_id, r.address, r.connector, m.sender, m.received_at, r.attempts, "
+    "r.internal_failures, r.released, m.smtputf8"
+)
+
+
+def claim(
+    conn: Connection, connector: str, owner: str, limit: int, now: float, lease: float
+) -> list[Claim]:
+    """Lease up to `limit` due recipients of `connector` to `owner`, oldest due first."""
+    rows = conn.execute(
+        "UPDATE recipients SET state = 'active', lease_owner = ?, lease_until = ?, "
+        "attempts = attempts + 1, updated_at = ? WHERE id IN ("
+        " SELECT id FROM recipients WHERE connector = ? AND state IN ('queued', 'deferred')"
+        " AND due_at <= ? ORDER BY due_at LIMIT ?) RETURNING id",
+        (owner, now + lease, now, connector, now, limit),
+    ).fetchall()
+    if not rows:
+        return []
+    ids = [row[0] for row in rows]
+    marks = ",".join("?" * len(ids))
+    found = conn.execute(
+        f"SELECT {_CLAIM_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id "
+        f"WHERE r.id IN ({marks}) ORDER BY r.message_id, r.id",
+        ids,
+    ).fetchall()
+    return [
+        Claim(
+            recipient_id=row[0],
+            queue_id=row[1],
+            address=row[2],
+            connector=row[3],
+            sender=row[4],
+            received_at=row[5],
+            attempts=row[6],
+            internal_failures=row[7],
+            redelivery=bool(row[8]),
+            smtputf8=bool(row[9]),
+        )
+        for row in found
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """How an outcome ended up in the queue."""
+
+    outcome: Outcome
+    state: RecipientState
+    reply: str
+    retry_at: float | None
+    lease_lost: bool
+    message_done: bool
+
+
+def _next_state(
+    outcome: Outcome, policy: RetryPolicy, max_internal: int, now: float
+) -> tuple[RecipientState, str, float | None]:
+    claim_, reply = outcome.claim, outcome.reply
+    match outcome.disposition:
+        case Disposition.DELIVERED:
+            return RecipientState.DELIVERED, reply, None
+        case Disposition.FAILED:
+            return RecipientState.BOUNCED, reply, None
+        case Disposition.INTERNAL_ERROR if claim_.internal_failures + 1 >= max_internal:
+            return RecipientState.QUARANTINED, reply, None
+        case _:
+            if policy.expired(claim_.received_at, now):
+                return (
+                    RecipientState.BOUNCED,
+                    f"message expired in queue; last error: {reply}",
+                    None,
+                )
+            return RecipientState.DEFERRED, reply, now + policy.delay(claim_.attempts)
+
+
+def record_outcomes(
+    conn: Connection,
+    outcomes: Sequence[Outcome],
+    owner: str,
+    policy: RetryPolicy,
+    max_internal: int,
+    now: float,
+) -> list[Recorded]:
+    """Apply outcomes of one thread's attempts; finish messages whose recipients are all final."""
+    results: list[Recorded] = []
+    touched: dict[str, None] = {}
+    for outcome in outcomes:
+        state, reply, retry_at = _next_state(outcome, policy, max_internal, now)
+        internal = int(outcome.disposition is Disposition.INTERNAL_ERROR)
+        cur = conn.execute(
+            "UPDATE recipients SET state = ?, due_at = COALESCE(?, due_at), lease_owner = NULL, "
+            "lease_until = NULL, released = 0, internal_failures = internal_failures + ?, "
+            "last_reply = ?, updated_at = ? WHERE id = ? AND state = 'active' AND lease_owner = ?",
+            (state.value, retry_at, internal, reply, now, outcome.claim.recipient_id, owner),
+        )
+        conn.execute(
+            "INSERT INTO attempts (recipient_id, message_id, started_at, finished_at, "
+            "disposition, reply) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                outcome.claim.recipient_id,
+                outcome.claim.queue_id,
+                outcome.started_at,
+                outcome.finished_at,
+                outcome.disposition.value,
+                outcome.reply,
+            ),
+        )
+        lost = cur.rowcount == 0
+        if not lost and state.final:
+            touched[outcome.claim.queue_id] = None
+        results.append(Recorded(outcome, state, reply, retry_at, lost, False))
+    done = {queue_id for queue_id in touched if _finish_if_done(conn, queue_id, now)}
+    return [
+        Recorded(
+            r.outcome, r.state, r.reply, r.retry_at, r.lease_lost, r.outcome.claim.queue_id in done
+        )
+        for r in results
+    ]
+
+
+def _finish_if_done(conn: Connection, queue_id: str, now: float) -> bool:
+    row = conn.execute(
+        "SELECT COUNT(*) FROM recipients WHERE message_id = ? "
+        "AND state NOT IN ('delivered', 'bounced')",
+        (queue_id,),
+    ).fetchone()
+    if row[0]:
+        return False
+    conn.execute("DELETE FROM bodies WHERE message_id = ?", (queue_id,))
+    conn.execute(
+        "UPDATE messages SET done_at = ? WHERE id = ? AND done_at IS NULL", (now, queue_id)
+    )
+    return True
+
+
+def expire_leases(conn: Connection, now: float) -> int:
+    """Put recipients whose lease ran out back in the queue, marked as possibly delivered."""
+    cur = conn.execute(
+        "UPDATE recipients SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
+        "released = 1, due_at = ?, updated_at = ? WHERE state = 'active' AND lease_until < ?",
+        (now, now, now),
+    )
+    return cur.rowcount
+
+
+def release_leases(conn: Connection, now: float, owner_prefix: str | None = None) -> int:
+    """Release every lease (at start, when this process owns the store) or one owner's."""
+    if owner_prefix is None:
+        cur = conn.execute(
+            "UPDATE recipients SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
+            "released = 1, due_at = ?, updated_at = ? WHERE state = 'active'",
+            (now, now),
+        )
+    else:
+        cur = conn.execute(
+            "UPDATE recipients SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
+            "released = 1, due_at = ?, updated_at = ? WHERE state = 'active' "
+            "AND lease_owner LIKE ?",
+            (now, now, owner_prefix + "%"),
+        )
+    return cur.rowcount
+
+
+def purge_done(conn: Connection, before: float, limit: int = 1000) -> int:
+    """Delete up to `limit` finished messages (and their rows) finished before `before`."""
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM messages WHERE done_at IS NOT NULL AND done_at < ? LIMIT ?",
+            (before, limit),
+        ).fetchall()
+    ]
+    for queue_id in ids:
+        conn.execute("DELETE FROM attempts WHERE message_id = ?", (queue_id,))
+        conn.execute("DELETE FROM recipients WHERE message_id = ?", (queue_id,))
+        conn.execute("DELETE FROM bodies WHERE message_id = ?", (queue_id,))
+        conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
+    return len(ids)

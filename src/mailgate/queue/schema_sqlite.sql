@@ -1,0 +1,51 @@
+-- mailgate queue schema (SQLite). Portable SQL; the PostgreSQL schema differs only in
+-- column types (BYTEA, BIGINT identity).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id                TEXT PRIMARY KEY,
+    received_at       DOUBLE PRECISION NOT NULL,
+    sender            TEXT NOT NULL,
+    size              INTEGER NOT NULL,
+    client            TEXT NOT NULL,
+    header_message_id TEXT,
+    smtputf8          INTEGER NOT NULL DEFAULT 0,
+    done_at           DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS bodies (
+    message_id TEXT PRIMARY KEY REFERENCES messages (id),
+    data       BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS recipients (
+    id                INTEGER PRIMARY KEY,
+    message_id        TEXT NOT NULL REFERENCES messages (id),
+    address           TEXT NOT NULL,
+    connector         TEXT NOT NULL,
+    state             TEXT NOT NULL,
+    due_at            DOUBLE PRECISION NOT NULL,
+    lease_owner       TEXT,
+    lease_until       DOUBLE PRECISION,
+    released          INTEGER NOT NULL DEFAULT 0,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    internal_failures INTEGER NOT NULL DEFAULT 0,
+    last_reply        TEXT,
+    updated_at        DOUBLE PRECISION NOT NULL
+);
+-- Claiming due work walks this partial index in due order: no sort, no scan.
+CREATE INDEX IF NOT EXISTS recipients_due ON recipients (connector, due_at)
+    WHERE state IN ('queued', 'deferred');
+CREATE INDEX IF NOT EXISTS recipients_lease ON recipients (lease_until) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS recipients_message ON recipients (message_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id           INTEGER PRIMARY KEY,
+    recipient_id INTEGER NOT NULL REFERENCES recipients (id),
+    message_id   TEXT NOT NULL,
+    started_at   DOUBLE PRECISION NOT NULL,
+    finished_at  DOUBLE PRECISION NOT NULL,
+    disposition  TEXT NOT NULL,
+    reply        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id);

@@ -1,0 +1,102 @@
+"""SQLite backend: WAL mode, synchronous=FULL, so every COMMIT is on disk.
+
+Durability comes from the WAL fsync at COMMIT; the group committer makes many
+concurrent sessions share one such fsync. SQLite errors are translated into
+StoreError here, with `full` set for a full disk, so callers answer 452 not 451.
+A file that is not a SQLite database is reported at start with its path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mailgate.errors import StoreError
+
+SCHEMA_VERSION = "1"
+
+
+@contextlib.contextmanager
+def translate_errors(what: str) -> Iterator[None]:
+    """Map sqlite3 errors to StoreError (full=True for SQLITE_FULL / ENOSPC)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        full = code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+        raise StoreError(f"{what}: {exc}", full=full) from exc
+
+
+class SqliteConnection:
+    """A sqlite3 connection in autocommit mode with explicit transactions."""
+
+    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+        with translate_errors(f"open {path}"):
+            self._conn = sqlite3.connect(
+                path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with translate_errors("query"):
+            return self._conn.execute(sql, params)
+
+    def executescript(self, script: str) -> None:
+        with translate_errors("script"):
+            self._conn.executescript(script)
+
+    def begin(self) -> None:
+        self.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+
+class SqliteBackend:
+    """The embedded queue: one SQLite file, created on first use."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def connect(self) -> SqliteConnection:
+        return SqliteConnection(self.path)
+
+    def initialize(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        schema = resources.files("mailgate.queue").joinpath("schema_sqlite.sql").read_text()
+        conn = self.connect()
+        try:
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except StoreError as exc:
+                raise StoreError(f"queue file {self.path} is not usable: {exc}") from exc
+            conn.executescript(schema)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+                )
+            elif row[0] != SCHEMA_VERSION:
+                raise StoreError(
+                    f"queue file {self.path} has schema {row[0]}, this mailgate knows "
+                    f"{SCHEMA_VERSION}"
+                )
+        finally:
+            conn.close()

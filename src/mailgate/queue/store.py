@@ -1,0 +1,141 @@
+"""The queue store: what stages call to enqueue, claim, record and read.
+
+Writes go through a writer (the group Committer inside the service, a
+DirectWriter in command-line tools) and return Futures that complete once the
+change is durable. Reads use a `QueueReader`, one per thread, opened inside
+that thread. Nothing here loads the whole queue: claims and reads are bounded,
+indexed queries.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+from mailgate.model import Claim, NewMessage, Outcome
+from mailgate.queue import ops
+from mailgate.queue.backend import Backend, Connection
+from mailgate.queue.retry import RetryPolicy
+
+T = TypeVar("T")
+
+
+class Writer(Protocol):
+    def submit(self, name: str, op: Callable[[Connection], T]) -> Future[T]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """Recipients per (connector, state) and the oldest waiting message's arrival time."""
+
+    by_state: dict[tuple[str, str], int]
+    oldest_waiting: dict[str, float]
+
+
+class QueueStore:
+    """Facade over a backend and a writer; safe to share between threads."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        writer: Writer,
+        *,
+        policy: RetryPolicy | None = None,
+        lease: float = 300.0,
+        max_internal_failures: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self._writer = writer
+        self.policy = policy or RetryPolicy()
+        self.lease = lease
+        self.max_internal_failures = max_internal_failures
+        self._clock = clock
+
+    def enqueue(self, message: NewMessage) -> Future[None]:
+        return self._writer.submit("enqueue", lambda c: ops.insert_message(c, message))
+
+    def claim(self, connector: str, owner: str, limit: int) -> Future[list[Claim]]:
+        now, lease = self._clock(), self.lease
+        return self._writer.submit(
+            "claim", lambda c: ops.claim(c, connector, owner, limit, now, lease)
+        )
+
+    def record(self, outcomes: Sequence[Outcome], owner: str) -> Future[list[ops.Recorded]]:
+        now, policy, limit = self._clock(), self.policy, self.max_internal_failures
+        return self._writer.submit(
+            "record", lambda c: ops.record_outcomes(c, outcomes, owner, policy, limit, now)
+        )
+
+    def expire_leases(self) -> Future[int]:
+        now = self._clock()
+        return self._writer.submit("expire-leases", lambda c: ops.expire_leases(c, now))
+
+    def release_leases(self, owner_prefix: str | None = None) -> Future[int]:
+        now = self._clock()
+        return self._writer.submit(
+            "release-leases", lambda c: ops.release_leases(c, now, owner_prefix)
+        )
+
+    def purge_done(self, older_than: float) -> Future[int]:
+        before = self._clock() - older_than
+        return self._writer.submit("purge", lambda c: ops.purge_done(c, before))
+
+    def reader(self) -> QueueReader:
+        """A reader with its own connection; call from the thread that will use it."""
+        return QueueReader(self.backend.connect(), self._clock)
+
+
+class QueueReader:
+    """Read-only queries on one connection, owned by one thread."""
+
+    def __init__(self, conn: Connection, clock: Callable[[], float] = time.time) -> None:
+        self._conn = conn
+        self._clock = clock
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def body(self, queue_id: str) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT data FROM bodies WHERE message_id = ?", (queue_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def next_due(self, connector: str) -> float | None:
+        """When the earliest waiting recipient of `connector` is due (index lookup)."""
+        row = self._conn.execute(
+            "SELECT MIN(due_at) FROM recipients WHERE connector = ? "
+            "AND state IN ('queued', 'deferred')",
+            (connector,),
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def counts(self) -> QueueCounts:
+        by_state: dict[tuple[str, str], int] = {}
+        for connector, state, count in self._conn.execute(
+            "SELECT connector, state, COUNT(*) FROM recipients "
+            "WHERE state NOT IN ('delivered', 'bounced') GROUP BY connector, state"
+        ).fetchall():
+            by_state[(connector, state)] = count
+        oldest: dict[str, float] = {}
+        for connector, received in self._conn.execute(
+            "SELECT r.connector, MIN(m.received_at) FROM recipients r "
+            "JOIN messages m ON m.id = r.message_id "
+            "WHERE r.state NOT IN ('delivered', 'bounced') GROUP BY r.connector"
+        ).fetchall():
+            oldest[connector] = float(received)
+        return QueueCounts(by_state, oldest)
+
+    def recipient_states(self, queue_id: str) -> list[tuple[str, str, str | None]]:
+        return [
+            (row[0], row[1], row[2])
+            for row in self._conn.execute(
+                "SELECT address, state, last_reply FROM recipients WHERE message_id = ? "
+                "ORDER BY id",
+                (queue_id,),
+            ).fetchall()
+        ]

@@ -1,0 +1,1 @@
+"""receive: accepting mail (SMTP now, postoffice outboxes later) into the durable queue."""

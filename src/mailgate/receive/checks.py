@@ -1,0 +1,70 @@
+"""Protocol checks on envelope addresses and message content, each returning an SMTP reply.
+
+Limits are those of RFC 5321 section 4.5.3.1: local part 64 octets, domain 255,
+path 256 (with the angle brackets). Content is refused for bare CR or LF (the raw
+material of SMTP smuggling), NUL bytes, and raw 8-bit header bytes from a client
+that did not declare SMTPUTF8. All functions are pure and never raise on
+hostile input.
+"""
+
+from __future__ import annotations
+
+import re
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+
+MAX_LOCAL_PART = 64
+MAX_DOMAIN = 255
+MAX_PATH = 256
+
+_BARE_NEWLINE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+_HEADER_END = re.compile(rb"\r\n\r\n")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def address_problem(address: str, *, sender: bool) -> str | None:
+    """Why an envelope address is unacceptable, as an SMTP reply; None if it is fine."""
+    what = "sender" if sender else "recipient"
+    code = "501 5.1.7" if sender else "501 5.1.3"
+    if _CONTROL.search(address):
+        return f"{code} Bad {what} address syntax: control characters"
+    if len(address) + 2 > MAX_PATH:
+        return f"{code} Bad {what} address syntax: path longer than {MAX_PATH} octets"
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return f"{code} Bad {what} address syntax: expected local-part@domain"
+    if len(local.encode("utf-8", "surrogateescape")) > MAX_LOCAL_PART:
+        return f"{code} Bad {what} address syntax: local part longer than {MAX_LOCAL_PART} octets"
+    if len(domain.encode("utf-8", "surrogateescape")) > MAX_DOMAIN:
+        return f"{code} Bad {what} address syntax: domain longer than {MAX_DOMAIN} octets"
+    return None
+
+
+def split_headers(data: bytes) -> bytes:
+    """The header block of a message (without the blank line), or all of it if no body."""
+    match = _HEADER_END.search(data)
+    return data if match is None else data[: match.start() + 2]
+
+
+def content_problem(data: bytes, *, smtputf8: bool, reject_8bit_headers: bool) -> str | None:
+    """Why message content must be refused, as an SMTP reply; None if it may be queued."""
+    if b"\x00" in data:
+        return "554 5.6.0 Message refused: contains NUL bytes"
+    if _BARE_NEWLINE.search(data):
+        return "554 5.6.0 Message refused: bare CR or LF (lines must end with CRLF)"
+    if reject_8bit_headers and not smtputf8 and not split_headers(data).isascii():
+        return "554 5.6.7 Message refused: 8-bit header bytes need SMTPUTF8 (RFC 6532)"
+    return None
+
+
+def header_message_id(data: bytes) -> str | None:
+    """The Message-ID header value, if one parses; never raises."""
+    try:
+        headers = BytesHeaderParser(policy=compat32).parsebytes(split_headers(data))
+        value = headers.get("Message-ID")
+    except Exception:  # hostile headers must never break receiving
+        return None
+    if value is None:
+        return None
+    text = _CONTROL.sub("", str(value)).strip()
+    return text[:998] or None

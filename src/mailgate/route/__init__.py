@@ -1,0 +1,1 @@
+"""route: ordered address-space rules mapping each recipient to a connector."""

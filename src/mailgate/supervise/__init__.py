@@ -1,0 +1,1 @@
+"""supervise: every thread the service runs is registered, watched and restarted here."""

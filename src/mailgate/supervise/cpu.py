@@ -1,0 +1,27 @@
+"""Per-thread CPU seconds from /proc, like Performance Monitor's "% Processor Time".
+
+A thread that should be working but shows no CPU is blocked; one that burns CPU
+with no progress is spinning. Returns None where /proc is not available.
+"""
+
+from __future__ import annotations
+
+import os
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def thread_cpu_seconds(native_id: int | None, pid: int | None = None) -> float | None:
+    if native_id is None:
+        return None
+    try:
+        with open(f"/proc/{pid or os.getpid()}/task/{native_id}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces) start at ") ".
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / _TICKS
+    except (IndexError, ValueError):
+        return None

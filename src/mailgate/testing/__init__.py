@@ -1,0 +1,1 @@
+"""testing: fault injection compiled into the service, off unless explicitly enabled."""
