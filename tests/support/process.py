@@ -1,0 +1,180 @@
+"""A real `mailgate run` subprocess on a loopback port, for end-to-end tests.
+
+Nothing is faked: the service is started as a user would start it, talked to over
+SMTP on 127.0.0.1, killed with real signals, and inspected through its files
+(events.jsonl, the Maildirs). Every wait is a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = """
+[service]
+hostname = "mx.test"
+stop_timeout = "10s"
+
+[postoffice]
+domain = "example.test"
+
+[log]
+levels = { Sent = "maximum", Queue = "maximum", Interchange = "maximum", Receive = "maximum", Supervision = "maximum" }
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = "condition"
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Mailgate:
+    """One data directory and the mailgate processes run on it."""
+
+    def __init__(
+        self, root: Path, *, config: str = DEFAULT_CONFIG, env: dict[str, str] | None = None
+    ):
+        self.root = root
+        self.data_dir = root / "var"
+        self.config_path = root / "mailgate.toml"
+        self.config_path.write_text(config)
+        self.port = free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_path = root / "stderr.log"
+
+    # --- running ---------------------------------------------------------------------------------
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "mailgate", *args]
+
+    def start(self, *extra: str, wait: bool = True, env: dict[str, str] | None = None) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        stderr = open(self.stderr_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            self.command(
+                "run",
+                "--config", str(self.config_path),
+                "--data-dir", str(self.data_dir),
+                "--listen", f"127.0.0.1:{self.port}",
+                *extra,
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**self.env, **(env or {})},
+        )  # fmt: skip
+        stderr.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"mailgate exited with {self.proc.returncode}:\n{self.stderr()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    return s.recv(512).startswith(b"220")
+            except OSError:
+                return False
+
+        wait_for(ready, timeout, 0.05, "mailgate to accept SMTP")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.command(*args, "--config", str(self.config_path), "--data-dir", str(self.data_dir)),
+            capture_output=True, text=True, input=input, timeout=60, check=check, env=self.env,
+        )  # fmt: skip
+
+    # --- inspecting ------------------------------------------------------------------------------
+    def events(self, event_id: int | None = None) -> list[dict[str, Any]]:
+        path = self.data_dir / "log" / "events.jsonl"
+        if not path.exists():
+            return []
+        found = []
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                record = json.loads(line)
+                if event_id is None or record["id"] == event_id:
+                    found.append(record)
+        return found
+
+    def mailbox_dir(self, net: str, po: str, mbx: str) -> Path:
+        return self.data_dir / "postoffice" / net / po / mbx
+
+    def add_mailbox(self, ms_address: str) -> str:
+        result = self.cli("mailbox", "add", ms_address)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def delivered(self, net: str, po: str, mbx: str) -> list[Path]:
+        box = self.mailbox_dir(net, po, mbx)
+        return sorted([*box.joinpath("new").iterdir(), *box.joinpath("cur").iterdir()])
+
+
+@contextlib.contextmanager
+def running(root: Path, **kwargs: Any) -> Iterator[Mailgate]:
+    mg = Mailgate(root, **kwargs)
+    try:
+        yield mg
+    finally:
+        mg.close()
+
+
+def header(path: Path, name: str) -> str | None:
+    """The value of header `name` in a delivered Maildir file."""
+    prefix = name.lower().encode() + b":"
+    for line in path.read_bytes().split(b"\n\n", 1)[0].split(b"\n"):
+        if line.lower().startswith(prefix):
+            return line[len(prefix) :].strip().decode(errors="replace")
+    return None
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
