@@ -27,8 +27,12 @@ stop_timeout = "10s"
 [postoffice]
 domain = "example.test"
 
-[log]
-levels = { Sent = "maximum", Queue = "maximum", Interchange = "maximum", Receive = "maximum", Supervision = "maximum" }
+[log.levels]
+Sent = "maximum"
+Queue = "maximum"
+Interchange = "maximum"
+Receive = "maximum"
+Supervision = "maximum"
 """
 
 
