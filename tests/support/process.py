@@ -130,8 +130,9 @@ class Mailgate:
     def cli(
         self, *args: str, input: str | None = None, check: bool = False
     ) -> subprocess.CompletedProcess[str]:
+        where = ("--config", str(self.config_path), "--data-dir", str(self.data_dir))
         return subprocess.run(
-            self.command(*args, "--config", str(self.config_path), "--data-dir", str(self.data_dir)),
+            self.command(*args, *where),
             capture_output=True, text=True, input=input, timeout=60, check=check, env=self.env,
         )  # fmt: skip
 
