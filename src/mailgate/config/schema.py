@@ -37,8 +37,8 @@ def parse_hostport(value: str) -> tuple[str, int]:
         raise ValueError(f"{value!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not 0 < int(port) < 65536:
-        raise ValueError(f"port {port} is out of range 1-65535")
+    if int(port) > 65535:
+        raise ValueError(f"port {port} is out of range 0-65535 (0 picks a free port)")
     return host, int(port)
 
 

@@ -124,6 +124,9 @@ class Committer:
                 except Exception as exc:  # one operation's failure stays its own
                     conn.execute("ROLLBACK TO SAVEPOINT op")
                     conn.execute("RELEASE SAVEPOINT op")
+                    if not isinstance(exc, StoreError):
+                        exc = StoreError(f"{job.name} failed: {exc!r}")
+                    self._events.emit(catalog.STORE_ERROR, operation=job.name, error=str(exc))
                     results.append((job, None, exc))
                     continue
                 conn.execute("RELEASE SAVEPOINT op")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mailgate.model import Claim, Disposition, NewMessage, Outcome, RecipientState
 from mailgate.queue.backend import Connection
 from mailgate.queue.retry import RetryPolicy
+from mailgate.testing import faults
 
 WAITING = ("queued", "deferred")
 FINAL = ("delivered", "bounced")
@@ -34,6 +35,7 @@ def insert_message(conn: Connection, msg: NewMessage) -> None:
         ),
     )
     conn.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (msg.queue_id, msg.body))
+    faults.check("queue.insert")  # tests: a failure half-way must leave nothing behind
     for rcpt in msg.recipients:
         conn.execute(
             "INSERT INTO recipients (message_id, address, connector, state, due_at, updated_at) "
