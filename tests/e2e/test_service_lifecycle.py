@@ -1,17 +1,14 @@
-"""Starting, refusing to start, failing storage, stopping: the service's contract with its operator."""
+"""Starting, refusing to start, failing storage, stopping: the contract with the operator."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import smtplib
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
+from tests.support.fs import fill, small_filesystem
 from tests.support.process import DEFAULT_CONFIG, Mailgate, running, wait_for
 
 ALICE = "alice@po1.net1.example.test"
@@ -75,22 +72,6 @@ def test_storage_failure_answers_451_and_keeps_nothing(tmp_path: Path) -> None:
         assert len(mg.delivered("NET1", "PO1", "ALICE")) == 1
 
 
-@contextlib.contextmanager
-def small_filesystem(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
 def test_full_disk_answers_452_then_recovers(tmp_path: Path) -> None:
     with small_filesystem(tmp_path / "small", "4m") as small:
         mg = Mailgate(small)
@@ -98,10 +79,7 @@ def test_full_disk_answers_452_then_recovers(tmp_path: Path) -> None:
             mg.add_mailbox("MS:NET1/PO1/ALICE")
             mg.start()
             assert send(mg)[0] == 250
-            filler = small / "filler"
-            with open(filler, "wb") as f, contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * 65536)
+            filler = fill(small)
             big = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n" * 1 + (b"y" * 998 + b"\r\n") * 300
             code, text = send(mg, big)
             assert code in (451, 452), (code, text)

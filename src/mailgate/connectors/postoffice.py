@@ -178,6 +178,10 @@ def _write_file(dir_fd: int, name: str, content: bytes) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)  # never leave a partial file behind
+        raise
     finally:
         os.close(fd)
 

@@ -54,6 +54,7 @@ class EventLog:
         self._levels.update(levels or {})
         self._logger = logging.Logger("mailgate.events", logging.DEBUG)
         self._logger.propagate = False
+        self._logger.addHandler(logging.NullHandler())  # no sinks yet: silence, not lastResort
 
     def add_sink(self, handler: logging.Handler) -> None:
         self._logger.addHandler(handler)

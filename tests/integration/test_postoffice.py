@@ -1,0 +1,170 @@
+"""The postoffice tree and Maildir delivery on real directories: safety, idempotence, errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailgate.connectors.postoffice import PostofficeConnector
+from mailgate.errors import AddressError, PermanentFailure, TemporaryFailure
+from mailgate.model import Claim
+from mailgate.observe.events import EventLog
+from mailgate.postoffice.address import AddressMap, PostofficeAddress
+from mailgate.postoffice.tree import Postoffice
+from tests.support.fs import fill, small_filesystem
+
+MAP = AddressMap("example.test", "{mailbox}@{po}.{net}.{domain}", 10)
+ALICE = PostofficeAddress("LOCAL", "MAIN", "ALICE")
+BODY = b"Subject: hi\r\n\r\nhello\r\n"
+
+
+def claim(address: str = "alice@main.local.example.test", rid: int = 1, **kw: object) -> Claim:
+    values: dict[str, object] = {
+        "recipient_id": rid, "queue_id": "Q1", "address": address, "connector": "postoffice",
+        "sender": "s@example.org", "received_at": 1_700_000_000.0, "attempts": 1,
+        "internal_failures": 0, "redelivery": False, "smtputf8": False,
+    }  # fmt: skip
+    values.update(kw)
+    return Claim(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def po(tmp_path: Path) -> Postoffice:
+    po = Postoffice(tmp_path / "postoffice", MAP)
+    po.add(ALICE)
+    return po
+
+
+def connector(po: Postoffice, quota: int = 0) -> PostofficeConnector:
+    return PostofficeConnector(po, MAP, EventLog(), hostname="mx.test", quota=quota)
+
+
+def files(po: Postoffice, sub: str = "new") -> list[str]:
+    return sorted(os.listdir(po.root / "LOCAL" / "MAIN" / "ALICE" / sub))
+
+
+def test_add_list_remove(po: Postoffice) -> None:
+    assert po.add(ALICE) is False, "adding twice is harmless"
+    po.add(PostofficeAddress("LOCAL", "MAIN", "BOB"))
+    assert po.mailboxes() == [ALICE, PostofficeAddress("LOCAL", "MAIN", "BOB")]
+    for sub in ("tmp", "new", "cur"):
+        assert (po.root / "LOCAL/MAIN/ALICE" / sub).is_dir()
+    session = connector(po).open()
+    session.deliver(claim(), BODY)
+    session.flush()
+    with pytest.raises(AddressError, match=r"--force"):
+        po.remove(ALICE)
+    assert po.remove(ALICE, force=True) == 1
+    assert not po.exists(ALICE)
+    assert po.mailboxes() == [PostofficeAddress("LOCAL", "MAIN", "BOB")]
+
+
+def test_delivery_writes_one_maildir_file(po: Postoffice) -> None:
+    session = connector(po).open()
+    reply = session.deliver(claim(), BODY)
+    session.flush()
+    assert reply.startswith("250")
+    assert files(po, "tmp") == []
+    [name] = files(po)
+    assert name.startswith("1700000000.MQ1R1.mx.test,S=")
+    content = (po.root / "LOCAL/MAIN/ALICE/new" / name).read_bytes()
+    assert content.startswith(b"Return-Path: <s@example.org>\nDelivered-To: alice@")
+    assert b"\r\n" not in content and content.endswith(b"hello\n")
+    assert int(name.split("S=")[1]) == len(content)
+
+
+def test_second_delivery_of_the_same_recipient_does_not_duplicate(po: Postoffice) -> None:
+    session = connector(po).open()
+    session.deliver(claim(), BODY)
+    session.deliver(claim(), BODY)  # e.g. a thread whose lease expired
+    session.deliver(claim(redelivery=True), BODY)
+    session.flush()
+    assert len(files(po)) == 1
+    session.deliver(claim(rid=2), BODY)  # another recipient row is another message
+    session.flush()
+    assert len(files(po)) == 2
+
+
+def test_redelivery_finds_a_copy_the_reader_moved_to_cur(po: Postoffice) -> None:
+    session = connector(po).open()
+    session.deliver(claim(), BODY)
+    session.flush()
+    [name] = files(po)
+    box = po.root / "LOCAL/MAIN/ALICE"
+    os.rename(box / "new" / name, box / "cur" / f"{name}:2,S")
+    reply = session.deliver(claim(redelivery=True), BODY)
+    session.flush()
+    assert "already" in reply
+    assert files(po) == [] and len(files(po, "cur")) == 1
+
+
+def test_missing_mailbox_is_permanent(po: Postoffice) -> None:
+    session = connector(po).open()
+    with pytest.raises(PermanentFailure, match=r"550 5\.1\.1"):
+        session.deliver(claim("carol@main.local.example.test"), BODY)
+    with pytest.raises(PermanentFailure):
+        session.deliver(claim("someone@example.org"), BODY)
+
+
+def test_symlinks_are_refused_not_followed(po: Postoffice, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "new").mkdir(parents=True)
+    (outside / "tmp").mkdir()
+    (outside / "cur").mkdir()
+    (po.root / "LOCAL" / "MAIN" / "EVIL").symlink_to(outside)
+    evil = PostofficeAddress("LOCAL", "MAIN", "EVIL")
+    assert not po.exists(evil)
+    session = connector(po).open()
+    with pytest.raises(PermanentFailure):
+        session.deliver(claim("evil@main.local.example.test"), BODY)
+    assert list((outside / "new").iterdir()) == []
+    (po.root / "LINKNET").symlink_to(po.root / "LOCAL")
+    assert not po.exists(PostofficeAddress("LINKNET", "MAIN", "ALICE"))
+    with pytest.raises(OSError):
+        po.add(PostofficeAddress("LINKNET", "MAIN", "NEW"))
+    assert not (po.root / "LOCAL" / "MAIN" / "NEW").exists()
+
+
+def test_quota_defers_instead_of_bouncing(po: Postoffice) -> None:
+    session = connector(po, quota=100).open()
+    session.deliver(claim(), BODY + b"x" * 200)
+    session.flush()
+    with pytest.raises(TemporaryFailure, match=r"452 4\.2\.2"):
+        session.deliver(claim(rid=2), BODY)
+
+
+def test_full_disk_defers_instead_of_bouncing(tmp_path: Path) -> None:
+    with small_filesystem(tmp_path / "small", "1m") as small:
+        po = Postoffice(small / "postoffice", MAP)
+        po.add(ALICE)
+        filler = fill(small)
+        session = connector(po).open()
+        with pytest.raises(TemporaryFailure, match=r"452 4\.2\.2"):
+            session.deliver(claim(), BODY + b"x" * 100_000)
+        assert files(po, "tmp") == [], "no partial file left behind"
+        filler.unlink()
+        session.deliver(claim(), BODY)
+        session.flush()
+        assert len(files(po)) == 1
+
+
+def test_mailbox_cli_refuses_traversal(tmp_path: Path) -> None:
+    def mailbox(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "mailgate", "mailbox", *args, "--data-dir", str(tmp_path)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    # (An argv cannot carry NUL; the unit tests cover NUL in names.)
+    for bad in ["MS:../../ETC/PASSWD", "MS:A/B/../../C", "MS:/tmp/x", "../x@b.a.host"]:
+        result = mailbox("add", bad)
+        assert result.returncode != 0, bad
+    assert not (tmp_path / "postoffice").exists() or list((tmp_path / "postoffice").iterdir()) == []
+    result = mailbox("add", "MS:N/P/USER")
+    assert result.returncode == 0 and result.stdout.strip().startswith("user@p.n.")
+    listed = mailbox("list")
+    assert "MS:N/P/USER" in listed.stdout
+    assert mailbox("remove", "MS:N/P/USER").returncode == 0
+    assert mailbox("list").stdout == ""

@@ -1,0 +1,118 @@
+"""Configuration: defaults, validation with dotted paths, units, and the generated reference."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailgate.config import load_config, parse_config
+from mailgate.config.reference import render_reference
+from mailgate.config.units import format_duration, parse_duration, parse_size
+from mailgate.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def problems(data: dict[str, object]) -> dict[str, str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return dict(info.value.problems)
+
+
+def test_defaults_without_a_file() -> None:
+    config = load_config(None)
+    assert config.smtp.listen == "127.0.0.1:2525"
+    assert config.data_dir == Path("./var")
+    assert config.queue_path == Path("./var/queue/queue.db")
+    assert config.service.stop_timeout == 30.0
+    assert config.smtp.max_message_size == 10 * 1024 * 1024
+    assert config.postoffice_domain == config.service.hostname
+    assert [(r.match, r.connector) for r in config.route] == [("MS:*/*/*", "postoffice")]
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "reason"),
+    [
+        ({"smtp": {"bogus": 1}}, "smtp.bogus", "unknown key"),
+        ({"nosuch": {}}, "nosuch", "unknown key"),
+        ({"smtp": {"max_recipients": "ten"}}, "smtp.max_recipients", "integer"),
+        ({"smtp": {"max_recipients": 0}}, "smtp.max_recipients", "greater than or equal to 1"),
+        ({"smtp": {"listen": "nowhere"}}, "smtp.listen", "HOST:PORT"),
+        ({"smtp": {"relay_networks": ["10.0.0.0/33"]}}, "smtp.relay_networks", "CIDR"),
+        ({"service": {"stop_timeout": "soon"}}, "service.stop_timeout", "not a duration"),
+        ({"smtp": {"max_message_size": "big"}}, "smtp.max_message_size", "not a size"),
+        ({"queue": {"retry_min": "2h", "retry_max": "1h"}}, "queue", "retry_min"),
+        ({"route": [{"match": "*@x.org", "connector": "fax"}]}, "route[0]", "unknown connector"),
+        ({"route": [{"match": "a*b@x.org", "connector": "postoffice"}]}, "route[0].match", "*"),
+        ({"log": {"levels": {"Bogus": "maximum"}}}, "log", "unknown categories"),
+        ({"log": {"levels": {"Sent": "loud"}}}, "log.levels.Sent", "'none'"),
+        ({"postoffice": {"address_template": "{mailbox}@{net}.x"}}, "postoffice", "{po}"),
+    ],
+)
+def test_invalid_values_name_the_dotted_key(
+    data: dict[str, object], path: str, reason: str
+) -> None:
+    found = problems(data)
+    assert path in found, found
+    assert reason in found[path], found
+
+
+def test_overrides_are_validated_too() -> None:
+    config = parse_config({}, {"smtp.listen": "127.0.0.1:2600", "service.data_dir": "/srv/mg"})
+    assert config.smtp.listen == "127.0.0.1:2600"
+    assert config.log_dir == Path("/srv/mg/log")
+    with pytest.raises(ConfigError):
+        parse_config({}, {"smtp.listen": "127.0.0.1:99999"})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("2m", 120), ("1h30m", 5400), ("5d", 432000), ("500ms", 0.5), (7, 7)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "5", "5x", "m5", "-1s", "1h 30", True, [1]])
+def test_bad_durations(bad: object) -> None:
+    """A string needs a unit; "5" alone is refused rather than guessed."""
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_sizes() -> None:
+    assert parse_size("10MiB") == 10 * 1024 * 1024
+    assert parse_size("512k") == 512_000
+    assert parse_size(1234) == 1234
+    with pytest.raises(ValueError):
+        parse_size("lots")
+    assert format_duration(5400) == "90m"
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[smtp]\nlisten = "127.0.0.1:2600"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[smtp]\nmax_recipients = -1\n[queue]\nlease = "forever"\n')
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[smtp\n")
+
+    def check(path: Path) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "mailgate", "check-config", str(path)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    assert check(good).returncode == 0
+    result = check(bad)
+    assert result.returncode == 1
+    assert "smtp.max_recipients" in result.stderr and "queue.lease" in result.stderr
+    result = check(broken)
+    assert result.returncode == 1 and "not valid TOML" in result.stderr
+    assert check(tmp_path / "missing.toml").returncode == 1
+
+
+def test_configuration_reference_is_in_sync() -> None:
+    checked_in = (ROOT / "docs" / "configuration.md").read_text()
+    assert checked_in == render_reference(), "run `mailgate docs --write`"
