@@ -74,8 +74,10 @@ class Supervisor:
         max_restarts: int = 5,
         window: float = 60.0,
         on_fatal: Callable[[str], None] | None = None,
+        backoff: float = BACKOFF_FIRST,
     ) -> None:
         self._events = events
+        self._backoff = backoff
         self._max_restarts = max_restarts
         self._window = window
         self._on_fatal = on_fatal
@@ -205,7 +207,7 @@ class Supervisor:
             if slot.critical and self._on_fatal is not None:
                 self._on_fatal(f"critical thread {handle.name} failed")
             return
-        base = BACKOFF_STRUCTURAL if slot.structural else BACKOFF_FIRST
+        base = self._backoff * (BACKOFF_STRUCTURAL / BACKOFF_FIRST if slot.structural else 1)
         backoff = min(BACKOFF_MAX, base * 2 ** (len(slot.recent) - 1))
         slot.restart_at = now + backoff
         if slot.error is not None:
@@ -262,5 +264,6 @@ class Supervisor:
         left += self.stop(
             [n for n in self._slots if n not in named and n != "supervisor"], deadline
         )
-        left += self.stop(["supervisor"], deadline)
+        # The monitor only sleeps in short waits: it always gets a moment to end.
+        left += self.stop(["supervisor"], max(deadline, time.monotonic() + 1.0))
         return left
