@@ -60,16 +60,22 @@ class Mailgate:
     """One data directory and the mailgate processes run on it."""
 
     def __init__(
-        self, root: Path, *, config: str = DEFAULT_CONFIG, env: dict[str, str] | None = None
+        self,
+        root: Path,
+        *,
+        config: str = DEFAULT_CONFIG,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
     ):
         self.root = root
-        self.data_dir = root / "var"
+        self.data_dir = data_dir or root / "var"
         self.config_path = root / "mailgate.toml"
         self.config_path.write_text(config)
         self.port = free_port()
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = root / "stderr.log"
+        self.log_dir = self.data_dir / "log"
 
     # --- running ---------------------------------------------------------------------------------
     def command(self, *args: str) -> list[str]:
@@ -138,7 +144,7 @@ class Mailgate:
 
     # --- inspecting ------------------------------------------------------------------------------
     def events(self, event_id: int | None = None) -> list[dict[str, Any]]:
-        path = self.data_dir / "log" / "events.jsonl"
+        path = self.log_dir / "events.jsonl"
         if not path.exists():
             return []
         found = []
