@@ -36,6 +36,8 @@ class PostofficeAddress:
 
 def validate_name(kind: str, value: str, max_length: int) -> str:
     """Return `value` upper-cased if it is a safe postoffice name, else raise AddressError."""
+    if not value.isascii():  # "al\u0131ce".upper() == "ALICE": look-alikes must not alias
+        raise AddressError(f"{kind} name {value!r} may hold only ASCII letters, digits, '_', '-'")
     name = value.upper()
     if not name:
         raise AddressError(f"{kind} name is empty")
@@ -65,7 +67,7 @@ class AddressMap:
                 pattern += re.escape(self.domain)
             elif field:
                 pattern += f"(?P<{field[1:-1]}>[^@.]+)"
-        return re.compile(pattern, re.IGNORECASE)
+        return re.compile(pattern, re.IGNORECASE | re.ASCII)  # no Unicode case folding
 
     def to_smtp(self, address: PostofficeAddress) -> str:
         return self.template.format(

@@ -131,6 +131,8 @@ class ReceiveHandler:
             problem = address_problem(address, sender=True)
             if problem:
                 return problem
+        if not envelope.smtp_utf8 and not address.isascii():
+            return "553 5.6.7 Non-ASCII sender address needs SMTPUTF8 (RFC 6531)"
         envelope.mail_from = address  # "<>" (truthy) stands for the null sender
         envelope.mail_options.extend(options)
         return "250 2.1.0 Ok"
@@ -141,6 +143,8 @@ class ReceiveHandler:
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return "452 4.5.3 Error: too many recipients"
         problem = address_problem(address, sender=False)
+        if not problem and not envelope.smtp_utf8 and not address.isascii():
+            problem = "553 5.6.7 Non-ASCII recipient address needs SMTPUTF8 (RFC 6531)"
         if problem:
             self.events.emit(
                 catalog.INVALID_RECIPIENT,
@@ -158,7 +162,9 @@ class ReceiveHandler:
             return verdict.reply
         assert verdict.connector is not None
         routes: dict[str, str] = envelope.__dict__.setdefault("mailgate_routes", {})
-        if address.lower() not in {a.lower() for a in routes}:
+        seen: set[str] = envelope.__dict__.setdefault("mailgate_seen", set())
+        if verdict.key not in seen:  # a recipient given twice is delivered once
+            seen.add(verdict.key)
             routes[address] = verdict.connector
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(options)

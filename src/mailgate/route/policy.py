@@ -24,6 +24,7 @@ class Verdict:
     reply: str
     connector: str | None
     relay_denied: bool = False
+    key: str = ""  # the recipient's identity, for dropping duplicates within one message
 
 
 class RecipientPolicy:
@@ -43,7 +44,9 @@ class RecipientPolicy:
         problem = verify(route) if verify else None
         if problem is not None:
             return Verdict(False, problem, route.connector)
-        return Verdict(True, "250 2.1.5 Ok", route.connector)
+        local, _, domain = address.rpartition("@")
+        key = str(route.postoffice) if route.postoffice else f"{local}@{domain.lower()}"
+        return Verdict(True, "250 2.1.5 Ok", route.connector, key=key)
 
 
 def postoffice_verifier(exists: Callable[[PostofficeAddress], bool]) -> Verifier:
