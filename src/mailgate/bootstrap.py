@@ -18,9 +18,12 @@ import traceback
 from types import FrameType, TracebackType
 
 from mailgate import __version__
-from mailgate.config.schema import Config, parse_hostport
+from mailgate.config.schema import RELAY_CONNECTORS, Config, parse_hostport
 from mailgate.connectors.postoffice import PostofficeConnector
+from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
+from mailgate.dsn.generate import BounceGenerator
 from mailgate.errors import AlreadyRunning, StoreError
+from mailgate.interchange.connector import Connector
 from mailgate.interchange.scheduler import Scheduler
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.interchange.worker import InterchangeThread
@@ -34,6 +37,7 @@ from mailgate.queue.lock import DataDirLock
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueStore, Writer
+from mailgate.receive.pickup import Pickup, PickupSettings
 from mailgate.receive.server import SmtpListener, bind
 from mailgate.receive.smtp import ReceiveHandler, ReceiveSettings
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
@@ -96,9 +100,15 @@ class Service:
         )
         self.address_map = address_map(config)
         self.postoffice = Postoffice(config.postoffice_root, self.address_map)
-        self.router = Router([(r.match, r.connector) for r in config.route], self.address_map)
+        self.router = Router(config.routes, self.address_map)
         self.policy = RecipientPolicy(
-            self.router, {"postoffice": postoffice_verifier(self.postoffice.exists)}
+            self.router,
+            {"postoffice": postoffice_verifier(self.postoffice.exists)},
+            relay_connectors=RELAY_CONNECTORS,
+            relay_networks=config.smtp.relay_networks,
+        )
+        self.store.on_done = BounceGenerator(
+            config.service.hostname, config.postmaster, lambda a: self.router.route(a).connector
         )
         self.listener: SmtpListener | None = None
         self.interchange_threads: list[str] = []
@@ -163,33 +173,85 @@ class Service:
                 self.store,
                 self.wakeup,
                 self.events,
-                ["postoffice"],
+                config.connectors,
                 keep_done=config.queue.keep_done,
             ),
         )
-        connector = PostofficeConnector(
-            self.postoffice,
-            self.address_map,
-            self.events,
-            hostname=config.service.hostname,
-            quota=config.postoffice.quota,
-        )
-        body = InterchangeThread(
-            connector,
-            self.store,
-            self.wakeup,
-            self.events,
-            hostname=config.service.hostname,
-            batch=config.postoffice.batch,
-        )
-        for n in range(1, config.postoffice.threads + 1):
-            name = f"postoffice-{n}"
-            sup.spawn(
-                name, "interchange", body, connector="postoffice", on_stop=self.wakeup.notify_all
+        for connector, threads, batch in self._connectors():
+            body = InterchangeThread(
+                connector,
+                self.store,
+                self.wakeup,
+                self.events,
+                hostname=config.service.hostname,
+                batch=batch,
+                max_received=config.dsn.max_received,
             )
-            self.interchange_threads.append(name)
+            for n in range(1, threads + 1):
+                name = f"{connector.name}-{n}"
+                sup.spawn(
+                    name,
+                    "interchange",
+                    body,
+                    connector=connector.name,
+                    on_stop=self.wakeup.notify_all,
+                )
+                self.interchange_threads.append(name)
+        if config.pickup.enabled:
+            sup.spawn("pickup", "pickup", self._pickup())
         sup.spawn(
             "smtp", "receive", self.listener, critical=True, on_stop=self.listener.request_stop
+        )
+
+    def _connectors(self) -> list[tuple[Connector, int, int]]:
+        """Each connector some route uses, with its thread count and claim batch."""
+        config = self.config
+        built: list[tuple[Connector, int, int]] = []
+        if "postoffice" in config.connectors:
+            po = config.postoffice
+            postoffice = PostofficeConnector(
+                self.postoffice,
+                self.address_map,
+                self.events,
+                hostname=config.service.hostname,
+                quota=po.quota,
+            )
+            built.append((postoffice, po.threads, po.batch))
+        if "smarthost" in config.connectors:
+            sh = config.smarthost
+            target = SmarthostTarget(
+                host=sh.host,
+                port=sh.port,
+                helo=sh.helo or config.service.hostname,
+                starttls=sh.starttls,
+                verify=sh.verify,
+                ca_file=sh.ca_file,
+                username=sh.username,
+                password_file=sh.password_file,
+                timeout=sh.timeout,
+                down_for=sh.down_for,
+            )
+            built.append((SmarthostConnector(target, self.events), sh.threads, sh.batch))
+        return built
+
+    def _pickup(self) -> Pickup:
+        config = self.config
+        pickup = config.pickup
+        return Pickup(
+            config.postoffice_root,
+            config.badmail_dir,
+            PickupSettings(
+                interval=pickup.interval,
+                settle=pickup.settle,
+                batch=pickup.batch,
+                max_size=config.smtp.max_message_size,
+                hostname=config.service.hostname,
+            ),
+            self.store,
+            self.policy,
+            self.address_map,
+            self.wakeup,
+            self.events,
         )
 
     # --- stop ------------------------------------------------------------------------------------
@@ -204,7 +266,7 @@ class Service:
     def stop(self) -> list[str]:
         """Stop every thread within [service] stop_timeout; names of threads left running."""
         deadline = time.monotonic() + self.config.service.stop_timeout
-        groups = [["smtp"], self.interchange_threads, ["scheduler"], ["commit"]]
+        groups = [["smtp", "pickup"], self.interchange_threads, ["scheduler"], ["commit"]]
         left = self.supervisor.stop_all(groups, deadline)
         if left:
             self.events.emit(
@@ -252,12 +314,10 @@ def install_excepthooks(events: EventLog) -> None:
     sys.excepthook = main_hook
 
 
-def run_service(config: Config, *, notes: list[tuple[catalog.EventType, dict[str, str]]]) -> int:
+def run_service(config: Config) -> int:
     """`mailgate run`: start, serve until SIGTERM/SIGINT, stop. Returns the exit status."""
     events = open_events(config)
     install_excepthooks(events)
-    for event, fields in notes:
-        events.emit(event, **fields)
     service = Service(config, events)
     try:
         service.start()

@@ -43,10 +43,21 @@ def new_queue_id(now: float | None = None) -> str:
     return f"{micros:013X}{secrets.token_hex(3).upper()}"
 
 
+class MessageKind(enum.StrEnum):
+    """Ordinary mail, a bounce (null sender), or a bounce of a bounce sent to the postmaster."""
+
+    NORMAL = "normal"
+    BOUNCE = "bounce"
+    DOUBLE_BOUNCE = "double-bounce"
+
+
 @dataclass(frozen=True, slots=True)
 class NewRecipient:
+    """A recipient to queue; one with `failed_reply` is queued already bounced (with that reply)."""
+
     address: str
     connector: str
+    failed_reply: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,8 @@ class NewMessage:
     client: str
     header_message_id: str | None = None
     smtputf8: bool = False
+    kind: MessageKind = MessageKind.NORMAL
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,7 @@ class Claim:
     internal_failures: int
     redelivery: bool
     smtputf8: bool
+    kind: MessageKind = MessageKind.NORMAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +102,4 @@ class Outcome:
     reply: str
     started_at: float
     finished_at: float
+    remote_mta: str | None = None

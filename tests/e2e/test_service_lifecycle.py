@@ -102,9 +102,3 @@ def test_invalid_config_refuses_to_start_naming_the_key(tmp_path: Path) -> None:
     assert mg.proc.wait(30) == 2
     err = mg.stderr()
     assert "smtp.max_recipients" in err and "smtp.bogus: unknown key" in err
-
-
-def test_smarthost_flag_is_accepted_with_a_warning(tmp_path: Path) -> None:
-    with running(tmp_path) as mg:
-        mg.start("--smarthost", "127.0.0.1:2526")
-        assert mg.events(1004)

@@ -54,7 +54,7 @@ def test_add_list_remove(po: Postoffice) -> None:
     for sub in ("tmp", "new", "cur"):
         assert (po.root / "LOCAL/MAIN/ALICE" / sub).is_dir()
     session = connector(po).open()
-    session.deliver(claim(), BODY)
+    session.deliver_one(claim(), BODY)
     session.flush()
     with pytest.raises(AddressError, match=r"--force"):
         po.remove(ALICE)
@@ -65,7 +65,7 @@ def test_add_list_remove(po: Postoffice) -> None:
 
 def test_delivery_writes_one_maildir_file(po: Postoffice) -> None:
     session = connector(po).open()
-    reply = session.deliver(claim(), BODY)
+    reply = session.deliver_one(claim(), BODY)
     session.flush()
     assert reply.startswith("250")
     assert files(po, "tmp") == []
@@ -79,24 +79,24 @@ def test_delivery_writes_one_maildir_file(po: Postoffice) -> None:
 
 def test_second_delivery_of_the_same_recipient_does_not_duplicate(po: Postoffice) -> None:
     session = connector(po).open()
-    session.deliver(claim(), BODY)
-    session.deliver(claim(), BODY)  # e.g. a thread whose lease expired
-    session.deliver(claim(redelivery=True), BODY)
+    session.deliver_one(claim(), BODY)
+    session.deliver_one(claim(), BODY)  # e.g. a thread whose lease expired
+    session.deliver_one(claim(redelivery=True), BODY)
     session.flush()
     assert len(files(po)) == 1
-    session.deliver(claim(rid=2), BODY)  # another recipient row is another message
+    session.deliver_one(claim(rid=2), BODY)  # another recipient row is another message
     session.flush()
     assert len(files(po)) == 2
 
 
 def test_redelivery_finds_a_copy_the_reader_moved_to_cur(po: Postoffice) -> None:
     session = connector(po).open()
-    session.deliver(claim(), BODY)
+    session.deliver_one(claim(), BODY)
     session.flush()
     [name] = files(po)
     box = po.root / "LOCAL/MAIN/ALICE"
     os.rename(box / "new" / name, box / "cur" / f"{name}:2,S")
-    reply = session.deliver(claim(redelivery=True), BODY)
+    reply = session.deliver_one(claim(redelivery=True), BODY)
     session.flush()
     assert "already" in reply
     assert files(po) == [] and len(files(po, "cur")) == 1
@@ -105,9 +105,9 @@ def test_redelivery_finds_a_copy_the_reader_moved_to_cur(po: Postoffice) -> None
 def test_missing_mailbox_is_permanent(po: Postoffice) -> None:
     session = connector(po).open()
     with pytest.raises(PermanentFailure, match=r"550 5\.1\.1"):
-        session.deliver(claim("carol@main.local.example.test"), BODY)
+        session.deliver_one(claim("carol@main.local.example.test"), BODY)
     with pytest.raises(PermanentFailure):
-        session.deliver(claim("someone@example.org"), BODY)
+        session.deliver_one(claim("someone@example.org"), BODY)
 
 
 def test_symlinks_are_refused_not_followed(po: Postoffice, tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_symlinks_are_refused_not_followed(po: Postoffice, tmp_path: Path) -> No
     assert not po.exists(evil)
     session = connector(po).open()
     with pytest.raises(PermanentFailure):
-        session.deliver(claim("evil@main.local.example.test"), BODY)
+        session.deliver_one(claim("evil@main.local.example.test"), BODY)
     assert list((outside / "new").iterdir()) == []
     (po.root / "LINKNET").symlink_to(po.root / "LOCAL")
     assert not po.exists(PostofficeAddress("LINKNET", "MAIN", "ALICE"))
@@ -131,10 +131,10 @@ def test_symlinks_are_refused_not_followed(po: Postoffice, tmp_path: Path) -> No
 
 def test_quota_defers_instead_of_bouncing(po: Postoffice) -> None:
     session = connector(po, quota=100).open()
-    session.deliver(claim(), BODY + b"x" * 200)
+    session.deliver_one(claim(), BODY + b"x" * 200)
     session.flush()
     with pytest.raises(TemporaryFailure, match=r"452 4\.2\.2"):
-        session.deliver(claim(rid=2), BODY)
+        session.deliver_one(claim(rid=2), BODY)
 
 
 def test_full_disk_defers_instead_of_bouncing(tmp_path: Path) -> None:
@@ -144,10 +144,10 @@ def test_full_disk_defers_instead_of_bouncing(tmp_path: Path) -> None:
         filler = fill(small)
         session = connector(po).open()
         with pytest.raises(TemporaryFailure, match=r"452 4\.2\.2"):
-            session.deliver(claim(), BODY + b"x" * 100_000)
+            session.deliver_one(claim(), BODY + b"x" * 100_000)
         assert files(po, "tmp") == [], "no partial file left behind"
         filler.unlink()
-        session.deliver(claim(), BODY)
+        session.deliver_one(claim(), BODY)
         session.flush()
         assert len(files(po)) == 1
 

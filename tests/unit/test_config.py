@@ -30,7 +30,19 @@ def test_defaults_without_a_file() -> None:
     assert config.service.stop_timeout == 30.0
     assert config.smtp.max_message_size == 10 * 1024 * 1024
     assert config.postoffice_domain == config.service.hostname
-    assert [(r.match, r.connector) for r in config.route] == [("MS:*/*/*", "postoffice")]
+    assert config.routes == [("MS:*/*/*", "postoffice")]
+    assert config.connectors == ["postoffice"]
+
+
+def test_smarthost_defaults_and_flag() -> None:
+    config = parse_config({"smarthost": {"host": "relay.test"}})
+    assert config.routes == [("MS:*/*/*", "postoffice"), ("*", "smarthost")]
+    assert config.connectors == ["postoffice", "smarthost"]
+    flagged = load_config(None, smarthost="127.0.0.1:2526")
+    assert (flagged.smarthost.host, flagged.smarthost.port) == ("127.0.0.1", 2526)
+    assert flagged.routes[-1] == ("*", "smarthost")
+    with pytest.raises(ConfigError):
+        load_config(None, smarthost="nowhere")
 
 
 @pytest.mark.parametrize(
@@ -46,6 +58,8 @@ def test_defaults_without_a_file() -> None:
         ({"smtp": {"max_message_size": "big"}}, "smtp.max_message_size", "not a size"),
         ({"queue": {"retry_min": "2h", "retry_max": "1h"}}, "queue", "retry_min"),
         ({"route": [{"match": "*@x.org", "connector": "fax"}]}, "route[0]", "unknown connector"),
+        ({"route": [{"match": "*", "connector": "smarthost"}]}, "(top level)", "host is empty"),
+        ({"smarthost": {"starttls": "maybe"}}, "smarthost.starttls", "'none'"),
         ({"route": [{"match": "a*b@x.org", "connector": "postoffice"}]}, "route[0].match", "*"),
         ({"log": {"levels": {"Bogus": "maximum"}}}, "log", "unknown categories"),
         ({"log": {"levels": {"Sent": "loud"}}}, "log.levels.Sent", "'none'"),

@@ -34,13 +34,19 @@ def config_options(func: F) -> F:
     return func
 
 
-def get_config(config_path: Path | None, data_dir: Path | None, **overrides: Any) -> Config:
+def get_config(
+    config_path: Path | None,
+    data_dir: Path | None,
+    *,
+    smarthost: str | None = None,
+    **overrides: Any,
+) -> Config:
     """Load the configuration or exit with status 2 listing every problem."""
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["service.data_dir"] = str(data_dir)
     try:
-        return load_config(config_path, values)
+        return load_config(config_path, values, smarthost=smarthost)
     except ConfigError as exc:
         report_config_error(config_path, exc)
         raise SystemExit(2) from None

@@ -12,7 +12,6 @@ from mailgate.cli.common import config_options, get_config, report_config_error
 from mailgate.cli.mailbox import mailbox
 from mailgate.config import load_config
 from mailgate.errors import ConfigError
-from mailgate.observe import catalog
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,11 +30,8 @@ def run(
     """Run the service in the foreground until SIGTERM or SIGINT."""
     from mailgate.bootstrap import run_service
 
-    config = get_config(config_path, data_dir, **{"smtp.listen": listen})
-    notes: list[tuple[catalog.EventType, dict[str, str]]] = []
-    if smarthost:
-        notes.append((catalog.OPTION_IGNORED, {"option": f"--smarthost {smarthost}"}))
-    sys.exit(run_service(config, notes=notes))
+    config = get_config(config_path, data_dir, smarthost=smarthost, **{"smtp.listen": listen})
+    sys.exit(run_service(config))
 
 
 @cli.command("check-config")

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mailgate.config.schema import Config
+from mailgate.config.schema import Config, parse_hostport
 from mailgate.errors import ConfigError
 
 
@@ -55,7 +55,23 @@ def parse_config(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = 
         raise ConfigError(problems) from None
 
 
-def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+def with_smarthost(data: Mapping[str, Any], hostport: str) -> dict[str, Any]:
+    """`--smarthost HOST:PORT`: relay every non-local domain to that host."""
+    host, port = parse_hostport(hostport)
+    merged = dict(data)
+    merged["smarthost"] = {**dict(data.get("smarthost", {})), "host": host, "port": port}
+    routes = list(data.get("route", []))
+    if routes and not any(r.get("connector") == "smarthost" for r in routes):
+        merged["route"] = [*routes, {"match": "*", "connector": "smarthost"}]
+    return merged
+
+
+def load_config(
+    path: Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    smarthost: str | None = None,
+) -> Config:
     """Read and validate `path` (built-in defaults when None) with `overrides` applied."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -66,4 +82,9 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
             raise ConfigError([(str(path), f"cannot read: {exc.strerror}")]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+    if smarthost is not None:
+        try:
+            data = with_smarthost(data, smarthost)
+        except ValueError as exc:
+            raise ConfigError([("--smarthost", str(exc))]) from None
     return parse_config(data, overrides)

@@ -17,7 +17,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from mailgate.config.units import Duration, Size
 from mailgate.route.patterns import parse_pattern
 
-KNOWN_CONNECTORS = ("postoffice",)
+KNOWN_CONNECTORS = ("postoffice", "smarthost")
+RELAY_CONNECTORS = ("smarthost",)  # connectors that carry mail off this host
 LEVELS = ("none", "minimum", "medium", "maximum")
 CATEGORIES = (
     "Service", "Config", "Receive", "Routing", "Queue", "Interchange",
@@ -219,6 +220,59 @@ class SuperviseSettings(Section):
     )
 
 
+class SmarthostSettings(Section):
+    host: str = Field(
+        "",
+        description="Smarthost to relay non-local mail to; empty means no smarthost connector.",
+    )
+    port: int = Field(25, ge=1, le=65535, description="Smarthost port.")
+    starttls: Literal["none", "opportunistic", "required"] = Field(
+        "opportunistic",
+        description="STARTTLS to the smarthost: never, when offered, or always (else defer).",
+    )
+    verify: bool = Field(True, description="Verify the smarthost's certificate and name.")
+    ca_file: str = Field("", description="CA bundle for verification; empty means the system's.")
+    username: str = Field("", description="AUTH user name; empty means no AUTH.")
+    password_file: str = Field(
+        "", description="File holding the AUTH password (kept out of the configuration)."
+    )
+    helo: str = Field("", description="Name sent in EHLO; empty means service.hostname.")
+    timeout: Duration = Field(
+        "60s", validate_default=True, description="Timeout of each smarthost command."
+    )
+    threads: int = Field(2, ge=1, le=64, description="Interchange threads relaying to it.")
+    batch: int = Field(32, ge=1, le=1000, description="Recipients one thread claims at a time.")
+    down_for: Duration = Field(
+        "60s",
+        validate_default=True,
+        description="After a connection failure, how long new attempts are deferred at once "
+        "instead of hammering a dead host.",
+    )
+
+
+class PickupSettings(Section):
+    enabled: bool = Field(True, description="Take RFC 5322 files from postoffice outboxes.")
+    interval: Duration = Field(
+        "1s", validate_default=True, description="How often outboxes are scanned."
+    )
+    settle: Duration = Field(
+        "1s",
+        validate_default=True,
+        description="A file must be unchanged this long before it is taken (still being written).",
+    )
+    batch: int = Field(200, ge=1, le=10000, description="Files taken per outbox per scan.")
+
+
+class DsnSettings(Section):
+    postmaster: str = Field(
+        "",
+        description="Where undeliverable bounces go (once); empty means postmaster@<hostname>.",
+    )
+    max_received: int = Field(
+        30, ge=1, description="More Received: headers than this is a mail loop (bounce 5.4.6)."
+    )
+
+
 class RouteRule(Section):
     match: Annotated[str, AfterValidator(_pattern)] = Field(
         description="Address pattern: 'user@dom', '*@dom', '*@*.dom', 'MS:NET/PO/*' or '*'."
@@ -243,11 +297,49 @@ class Config(Section):
     postoffice: PostofficeSettings = Field(default_factory=PostofficeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     supervise: SuperviseSettings = Field(default_factory=SuperviseSettings)
+    smarthost: SmarthostSettings = Field(default_factory=SmarthostSettings)
+    pickup: PickupSettings = Field(default_factory=PickupSettings)
+    dsn: DsnSettings = Field(default_factory=DsnSettings)
     route: list[RouteRule] = Field(
-        default_factory=lambda: [RouteRule(match="MS:*/*/*", connector="postoffice")],
-        description="Ordered address-space rules; the first match wins.",
-        json_schema_extra={"doc_default": '[{ match = "MS:*/*/*", connector = "postoffice" }]'},
+        default_factory=list,
+        description="Ordered address-space rules; the first match wins. Without any, "
+        "postoffice addresses go to the postoffice and, when [smarthost] host is set, "
+        "everything else to the smarthost.",
+        json_schema_extra={
+            "doc_default": '[{ match = "MS:*/*/*", connector = "postoffice" }, '
+            '{ match = "*", connector = "smarthost" }]'
+        },
     )
+
+    @model_validator(mode="after")
+    def _smarthost_routes(self) -> Config:
+        if not self.smarthost.host and any(r.connector == "smarthost" for r in self.route):
+            raise ValueError("a route names the smarthost connector but [smarthost] host is empty")
+        return self
+
+    @property
+    def routes(self) -> list[tuple[str, str]]:
+        """The effective rules: the configured ones, or the defaults described above."""
+        if self.route:
+            return [(r.match, r.connector) for r in self.route]
+        rules = [("MS:*/*/*", "postoffice")]
+        if self.smarthost.host:
+            rules.append(("*", "smarthost"))
+        return rules
+
+    @property
+    def connectors(self) -> list[str]:
+        """Connectors some route uses, in a stable order."""
+        used = {connector for _, connector in self.routes}
+        return [c for c in KNOWN_CONNECTORS if c in used]
+
+    @property
+    def postmaster(self) -> str:
+        return self.dsn.postmaster or f"postmaster@{self.service.hostname}"
+
+    @property
+    def badmail_dir(self) -> Path:
+        return self.data_dir / "badmail"
 
     @property
     def data_dir(self) -> Path:

@@ -21,10 +21,12 @@ import contextlib
 import errno
 import os
 import threading
+from collections.abc import Sequence
 from typing import NoReturn
 
 from mailgate.errors import AddressError, PermanentFailure, TemporaryFailure
-from mailgate.model import Claim
+from mailgate.interchange.connector import Result
+from mailgate.model import Claim, Disposition
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
@@ -75,7 +77,21 @@ class PostofficeSession:
         self.suffix = f"{os.getpid()}_{threading.get_native_id()}"
         self._dirty: list[int] = []
 
-    def deliver(self, claim: Claim, body: bytes) -> str:
+    def deliver(self, claims: Sequence[Claim], body: bytes) -> list[Result]:
+        """Deliver to each recipient's mailbox; each recipient fails or succeeds on its own."""
+        results = []
+        for claim in claims:
+            try:
+                reply = self.deliver_one(claim, body)
+            except TemporaryFailure as exc:
+                results.append(Result(Disposition.DEFERRED, exc.reply))
+            except PermanentFailure as exc:
+                results.append(Result(Disposition.FAILED, exc.reply))
+            else:
+                results.append(Result(Disposition.DELIVERED, reply))
+        return results
+
+    def deliver_one(self, claim: Claim, body: bytes) -> str:
         mailbox = self._mailbox(claim)
         content = maildir_content(claim, body)
         name = maildir_name(claim, self.c.hostname, len(content))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage, Message
 from email.policy import SMTP
 
-from mailgate.receive.checks import split_headers
+from mailgate.headers import split_headers
 
 MAX_ORIGINAL_HEADERS = 64 * 1024
 _STATUS = re.compile(r"^\s*([245])\d\d[ -]([245]\.\d{1,3}\.\d{1,3})\b")

@@ -12,13 +12,16 @@ never the end of the thread.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import traceback
 from collections.abc import Sequence
 
+from mailgate.dsn.generate import report_bounce
 from mailgate.errors import PermanentFailure, TemporaryFailure
-from mailgate.interchange.connector import Connector, ConnectorSession
+from mailgate.headers import received_count
+from mailgate.interchange.connector import Connector, ConnectorSession, Result
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import Claim, Disposition, Outcome, RecipientState
 from mailgate.observe import catalog
@@ -49,6 +52,7 @@ class InterchangeThread:
         *,
         hostname: str,
         batch: int,
+        max_received: int = 30,
     ) -> None:
         self.connector = connector
         self.store = store
@@ -56,6 +60,7 @@ class InterchangeThread:
         self.events = events
         self.hostname = hostname
         self.batch = batch
+        self.max_received = max_received
 
     def __call__(self, handle: ThreadHandle) -> None:
         owner = lease_owner(self.hostname, handle.name)
@@ -98,40 +103,54 @@ class InterchangeThread:
         claims: Sequence[Claim],
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        bodies: dict[str, bytes | None] = {}
-        for claim in claims:
-            handle.busy(claim.queue_id, claim.address, claim.connector)
-            if claim.queue_id not in bodies:
-                bodies = {claim.queue_id: reader.body(claim.queue_id)}
-            outcomes.append(self._deliver_one(session, claim, bodies[claim.queue_id]))
+        # Claims come ordered by message: each message's recipients go in one call.
+        for queue_id, group in itertools.groupby(claims, key=lambda c: c.queue_id):
+            recipients = list(group)
+            handle.busy(queue_id, recipients[0].address, recipients[0].connector)
+            outcomes += self._deliver_message(session, recipients, reader.body(queue_id))
             handle.progress()
         return self._flush(session, outcomes)
 
-    def _deliver_one(self, session: ConnectorSession, claim: Claim, body: bytes | None) -> Outcome:
+    def _deliver_message(
+        self, session: ConnectorSession, claims: list[Claim], body: bytes | None
+    ) -> list[Outcome]:
         started = time.time()
         try:
             if body is None:
-                raise LookupError(f"body of {claim.queue_id} is missing from the queue")
+                raise LookupError(f"body of {claims[0].queue_id} is missing from the queue")
             faults.check("interchange.deliver")
-            reply = session.deliver(claim, body)
-            disposition = Disposition.DELIVERED
+            hops = received_count(body)
+            if hops > self.max_received:
+                raise PermanentFailure(
+                    f"554 5.4.6 Too many hops: {hops} Received: headers (mail loop?)"
+                )
+            results = session.deliver(claims, body)
+            if len(results) != len(claims):
+                raise RuntimeError(f"connector gave {len(results)} results for {len(claims)}")
         except TemporaryFailure as exc:
-            reply, disposition = exc.reply, Disposition.DEFERRED
+            results = [Result(Disposition.DEFERRED, exc.reply)] * len(claims)
         except PermanentFailure as exc:
-            reply, disposition = exc.reply, Disposition.FAILED
-        except Exception as exc:  # a bug or corrupt data: this recipient only, never the thread
-            reply, disposition = f"451 4.3.0 internal error: {exc!r}", Disposition.INTERNAL_ERROR
-            self.events.emit(
-                catalog.PROCESSING_FAILED,
-                queue_id=claim.queue_id,
-                recipient=claim.address,
-                connector=claim.connector,
-                failures=claim.internal_failures + 1,
-                limit=self.store.max_internal_failures,
-                error=repr(exc),
-                traceback="".join(traceback.format_exception(exc)),
-            )
-        return Outcome(claim, disposition, reply, started, time.time())
+            results = [Result(Disposition.FAILED, exc.reply)] * len(claims)
+        except Exception as exc:  # a bug or corrupt data: these recipients only, never the thread
+            results = [self._internal_error(c, exc) for c in claims]
+        finished = time.time()
+        return [
+            Outcome(c, r.disposition, r.reply, started, finished, r.remote_mta)
+            for c, r in zip(claims, results, strict=True)
+        ]
+
+    def _internal_error(self, claim: Claim, exc: Exception) -> Result:
+        self.events.emit(
+            catalog.PROCESSING_FAILED,
+            queue_id=claim.queue_id,
+            recipient=claim.address,
+            connector=claim.connector,
+            failures=claim.internal_failures + 1,
+            limit=self.store.max_internal_failures,
+            error=repr(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+        return Result(Disposition.INTERNAL_ERROR, f"451 4.3.0 internal error: {exc!r}")
 
     def _flush(self, session: ConnectorSession, outcomes: list[Outcome]) -> list[Outcome]:
         """Make deliveries durable; if that fails, nothing in the batch counts as delivered."""
@@ -139,7 +158,7 @@ class InterchangeThread:
             session.flush()
         except TemporaryFailure as exc:
             return [
-                Outcome(o.claim, Disposition.DEFERRED, exc.reply, o.started_at, o.finished_at)
+                Outcome(o.claim, Disposition.DEFERRED, exc.reply, o.started_at, o.finished_at, None)
                 if o.disposition is Disposition.DELIVERED
                 else o
                 for o in outcomes
@@ -183,3 +202,4 @@ class InterchangeThread:
                 )
             if item.message_done:
                 self.events.emit(catalog.MESSAGE_DONE, queue_id=claim.queue_id)
+                report_bounce(self.events, item.done)

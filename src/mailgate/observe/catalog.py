@@ -109,12 +109,6 @@ ALREADY_RUNNING = _event(
     "A second service was started on a data directory that another one holds.",
     "Stop the running one first, or give this one another --data-dir.",
 )  # fmt: skip
-OPTION_IGNORED = _event(
-    1004, "OptionIgnored", C.SERVICE, S.WARNING, MIN,
-    "option {option} is not supported yet and is ignored",
-    "A command-line option was accepted for compatibility but has no effect in this version.",
-    "Remove the option, or upgrade to a version that supports it.",
-)  # fmt: skip
 STOP_INCOMPLETE = _event(
     1005, "StopIncomplete", C.SERVICE, S.ERROR, MIN,
     "stop deadline of {timeout}s passed; threads still running: {threads}",
@@ -274,6 +268,63 @@ QUARANTINED = _event(
     "A poison message: it failed by internal error too often and is set aside so it "
     "cannot block other mail. It is kept, not lost.",
     "Inspect the message; delete, bounce or release it with the queue commands.",
+)  # fmt: skip
+
+# --- NDR -----------------------------------------------------------------------------------------
+NDR_GENERATED = _event(
+    2117, "NdrGenerated", C.NDR, S.INFO, MIN,
+    "{queue_id}: non-delivery report {bounce_id} ({kind}) queued to <{recipient}> for "
+    "{failed}",
+    "Recipients of a message failed permanently (or expired); an RFC 3464 report naming "
+    "them was queued to the sender (or, for a bounce that failed, to the postmaster).",
+    "None; check the failed recipients' replies if many bounce.",
+)  # fmt: skip
+NDR_DROPPED = _event(
+    2118, "NdrDropped", C.NDR, S.WARNING, MIN,
+    "{queue_id}: no non-delivery report for {failed}: {reason}",
+    "A report was owed but none was sent: the sender is the null sender (the message was "
+    "itself a bounce), a double bounce to the postmaster failed, or no route reaches the "
+    "postmaster.",
+    "Make sure [dsn] postmaster is a deliverable address.",
+)  # fmt: skip
+
+# --- Pickup --------------------------------------------------------------------------------------
+PICKED_UP = _event(
+    2444, "PickedUp", C.RECEIVE, S.INFO, MED,
+    "{queue_id}: picked up {file} from {outbox}: <{sender}> for {recipients} recipient(s), "
+    "{size} bytes",
+    "A file dropped in a postoffice outbox is durable in the queue; the file was removed.",
+    "None.",
+)  # fmt: skip
+PICKUP_BADMAIL = _event(
+    2445, "PickupBadmail", C.RECEIVE, S.WARNING, MIN,
+    "could not take {file} from {outbox}: {reason}; moved to {badmail}",
+    "A file in an outbox is not a message mailgate can send (no sender, no recipients, "
+    "unreadable); it was moved to the badmail directory beside a .reason file. Nothing "
+    "was sent.",
+    "Fix the program that wrote it; resubmit the corrected file to the outbox.",
+)  # fmt: skip
+PICKUP_ERROR = _event(
+    2447, "PickupError", C.RECEIVE, S.ERROR, MIN,
+    "pickup of {file} from {outbox} failed: {error}; it stays in place and is retried",
+    "A file could not be queued for a reason that may pass (the queue failed, a disk "
+    "error); it is left where it is and taken again on a later scan.",
+    "Check the queue's events around this one.",
+)  # fmt: skip
+
+# --- Smarthost -----------------------------------------------------------------------------------
+SMARTHOST_FAILED = _event(
+    2460, "SmarthostUnreachable", C.INTERCHANGE, S.WARNING, MIN,
+    "smarthost {host}:{port} unreachable: {error}; new attempts deferred for {down_for}s",
+    "The connection to the smarthost failed. Its recipients are deferred, and for a "
+    "while new ones are deferred at once instead of hammering a dead host.",
+    "Check that the smarthost is up and reachable from this host.",
+)  # fmt: skip
+SMARTHOST_RECOVERED = _event(
+    2461, "SmarthostRecovered", C.INTERCHANGE, S.INFO, MIN,
+    "smarthost {host}:{port} reachable again",
+    "A connection to a smarthost previously marked unreachable succeeded.",
+    "None.",
 )  # fmt: skip
 
 # --- Supervision ---------------------------------------------------------------------------------

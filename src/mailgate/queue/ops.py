@@ -4,26 +4,31 @@ They run inside the committer's shared transaction (group commit), each in its
 own savepoint, so one failing operation never undoes another's work. Only
 portable SQL is used. Transitions of a leased recipient are guarded by its lease
 owner: a thread whose lease expired cannot overwrite another thread's outcome.
+When the last recipient of a message reaches a final state, the `on_done` hook
+runs in the same transaction (it queues the bounce, if one is owed) and then the
+body is deleted: a bounce is never lost between "failed" and "reported".
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from mailgate.model import Claim, Disposition, NewMessage, Outcome, RecipientState
+from mailgate.model import Claim, Disposition, MessageKind, NewMessage, Outcome, RecipientState
 from mailgate.queue.backend import Connection
 from mailgate.queue.retry import RetryPolicy
 from mailgate.testing import faults
 
-WAITING = ("queued", "deferred")
-FINAL = ("delivered", "bounced")
+OnDone = Callable[[Connection, str, float], Any]
+"""Called with (connection, queue id, now) when a message's recipients are all final."""
 
 
-def insert_message(conn: Connection, msg: NewMessage) -> None:
+def insert_message(conn: Connection, msg: NewMessage, on_done: OnDone | None = None) -> Any:
+    """Queue a message; returns what `on_done` returned if every recipient was already final."""
     conn.execute(
         "INSERT INTO messages (id, received_at, sender, size, client, header_message_id, "
-        "smtputf8) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "smtputf8, kind, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             msg.queue_id,
             msg.received_at,
@@ -32,21 +37,35 @@ def insert_message(conn: Connection, msg: NewMessage) -> None:
             msg.client,
             msg.header_message_id,
             int(msg.smtputf8),
+            msg.kind.value,
+            msg.origin,
         ),
     )
     conn.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (msg.queue_id, msg.body))
     faults.check("queue.insert")  # tests: a failure half-way must leave nothing behind
     for rcpt in msg.recipients:
+        state = "bounced" if rcpt.failed_reply is not None else "queued"
         conn.execute(
-            "INSERT INTO recipients (message_id, address, connector, state, due_at, updated_at) "
-            "VALUES (?, ?, ?, 'queued', ?, ?)",
-            (msg.queue_id, rcpt.address, rcpt.connector, msg.received_at, msg.received_at),
+            "INSERT INTO recipients (message_id, address, connector, state, due_at, last_reply, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                msg.queue_id,
+                rcpt.address,
+                rcpt.connector,
+                state,
+                msg.received_at,
+                rcpt.failed_reply,
+                msg.received_at,
+            ),
         )
+    if all(r.failed_reply is not None for r in msg.recipients):
+        return finish_if_done(conn, msg.queue_id, msg.received_at, on_done)[1]
+    return None
 
 
 _CLAIM_COLUMNS = (
     "r.id, r.message_id, r.address, r.connector, m.sender, m.received_at, r.attempts, "
-    "r.internal_failures, r.released, m.smtputf8"
+    "r.internal_failures, r.released, m.smtputf8, m.kind"
 )
 
 
@@ -82,6 +101,7 @@ def claim(
             internal_failures=row[7],
             redelivery=bool(row[8]),
             smtputf8=bool(row[9]),
+            kind=MessageKind(row[10]),
         )
         for row in found
     ]
@@ -89,14 +109,15 @@ def claim(
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """How an outcome ended up in the queue."""
+    """How an outcome ended up in the queue; `done` is what on_done returned, if it ran."""
 
     outcome: Outcome
     state: RecipientState
     reply: str
     retry_at: float | None
     lease_lost: bool
-    message_done: bool
+    message_done: bool = False
+    done: Any = None
 
 
 def _next_state(
@@ -112,11 +133,8 @@ def _next_state(
             return RecipientState.QUARANTINED, reply, None
         case _:
             if policy.expired(claim_.received_at, now):
-                return (
-                    RecipientState.BOUNCED,
-                    f"message expired in queue; last error: {reply}",
-                    None,
-                )
+                expired = f"message expired in queue; last error: {reply}"
+                return RecipientState.BOUNCED, expired, None
             return RecipientState.DEFERRED, reply, now + policy.delay(claim_.attempts)
 
 
@@ -127,6 +145,7 @@ def record_outcomes(
     policy: RetryPolicy,
     max_internal: int,
     now: float,
+    on_done: OnDone | None = None,
 ) -> list[Recorded]:
     """Apply outcomes of one thread's attempts; finish messages whose recipients are all final."""
     results: list[Recorded] = []
@@ -137,8 +156,18 @@ def record_outcomes(
         cur = conn.execute(
             "UPDATE recipients SET state = ?, due_at = COALESCE(?, due_at), lease_owner = NULL, "
             "lease_until = NULL, released = 0, internal_failures = internal_failures + ?, "
-            "last_reply = ?, updated_at = ? WHERE id = ? AND state = 'active' AND lease_owner = ?",
-            (state.value, retry_at, internal, reply, now, outcome.claim.recipient_id, owner),
+            "last_reply = ?, remote_mta = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'active' AND lease_owner = ?",
+            (
+                state.value,
+                retry_at,
+                internal,
+                reply,
+                outcome.remote_mta,
+                now,
+                outcome.claim.recipient_id,
+                owner,
+            ),
         )
         conn.execute(
             "INSERT INTO attempts (recipient_id, message_id, started_at, finished_at, "
@@ -155,29 +184,44 @@ def record_outcomes(
         lost = cur.rowcount == 0
         if not lost and state.final:
             touched[outcome.claim.queue_id] = None
-        results.append(Recorded(outcome, state, reply, retry_at, lost, False))
-    done = {queue_id for queue_id in touched if _finish_if_done(conn, queue_id, now)}
-    return [
-        Recorded(
-            r.outcome, r.state, r.reply, r.retry_at, r.lease_lost, r.outcome.claim.queue_id in done
+        results.append(Recorded(outcome, state, reply, retry_at, lost))
+    finished: dict[str, Any] = {}
+    for queue_id in touched:
+        done, extra = finish_if_done(conn, queue_id, now, on_done)
+        if done:
+            finished[queue_id] = extra
+    first: set[str] = set()
+    final = []
+    for r in results:
+        queue_id = r.outcome.claim.queue_id
+        is_first = queue_id in finished and queue_id not in first
+        first.add(queue_id)
+        extra = finished.get(queue_id) if is_first else None
+        final.append(
+            Recorded(r.outcome, r.state, r.reply, r.retry_at, r.lease_lost, is_first, extra)
         )
-        for r in results
-    ]
+    return final
 
 
-def _finish_if_done(conn: Connection, queue_id: str, now: float) -> bool:
+def finish_if_done(
+    conn: Connection, queue_id: str, now: float, on_done: OnDone | None
+) -> tuple[bool, Any]:
+    """If no recipient of `queue_id` is still open: run on_done, drop the body, mark it done."""
     row = conn.execute(
         "SELECT COUNT(*) FROM recipients WHERE message_id = ? "
         "AND state NOT IN ('delivered', 'bounced')",
         (queue_id,),
     ).fetchone()
     if row[0]:
-        return False
-    conn.execute("DELETE FROM bodies WHERE message_id = ?", (queue_id,))
-    conn.execute(
+        return False, None
+    marked = conn.execute(
         "UPDATE messages SET done_at = ? WHERE id = ? AND done_at IS NULL", (now, queue_id)
     )
-    return True
+    if marked.rowcount == 0:
+        return False, None  # finished earlier: never report twice
+    extra = on_done(conn, queue_id, now) if on_done is not None else None
+    conn.execute("DELETE FROM bodies WHERE message_id = ?", (queue_id,))
+    return True, extra
 
 
 def expire_leases(conn: Connection, now: float) -> int:
@@ -192,20 +236,20 @@ def expire_leases(conn: Connection, now: float) -> int:
 
 def release_leases(conn: Connection, now: float, owner_prefix: str | None = None) -> int:
     """Release every lease (at start, when this process owns the store) or one owner's."""
+    sql = (
+        "UPDATE recipients SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
+        "released = 1, due_at = ?, updated_at = ? WHERE state = 'active'"
+    )
     if owner_prefix is None:
-        cur = conn.execute(
-            "UPDATE recipients SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
-            "released = 1, due_at = ?, updated_at = ? WHERE state = 'active'",
-            (now, now),
-        )
-    else:
-        cur = conn.execute(
-            "UPDATE recipients SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
-            "released = 1, due_at = ?, updated_at = ? WHERE state = 'active' "
-            "AND lease_owner LIKE ?",
-            (now, now, owner_prefix + "%"),
-        )
-    return cur.rowcount
+        return conn.execute(sql, (now, now)).rowcount
+    sql += " AND substr(lease_owner, 1, ?) = ?"
+    return conn.execute(sql, (now, now, len(owner_prefix), owner_prefix)).rowcount
+
+
+def origin_known(conn: Connection, origin: str) -> bool:
+    """Whether a message with this origin (a pickup file's identity) is already queued."""
+    row = conn.execute("SELECT 1 FROM messages WHERE origin = ? LIMIT 1", (origin,)).fetchone()
+    return row is not None
 
 
 def purge_done(conn: Connection, before: float, limit: int = 1000) -> int:

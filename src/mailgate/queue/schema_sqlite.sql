@@ -12,8 +12,12 @@ CREATE TABLE IF NOT EXISTS messages (
     client            TEXT NOT NULL,
     header_message_id TEXT,
     smtputf8          INTEGER NOT NULL DEFAULT 0,
+    kind              TEXT NOT NULL DEFAULT 'normal',
+    origin            TEXT,
     done_at           DOUBLE PRECISION
 );
+-- A pickup file's identity: after a crash, a file already queued is recognised, not re-sent.
+CREATE INDEX IF NOT EXISTS messages_origin ON messages (origin) WHERE origin IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS bodies (
     message_id TEXT PRIMARY KEY REFERENCES messages (id),
@@ -32,6 +36,7 @@ CREATE TABLE IF NOT EXISTS recipients (
     attempts          INTEGER NOT NULL DEFAULT 0,
     internal_failures INTEGER NOT NULL DEFAULT 0,
     last_reply        TEXT,
+    remote_mta        TEXT,
     updated_at        DOUBLE PRECISION NOT NULL
 );
 -- Claiming due work walks this partial index in due order: no sort, no scan.

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from mailgate.model import Claim, NewMessage, Outcome
 from mailgate.queue import ops
@@ -47,6 +47,7 @@ class QueueStore:
         lease: float = 300.0,
         max_internal_failures: int = 3,
         clock: Callable[[], float] = time.time,
+        on_done: ops.OnDone | None = None,
     ) -> None:
         self.backend = backend
         self._writer = writer
@@ -54,9 +55,12 @@ class QueueStore:
         self.lease = lease
         self.max_internal_failures = max_internal_failures
         self._clock = clock
+        self.on_done = on_done  # set once at wiring time: queues bounces (dsn)
 
-    def enqueue(self, message: NewMessage) -> Future[None]:
-        return self._writer.submit("enqueue", lambda c: ops.insert_message(c, message))
+    def enqueue(self, message: NewMessage) -> Future[Any]:
+        """Queue a message; the future's value is the on_done result if it finished at once."""
+        on_done = self.on_done
+        return self._writer.submit("enqueue", lambda c: ops.insert_message(c, message, on_done))
 
     def claim(self, connector: str, owner: str, limit: int) -> Future[list[Claim]]:
         now, lease = self._clock(), self.lease
@@ -65,10 +69,19 @@ class QueueStore:
         )
 
     def record(self, outcomes: Sequence[Outcome], owner: str) -> Future[list[ops.Recorded]]:
-        now, policy, limit = self._clock(), self.policy, self.max_internal_failures
-        return self._writer.submit(
-            "record", lambda c: ops.record_outcomes(c, outcomes, owner, policy, limit, now)
+        now, policy, limit, on_done = (
+            self._clock(),
+            self.policy,
+            self.max_internal_failures,
+            self.on_done,
         )
+        return self._writer.submit(
+            "record",
+            lambda c: ops.record_outcomes(c, outcomes, owner, policy, limit, now, on_done),
+        )
+
+    def origin_known(self, origin: str) -> Future[bool]:
+        return self._writer.submit("origin-known", lambda c: ops.origin_known(c, origin))
 
     def expire_leases(self) -> Future[int]:
         now = self._clock()

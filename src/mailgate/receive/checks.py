@@ -13,12 +13,13 @@ import re
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from mailgate.headers import split_headers
+
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
 MAX_PATH = 256
 
 _BARE_NEWLINE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
-_HEADER_END = re.compile(rb"\r\n\r\n")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -38,12 +39,6 @@ def address_problem(address: str, *, sender: bool) -> str | None:
     if len(domain.encode("utf-8", "surrogateescape")) > MAX_DOMAIN:
         return f"{code} Bad {what} address syntax: domain longer than {MAX_DOMAIN} octets"
     return None
-
-
-def split_headers(data: bytes) -> bytes:
-    """The header block of a message (without the blank line), or all of it if no body."""
-    match = _HEADER_END.search(data)
-    return data if match is None else data[: match.start() + 2]
 
 
 def content_problem(data: bytes, *, smtputf8: bool, reject_8bit_headers: bool) -> str | None:

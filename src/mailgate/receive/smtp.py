@@ -43,10 +43,13 @@ class ReceiveSettings:
     reject_8bit_headers: bool
 
 
-def client_name(session: Session) -> str:
+def client_ip(session: Session) -> str:
     peer = session.peer
-    ip = peer[0] if isinstance(peer, tuple) else str(peer)
-    return f"{session.host_name or 'unknown'} [{ip}]"
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def client_name(session: Session) -> str:
+    return f"{session.host_name or 'unknown'} [{client_ip(session)}]"
 
 
 class MailgateSMTP(SMTP):
@@ -153,7 +156,7 @@ class ReceiveHandler:
                 reply=problem,
             )
             return problem
-        verdict = self.policy.check(address)
+        verdict = self.policy.check(address, client_ip(session))
         if not verdict.accepted:
             event = catalog.RELAY_DENIED if verdict.relay_denied else catalog.INVALID_RECIPIENT
             self.events.emit(
@@ -188,10 +191,9 @@ class ReceiveHandler:
         protocol = (
             "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP" if session.extended_smtp else "SMTP"
         )
-        peer = session.peer
         trace = received_header(
             helo=session.host_name,
-            peer_ip=peer[0] if isinstance(peer, tuple) else str(peer),
+            peer_ip=client_ip(session),
             hostname=self.settings.hostname,
             protocol=protocol,
             queue_id=queue_id,
