@@ -1,0 +1,143 @@
+"""A real SMTP server on loopback that records what it receives and answers as scripted.
+
+Built on aiosmtpd's Controller (a test server in the test process, as aiosmtpd's and
+Mailman's own suites do). Script replies per command and address, optionally for a
+limited number of times: `sink.fail("RCPT", "550 5.1.1 no such user", address="bad@x")`,
+`sink.fail("DATA", "451 4.3.0 try later", times=1)`. Counts connections, so tests can
+see connection reuse.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from tests.support.process import free_port, wait_for
+
+
+@dataclass
+class Rule:
+    command: str
+    reply: str
+    address: str | None
+    times: int | None
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    content: bytes
+    mail_options: list[str] = field(default_factory=list)
+
+
+class _Handler:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.sink.scripted("MAIL", address)
+        if reply:
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.sink.scripted("RCPT", address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        reply = self.sink.scripted("DATA", None)
+        if reply:
+            return reply
+        self.sink.record(
+            Received(
+                str(envelope.mail_from),
+                list(envelope.rcpt_tos),
+                envelope.original_content or b"",
+                list(envelope.mail_options),
+            )
+        )
+        return "250 2.0.0 OK: queued"
+
+
+class _Controller(Controller):  # type: ignore[misc]
+    def __init__(self, sink: Sink, port: int) -> None:
+        super().__init__(
+            _Handler(sink), hostname="127.0.0.1", port=port, enable_SMTPUTF8=True,
+            server_hostname="sink.test", ready_timeout=10,
+        )  # fmt: skip
+        self.sink = sink
+
+    def factory(self) -> Any:
+        self.sink.count_connection()
+        return super().factory()
+
+
+class Sink:
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.messages: list[Received] = []
+        self.connections = 0
+        self.rules: list[Rule] = []
+        self._lock = threading.Lock()
+        self._controller: _Controller | None = None
+
+    def fail(
+        self, command: str, reply: str, *, address: str | None = None, times: int | None = None
+    ) -> None:
+        with self._lock:
+            self.rules.append(Rule(command, reply, address, times))
+
+    def scripted(self, command: str, address: str | None) -> str | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.command != command or (rule.address and rule.address != address):
+                    continue
+                if rule.times is not None:
+                    if rule.times <= 0:
+                        continue
+                    rule.times -= 1
+                return rule.reply
+        return None
+
+    def record(self, message: Received) -> None:
+        with self._lock:
+            self.messages.append(message)
+
+    def count_connection(self) -> None:
+        with self._lock:
+            self.connections += 1
+
+    def wait_messages(self, count: int, timeout: float = 10) -> list[Received]:
+        wait_for(lambda: len(self.messages) >= count, timeout, what=f"{count} message(s) at sink")
+        return list(self.messages)
+
+    def start(self) -> Sink:
+        self._controller = _Controller(self, self.port)
+        self._controller.start()
+        self.connections = 0  # the controller's own readiness probe is not a client
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def __enter__(self) -> Sink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
