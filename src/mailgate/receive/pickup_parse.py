@@ -54,7 +54,7 @@ def parse_pickup(
     senders, receivers, lines = _envelope_lines(lines)
     header_end = lines.index(b"") if b"" in lines else len(lines)
     headers, rest = lines[:header_end], lines[header_end:]
-    if not headers:
+    if not headers and not (senders or receivers):
         raise PickupError("the file has no header lines")
     parsed = BytesHeaderParser(policy=compat32).parsebytes(b"\r\n".join(headers) + b"\r\n\r\n")
     if receivers:
