@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.process import free_port, wait_for
 
@@ -75,9 +75,12 @@ class _Handler:
 
 class _Controller(Controller):  # type: ignore[misc]
     def __init__(self, sink: Sink, port: int) -> None:
+        extra: dict[str, Any] = {}
+        if sink.auth is not None:
+            extra = {"authenticator": sink.authenticate, "auth_require_tls": False}
         super().__init__(
-            _Handler(sink), hostname="127.0.0.1", port=port, enable_SMTPUTF8=True,
-            server_hostname="sink.test", ready_timeout=10,
+            _Handler(sink), hostname="127.0.0.1", port=port, enable_SMTPUTF8=sink.smtputf8,
+            server_hostname="sink.test", ready_timeout=10, **extra,
         )  # fmt: skip
         self.sink = sink
 
@@ -87,8 +90,17 @@ class _Controller(Controller):  # type: ignore[misc]
 
 
 class Sink:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        smtputf8: bool = True,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
+        self.smtputf8 = smtputf8
+        self.auth = auth
+        self.logins: list[str] = []
         self.messages: list[Received] = []
         self.connections = 0
         self.rules: list[Rule] = []
@@ -112,6 +124,18 @@ class Sink:
                     rule.times -= 1
                 return rule.reply
         return None
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        user = data.login.decode() if isinstance(data, LoginPassword) else ""
+        ok = (
+            self.auth is not None
+            and isinstance(data, LoginPassword)
+            and ((user, data.password.decode()) == self.auth)
+        )
+        self.logins.append(f"{user}:{'ok' if ok else 'failed'}")
+        return AuthResult(success=ok, handled=False)
 
     def record(self, message: Received) -> None:
         with self._lock:

@@ -1,0 +1,122 @@
+"""The smarthost connector against a real SMTP sink: reuse, reconnects, TLS policy, AUTH, SMTPUTF8."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
+from mailgate.errors import TemporaryFailure
+from mailgate.model import Claim, Disposition
+from mailgate.observe.events import EventLog
+from tests.support.sink import Sink
+
+BODY = b"Subject: hi\r\n\r\nhello\r\n"
+
+
+def claim(address: str = "r@elsewhere.org", rid: int = 1, **kw: object) -> Claim:
+    values: dict[str, object] = {
+        "recipient_id": rid, "queue_id": "Q1", "address": address, "connector": "smarthost",
+        "sender": "s@example.org", "received_at": 1.0, "attempts": 1, "internal_failures": 0,
+        "redelivery": False, "smtputf8": False,
+    }  # fmt: skip
+    values.update(kw)
+    return Claim(**values)  # type: ignore[arg-type]
+
+
+def connector(sink: Sink, **kw: object) -> SmarthostConnector:
+    values: dict[str, object] = {"host": "127.0.0.1", "port": sink.port, "helo": "mx.test"}
+    values.update(kw)
+    return SmarthostConnector(SmarthostTarget(**values), EventLog())  # type: ignore[arg-type]
+
+
+def test_one_connection_for_many_messages_and_a_transparent_reconnect() -> None:
+    sink = Sink().start()
+    session = connector(sink).open()
+    try:
+        for n in range(3):
+            [result] = session.deliver([claim(rid=n)], BODY)
+            assert result.disposition is Disposition.DELIVERED
+        assert sink.connections == 1
+        sink.stop()  # the server goes away while our connection idles...
+        sink.start()  # ...and comes back: the stale connection is replaced once, silently
+        [result] = session.deliver([claim(rid=9)], BODY)
+        assert result.disposition is Disposition.DELIVERED and result.remote_mta == "127.0.0.1"
+        assert len(sink.messages) == 4 and sink.connections == 1
+    finally:
+        session.close()
+        sink.stop()
+
+
+def test_per_recipient_replies_in_one_transaction() -> None:
+    with Sink() as sink:
+        sink.fail("RCPT", "452 4.2.2 mailbox full", address="full@x.org")
+        sink.fail("RCPT", "550 5.1.1 unknown", address="gone@x.org")
+        session = connector(sink).open()
+        results = session.deliver(
+            [claim("ok@x.org", 1), claim("full@x.org", 2), claim("gone@x.org", 3)], BODY
+        )
+        session.close()
+    assert [r.disposition for r in results] == [
+        Disposition.DELIVERED, Disposition.DEFERRED, Disposition.FAILED,
+    ]  # fmt: skip
+    assert results[2].reply == "550 5.1.1 unknown"
+    assert [m.recipients for m in sink.messages] == [["ok@x.org"]]
+
+
+def test_data_rejection_applies_to_accepted_recipients() -> None:
+    with Sink() as sink:
+        sink.fail("DATA", "554 5.6.0 content rejected")
+        session = connector(sink).open()
+        results = session.deliver([claim("a@x.org", 1), claim("b@x.org", 2)], BODY)
+        session.close()
+    assert {r.reply for r in results} == {"554 5.6.0 content rejected"}
+    assert all(r.disposition is Disposition.FAILED for r in results)
+
+
+def test_unreachable_host_is_temporary_and_not_hammered() -> None:
+    sink = Sink()  # never started: connection refused
+    conn = connector(sink, down_for=60.0)
+    session = conn.open()
+    with pytest.raises(TemporaryFailure, match=r"^451 4\.4\.1"):
+        session.deliver([claim()], BODY)
+    sink.start()
+    try:
+        with pytest.raises(TemporaryFailure, match="is down"):
+            session.deliver([claim()], BODY)  # deferred at once: no new connection
+        assert sink.connections == 0
+    finally:
+        sink.stop()
+
+
+def test_required_starttls_that_is_not_offered_defers() -> None:
+    with Sink() as sink:
+        session = connector(sink, starttls="required").open()
+        with pytest.raises(TemporaryFailure, match="STARTTLS"):
+            session.deliver([claim()], BODY)
+        assert sink.messages == []
+
+
+def test_auth_with_a_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    with Sink(auth=("relayuser", "s3cret")) as sink:
+        session = connector(sink, username="relayuser", password_file=str(secret)).open()
+        assert session.deliver([claim()], BODY)[0].disposition is Disposition.DELIVERED
+        session.close()
+        assert sink.logins == ["relayuser:ok"]
+        secret.write_text("wrong\n")
+        session = connector(sink, username="relayuser", password_file=str(secret)).open()
+        with pytest.raises(TemporaryFailure) as failure:
+            session.deliver([claim()], BODY)
+        assert "wrong" not in failure.value.reply, "the password never appears in replies"
+
+
+def test_smtputf8_message_to_a_host_without_it_fails_permanently() -> None:
+    with Sink(smtputf8=False) as sink:
+        session = connector(sink).open()
+        [result] = session.deliver([claim("j\u00f6rg@x.org", smtputf8=True)], BODY)
+        session.close()
+    assert result.disposition is Disposition.FAILED and "5.6.7" in result.reply
+    assert sink.messages == []
