@@ -1,4 +1,4 @@
-"""The smarthost connector against a real SMTP sink: reuse, reconnects, TLS policy, AUTH, SMTPUTF8."""
+"""The smarthost connector against a real SMTP sink: reuse, reconnects, TLS, AUTH, SMTPUTF8."""
 
 from __future__ import annotations
 
