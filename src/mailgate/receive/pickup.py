@@ -89,10 +89,11 @@ class Pickup:
 
     def __call__(self, handle: ThreadHandle) -> None:
         self.recover()
-        while not handle.wait(self.settings.interval):
+        busy = False
+        while not handle.wait(0 if busy else self.settings.interval):
             handle.busy()
-            for outbox in self.outboxes():
-                self.scan(outbox)
+            # A full batch means more files are waiting: scan again without pausing.
+            busy = any(self.scan(o) >= self.settings.batch for o in list(self.outboxes()))
             handle.progress()
             handle.idle()
 
