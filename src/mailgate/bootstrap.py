@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from types import FrameType, TracebackType
 
 from mailgate import __version__
@@ -22,11 +23,12 @@ from mailgate.config.schema import RELAY_CONNECTORS, Config, parse_hostport
 from mailgate.connectors.postoffice import PostofficeConnector
 from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
 from mailgate.dsn.generate import BounceGenerator
-from mailgate.errors import AlreadyRunning, StoreError
+from mailgate.errors import AlreadyRunning, ConfigError, StoreError
 from mailgate.interchange.connector import Connector
 from mailgate.interchange.scheduler import Scheduler
+from mailgate.interchange.state import Connectors
 from mailgate.interchange.wakeup import Wakeup
-from mailgate.interchange.worker import InterchangeThread
+from mailgate.interchange.worker import InterchangeThread, lease_owner
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
 from mailgate.postoffice.address import AddressMap
@@ -42,6 +44,7 @@ from mailgate.receive.server import SmtpListener, bind
 from mailgate.receive.smtp import ReceiveHandler, ReceiveSettings
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
 from mailgate.route.router import Router
+from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.supervisor import Supervisor
 
 STORE_WAIT = 60.0
@@ -82,9 +85,12 @@ def queue_store(config: Config, writer: Writer, backend: Backend) -> QueueStore:
 class Service:
     """Every stage of one mailgate process, wired; `start` then `stop`."""
 
-    def __init__(self, config: Config, events: EventLog) -> None:
+    def __init__(
+        self, config: Config, events: EventLog, source: Callable[[], Config] | None = None
+    ) -> None:
         self.config = config
         self.events = events
+        self.source = source  # re-reads the configuration for a reload
         self.lock = DataDirLock(config.data_dir)
         self.backend = SqliteBackend(config.queue_path)
         self.committer = Committer(self.backend, events, max_batch=config.queue.commit_batch)
@@ -92,12 +98,16 @@ class Service:
         self.wakeup = Wakeup()
         self.stopped = threading.Event()
         self.failure: str | None = None
+        sv = config.supervise
         self.supervisor = Supervisor(
             events,
-            max_restarts=config.supervise.max_restarts,
-            window=config.supervise.restart_window,
+            max_restarts=sv.max_restarts,
+            window=sv.restart_window,
             on_fatal=self.fail,
+            stall_after=sv.stall_after,
+            grace=sv.stall_grace,
         )
+        self.connectors = Connectors(config.connectors)
         self.address_map = address_map(config)
         self.postoffice = Postoffice(config.postoffice_root, self.address_map)
         self.router = Router(config.routes, self.address_map)
@@ -108,9 +118,10 @@ class Service:
             relay_networks=config.smtp.relay_networks,
         )
         self.store.on_done = BounceGenerator(
-            config.service.hostname, config.postmaster, lambda a: self.router.route(a).connector
+            config.service.hostname, config.postmaster, lambda a: self.policy.route(a).connector
         )
         self.listener: SmtpListener | None = None
+        self.scheduler: Scheduler | None = None
         self.interchange_threads: list[str] = []
 
     # --- start -----------------------------------------------------------------------------------
@@ -166,17 +177,17 @@ class Service:
             critical=True,
             on_stop=committer.wake,
         )
-        sup.spawn(
-            "scheduler",
-            "scheduler",
-            Scheduler(
-                self.store,
-                self.wakeup,
-                self.events,
-                config.connectors,
-                keep_done=config.queue.keep_done,
-            ),
+        self.scheduler = Scheduler(
+            self.store,
+            self.wakeup,
+            self.events,
+            self.connectors,
+            keep_done=config.queue.keep_done,
+            stall_after=config.supervise.stall_after,
+            threads_summary=self.threads_summary,
         )
+        sup.spawn("scheduler", "scheduler", self.scheduler)
+        sv = config.supervise
         for connector, threads, batch in self._connectors():
             body = InterchangeThread(
                 connector,
@@ -186,6 +197,9 @@ class Service:
                 hostname=config.service.hostname,
                 batch=batch,
                 max_received=config.dsn.max_received,
+                state=self.connectors[connector.name],
+                recycle_after=sv.recycle_after,
+                recycle_every=sv.recycle_every,
             )
             for n in range(1, threads + 1):
                 name = f"{connector.name}-{n}"
@@ -194,7 +208,9 @@ class Service:
                     "interchange",
                     body,
                     connector=connector.name,
+                    critical=sv.exit_on_failure,
                     on_stop=self.wakeup.notify_all,
+                    on_stall=self._release_stalled,
                 )
                 self.interchange_threads.append(name)
         if config.pickup.enabled:
@@ -202,6 +218,54 @@ class Service:
         sup.spawn(
             "smtp", "receive", self.listener, critical=True, on_stop=self.listener.request_stop
         )
+
+    def _release_stalled(self, handle: ThreadHandle) -> None:
+        """A stalled interchange thread's leases go back to the queue for others to retry."""
+        owner = lease_owner(self.config.service.hostname, handle.name, handle.generation)
+        self.store.release_leases(owner)  # not waited for: the monitor must never block
+
+    def threads_summary(self, connector: str | None = None) -> str:
+        views = self.supervisor.statistics().threads
+        return ", ".join(
+            f"{v.name}={v.state}" for v in views if connector is None or v.connector == connector
+        )
+
+    def health(self) -> list[str]:
+        """Why the service is unhealthy; an empty list means healthy."""
+        stats = self.supervisor.statistics()
+        reasons = [f"thread {name} failed" for name in stats.failed]
+        reasons += [f"thread {name} stalled" for name in stats.stalled]
+        reasons += [f"connector {name} stalled" for name in self._stalled_connectors()]
+        if self.failure:
+            reasons.append(self.failure)
+        return reasons
+
+    def _stalled_connectors(self) -> list[str]:
+        handle = self.supervisor.handle("scheduler")
+        scheduler = self.scheduler
+        return scheduler.watch.stalled() if handle is not None and scheduler else []
+
+    def reload(self) -> bool:
+        """Re-read the configuration; apply what can change live. False if it was refused."""
+        if self.source is None:
+            return False
+        try:
+            new = self.source()
+        except ConfigError as exc:
+            problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
+            self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
+            return False
+        self.policy.replace(Router(new.routes, self.address_map), new.smtp.relay_networks)
+        for category, level in levels_from_config(new.log.levels).items():
+            self.events.set_level(category, level)
+        restart = _needs_restart(self.config, new)
+        self.config = self.config.model_copy(update={"route": new.route, "log": new.log})
+        self.events.emit(
+            catalog.CONFIG_RELOADED,
+            routes=len(new.routes),
+            restart_needed=", ".join(restart) or "nothing",
+        )
+        return True
 
     def _connectors(self) -> list[tuple[Connector, int, int]]:
         """Each connector some route uses, with its thread count and claim batch."""
@@ -278,6 +342,16 @@ class Service:
         return left
 
 
+def _needs_restart(old: Config, new: Config) -> list[str]:
+    """Sections that changed but only take effect after a restart."""
+    live = {"route", "log"}
+    return [
+        name
+        for name in type(old).model_fields
+        if name not in live and getattr(old, name) != getattr(new, name)
+    ]
+
+
 def _release_all(backend: SqliteBackend) -> int:
     """At start this process owns the store: every lease belongs to a process now gone."""
     from mailgate.queue.commit import DirectWriter
@@ -314,11 +388,15 @@ def install_excepthooks(events: EventLog) -> None:
     sys.excepthook = main_hook
 
 
-def run_service(config: Config) -> int:
-    """`mailgate run`: start, serve until SIGTERM/SIGINT, stop. Returns the exit status."""
+def run_service(config: Config, source: Callable[[], Config] | None = None) -> int:
+    """`mailgate run`: start, serve until SIGTERM/SIGINT, stop. Returns the exit status.
+
+    SIGHUP reloads the configuration. If threads are still running after the stop
+    deadline the process leaves with os._exit: a wedged thread must never keep it alive.
+    """
     events = open_events(config)
     install_excepthooks(events)
-    service = Service(config, events)
+    service = Service(config, events, source)
     try:
         service.start()
     except AlreadyRunning as exc:
@@ -340,9 +418,14 @@ def run_service(config: Config) -> int:
     left = service.stop()
     if service.failure:
         events.emit(catalog.SERVICE_FAILED, reason=service.failure)
-        return 1
-    events.emit(catalog.SERVICE_STOPPED, reason=reason)
-    return 1 if left else 0
+        code = 1
+    else:
+        events.emit(catalog.SERVICE_STOPPED, reason=reason)
+        code = 1 if left else 0
+    if left:
+        events.close()
+        os._exit(code)
+    return code
 
 
 def _wait_for_signal(service: Service, events: EventLog) -> str:
@@ -356,8 +439,15 @@ def _wait_for_signal(service: Service, events: EventLog) -> str:
         received.append(name)
         service.request_stop()
 
+    reloads: list[int] = []
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    while not service.stopped.wait(1.0):
-        pass
+    signal.signal(signal.SIGHUP, lambda signum, frame: reloads.append(signum))
+    refresh = service.config.supervise.refresh_every
+    next_refresh = time.monotonic() + refresh
+    while not service.stopped.wait(0.2):
+        if reloads or (refresh and time.monotonic() >= next_refresh):
+            reloads.clear()  # the reload itself runs here, not in the signal handler
+            service.reload()
+            next_refresh = time.monotonic() + refresh
     return f"{received[0]} received" if received else (service.failure or "stop requested")

@@ -42,7 +42,7 @@ def test_a_thread_that_raises_is_restarted_with_fresh_context() -> None:
     sup.spawn("worker", "test", body)
     wait_for(lambda: len(contexts) == 2, 5, what="restart")
     assert natives[0] != natives[1], "a restart is a new thread"
-    view = {v.name: v for v in sup.statistics()}["worker"]
+    view = {v.name: v for v in sup.statistics().threads}["worker"]
     assert view.restarts == 1 and view.alive
     assert any("2380" in line and "first life fails" in line for line in sink.lines)
     assert sup.stop_all([["worker"]], time.monotonic() + 5) == []
@@ -57,7 +57,7 @@ def test_restart_budget_fails_the_thread_and_tells_the_service() -> None:
 
     sup.spawn("doomed", "test", body, critical=True)
     wait_for(lambda: fatal, 10, what="fatal report")
-    view = {v.name: v for v in sup.statistics()}["doomed"]
+    view = {v.name: v for v in sup.statistics().threads}["doomed"]
     assert view.state == "failed" and not view.alive
     assert any("10003" in line for line in sink.lines)
     assert sum("2380" in line for line in sink.lines) == 2
@@ -104,7 +104,7 @@ def test_cpu_seconds_tell_a_spinning_thread_from_a_blocked_one() -> None:
     sup.spawn("spinner", "test", spin)
     sup.spawn("sleeper", "test", lambda h: h.wait(30))
     time.sleep(1.0)  # let the spinner accumulate CPU time (measured, not synchronised on)
-    views = {v.name: v for v in sup.statistics()}
+    views = {v.name: v for v in sup.statistics().threads}
     assert (views["spinner"].cpu_seconds or 0) > 0.3
     assert (views["sleeper"].cpu_seconds or 0) < 0.1
     sup.stop_all([["spinner", "sleeper"]], time.monotonic() + 5)
@@ -119,12 +119,12 @@ def test_every_thread_of_a_running_service_is_registered(tmp_path: Path) -> None
     service = Service(config, EventLog())
     service.start()
     try:
-        wait_for(lambda: len(service.supervisor.statistics()) >= 6, 5, what="threads")
+        wait_for(lambda: len(service.supervisor.statistics().threads) >= 6, 5, what="threads")
         running = {t.ident for t in threading.enumerate()} - before
         registered = service.supervisor.registered_idents()
         unregistered = [t.name for t in threading.enumerate() if t.ident in running - registered]
         assert not unregistered, f"threads not registered with the supervisor: {unregistered}"
-        names = {v.name for v in service.supervisor.statistics()}
+        names = {v.name for v in service.supervisor.statistics().threads}
         assert {"supervisor", "commit", "scheduler", "smtp", "postoffice-1"} <= names
     finally:
         assert service.stop() == []

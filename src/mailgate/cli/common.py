@@ -42,14 +42,25 @@ def get_config(
     **overrides: Any,
 ) -> Config:
     """Load the configuration or exit with status 2 listing every problem."""
-    values = {k: v for k, v in overrides.items() if v is not None}
-    if data_dir is not None:
-        values["service.data_dir"] = str(data_dir)
     try:
-        return load_config(config_path, values, smarthost=smarthost)
+        return config_loader(config_path, data_dir, smarthost=smarthost, **overrides)()
     except ConfigError as exc:
         report_config_error(config_path, exc)
         raise SystemExit(2) from None
+
+
+def config_loader(
+    config_path: Path | None,
+    data_dir: Path | None,
+    *,
+    smarthost: str | None = None,
+    **overrides: Any,
+) -> Callable[[], Config]:
+    """A function that (re)loads the configuration as these options ask; raises ConfigError."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["service.data_dir"] = str(data_dir)
+    return lambda: load_config(config_path, values, smarthost=smarthost)
 
 
 def report_config_error(path: Path | None, exc: ConfigError) -> None:

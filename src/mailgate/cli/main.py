@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mailgate import __version__
-from mailgate.cli.common import config_options, get_config, report_config_error
+from mailgate.cli.common import config_loader, config_options, get_config, report_config_error
 from mailgate.cli.mailbox import mailbox
 from mailgate.config import load_config
 from mailgate.errors import ConfigError
@@ -30,8 +30,10 @@ def run(
     """Run the service in the foreground until SIGTERM or SIGINT."""
     from mailgate.bootstrap import run_service
 
-    config = get_config(config_path, data_dir, smarthost=smarthost, **{"smtp.listen": listen})
-    sys.exit(run_service(config))
+    overrides = {"smtp.listen": listen}
+    config = get_config(config_path, data_dir, smarthost=smarthost, **overrides)
+    source = config_loader(config_path, data_dir, smarthost=smarthost, **overrides)
+    sys.exit(run_service(config, source))
 
 
 @cli.command("check-config")

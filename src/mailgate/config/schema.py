@@ -218,6 +218,40 @@ class SuperviseSettings(Section):
     restart_window: Duration = Field(
         "60s", validate_default=True, description="Window over which restarts are counted."
     )
+    exit_on_failure: bool = Field(
+        False,
+        description="Exit non-zero when a thread or connector is failed, so that the service "
+        "manager restarts the whole service.",
+    )
+    stall_after: Duration = Field(
+        "120s",
+        validate_default=True,
+        description="A busy thread, or a connector with due mail, making no progress this long "
+        "is stalled (events 5003, 5006).",
+    )
+    stall_grace: Duration = Field(
+        "30s",
+        validate_default=True,
+        description="How long a stalled thread may take to recover before it is abandoned and "
+        "replaced.",
+    )
+    recycle_after: int = Field(
+        10000,
+        ge=0,
+        description="Interchange threads are replaced by fresh ones after this many "
+        "deliveries (0: never), so the restart path is exercised daily.",
+    )
+    recycle_every: Duration = Field(
+        "1h",
+        validate_default=True,
+        description="... or after running this long (0: never).",
+    )
+    refresh_every: Duration = Field(
+        "0s",
+        validate_default=True,
+        description="Re-read and apply the configuration file this often (0: only on SIGHUP "
+        "or `mailgate ctl reload`).",
+    )
 
 
 class SmarthostSettings(Section):

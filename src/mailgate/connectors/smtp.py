@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
+import socket
 import ssl
 import threading
 import time
@@ -113,6 +114,7 @@ class SmarthostSession:
         self.c = connector
         self.t = connector.target
         self.conn: smtplib.SMTP | None = None
+        self._connecting: smtplib.SMTP | None = None
         self.connections = 0
 
     def deliver(self, claims: Sequence[Claim], body: bytes) -> list[Result]:
@@ -151,6 +153,7 @@ class SmarthostSession:
             return self.conn
         t = self.t
         conn = smtplib.SMTP(local_hostname=t.helo, timeout=t.timeout)
+        self._connecting = conn  # so that abort() can break a hung greeting or handshake
         try:
             conn.connect(t.host, t.port)
             conn.ehlo(t.helo)
@@ -160,6 +163,8 @@ class SmarthostSession:
         except BaseException:
             conn.close()
             raise
+        finally:
+            self._connecting = None
         self.conn = conn
         self.connections += 1
         if self.c.health.succeeded():
@@ -243,6 +248,14 @@ class SmarthostSession:
         if not body.isascii() and conn.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
         return options
+
+    def abort(self) -> None:
+        """Break a blocked send or receive (called from the supervisor's thread on a stall)."""
+        conn = self.conn or self._connecting
+        sock = getattr(conn, "sock", None) if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _drop(self) -> None:
         conn, self.conn = self.conn, None

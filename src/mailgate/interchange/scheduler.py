@@ -1,21 +1,25 @@
-"""The scheduler thread: lease expiry, wake-ups for deferred work coming due, purging.
+"""The scheduler thread: lease expiry, wake-ups, the connector stall watch, purging.
 
 Every second it releases leases that ran out (a thread or process died holding
-them) and wakes the threads of any connector whose earliest waiting recipient is
-due; every few minutes it purges finished messages older than keep_done. All of
-it is indexed queries; nothing scans the queue.
+them), wakes the threads of any connector whose earliest waiting recipient is
+due, and asks the stall watch whether a connector has due mail but completes no
+attempts (events 5006/5007, repeated until it clears). Every few minutes it
+purges finished messages older than keep_done. All of it is indexed queries;
+nothing scans the queue.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 
+from mailgate.interchange.state import Connectors
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.store import QueueReader, QueueStore
 from mailgate.supervise.handle import ThreadHandle
+from mailgate.supervise.watch import ConnectorWatch, Load
 
 TICK = 1.0
 PURGE_EVERY = 300.0
@@ -28,15 +32,19 @@ class Scheduler:
         store: QueueStore,
         wakeup: Wakeup,
         events: EventLog,
-        connectors: Sequence[str],
+        connectors: Connectors,
         *,
         keep_done: float,
+        stall_after: float,
+        threads_summary: Callable[[str], str] = lambda connector: "",
     ) -> None:
         self.store = store
         self.wakeup = wakeup
         self.events = events
-        self.connectors = tuple(connectors)
+        self.connectors = connectors
         self.keep_done = keep_done
+        self.watch = ConnectorWatch(stall_after)
+        self.threads_summary = threads_summary
 
     def __call__(self, handle: ThreadHandle) -> None:
         reader = self.store.reader()
@@ -45,7 +53,7 @@ class Scheduler:
             while not handle.wait(TICK):
                 handle.busy()
                 self._expire()
-                self._wake_due(reader)
+                self._wake_and_watch(reader)
                 if time.monotonic() >= next_purge:
                     self._purge()
                     next_purge = time.monotonic() + PURGE_EVERY
@@ -58,13 +66,40 @@ class Scheduler:
         count = self.store.expire_leases().result(STORE_WAIT)
         if count:
             self.events.emit(catalog.LEASES_RELEASED, count=count, why="after lease expiry")
-            self.wakeup.notify(*self.connectors)
+            self.wakeup.notify(*self.connectors.names())
 
-    def _wake_due(self, reader: QueueReader) -> None:
+    def _wake_and_watch(self, reader: QueueReader) -> None:
         now = time.time()
-        due = [c for c in self.connectors if (reader.next_due(c) or now + 1) <= now]
-        if due:
-            self.wakeup.notify(*due)
+        loads: dict[str, Load] = {}
+        for name in self.connectors.names():
+            due, oldest = reader.due_load(name, now)
+            loads[name] = Load(due, now - oldest if oldest is not None else 0.0)
+        due_now = [name for name, load in loads.items() if load.due]
+        if due_now:
+            self.wakeup.notify(*due_now)
+        states = self.connectors.by_name
+        reports = self.watch.check(
+            now,
+            loads,
+            {name: state.last_completed for name, state in states.items()},
+            {name for name, state in states.items() if state.paused},
+        )
+        for report in reports:
+            if report.stalled:
+                self.events.emit(
+                    catalog.CONNECTOR_STALLED,
+                    connector=report.connector,
+                    due=report.due,
+                    oldest=round(report.oldest_age),
+                    seconds=round(report.seconds),
+                    threads=self.threads_summary(report.connector),
+                )
+            else:
+                self.events.emit(
+                    catalog.CONNECTOR_RECOVERED,
+                    connector=report.connector,
+                    seconds=round(report.seconds),
+                )
 
     def _purge(self) -> None:
         count = self.store.purge_done(self.keep_done).result(STORE_WAIT)

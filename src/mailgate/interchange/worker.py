@@ -22,6 +22,7 @@ from mailgate.dsn.generate import report_bounce
 from mailgate.errors import PermanentFailure, TemporaryFailure
 from mailgate.headers import received_count
 from mailgate.interchange.connector import Connector, ConnectorSession, Result
+from mailgate.interchange.state import ConnectorState
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import Claim, Disposition, Outcome, RecipientState
 from mailgate.observe import catalog
@@ -35,9 +36,11 @@ IDLE_WAIT = 5.0
 STORE_WAIT = 120.0
 
 
-def lease_owner(hostname: str, thread_name: str) -> str:
-    """Lease owner id; the trailing ':' keeps 'postoffice-1:' from prefixing 'postoffice-10:'."""
-    return f"{hostname}:{os.getpid()}:{thread_name}:"
+def lease_owner(hostname: str, thread_name: str, generation: int | None = None) -> str:
+    """Lease owner id of one life of a thread; without a generation, the prefix of all its
+    lives. The ':' separators keep 'postoffice-1:' from prefixing 'postoffice-10:'."""
+    prefix = f"{hostname}:{os.getpid()}:{thread_name}:"
+    return prefix if generation is None else f"{prefix}{generation}:"
 
 
 class InterchangeThread:
@@ -53,6 +56,9 @@ class InterchangeThread:
         hostname: str,
         batch: int,
         max_received: int = 30,
+        state: ConnectorState | None = None,
+        recycle_after: int = 0,
+        recycle_every: float = 0.0,
     ) -> None:
         self.connector = connector
         self.store = store
@@ -61,21 +67,27 @@ class InterchangeThread:
         self.hostname = hostname
         self.batch = batch
         self.max_received = max_received
+        self.state = state or ConnectorState(connector.name)
+        self.recycle_after = recycle_after
+        self.recycle_every = recycle_every
 
     def __call__(self, handle: ThreadHandle) -> None:
-        owner = lease_owner(self.hostname, handle.name)
-        # Leases a previous life of this thread held are ours to give back now.
-        released = self.store.release_leases(owner).result(STORE_WAIT)
+        owner = lease_owner(self.hostname, handle.name, handle.generation)
+        # Leases earlier lives of this thread held (dead or abandoned) are ours to give back.
+        previous = lease_owner(self.hostname, handle.name)
+        released = self.store.release_leases(previous).result(STORE_WAIT)
         if released:
             self.events.emit(
                 catalog.LEASES_RELEASED, count=released, why=f"left by {handle.name} before restart"
             )
         faults.check("interchange.context")
         session = self.connector.open()
+        handle.on_abort(getattr(session, "abort", None))
         reader = self.store.reader()
         try:
             self._loop(handle, owner, session, reader)
         finally:
+            handle.on_abort(None)
             session.close()
             reader.close()
 
@@ -84,7 +96,12 @@ class InterchangeThread:
     ) -> None:
         name = self.connector.name
         seen = self.wakeup.generation(name)
+        started, attempts = time.monotonic(), 0
         while not handle.stopping:
+            if self.state.paused:
+                handle.idle()
+                seen = self.wakeup.wait(name, seen, IDLE_WAIT)
+                continue
             claims = self.store.claim(name, owner, self.batch).result(STORE_WAIT)
             if not claims:
                 handle.idle()
@@ -94,6 +111,16 @@ class InterchangeThread:
             recorded = self.store.record(outcomes, owner).result(STORE_WAIT)
             self._report(recorded)
             handle.idle()
+            attempts += len(recorded)
+            if self._recycle_due(attempts, time.monotonic() - started):
+                handle.recycle = True  # the supervisor replaces this thread with a fresh one
+                return
+
+    def _recycle_due(self, attempts: int, age: float) -> bool:
+        return bool(
+            (self.recycle_after and attempts >= self.recycle_after)
+            or (self.recycle_every and age >= self.recycle_every)
+        )
 
     def _deliver_batch(
         self,
@@ -166,6 +193,12 @@ class InterchangeThread:
         return outcomes
 
     def _report(self, recorded: Sequence[Recorded]) -> None:
+        states = [r.state for r in recorded if not r.lease_lost]
+        self.state.completed(
+            delivered=states.count(RecipientState.DELIVERED),
+            deferred=states.count(RecipientState.DEFERRED),
+            bounced=states.count(RecipientState.BOUNCED),
+        )
         for item in recorded:
             claim, outcome = item.outcome.claim, item.outcome
             if item.lease_lost:

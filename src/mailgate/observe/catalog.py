@@ -123,6 +123,15 @@ UNHANDLED_EXCEPTION = _event(
     "unknown state.",
     "Report it with the traceback; the service manager restarts the service.",
 )  # fmt: skip
+EVENTS_LOST = _event(
+    1010, "EventsLost", C.SERVICE, S.WARNING, MIN,
+    "event store {path} lost {count} event(s) ({total} since start): {reason}",
+    "Events did not reach the queryable event store (used by `mailgate events` and "
+    "`mailgate track`): its in-memory queue was full because the disk was slower than the "
+    "events came, or writing failed. Mail is not affected, and events.jsonl still has "
+    "every event.",
+    "If it repeats, check the disk holding the log directory; a write failure names its cause.",
+)  # fmt: skip
 
 # --- Config --------------------------------------------------------------------------------------
 CONFIG_INVALID = _event(
@@ -131,6 +140,15 @@ CONFIG_INVALID = _event(
     "The configuration file has unknown keys, wrong types or impossible values; the "
     "service refuses to start with it.",
     "Fix the keys named (dotted paths) and check with `mailgate check-config FILE`.",
+)  # fmt: skip
+
+CONFIG_RELOADED = _event(
+    1101, "ConfigReloaded", C.CONFIG, S.INFO, MIN,
+    "configuration reloaded: {routes} route(s) in force; changes needing a restart: "
+    "{restart_needed}",
+    "The configuration was re-read (SIGHUP, `mailgate ctl reload` or [supervise] "
+    "refresh_every): routes, relay networks and log levels changed at once.",
+    "Restart the service if the event names sections that need a restart.",
 )  # fmt: skip
 
 # --- Receive -------------------------------------------------------------------------------------
@@ -340,6 +358,58 @@ THREAD_EXITED = _event(
     "in {backoff}s",
     "A supervised thread ended on its own; it is restarted like one that raised.",
     "Report it; it is a bug.",
+)  # fmt: skip
+THREAD_RECYCLED = _event(
+    5002, "ThreadRecycled", C.SUPERVISION, S.INFO, MED,
+    "thread {thread} ({role}) recycled after {jobs} job(s); generation {generation} starts",
+    "A worker thread ended by design (after [supervise] recycle_after deliveries or "
+    "recycle_every) and a fresh one replaces it, so the restart path runs every day.",
+    "None.",
+)  # fmt: skip
+THREAD_STALLED = _event(
+    5003, "ThreadStalled", C.SUPERVISION, S.ERROR, MIN,
+    "thread {thread} ({role}) stalled: no progress for {seconds}s, {kind} (cpu {cpu_rate}/s) "
+    "on {queue_id} <{recipient}>; its work is released\n{stack}",
+    "A busy thread made no progress for [supervise] stall_after. Its leases were released "
+    "so another thread retries the work, and its connection was aborted. The stack shows "
+    "where it is; CPU use tells a blocked thread from a spinning one.",
+    "Look at the stack and the destination it talks to; a hung peer is the usual cause.",
+)  # fmt: skip
+THREAD_ABANDONED = _event(
+    5004, "ThreadAbandoned", C.SUPERVISION, S.ERROR, MIN,
+    "thread {thread} ({role}) did not recover within {grace}s: abandoned ({abandoned} so far), "
+    "a replacement starts",
+    "A stalled thread stayed stuck; Python cannot kill a thread, so it is left behind with "
+    "its stop flag set and a fresh thread takes its place.",
+    "Abandoned threads hold resources until the process restarts; restart the service at a "
+    "quiet moment if they accumulate.",
+)  # fmt: skip
+THREAD_RESUMED = _event(
+    5005, "ThreadResumed", C.SUPERVISION, S.INFO, MIN,
+    "thread {thread} ({role}) made progress again after a stall",
+    "A thread reported as stalled came back before it was abandoned.",
+    "None.",
+)  # fmt: skip
+CONNECTOR_STALLED = _event(
+    5006, "ConnectorStalled", C.SUPERVISION, S.WARNING, MIN,
+    "connector {connector} has {due} recipient(s) due (oldest {oldest}s old) and completed "
+    "no delivery for {seconds}s; threads: {threads}",
+    "Mail is waiting for a connector that is not paused, but no delivery attempt has "
+    "completed for [supervise] stall_after. Repeated until it clears.",
+    "Look at the threads' states and stacks (`mailgate ctl threads`, `mailgate ctl dump`) "
+    "and at the destination.",
+)  # fmt: skip
+CONNECTOR_RECOVERED = _event(
+    5007, "ConnectorRecovered", C.SUPERVISION, S.INFO, MIN,
+    "connector {connector} completes deliveries again after a stall of {seconds}s",
+    "A stalled connector completed a delivery attempt.",
+    "None.",
+)  # fmt: skip
+CONNECTOR_FAILED = _event(
+    5008, "ConnectorFailed", C.SUPERVISION, S.CRITICAL, MIN,
+    "connector {connector} is failed: its thread {thread} used up its restart budget",
+    "A connector's thread kept dying; the service reports unhealthy until restarted.",
+    "Read the 2380 events for the cause, fix it and restart the service.",
 )  # fmt: skip
 THREAD_FAILED = _event(
     10003, "ThreadFailedFatally", C.SUPERVISION, S.CRITICAL, MIN,

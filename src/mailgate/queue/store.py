@@ -127,6 +127,16 @@ class QueueReader:
         ).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
+    def due_load(self, connector: str, now: float) -> tuple[int, float | None]:
+        """Recipients of `connector` due now, and the arrival time of the oldest of them."""
+        row = self._conn.execute(
+            "SELECT COUNT(*), MIN(m.received_at) FROM recipients r "
+            "JOIN messages m ON m.id = r.message_id WHERE r.connector = ? "
+            "AND r.state IN ('queued', 'deferred') AND r.due_at <= ?",
+            (connector, now),
+        ).fetchone()
+        return int(row[0]), (None if row[1] is None else float(row[1]))
+
     def counts(self) -> QueueCounts:
         by_state: dict[tuple[str, str], int] = {}
         for connector, state, count in self._conn.execute(

@@ -42,7 +42,16 @@ def relay_allowed(client_ip: str, networks: Iterable[Network]) -> bool:
     return any(address in net for net in networks)
 
 
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    router: Router
+    relay_networks: tuple[Network, ...]
+
+
 class RecipientPolicy:
+    """Routing plus relay control. `replace` swaps the tables in one step (a reload):
+    a check in progress sees either the old tables or the new ones, never a mix."""
+
     def __init__(
         self,
         router: Router,
@@ -51,15 +60,25 @@ class RecipientPolicy:
         relay_connectors: Iterable[str] = (),
         relay_networks: Iterable[str] = (),
     ) -> None:
-        self.router = router
         self.verifiers = dict(verifiers)
         self.relay_connectors = frozenset(relay_connectors)
-        self.relay_networks = tuple(ipaddress.ip_network(n, strict=False) for n in relay_networks)
+        self._tables = _Tables(router, _networks(relay_networks))
+
+    @property
+    def router(self) -> Router:
+        return self._tables.router
+
+    def replace(self, router: Router, relay_networks: Iterable[str]) -> None:
+        self._tables = _Tables(router, _networks(relay_networks))
+
+    def route(self, address: str) -> Route:
+        return self._tables.router.route(address)
 
     def check(
         self, address: str, client_ip: str | None = None, *, authenticated: bool = False
     ) -> Verdict:
-        route = self.router.route(address)
+        tables = self._tables
+        route = tables.router.route(address)
         if route.connector is None:
             if route.postoffice_error is not None:
                 return Verdict(False, f"550 5.1.1 <{address}>: {route.postoffice_error}", None)
@@ -68,7 +87,7 @@ class RecipientPolicy:
             route.connector in self.relay_connectors
             and client_ip is not None
             and not authenticated
-            and not relay_allowed(client_ip, self.relay_networks)
+            and not relay_allowed(client_ip, tables.relay_networks)
         ):
             return _relay_denied(address)
         verify = self.verifiers.get(route.connector)
@@ -78,6 +97,10 @@ class RecipientPolicy:
         local, _, domain = address.rpartition("@")
         key = str(route.postoffice) if route.postoffice else f"{local}@{domain.lower()}"
         return Verdict(True, "250 2.1.5 Ok", route.connector, key=key)
+
+
+def _networks(networks: Iterable[str]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
 def _relay_denied(address: str) -> Verdict:

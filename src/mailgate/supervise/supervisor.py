@@ -1,18 +1,27 @@
-"""The supervisor: owns every thread, restarts the ones that die, reports them all.
+"""The supervisor: owns every thread, restarts the dead, detects the stalled, reports all.
 
-Each thread runs a body `body(handle)`. When a body raises or returns without
-being asked to stop, the supervisor's own monitor thread starts a *new* thread
-for it after a back-off, so the body builds its context afresh (the lesson of
-Q151473). Back-off doubles per restart; a thread that dies before finishing its
-first job is throttled longer, since that points at a structural problem (as
-Postfix's master assumes). More than `max_restarts` within `window` seconds and
-the thread is failed (event 10003); if it is critical the service is told to
-exit non-zero so its service manager can restart it. A deliberate stop is never
-restarted. `statistics()` is the cheap, lock-free view of everything.
+Each registered thread runs a body `body(handle)`; every start is a new "life"
+with a fresh handle, in a new OS thread, so the body builds its context anew
+(the lesson of Q151473). The monitor thread (itself registered) checks all
+lives several times a second:
+
+- A body that raised or returned unasked is restarted after a back-off that
+  doubles per restart; one that died before finishing its first job waits
+  longer (a structural problem, as Postfix's master assumes). More than
+  `max_restarts` within `window` seconds fails the thread (event 10003); a
+  critical one makes the service exit non-zero. A body that returns with
+  `handle.recycle` set is replaced at once (workers recycle by design).
+- A busy thread with no progress for `stall_after` seconds is stalled (event
+  5003 with its stack and whether it burns CPU): its in-flight I/O is aborted
+  and `on_stall` releases its leases. If it still makes no progress within
+  `grace` seconds it is abandoned (event 5004) and a replacement starts; the
+  abandoned thread, should it ever wake, finds its stop flag set.
+A deliberate stop is never restarted. `statistics()` is the cheap, lock-free view.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -30,6 +39,8 @@ Body = Callable[[ThreadHandle], None]
 BACKOFF_FIRST = 1.0
 BACKOFF_STRUCTURAL = 5.0
 BACKOFF_MAX = 30.0
+TICK = 0.2
+SPINNING = 0.5  # CPU seconds per second above which a stalled thread is spinning
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,28 +53,55 @@ class ThreadView:
     work: Work | None
     started_at: float
     restarts: int
+    recycles: int
     last_progress: float
     jobs_done: int
     cpu_seconds: float | None
     alive: bool
+    generation: int
+    abandoned: int
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStats:
+    threads: tuple[ThreadView, ...]
+    failed: tuple[str, ...]
+    stalled: tuple[str, ...]
+    abandoned: int
+    restarts: int
+
+
+@dataclass(slots=True)
+class _Life:
+    handle: ThreadHandle
+    thread: threading.Thread
+    native_id: int | None = None
+    error: BaseException | None = None
+    ended: bool = False
+    structural: bool = False
+    stalled_at: float | None = None
+    cpu: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=4096))
 
 
 @dataclass(slots=True)
 class _Slot:
-    handle: ThreadHandle
+    name: str
+    role: str
+    connector: str | None
     body: Body
     critical: bool
     on_stop: Callable[[], None] | None
-    thread: threading.Thread | None = None
-    native_id: int | None = None
-    started_at: float = 0.0
+    on_stall: Callable[[ThreadHandle], None] | None
+    stall_after: float | None
+    life: _Life | None = None
+    generation: int = 0
     restarts: int = 0
+    recycles: int = 0
     recent: deque[float] = field(default_factory=deque)
     restart_at: float | None = None
-    error: BaseException | None = None
-    exited: bool = False
     failed: bool = False
-    structural: bool = False
+    stopped: bool = False
+    abandoned: list[_Life] = field(default_factory=list)
 
 
 class Supervisor:
@@ -75,16 +113,19 @@ class Supervisor:
         window: float = 60.0,
         on_fatal: Callable[[str], None] | None = None,
         backoff: float = BACKOFF_FIRST,
+        stall_after: float = 120.0,
+        grace: float = 30.0,
     ) -> None:
         self._events = events
-        self._backoff = backoff
         self._max_restarts = max_restarts
         self._window = window
         self._on_fatal = on_fatal
+        self._backoff = backoff
+        self.stall_after = stall_after
+        self.grace = grace
         self._slots: dict[str, _Slot] = {}
         self._changed = threading.Event()
         self._stopping = threading.Event()
-        self._monitor: _Slot | None = None
 
     # --- registry --------------------------------------------------------------------------------
     def spawn(
@@ -96,138 +137,245 @@ class Supervisor:
         connector: str | None = None,
         critical: bool = False,
         on_stop: Callable[[], None] | None = None,
+        on_stall: Callable[[ThreadHandle], None] | None = None,
+        stall_detection: bool = True,
     ) -> ThreadHandle:
-        """Register a thread and start it now."""
+        """Register a thread and start it now; returns its first life's handle."""
         if name in self._slots:
             raise ValueError(f"thread name {name!r} is already registered")
-        slot = _Slot(ThreadHandle(name, role, connector), body, critical, on_stop)
+        stall_after = self.stall_after if stall_detection else None
+        slot = _Slot(name, role, connector, body, critical, on_stop, on_stall, stall_after)
         self._slots[name] = slot
-        self._launch(slot)
-        return slot.handle
+        return self._launch(slot)
 
     def start(self) -> None:
         """Start the monitor thread (itself registered, so it shows in every view)."""
-        self._monitor = _Slot(
-            ThreadHandle("supervisor", "supervisor", None), self._watch, True, None
-        )
-        self._slots["supervisor"] = self._monitor
-        self._launch(self._monitor)
+        self.spawn("supervisor", "supervisor", self._watch, critical=True, stall_detection=False)
+
+    def handle(self, name: str) -> ThreadHandle | None:
+        slot = self._slots.get(name)
+        return slot.life.handle if slot and slot.life else None
 
     def registered_idents(self) -> set[int]:
-        return {s.thread.ident for s in self._slots.values() if s.thread and s.thread.ident}
+        idents = set()
+        for slot in list(self._slots.values()):
+            for life in [*(slot.abandoned), *([slot.life] if slot.life else [])]:
+                if life.thread.ident is not None:
+                    idents.add(life.thread.ident)
+        return idents
 
-    def statistics(self) -> tuple[ThreadView, ...]:
+    def statistics(self) -> SupervisorStats:
         views = []
         for slot in list(self._slots.values()):
-            thread, handle = slot.thread, slot.handle
-            alive = bool(thread and thread.is_alive())
+            life = slot.life
+            if life is None:
+                continue
+            handle, alive = life.handle, life.thread.is_alive()
             views.append(
                 ThreadView(
-                    name=handle.name,
-                    role=handle.role,
-                    connector=handle.connector,
-                    native_id=slot.native_id,
+                    name=slot.name,
+                    role=slot.role,
+                    connector=slot.connector,
+                    native_id=life.native_id,
                     state=handle.state.value,
                     work=handle.work,
-                    started_at=slot.started_at,
+                    started_at=handle.started_at,
                     restarts=slot.restarts,
+                    recycles=slot.recycles,
                     last_progress=handle.last_progress,
                     jobs_done=handle.jobs_done,
-                    cpu_seconds=thread_cpu_seconds(slot.native_id) if alive else None,
+                    cpu_seconds=thread_cpu_seconds(life.native_id) if alive else None,
                     alive=alive,
+                    generation=slot.generation,
+                    abandoned=len(slot.abandoned),
                 )
             )
-        return tuple(views)
+        return SupervisorStats(
+            threads=tuple(views),
+            failed=tuple(v.name for v in views if v.state == ThreadState.FAILED),
+            stalled=tuple(v.name for v in views if v.state == ThreadState.STALLED),
+            abandoned=sum(v.abandoned for v in views),
+            restarts=sum(v.restarts for v in views),
+        )
 
     # --- running ---------------------------------------------------------------------------------
-    def _launch(self, slot: _Slot) -> None:
-        slot.error, slot.exited, slot.restart_at = None, False, None
-        slot.handle.state = ThreadState.STARTING
-        slot.handle.work = None
-        thread = threading.Thread(
-            target=self._run, args=(slot,), name=slot.handle.name, daemon=True
+    def _launch(self, slot: _Slot) -> ThreadHandle:
+        slot.generation += 1
+        slot.restart_at = None
+        handle = ThreadHandle(slot.name, slot.role, slot.connector, slot.generation)
+        life = _Life(handle, threading.Thread())
+        life.thread = threading.Thread(
+            target=self._run, args=(slot, life), name=slot.name, daemon=True
         )
-        slot.thread = thread
-        thread.start()
+        slot.life = life
+        life.thread.start()
+        return handle
 
-    def _run(self, slot: _Slot) -> None:
-        handle = slot.handle
-        slot.native_id = threading.get_native_id()
-        slot.started_at = time.time()
-        jobs_at_start = handle.jobs_done
+    def _run(self, slot: _Slot, life: _Life) -> None:
+        handle = life.handle
+        life.native_id = threading.get_native_id()
         self._events.emit(
-            catalog.THREAD_STARTED, thread=handle.name, role=handle.role, native_id=slot.native_id
+            catalog.THREAD_STARTED, thread=slot.name, role=slot.role, native_id=life.native_id
         )
         try:
             if handle.state is ThreadState.STARTING:
                 handle.state = ThreadState.IDLE
             slot.body(handle)
         except BaseException as exc:  # the supervisor is the last line: record, then restart
-            slot.error = exc
+            life.error = exc
         finally:
-            slot.exited = True
-            handle.work = None
-            if handle.stopping and slot.error is None:
-                handle.state = ThreadState.STOPPED
-            else:
-                handle.state = ThreadState.RESTARTING
-                slot.structural = handle.jobs_done == jobs_at_start
+            life.structural = handle.jobs_done == 0
+            if handle.state is not ThreadState.ABANDONED:
+                handle.work = None
+                deliberate = handle.stopping and life.error is None
+                handle.state = ThreadState.STOPPED if deliberate else ThreadState.RESTARTING
+            life.ended = True
             self._changed.set()
 
     def _watch(self, handle: ThreadHandle) -> None:
         while not handle.stopping:
             handle.progress()
-            self._changed.wait(0.2)
+            self._changed.wait(TICK)
             self._changed.clear()
+            if self._stopping.is_set():
+                continue
             now = time.time()
             for slot in list(self._slots.values()):
-                if slot is self._monitor or slot.failed or self._stopping.is_set():
+                if slot.name == "supervisor" or slot.failed or slot.stopped:
                     continue
-                if slot.exited and slot.restart_at is None and not slot.handle.stopping:
-                    self._schedule_restart(slot, now)
-                if slot.restart_at is not None and now >= slot.restart_at:
-                    slot.restarts += 1
-                    self._launch(slot)
+                self._check(slot, now)
 
-    def _schedule_restart(self, slot: _Slot, now: float) -> None:
-        handle = slot.handle
+    def _check(self, slot: _Slot, now: float) -> None:
+        life = slot.life
+        if life is None:
+            return
+        if life.ended:
+            if slot.restart_at is None:
+                self._schedule_restart(slot, life, now)
+            if slot.restart_at is not None and now >= slot.restart_at:
+                slot.restarts += 1
+                self._launch(slot)
+            return
+        if slot.stall_after is not None:
+            self._check_stall(slot, life, now)
+
+    def _schedule_restart(self, slot: _Slot, life: _Life, now: float) -> None:
+        handle = life.handle
+        if handle.recycle and life.error is None:
+            slot.recycles += 1
+            slot.restarts -= 1  # a recycle is not a failure: _check counts it back up
+            slot.restart_at = now
+            self._events.emit(
+                catalog.THREAD_RECYCLED,
+                thread=slot.name,
+                role=slot.role,
+                jobs=handle.jobs_done,
+                generation=slot.generation,
+            )
+            return
         slot.recent.append(now)
         while slot.recent and now - slot.recent[0] > self._window:
             slot.recent.popleft()
         if len(slot.recent) > self._max_restarts:
-            slot.failed = True
-            handle.state = ThreadState.FAILED
-            self._events.emit(
-                catalog.THREAD_FAILED,
-                thread=handle.name,
-                role=handle.role,
-                restarts=len(slot.recent),
-                window=int(self._window),
-            )
-            if slot.critical and self._on_fatal is not None:
-                self._on_fatal(f"critical thread {handle.name} failed")
+            self._fail(slot, handle)
             return
-        base = self._backoff * (BACKOFF_STRUCTURAL / BACKOFF_FIRST if slot.structural else 1)
-        backoff = min(BACKOFF_MAX, base * 2 ** (len(slot.recent) - 1))
+        factor = BACKOFF_STRUCTURAL / BACKOFF_FIRST if life.structural else 1.0
+        backoff = min(BACKOFF_MAX, self._backoff * factor * 2 ** (len(slot.recent) - 1))
         slot.restart_at = now + backoff
-        if slot.error is not None:
+        if life.error is not None:
             self._events.emit(
                 catalog.THREAD_EXCEPTION,
-                thread=handle.name,
-                role=handle.role,
-                error=repr(slot.error),
+                thread=slot.name,
+                role=slot.role,
+                error=repr(life.error),
                 restarts=slot.restarts + 1,
-                backoff=backoff,
-                traceback="".join(traceback.format_exception(slot.error)),
+                backoff=round(backoff, 3),
+                traceback="".join(traceback.format_exception(life.error)),
             )
         else:
             self._events.emit(
                 catalog.THREAD_EXITED,
-                thread=handle.name,
-                role=handle.role,
+                thread=slot.name,
+                role=slot.role,
                 restarts=slot.restarts + 1,
-                backoff=backoff,
+                backoff=round(backoff, 3),
             )
+
+    def _fail(self, slot: _Slot, handle: ThreadHandle) -> None:
+        slot.failed = True
+        handle.state = ThreadState.FAILED
+        self._events.emit(
+            catalog.THREAD_FAILED,
+            thread=slot.name,
+            role=slot.role,
+            restarts=len(slot.recent),
+            window=int(self._window),
+        )
+        if slot.connector is not None:
+            self._events.emit(catalog.CONNECTOR_FAILED, connector=slot.connector, thread=slot.name)
+        if slot.critical and self._on_fatal is not None:
+            self._on_fatal(f"critical thread {slot.name} failed")
+
+    # --- stalls ----------------------------------------------------------------------------------
+    def _check_stall(self, slot: _Slot, life: _Life, now: float) -> None:
+        handle = life.handle
+        cpu = thread_cpu_seconds(life.native_id)
+        if cpu is not None and (not life.cpu or now - life.cpu[-1][0] >= 1.0):
+            life.cpu.append((now, cpu))
+        if life.stalled_at is not None and handle.state is not ThreadState.STALLED:
+            life.stalled_at = None  # it made progress again
+            self._events.emit(catalog.THREAD_RESUMED, thread=slot.name, role=slot.role)
+            return
+        if handle.state is ThreadState.BUSY and slot.stall_after is not None:
+            since = max(handle.last_progress, handle.work.since if handle.work else 0.0)
+            if now - since > slot.stall_after:
+                self._stalled(slot, life, now, since)
+        elif (
+            handle.state is ThreadState.STALLED
+            and life.stalled_at is not None
+            and now - life.stalled_at > self.grace
+        ):
+            self._abandon(slot, life)
+
+    def _stalled(self, slot: _Slot, life: _Life, now: float, since: float) -> None:
+        handle = life.handle
+        handle.state = ThreadState.STALLED
+        life.stalled_at = now
+        rate = _cpu_rate(life.cpu, since, now)
+        frame = sys._current_frames().get(life.thread.ident or -1)
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
+        work = handle.work
+        self._events.emit(
+            catalog.THREAD_STALLED,
+            thread=slot.name,
+            role=slot.role,
+            seconds=round(now - since, 1),
+            cpu_rate=round(rate, 2) if rate is not None else "unknown",
+            kind="spinning on CPU" if (rate or 0) > SPINNING else "blocked",
+            queue_id=work.queue_id if work else None,
+            recipient=work.recipient if work else None,
+            stack=stack,
+        )
+        handle.abort()
+        if slot.on_stall is not None:
+            try:
+                slot.on_stall(handle)
+            except Exception as exc:  # releasing leases must not kill the monitor
+                self._events.emit(catalog.STORE_ERROR, operation="release stalled", error=str(exc))
+
+    def _abandon(self, slot: _Slot, life: _Life) -> None:
+        handle = life.handle
+        handle.state = ThreadState.ABANDONED
+        handle.stop_event.set()
+        slot.abandoned.append(life)
+        self._events.emit(
+            catalog.THREAD_ABANDONED,
+            thread=slot.name,
+            role=slot.role,
+            grace=self.grace,
+            abandoned=len(slot.abandoned),
+        )
+        self._launch(slot)
 
     # --- stopping --------------------------------------------------------------------------------
     def stop(self, names: Sequence[str], deadline: float) -> list[str]:
@@ -237,18 +385,23 @@ class Supervisor:
         """
         slots = [self._slots[n] for n in names if n in self._slots]
         for slot in slots:
+            slot.stopped = True
             slot.restart_at = None
-            slot.handle.stop_event.set()
-            slot.handle.state = ThreadState.STOPPING
+            for life in [*slot.abandoned, *([slot.life] if slot.life else [])]:
+                life.handle.stop_event.set()
+            if slot.life is not None and slot.life.handle.state is not ThreadState.FAILED:
+                slot.life.handle.state = ThreadState.STOPPING
             if slot.on_stop is not None:
                 slot.on_stop()
         left = []
         for slot in slots:
-            thread = slot.thread
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-                if thread.is_alive():
-                    left.append(slot.handle.name)
+            current = slot.life
+            if current is None or current.thread is threading.current_thread():
+                continue
+            current.thread.join(max(0.0, deadline - time.monotonic()))
+            if current.thread.is_alive():
+                left.append(slot.name)
+            left += [f"{slot.name} (abandoned)" for a in slot.abandoned if a.thread.is_alive()]
         return left
 
     def stop_all(self, groups: Sequence[Sequence[str]], deadline: float) -> list[str]:
@@ -261,9 +414,20 @@ class Supervisor:
         named = {n for group in groups for n in group}
         for group in groups:
             left += self.stop(group, deadline)
-        left += self.stop(
-            [n for n in self._slots if n not in named and n != "supervisor"], deadline
-        )
+        rest = [n for n in self._slots if n not in named and n != "supervisor"]
+        left += self.stop(rest, deadline)
         # The monitor only sleeps in short waits: it always gets a moment to end.
         left += self.stop(["supervisor"], max(deadline, time.monotonic() + 1.0))
         return left
+
+
+def _cpu_rate(samples: deque[tuple[float, float]], since: float, now: float) -> float | None:
+    """CPU seconds per second over [since, now], from the samples nearest those times."""
+    if len(samples) < 2:
+        return None
+    start = min(samples, key=lambda s: abs(s[0] - since))
+    end = samples[-1]
+    if end[0] - start[0] < 0.5:
+        start = samples[0]
+    span = end[0] - start[0]
+    return (end[1] - start[1]) / span if span > 0 else None
