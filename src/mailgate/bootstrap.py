@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -22,6 +23,8 @@ from mailgate import __version__
 from mailgate.config.schema import RELAY_CONNECTORS, Config, parse_hostport
 from mailgate.connectors.postoffice import PostofficeConnector
 from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
+from mailgate.control.commands import ControlCommands
+from mailgate.control.server import ControlServer, bind_control, socket_path
 from mailgate.dsn.generate import BounceGenerator
 from mailgate.errors import AlreadyRunning, ConfigError, StoreError
 from mailgate.interchange.connector import Connector
@@ -121,6 +124,7 @@ class Service:
             config.service.hostname, config.postmaster, lambda a: self.policy.route(a).connector
         )
         self.listener: SmtpListener | None = None
+        self.control_socket: socket.socket | None = None
         self.scheduler: Scheduler | None = None
         self.interchange_threads: list[str] = []
 
@@ -164,11 +168,19 @@ class Service:
             self.events,
         )
         self.listener = SmtpListener(handler, bind(host, port))
+        self.control_socket = bind_control(socket_path(config.data_dir))
 
     def _start_threads(self) -> None:
         config, sup = self.config, self.supervisor
         assert self.listener is not None
         sup.start()
+        assert self.control_socket is not None
+        sup.spawn(
+            "control",
+            "control",
+            ControlServer(self.control_socket, ControlCommands(self).table()),
+            critical=True,
+        )
         committer = self.committer
         sup.spawn(
             "commit",
@@ -338,6 +350,9 @@ class Service:
                 timeout=self.config.service.stop_timeout,
                 threads=", ".join(left),
             )
+        if self.control_socket is not None:
+            self.control_socket.close()
+            socket_path(self.config.data_dir).unlink(missing_ok=True)
         self.lock.release()
         return left
 

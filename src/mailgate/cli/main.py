@@ -9,6 +9,7 @@ import click
 
 from mailgate import __version__
 from mailgate.cli.common import config_loader, config_options, get_config, report_config_error
+from mailgate.cli.ctl import ctl
 from mailgate.cli.mailbox import mailbox
 from mailgate.config import load_config
 from mailgate.errors import ConfigError
@@ -76,6 +77,7 @@ def docs(write: bool, directory: Path) -> None:
 
 
 cli.add_command(mailbox)
+cli.add_command(ctl)
 
 
 def main() -> None:

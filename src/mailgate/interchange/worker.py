@@ -98,6 +98,8 @@ class InterchangeThread:
         seen = self.wakeup.generation(name)
         started, attempts = time.monotonic(), 0
         while not handle.stopping:
+            if handle.recycle:  # asked for by `mailgate ctl refresh`
+                return
             if self.state.paused:
                 handle.idle()
                 seen = self.wakeup.wait(name, seen, IDLE_WAIT)

@@ -270,7 +270,7 @@ class Supervisor:
                 thread=slot.name,
                 role=slot.role,
                 jobs=handle.jobs_done,
-                generation=slot.generation,
+                generation=slot.generation + 1,
             )
             return
         slot.recent.append(now)

@@ -1,0 +1,135 @@
+"""`mailgate ctl`: talk to a running service over its control socket."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailgate.cli.common import config_options, get_config
+from mailgate.control.server import request, socket_path
+
+
+def _call(config_path: Path | None, data_dir: Path | None, command: str, **args: Any) -> Any:
+    config = get_config(config_path, data_dir)
+    path = socket_path(config.data_dir)
+    try:
+        return request(path, command, {k: v for k, v in args.items() if v is not None})
+    except OSError as exc:
+        raise click.ClickException(f"no service answers on {path}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if as_json or not isinstance(result, dict | list):
+        click.echo(json.dumps(result, indent=2, default=str))
+    elif isinstance(result, list):
+        for item in result:
+            click.echo(json.dumps(item, default=str))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key}: {json.dumps(value, default=str)}")
+
+
+def _threads_table(threads: list[dict[str, Any]]) -> None:
+    click.echo(f"{'thread':<16}{'state':<11}{'cpu s':>8}{'tid':>9}  restarts  work")
+    for t in threads:
+        work = t["work"]
+        doing = ""
+        if work and work["queue_id"]:
+            doing = f"{work['queue_id']} <{work['recipient']}> for {work['age']}s"
+        cpu = f"{t['cpu_seconds']:.2f}" if t["cpu_seconds"] is not None else "-"
+        click.echo(
+            f"{t['name']:<16}{t['state']:<11}{cpu:>8}{t['native_id'] or '-':>9}"
+            f"  {t['restarts']:>8}  {doing}"
+        )
+
+
+@click.group()
+def ctl() -> None:
+    """Control a running service (status, pause, resume, reload, refresh, stop, ...)."""
+
+
+@ctl.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@config_options
+def status(as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
+    """Service state, health, every thread with state and CPU, queue lengths."""
+    result = _call(config_path, data_dir, "status")
+    if as_json:
+        _print(result, True)
+        return
+    health = "healthy" if result["healthy"] else "UNHEALTHY: " + "; ".join(result["reasons"])
+    click.echo(f"mailgate {result['version']} pid {result['pid']} {result['state']}, {health}")
+    click.echo(f"uptime {result['uptime']}s, restarts {result['restarts']}, "
+               f"abandoned threads {result['abandoned']}")  # fmt: skip
+    for name, q in result["queues"].items():
+        paused = " PAUSED" if q["paused"] else ""
+        click.echo(
+            f"queue {name}{paused}: {q['length']} waiting (queued {q['queued']}, active "
+            f"{q['active']}, deferred {q['deferred']}, held {q['held']}, quarantined "
+            f"{q['quarantined']}), oldest {q['oldest_age']}s, delivered {q['delivered']}"
+        )
+    for process in result["processes"]:
+        click.echo(f"process {process['pid']} ({process['role']}):")
+        _threads_table(process["threads"])
+
+
+@ctl.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@config_options
+def threads(as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
+    """Every supervised thread: state, CPU seconds, native id, current work."""
+    result = _call(config_path, data_dir, "threads")
+    if as_json:
+        _print(result, True)
+    else:
+        _threads_table(result)
+
+
+def _simple(name: str, help_text: str, with_connector: bool = False) -> None:
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @config_options
+    def command(
+        as_json: bool, config_path: Path | None, data_dir: Path | None, connector: str | None = None
+    ) -> None:
+        _print(_call(config_path, data_dir, name, connector=connector), as_json)
+
+    command.__doc__ = help_text
+    if with_connector:
+        command = click.argument("connector", required=False)(command)
+    ctl.command(name)(command)
+
+
+_simple("pause", "Stop delivery for a connector (all if none is named); receiving goes on.", True)
+_simple("resume", "Resume delivery for a connector (all if none is named).", True)
+_simple("reload", "Re-read the configuration file; a bad file keeps the running one.")
+_simple("refresh", "Recycle every interchange thread now (fresh threads, fresh context).")
+_simple("stop", "Stop the service (as SIGTERM does).")
+_simple("health", "Whether the service is healthy, and why not.")
+
+
+@ctl.command()
+@config_options
+def dump(config_path: Path | None, data_dir: Path | None) -> None:
+    """Print every thread's current stack."""
+    for item in _call(config_path, data_dir, "dump"):
+        click.echo(f"--- {item['thread']}\n{item['stack']}")
+
+
+@ctl.command()
+@click.argument("category", required=False)
+@click.argument("level", required=False)
+@config_options
+def loglevel(
+    category: str | None, level: str | None, config_path: Path | None, data_dir: Path | None
+) -> None:
+    """Show levels, or set CATEGORY to LEVEL (none/minimum/medium/maximum), live."""
+    result = _call(config_path, data_dir, "loglevel", category=category, level=level)
+    for name, value in result.items():
+        click.echo(f"{name}: {value}")
+    sys.stdout.flush()

@@ -1,0 +1,1 @@
+"""control: the owner-only Unix socket that always answers (status, pause, stop, ...)."""

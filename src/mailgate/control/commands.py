@@ -1,0 +1,176 @@
+"""The control commands, as plain functions over lock-free views of a running service.
+
+Each returns JSON-ready data. None of them takes a lock a worker could hold or
+waits on a worker: reading thread states, flipping pause flags, setting stop and
+recycle flags, swapping level tables. Queue counts use the control thread's own
+read-only connection (readers never wait for the writer in WAL mode).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from mailgate import __version__
+from mailgate.control.server import Command
+from mailgate.observe.catalog import Category, Level
+from mailgate.queue.store import QueueReader
+from mailgate.supervise.supervisor import ThreadView
+
+if TYPE_CHECKING:
+    from mailgate.bootstrap import Service
+
+STATES = ("queued", "active", "deferred", "held", "quarantined")
+
+
+def thread_json(view: ThreadView, now: float) -> dict[str, Any]:
+    work = view.work
+    return {
+        "name": view.name,
+        "role": view.role,
+        "connector": view.connector,
+        "native_id": view.native_id,
+        "state": view.state,
+        "alive": view.alive,
+        "cpu_seconds": view.cpu_seconds,
+        "started_at": view.started_at,
+        "last_progress_age": round(now - view.last_progress, 3),
+        "jobs_done": view.jobs_done,
+        "restarts": view.restarts,
+        "recycles": view.recycles,
+        "generation": view.generation,
+        "abandoned": view.abandoned,
+        "work": None
+        if work is None
+        else {
+            "queue_id": work.queue_id,
+            "recipient": work.recipient,
+            "connector": work.connector,
+            "since": work.since,
+            "age": round(now - work.since, 3),
+        },
+    }
+
+
+class ControlCommands:
+    """Commands bound to one service; call `table()` for the name -> function map."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._reader: QueueReader | None = None
+        self.started = time.time()
+
+    def table(self) -> dict[str, Command]:
+        return {
+            "status": self.status,
+            "threads": self.threads,
+            "queues": lambda args: self.queues(),
+            "health": self.health,
+            "pause": lambda args: self._pause(args, True),
+            "resume": lambda args: self._pause(args, False),
+            "reload": lambda args: {"reloaded": self.service.reload()},
+            "refresh": self.refresh,
+            "stop": self.stop,
+            "dump": self.dump,
+            "loglevel": self.loglevel,
+        }
+
+    def status(self, args: dict[str, Any]) -> dict[str, Any]:
+        service, now = self.service, time.time()
+        reasons = service.health()
+        stats = service.supervisor.statistics()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "state": "stopping" if service.stopped.is_set() else "running",
+            "uptime": round(now - self.started, 1),
+            "healthy": not reasons,
+            "reasons": reasons,
+            "restarts": stats.restarts,
+            "abandoned": stats.abandoned,
+            "processes": [
+                {
+                    "pid": os.getpid(),
+                    "role": "single",
+                    "threads": [thread_json(v, now) for v in stats.threads],
+                }
+            ],
+            "queues": self.queues(),
+        }
+
+    def health(self, args: dict[str, Any]) -> dict[str, Any]:
+        reasons = self.service.health()
+        return {"healthy": not reasons, "reasons": reasons}
+
+    def threads(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        now = time.time()
+        return [thread_json(v, now) for v in self.service.supervisor.statistics().threads]
+
+    def queues(self) -> dict[str, dict[str, Any]]:
+        """Per connector: recipients by state (zeros included), oldest age, live counters."""
+        if self._reader is None:
+            self._reader = self.service.store.reader()  # opened in the control thread
+        counts = self._reader.counts()
+        now = time.time()
+        result: dict[str, dict[str, Any]] = {}
+        for name, state in self.service.connectors.by_name.items():
+            oldest = counts.oldest_waiting.get(name)
+            entry: dict[str, Any] = {s: counts.by_state.get((name, s), 0) for s in STATES}
+            entry.update(
+                length=sum(entry[s] for s in STATES),
+                oldest_age=round(now - oldest, 1) if oldest is not None else 0.0,
+                paused=state.paused,
+                delivered=state.delivered,
+                deferred_attempts=state.deferred,
+                bounced=state.bounced,
+                last_completed_age=round(now - state.last_completed, 1),
+            )
+            result[name] = entry
+        return result
+
+    def _pause(self, args: dict[str, Any], paused: bool) -> dict[str, Any]:
+        name = args.get("connector")
+        connectors = self.service.connectors
+        if name is not None and name not in connectors.by_name:
+            raise KeyError(f"no connector {name!r}; known: {connectors.names()}")
+        names = connectors.set_paused(name, paused)
+        if not paused:
+            self.service.wakeup.notify(*names)
+        return {"paused" if paused else "resumed": names}
+
+    def refresh(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Recycle every interchange thread now (each finishes its batch first)."""
+        names = []
+        for name in self.service.interchange_threads:
+            handle = self.service.supervisor.handle(name)
+            if handle is not None:
+                handle.recycle = True
+                names.append(name)
+        self.service.wakeup.notify_all()
+        return {"recycling": names}
+
+    def stop(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.service.request_stop()
+        return {"stopping": True}
+
+    def dump(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every thread's current stack, like a thread dump of a JVM."""
+        names = {t.ident: t.name for t in threading.enumerate()}
+        frames = sys._current_frames().items()
+        return [
+            {"thread": names.get(i, str(i)), "stack": "".join(traceback.format_stack(frame))}
+            for i, frame in frames
+        ]
+
+    def loglevel(self, args: dict[str, Any]) -> dict[str, str]:
+        events = self.service.events
+        category, level = args.get("category"), args.get("level")
+        if category is not None:
+            if level is None:
+                raise ValueError("give a level: none, minimum, medium or maximum")
+            events.set_level(Category(category), Level[str(level).upper()])
+        return {c.value: events.level(c).name.lower() for c in Category}
