@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mailgate.cli.common import config_options, get_config
+from mailgate.cli.common import config_options
 from mailgate.control.server import request, socket_path
 
 
+def _data_dir(config_path: Path | None, data_dir: Path | None) -> Path:
+    """Where the service runs. Control must work even when the file on disk was broken
+    after the service started, so only `service.data_dir` is read from it, leniently."""
+    if data_dir is not None:
+        return data_dir
+    if config_path is not None:
+        try:
+            with open(config_path, "rb") as f:
+                value = tomllib.load(f).get("service", {}).get("data_dir")
+            if isinstance(value, str):
+                return Path(value)
+        except (OSError, tomllib.TOMLDecodeError, AttributeError):
+            pass
+    return Path("./var")
+
+
 def _call(config_path: Path | None, data_dir: Path | None, command: str, **args: Any) -> Any:
-    config = get_config(config_path, data_dir)
-    path = socket_path(config.data_dir)
+    path = socket_path(_data_dir(config_path, data_dir))
     try:
         return request(path, command, {k: v for k, v in args.items() if v is not None})
     except OSError as exc:

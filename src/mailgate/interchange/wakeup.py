@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 
+from mailgate.testing import faults
+
 
 class Wakeup:
     def __init__(self) -> None:
@@ -35,6 +37,7 @@ class Wakeup:
     def wait(self, connector: str, seen: int, timeout: float) -> int:
         """Block until the connector's generation differs from `seen` or `timeout` passes."""
         with self._cond:
+            faults.check("wakeup.wait")  # tests: an exception while holding the lock
             self._cond.wait_for(
                 lambda: self._generation.get(connector, 0) + self._everything != seen, timeout
             )

@@ -86,6 +86,8 @@ class InterchangeThread:
         reader = self.store.reader()
         try:
             self._loop(handle, owner, session, reader)
+        except faults.FaultExit:
+            return  # tests: a thread that ends without being asked to
         finally:
             handle.on_abort(None)
             session.close()
@@ -104,6 +106,7 @@ class InterchangeThread:
                 handle.idle()
                 seen = self.wakeup.wait(name, seen, IDLE_WAIT)
                 continue
+            faults.check("interchange.loop")
             claims = self.store.claim(name, owner, self.batch).result(STORE_WAIT)
             if not claims:
                 handle.idle()

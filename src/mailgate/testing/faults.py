@@ -3,9 +3,9 @@
     MAILGATE_FAULTS="interchange.deliver=raise:2,store.enqueue=raise"
 
 Each entry is `point=action[:count]`; `count` limits how many times the fault
-fires (default: every time). Actions: `raise` (RuntimeError), `hang` (block the
+fires (default: every time). Actions: `raise` (InjectedFault), `hang` (block the
 calling thread until the process ends), `spin` (burn CPU forever), `exit`
-(end the calling thread silently with SystemExit). A point that is not named
+(raise FaultExit, which a thread body treats as "return now, silently"). A point that is not named
 costs one dictionary lookup. Used by the test suite; never enable in production.
 """
 
@@ -20,6 +20,10 @@ ENV = "MAILGATE_FAULTS"
 
 class InjectedFault(RuntimeError):
     """Raised by a fault point with action `raise`."""
+
+
+class FaultExit(Exception):
+    """Raised by a fault point with action `exit`: the thread body should return silently."""
 
 
 class _Faults:
@@ -64,7 +68,7 @@ def check(point: str) -> None:
     if action == "raise":
         raise InjectedFault(f"fault injected at {point}")
     if action == "exit":
-        raise SystemExit(0)
+        raise FaultExit(point)
     if action == "hang":
         threading.Event().wait()
     if action == "spin":
