@@ -14,7 +14,8 @@ import pytest
 
 from mailgate.control.server import request, socket_path
 from tests.support.load import assert_exactly_once, send_many
-from tests.support.process import DEFAULT_CONFIG, Mailgate, wait_for
+from tests.support.process import DEFAULT_CONFIG, Mailgate, free_port, wait_for
+from tests.support.sink import HangingServer, Sink
 
 ALICE = "alice@po1.net1.example.test"
 
@@ -172,3 +173,30 @@ def test_reload_applies_routes_and_keeps_running_on_a_bad_file(tmp_path: Path) -
         wait_for(lambda: mg.events(1101), 10, what="ConfigReloaded")
     finally:
         mg.close()
+
+
+def test_hung_smarthost_is_reported_then_recovers(tmp_path: Path) -> None:
+    port = free_port()
+    hanging = HangingServer(port)
+    extra = '\n[smarthost]\nthreads = 1\ntimeout = "30s"\ndown_for = "1s"\n'
+    mg = Mailgate(tmp_path, config=DEFAULT_CONFIG + FAST.replace('"2s"', '"3s"', 1) + extra)
+    mg.add_mailbox("MS:NET1/PO1/ALICE")
+    mg.start("--smarthost", f"127.0.0.1:{port}")
+    sink = Sink(port)
+    try:
+        began = time.monotonic()
+        send_many(mg.port, 3, "far@elsewhere.org", clients=1)
+        stalled = wait_for(lambda: mg.events(5006), 20, what="ConnectorStalled")
+        assert time.monotonic() - began < 2 * 3.0 + 2.0, "warned within 2x the threshold"
+        assert stalled[0]["fields"]["connector"] == "smarthost"
+        assert "smarthost-1=" in stalled[0]["fields"]["threads"]
+        assert mg.events(5003), "the hung thread itself was reported, with its stack"
+        hanging.stop()
+        sink.start()
+        sink.wait_messages(3, timeout=30)
+        wait_for(lambda: mg.events(5007), 20, what="ConnectorRecovered")
+    finally:
+        mg.close()
+        if not hanging._stop.is_set():
+            hanging.stop()
+        sink.stop()

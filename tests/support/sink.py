@@ -165,3 +165,35 @@ class Sink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class HangingServer:
+    """Accepts TCP connections on loopback and never says a word (a wedged smarthost)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.port = port
+        self.accepted = 0
+        self._clients: list[socket.socket] = []
+        self._sock = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                continue
+            self._clients.append(client)
+            self.accepted += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for client in self._clients:
+            client.close()
+        self._sock.close()

@@ -10,7 +10,9 @@ import click
 from mailgate import __version__
 from mailgate.cli.common import config_loader, config_options, get_config, report_config_error
 from mailgate.cli.ctl import ctl
+from mailgate.cli.events import events
 from mailgate.cli.mailbox import mailbox
+from mailgate.cli.track import track
 from mailgate.config import load_config
 from mailgate.errors import ConfigError
 
@@ -77,6 +79,8 @@ def docs(write: bool, directory: Path) -> None:
 
 
 cli.add_command(mailbox)
+cli.add_command(events)
+cli.add_command(track)
 cli.add_command(ctl)
 
 

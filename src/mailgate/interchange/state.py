@@ -22,11 +22,13 @@ class ConnectorState:
     attempts: int = 0
 
     def completed(self, delivered: int, deferred: int, bounced: int) -> None:
+        """Count recorded attempts; only final outcomes (delivered, bounced) are completions."""
         self.delivered += delivered
         self.deferred += deferred
         self.bounced += bounced
         self.attempts += delivered + deferred + bounced
-        self.last_completed = time.time()
+        if delivered or bounced:
+            self.last_completed = time.time()
 
 
 class Connectors:

@@ -54,3 +54,10 @@ CREATE TABLE IF NOT EXISTS attempts (
     reply        TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS attempts_message ON attempts (message_id);
+-- `mailgate track`: find messages by Message-ID header, sender, recipient, and the bounces
+-- of a message (a bounce's client names the message it reports on).
+CREATE INDEX IF NOT EXISTS messages_header_message_id ON messages (header_message_id, received_at)
+    WHERE header_message_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS messages_sender ON messages (sender, received_at);
+CREATE INDEX IF NOT EXISTS messages_dsn ON messages (client) WHERE kind <> 'normal';
+CREATE INDEX IF NOT EXISTS recipients_address ON recipients (address, message_id);

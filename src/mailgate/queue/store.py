@@ -128,14 +128,20 @@ class QueueReader:
         return None if row is None or row[0] is None else float(row[0])
 
     def due_load(self, connector: str, now: float) -> tuple[int, float | None]:
-        """Recipients of `connector` due now, and the arrival time of the oldest of them."""
+        """Recipients of `connector` due now or in flight, and the oldest one's arrival time."""
         row = self._conn.execute(
             "SELECT COUNT(*), MIN(m.received_at) FROM recipients r "
             "JOIN messages m ON m.id = r.message_id WHERE r.connector = ? "
             "AND r.state IN ('queued', 'deferred') AND r.due_at <= ?",
             (connector, now),
         ).fetchone()
-        return int(row[0]), (None if row[1] is None else float(row[1]))
+        active = self._conn.execute(
+            "SELECT COUNT(*), MIN(m.received_at) FROM recipients r "
+            "JOIN messages m ON m.id = r.message_id WHERE r.state = 'active' AND r.connector = ?",
+            (connector,),
+        ).fetchone()
+        oldest = [float(x) for x in (row[1], active[1]) if x is not None]
+        return int(row[0]) + int(active[0]), (min(oldest) if oldest else None)
 
     def counts(self) -> QueueCounts:
         by_state: dict[tuple[str, str], int] = {}

@@ -1,10 +1,13 @@
-"""Connector stall watch: due mail, not paused, and no attempt completed for too long.
+"""Connector stall watch: due mail, not paused, and no delivery completed for too long.
 
 Pure logic over numbers the scheduler gathers each second, so it is tested with
-plain values. A connector is stalled when it has had due recipients and no
-completed attempt for `stall_after` seconds (measured from the later of its last
-completion and the moment work became due). The warning repeats every
-`stall_after` until it clears, then one "recovered" is reported.
+plain values. A completion is a delivery or a bounce (a final outcome): a hung or
+dead destination that only ever defers is a stall, as "Sent" events stopping
+while mail waits was in the system we replace. The clock starts when work is
+first seen due after the last completion; short gaps with nothing due (between
+retries) do not reset it, a full `stall_after` with nothing due does. The
+warning repeats every `stall_after` until a completion (or a pause, or a long
+empty spell) clears it, then one "recovered" is reported.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ class StallReport:
 
 @dataclass
 class _Track:
-    due_since: float | None = None
+    seen_completion: float = 0.0
+    first_due: float | None = None
+    nothing_due_since: float | None = None
     stalled_since: float | None = None
     last_warned: float = 0.0
 
@@ -46,28 +51,42 @@ class ConnectorWatch:
         last_completed: dict[str, float],
         paused: set[str],
     ) -> list[StallReport]:
-        reports = []
+        reports: list[StallReport] = []
         for name, load in loads.items():
             track = self._tracks.setdefault(name, _Track())
-            if load.due == 0 or name in paused:
-                track.due_since = None
-            elif track.due_since is None:
-                track.due_since = now
-            quiet_since = max(last_completed.get(name, 0.0), track.due_since or now)
-            stalled = track.due_since is not None and now - quiet_since > self.stall_after
-            if stalled:
-                if track.stalled_since is None or now - track.last_warned >= self.stall_after:
-                    track.stalled_since = track.stalled_since or quiet_since
-                    track.last_warned = now
-                    reports.append(
-                        StallReport(name, True, load.due, load.oldest_age, now - quiet_since)
-                    )
-            elif track.stalled_since is not None:
-                reports.append(
-                    StallReport(name, False, load.due, load.oldest_age, now - track.stalled_since)
-                )
-                track.stalled_since = None
+            completed = last_completed.get(name, 0.0)
+            if completed > track.seen_completion or name in paused:
+                track.seen_completion = max(completed, track.seen_completion)
+                track.first_due = None
+                self._clear(name, track, load, now, reports)
+            if name in paused:
+                continue
+            if load.due:
+                track.nothing_due_since = None
+                track.first_due = track.first_due or now
+            else:
+                track.nothing_due_since = track.nothing_due_since or now
+                if now - track.nothing_due_since >= self.stall_after:
+                    track.first_due = None
+                    self._clear(name, track, load, now, reports)
+            if track.first_due is None:
+                continue
+            quiet = now - max(completed, track.first_due)
+            if quiet > self.stall_after and (
+                track.stalled_since is None or now - track.last_warned >= self.stall_after
+            ):
+                track.stalled_since = track.stalled_since or now - quiet
+                track.last_warned = now
+                reports.append(StallReport(name, True, load.due, load.oldest_age, quiet))
         return reports
+
+    @staticmethod
+    def _clear(name: str, track: _Track, load: Load, now: float, out: list[StallReport]) -> None:
+        if track.stalled_since is not None:
+            out.append(
+                StallReport(name, False, load.due, load.oldest_age, now - track.stalled_since)
+            )
+            track.stalled_since = None
 
     def stalled(self) -> list[str]:
         return [name for name, t in self._tracks.items() if t.stalled_since is not None]

@@ -1,0 +1,288 @@
+"""`mailgate track KEY`: a message's whole life, from the queue and the event store.
+
+KEY is a queue id, a Message-ID (with or without <>), or an address (envelope
+sender or recipient; the most recent messages first). For each message: when and
+from whom it was received, each recipient with its connector and state, every
+delivery attempt (when, outcome, remote reply, delay since arrival, duration),
+the bounces it caused and the stored events about it. Read-only: works whether
+the service runs or not. Exit status 1 when nothing matches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mailgate.cli.common import config_options, get_config
+from mailgate.cli.events import human_line, local_time, open_reader, printable
+from mailgate.observe.catalog import MESSAGE_RECEIVED, NDR_GENERATED, PICKED_UP
+from mailgate.observe.eventstore import EventReader, iso_time, store_path
+from mailgate.queue import history
+from mailgate.queue.history import MessageHistory
+
+MAX_MESSAGES = 20
+MAX_EVENTS = 1000
+
+
+@contextlib.contextmanager
+def open_queue(path: Path) -> Iterator[sqlite3.Connection | None]:
+    """The queue database, read-only; None if there is none (never created here)."""
+    if not path.is_file():
+        yield None
+        return
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        conn.execute("PRAGMA query_only=1")
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot read the queue {path}: {exc}") from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def _events_reader(path: Path) -> Iterator[EventReader | None]:
+    reader = open_reader(path)
+    try:
+        yield reader
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+@click.command()
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per message.")
+@config_options
+def track(key: str, as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
+    """Show the life of the message(s) KEY designates: queue id, Message-ID or address."""
+    config = get_config(config_path, data_dir)
+    try:
+        with (
+            open_queue(config.queue_path) as conn,
+            _events_reader(store_path(config.log_dir)) as events,
+        ):
+            found = _collect(key, conn, events)
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot read: {exc}") from None
+    if as_json:
+        click.echo(json.dumps(found, ensure_ascii=False, default=str, indent=2))
+    else:
+        for n, item in enumerate(found):
+            if n:
+                click.echo("")
+            for line in render(item):
+                click.echo(line)
+    if not found:
+        if not as_json:
+            click.echo(f"mailgate: no message matches {printable(key)}", err=True)
+        raise SystemExit(1)
+
+
+def _collect(
+    key: str, conn: sqlite3.Connection | None, events: EventReader | None
+) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if conn is not None:
+        for queue_id in history.find(conn, key, MAX_MESSAGES):
+            message = history.message_history(conn, queue_id)
+            if message is not None:
+                found.append(_as_dict(message, _stored_events(events, queue_id), conn))
+    if not found and events is not None:
+        # Finished messages are purged from the queue after [queue] keep_done; the
+        # event store may still remember them.
+        stored = _stored_events(events, key.strip())
+        if stored:
+            found.append(_from_events(key.strip(), stored, conn))
+    return found
+
+
+def _stored_events(events: EventReader | None, queue_id: str) -> list[dict[str, Any]]:
+    if events is None:
+        return []
+    return events.query(queue_id=queue_id, limit=MAX_EVENTS)
+
+
+def _bounces(
+    queued: tuple[history.BounceRef, ...],
+    stored: list[dict[str, Any]],
+    conn: sqlite3.Connection | None,
+) -> list[dict[str, Any]]:
+    """Bounces from the queue, completed by NDR events (which outlive purged messages)."""
+    bounces: dict[str, dict[str, Any]] = {}
+    for ref in queued:
+        bounces[ref.queue_id] = {
+            "bounce_id": ref.queue_id,
+            "kind": ref.kind,
+            "time": iso_time(ref.received_at),
+            "ts": ref.received_at,
+            "recipient": ref.recipient,
+            "state": ref.state,
+            "failed": None,
+        }
+    for event in stored:
+        if event["id"] != NDR_GENERATED.id:
+            continue
+        fields = event["fields"]
+        bounce_id = str(fields.get("bounce_id"))
+        entry = bounces.setdefault(
+            bounce_id,
+            {
+                "bounce_id": bounce_id,
+                "kind": fields.get("kind"),
+                "time": event["time"],
+                "ts": event["ts"],
+                "recipient": fields.get("recipient"),
+                "state": None,
+                "failed": None,
+            },
+        )
+        entry["failed"] = fields.get("failed")
+        if entry["state"] is None and conn is not None:
+            target = history.recipient_state(conn, bounce_id)
+            entry["state"] = None if target is None else target[1]
+    return sorted(bounces.values(), key=lambda b: b["ts"])
+
+
+def _as_dict(
+    message: MessageHistory, stored: list[dict[str, Any]], conn: sqlite3.Connection | None
+) -> dict[str, Any]:
+    arrival = message.received_at
+    return {
+        "queue_id": message.queue_id,
+        "in_queue": True,
+        "received": iso_time(arrival),
+        "received_at": arrival,
+        "client": message.client,
+        "sender": message.sender,
+        "size": message.size,
+        "message_id": message.header_message_id,
+        "kind": message.kind,
+        "bounce_of": message.bounce_of,
+        "origin": message.origin,
+        "smtputf8": message.smtputf8,
+        "done_at": message.done_at,
+        "recipients": [
+            {
+                "address": r.address,
+                "connector": r.connector,
+                "state": r.state,
+                "attempts": r.attempts,
+                "last_reply": r.last_reply,
+                "remote_mta": r.remote_mta,
+                "due_at": r.due_at if r.state in ("queued", "deferred") else None,
+                "updated_at": r.updated_at,
+                "history": [
+                    {
+                        "time": iso_time(a.started_at),
+                        "started_at": a.started_at,
+                        "finished_at": a.finished_at,
+                        "disposition": a.disposition,
+                        "reply": a.reply,
+                        "delay": round(a.started_at - arrival, 3),
+                        "duration": round(a.finished_at - a.started_at, 3),
+                    }
+                    for a in r.history
+                ],
+            }
+            for r in message.recipients
+        ],
+        "bounces": _bounces(message.bounces, stored, conn),
+        "events": stored,
+    }
+
+
+def _from_events(
+    queue_id: str, stored: list[dict[str, Any]], conn: sqlite3.Connection | None
+) -> dict[str, Any]:
+    """What the event store alone says of a message no longer in the queue."""
+    received = next((e for e in stored if e["id"] in (MESSAGE_RECEIVED.id, PICKED_UP.id)), None)
+    fields = received["fields"] if received else {}
+    return {
+        "queue_id": queue_id,
+        "in_queue": False,
+        "received": received["time"] if received else None,
+        "received_at": received["ts"] if received else None,
+        "client": fields.get("client") or fields.get("outbox"),
+        "sender": fields.get("sender"),
+        "size": fields.get("size"),
+        "message_id": fields.get("message_id"),
+        "kind": None,
+        "bounce_of": None,
+        "origin": fields.get("file"),
+        "smtputf8": None,
+        "done_at": None,
+        "recipients": [],
+        "bounces": _bounces((), stored, conn),
+        "events": stored,
+    }
+
+
+# --- human form ----------------------------------------------------------------------------------
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render(item: dict[str, Any]) -> list[str]:
+    """The lines of `mailgate track` for one message."""
+    p = printable
+    lines = [f"{item['queue_id']}"]
+    if item["received_at"] is not None:
+        sender = p(item["sender"]) if item["sender"] is not None else "?"
+        size = f"{item['size']} bytes" if item["size"] is not None else "? bytes"
+        lines.append(
+            f"  received   {local_time(item['received_at'], millis=True)} from "
+            f"{p(item['client'])}: <{sender}>, {size}, message-id {p(item['message_id'] or '-')}"
+        )
+    if not item["in_queue"]:
+        lines.append("  (no longer in the queue; from the event store)")
+    if item["bounce_of"]:
+        lines.append(f"  {item['kind']} of {item['bounce_of']}")
+    elif item["kind"] not in (None, "normal"):
+        lines.append(f"  kind       {item['kind']}")
+    if item["origin"]:
+        lines.append(f"  origin     {p(item['origin'])}")
+    now = time.time()
+    for r in item["recipients"]:
+        state = r["state"]
+        if r["due_at"] is not None:
+            due = r["due_at"] - now
+            state += f", next attempt {'now' if due <= 0 else 'in ' + _ago(due)}"
+        lines.append(
+            f"  recipient  <{p(r['address'])}> via {r['connector']}: {state}, "
+            f"{r['attempts']} attempt(s)"
+            + (f", remote {p(r['remote_mta'])}" if r["remote_mta"] else "")
+        )
+        for a in r["history"]:
+            lines.append(
+                f"    {local_time(a['started_at'], millis=True)} {a['disposition']} "
+                f"after {a['delay']:.2f}s in queue, took {a['duration']:.3f}s: {p(a['reply'])}"
+            )
+        if not r["history"] and r["last_reply"]:
+            lines.append(f"    {p(r['last_reply'])}")
+    for b in item["bounces"]:
+        failed = f" for {p(b['failed'])}" if b["failed"] else ""
+        state = f": {b['state']}" if b["state"] else ""
+        lines.append(
+            f"  bounce     {b['bounce_id']} ({b['kind']}) {local_time(b['ts'])} "
+            f"to <{p(b['recipient'] or '?')}>{failed}{state}"
+        )
+    if item["done_at"] is not None:
+        lines.append(f"  done       {local_time(item['done_at'], millis=True)}")
+    if item["events"]:
+        lines.append("  events:")
+        lines += [f"    {human_line(e)}" for e in item["events"]]
+    return lines
