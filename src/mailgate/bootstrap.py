@@ -9,6 +9,7 @@ return the exit code (0 only for a clean stop). Every way out writes an event.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -41,7 +42,7 @@ from mailgate.queue.commit import Committer
 from mailgate.queue.lock import DataDirLock
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
-from mailgate.queue.store import QueueStore, Writer
+from mailgate.queue.store import QueueReader, QueueStore, Writer
 from mailgate.receive.pickup import Pickup, PickupSettings
 from mailgate.receive.server import SmtpListener, bind
 from mailgate.receive.smtp import ReceiveHandler, ReceiveSettings
@@ -49,8 +50,10 @@ from mailgate.route.policy import RecipientPolicy, postoffice_verifier
 from mailgate.route.router import Router
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.supervisor import Supervisor
+from mailgate.supervise.systemd import Notifier
 
 STORE_WAIT = 60.0
+MONITOR_SILENT = 5.0  # the monitor ticks every 0.2 s; silence this long means it is wedged
 
 
 def address_map(config: Config) -> AddressMap:
@@ -242,12 +245,31 @@ class Service:
             f"{v.name}={v.state}" for v in views if connector is None or v.connector == connector
         )
 
+    def status_line(self, reader: QueueReader | None = None) -> str:
+        """One line for systemd's STATUS: health, queue lengths, thread count."""
+        reasons = self.health()
+        waiting: dict[str, int] = {}
+        if reader is not None:
+            with contextlib.suppress(StoreError):
+                for (connector, _), count in reader.counts().by_state.items():
+                    waiting[connector] = waiting.get(connector, 0) + count
+        queues = ", ".join(
+            f"{c.name} {waiting.get(c.name, 0)} queued/{c.delivered} delivered"
+            for c in self.connectors.by_name.values()
+        )
+        threads = len(self.supervisor.statistics().threads)
+        health = "healthy" if not reasons else "UNHEALTHY: " + "; ".join(reasons)
+        return f"{health}; {threads} threads; {queues}"
+
     def health(self) -> list[str]:
         """Why the service is unhealthy; an empty list means healthy."""
         stats = self.supervisor.statistics()
         reasons = [f"thread {name} failed" for name in stats.failed]
         reasons += [f"thread {name} stalled" for name in stats.stalled]
         reasons += [f"connector {name} stalled" for name in self._stalled_connectors()]
+        monitor = self.supervisor.handle("supervisor")
+        if monitor is not None and time.time() - monitor.last_progress > MONITOR_SILENT:
+            reasons.append("the supervisor's monitor is not turning")
         if self.failure:
             reasons.append(self.failure)
         return reasons
@@ -429,7 +451,13 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
         data_dir=config.data_dir,
         listen=f"{host}:{port}",
     )
-    reason = _wait_for_signal(service, events)
+    notifier = Notifier()
+    reader = service.store.reader() if notifier.enabled else None
+    notifier.ready(service.status_line(reader))
+    reason = _wait_for_signal(service, events, notifier, reader)
+    if reader is not None:
+        reader.close()
+    notifier.stopping(f"stopping: {reason}")
     left = service.stop()
     if service.failure:
         events.emit(catalog.SERVICE_FAILED, reason=service.failure)
@@ -443,7 +471,9 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
     return code
 
 
-def _wait_for_signal(service: Service, events: EventLog) -> str:
+def _wait_for_signal(
+    service: Service, events: EventLog, notifier: Notifier, reader: QueueReader | None
+) -> str:
     received: list[str] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -460,7 +490,16 @@ def _wait_for_signal(service: Service, events: EventLog) -> str:
     signal.signal(signal.SIGHUP, lambda signum, frame: reloads.append(signum))
     refresh = service.config.supervise.refresh_every
     next_refresh = time.monotonic() + refresh
+    ping_every = notifier.watchdog_interval or 10.0
+    next_ping = 0.0
     while not service.stopped.wait(0.2):
+        if notifier.enabled and time.monotonic() >= next_ping:
+            next_ping = time.monotonic() + min(ping_every, 10.0)
+            status = service.status_line(reader)
+            if notifier.watchdog_interval and not service.health():
+                notifier.watchdog(status)  # only a healthy service keeps systemd's watchdog fed
+            else:
+                notifier.send(STATUS=status)
         if reloads or (refresh and time.monotonic() >= next_refresh):
             reloads.clear()  # the reload itself runs here, not in the signal handler
             service.reload()
