@@ -31,10 +31,17 @@ from mailgate.errors import AlreadyRunning, ConfigError, StoreError
 from mailgate.interchange.connector import Connector
 from mailgate.interchange.scheduler import Scheduler
 from mailgate.interchange.state import Connectors
-from mailgate.interchange.wakeup import Wakeup
+from mailgate.interchange.wakeup import (
+    RemoteWakeup,
+    Wakeup,
+    WakeupListener,
+    bind_wakeup,
+    wakeup_path,
+)
 from mailgate.interchange.worker import InterchangeThread, lease_owner
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
+from mailgate.observe.eventstore import EventStoreWriter, attach_event_store
 from mailgate.postoffice.address import AddressMap
 from mailgate.postoffice.tree import Postoffice
 from mailgate.queue.backend import Backend
@@ -92,8 +99,17 @@ class Service:
     """Every stage of one mailgate process, wired; `start` then `stop`."""
 
     def __init__(
-        self, config: Config, events: EventLog, source: Callable[[], Config] | None = None
+        self,
+        config: Config,
+        events: EventLog,
+        source: Callable[[], Config] | None = None,
+        *,
+        role: str = "all",
     ) -> None:
+        """`role` is "all" (one process does everything: --single-process), or the part a
+        worker process plays under a master: "receive" (SMTP) or "interchange" (delivery,
+        scheduling, pickup). Only "all" takes the lock and serves the control socket."""
+        self.role = role
         self.config = config
         self.events = events
         self.source = source  # re-reads the configuration for a reload
@@ -101,7 +117,9 @@ class Service:
         self.backend = SqliteBackend(config.queue_path)
         self.committer = Committer(self.backend, events, max_batch=config.queue.commit_batch)
         self.store = queue_store(config, self.committer, self.backend)
-        self.wakeup = Wakeup()
+        self.wakeup: Wakeup = (
+            RemoteWakeup(wakeup_path(config.data_dir)) if role == "receive" else Wakeup()
+        )
         self.stopped = threading.Event()
         self.failure: str | None = None
         sv = config.supervise
@@ -126,8 +144,10 @@ class Service:
         self.store.on_done = BounceGenerator(
             config.service.hostname, config.postmaster, lambda a: self.policy.route(a).connector
         )
+        self.event_store: EventStoreWriter | None = None
         self.listener: SmtpListener | None = None
         self.control_socket: socket.socket | None = None
+        self.wakeup_socket: socket.socket | None = None
         self.scheduler: Scheduler | None = None
         self.interchange_threads: list[str] = []
 
@@ -137,7 +157,8 @@ class Service:
 
         Raises AlreadyRunning, StoreError or OSError before any thread starts.
         """
-        self.lock.acquire()
+        if self.role == "all":
+            self.lock.acquire()
         try:
             self._prepare()
         except BaseException:
@@ -145,15 +166,25 @@ class Service:
             raise
         self._start_threads()
 
+    @property
+    def receives(self) -> bool:
+        return self.role in ("all", "receive")
+
+    @property
+    def delivers(self) -> bool:
+        return self.role in ("all", "interchange")
+
     def _prepare(self) -> None:
         config = self.config
         self.postoffice.root.mkdir(parents=True, exist_ok=True)
         self.backend.initialize()
-        released = _release_all(self.backend)
-        if released:
-            self.events.emit(
-                catalog.LEASES_RELEASED, count=released, why="held when the service last ended"
-            )
+        if self.role == "all":
+            release_all_leases(self.backend, self.events)
+            self.control_socket = bind_control(socket_path(config.data_dir))
+        if self.role == "interchange":
+            self.wakeup_socket = bind_wakeup(wakeup_path(config.data_dir))
+        if not self.receives:
+            return
         host, port = parse_hostport(config.smtp.listen)
         smtp = config.smtp
         handler = ReceiveHandler(
@@ -170,20 +201,20 @@ class Service:
             self.wakeup,
             self.events,
         )
-        self.listener = SmtpListener(handler, bind(host, port))
-        self.control_socket = bind_control(socket_path(config.data_dir))
+        self.listener = SmtpListener(handler, bind(host, port, reuse_port=self.role == "receive"))
 
     def _start_threads(self) -> None:
-        config, sup = self.config, self.supervisor
-        assert self.listener is not None
+        sup = self.supervisor
         sup.start()
-        assert self.control_socket is not None
-        sup.spawn(
-            "control",
-            "control",
-            ControlServer(self.control_socket, ControlCommands(self).table()),
-            critical=True,
-        )
+        if self.role == "all" and self.config.log.store_events:
+            self.event_store = start_event_store(sup, self.events, self.config)
+        if self.control_socket is not None:
+            sup.spawn(
+                "control",
+                "control",
+                ControlServer(self.control_socket, ControlCommands(self).table()),
+                critical=True,
+            )
         committer = self.committer
         sup.spawn(
             "commit",
@@ -192,6 +223,17 @@ class Service:
             critical=True,
             on_stop=committer.wake,
         )
+        if self.delivers:
+            self._start_delivery()
+        if self.listener is not None:
+            listener = self.listener
+            sup.spawn("smtp", "receive", listener, critical=True, on_stop=listener.request_stop)
+
+    def _start_delivery(self) -> None:
+        config, sup = self.config, self.supervisor
+        if self.wakeup_socket is not None:
+            listener = WakeupListener(self.wakeup_socket, self.wakeup)
+            sup.spawn("wakeup", "wakeup", listener, stall_detection=False)
         self.scheduler = Scheduler(
             self.store,
             self.wakeup,
@@ -230,9 +272,6 @@ class Service:
                 self.interchange_threads.append(name)
         if config.pickup.enabled:
             sup.spawn("pickup", "pickup", self._pickup())
-        sup.spawn(
-            "smtp", "receive", self.listener, critical=True, on_stop=self.listener.request_stop
-        )
 
     def _release_stalled(self, handle: ThreadHandle) -> None:
         """A stalled interchange thread's leases go back to the queue for others to retry."""
@@ -279,26 +318,29 @@ class Service:
         scheduler = self.scheduler
         return scheduler.watch.stalled() if handle is not None and scheduler else []
 
-    def reload(self) -> bool:
-        """Re-read the configuration; apply what can change live. False if it was refused."""
-        if self.source is None:
-            return False
-        try:
-            new = self.source()
-        except ConfigError as exc:
-            problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
-            self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
-            return False
+    def reload(self, new: Config | None = None) -> bool:
+        """Re-read the configuration (or take `new`, already validated by the master) and
+        apply what can change live. False if it was refused; the running one stays."""
+        if new is None:
+            if self.source is None:
+                return False
+            try:
+                new = self.source()
+            except ConfigError as exc:
+                problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
+                self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
+                return False
         self.policy.replace(Router(new.routes, self.address_map), new.smtp.relay_networks)
         for category, level in levels_from_config(new.log.levels).items():
             self.events.set_level(category, level)
-        restart = _needs_restart(self.config, new)
+        restart = needs_restart(self.config, new)
         self.config = self.config.model_copy(update={"route": new.route, "log": new.log})
-        self.events.emit(
-            catalog.CONFIG_RELOADED,
-            routes=len(new.routes),
-            restart_needed=", ".join(restart) or "nothing",
-        )
+        if self.role == "all":  # under a master, the master reports the reload once
+            self.events.emit(
+                catalog.CONFIG_RELOADED,
+                routes=len(new.routes),
+                restart_needed=", ".join(restart) or "nothing",
+            )
         return True
 
     def _connectors(self) -> list[tuple[Connector, int, int]]:
@@ -375,11 +417,20 @@ class Service:
         if self.control_socket is not None:
             self.control_socket.close()
             socket_path(self.config.data_dir).unlink(missing_ok=True)
+        if self.wakeup_socket is not None:
+            self.wakeup_socket.close()
         self.lock.release()
         return left
 
 
-def _needs_restart(old: Config, new: Config) -> list[str]:
+def start_event_store(sup: Supervisor, events: EventLog, config: Config) -> EventStoreWriter:
+    """The indexed event store behind `mailgate events` (one per service: the lock holder)."""
+    writer = attach_event_store(events, config.log_dir, config.log.store_events)
+    sup.spawn("events", "events", writer, on_stop=writer.wake)
+    return writer
+
+
+def needs_restart(old: Config, new: Config) -> list[str]:
     """Sections that changed but only take effect after a restart."""
     live = {"route", "log"}
     return [
@@ -389,16 +440,28 @@ def _needs_restart(old: Config, new: Config) -> list[str]:
     ]
 
 
-def _release_all(backend: SqliteBackend) -> int:
-    """At start this process owns the store: every lease belongs to a process now gone."""
+def release_all_leases(
+    backend: Backend, events: EventLog, owner_prefix: str | None = None, why: str = ""
+) -> int:
+    """Release leases held by processes now gone: all of them at start (the starting process
+    holds the data directory lock), or one dead worker's (by its owner prefix)."""
     from mailgate.queue.commit import DirectWriter
     from mailgate.queue.ops import release_leases
 
     writer = DirectWriter(backend)
     try:
-        return writer.submit("release-all", lambda c: release_leases(c, time.time())).result()
+        released = writer.submit(
+            "release", lambda c: release_leases(c, time.time(), owner_prefix)
+        ).result()
     finally:
         writer.close()
+    if released:
+        events.emit(
+            catalog.LEASES_RELEASED,
+            count=released,
+            why=why or "held when the service last ended",
+        )
+    return int(released)
 
 
 def install_excepthooks(events: EventLog) -> None:
@@ -434,6 +497,9 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
     events = open_events(config)
     install_excepthooks(events)
     service = Service(config, events, source)
+    received: list[str] = []
+    reloads: list[int] = []
+    _install_signals(service, events, received, reloads)  # before start: no signal is lost
     try:
         service.start()
     except AlreadyRunning as exc:
@@ -454,7 +520,7 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
     notifier = Notifier()
     reader = service.store.reader() if notifier.enabled else None
     notifier.ready(service.status_line(reader))
-    reason = _wait_for_signal(service, events, notifier, reader)
+    reason = _wait_for_signal(service, notifier, reader, received, reloads)
     if reader is not None:
         reader.close()
     notifier.stopping(f"stopping: {reason}")
@@ -465,17 +531,18 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
     else:
         events.emit(catalog.SERVICE_STOPPED, reason=reason)
         code = 1 if left else 0
+    if service.event_store is not None:
+        with contextlib.suppress(Exception):
+            service.event_store.flush()  # the events written after its thread stopped
     if left:
         events.close()
         os._exit(code)
     return code
 
 
-def _wait_for_signal(
-    service: Service, events: EventLog, notifier: Notifier, reader: QueueReader | None
-) -> str:
-    received: list[str] = []
-
+def _install_signals(
+    service: Service, events: EventLog, received: list[str], reloads: list[int]
+) -> None:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if received:  # a second signal: the operator wants out now
@@ -484,10 +551,18 @@ def _wait_for_signal(
         received.append(name)
         service.request_stop()
 
-    reloads: list[int] = []
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, lambda signum, frame: reloads.append(signum))
+
+
+def _wait_for_signal(
+    service: Service,
+    notifier: Notifier,
+    reader: QueueReader | None,
+    received: list[str],
+    reloads: list[int],
+) -> str:
     refresh = service.config.supervise.refresh_every
     next_refresh = time.monotonic() + refresh
     ping_every = notifier.watchdog_interval or 10.0

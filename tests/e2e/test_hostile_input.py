@@ -216,7 +216,7 @@ def test_unknown_mailbox_550_and_foreign_domain_554_with_events(mailgate: Mailga
         assert s.cmd(b"DATA").startswith("503 5.5.1 "), "no recipient was accepted"
 
     wait_for(lambda: len(mailgate.events(2371)) == 2, TIMEOUT, what="two InvalidRecipient")
-    invalid = mailgate.events(2371)
+    invalid = mailgate.wait_events(2371)
     assert [e["fields"]["recipient"] for e in invalid] == [
         f"nobody@{DOMAIN}",
         "alice@po9.net1.example.test",

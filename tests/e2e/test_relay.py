@@ -101,7 +101,7 @@ def test_permanent_failure_bounces_to_the_sender_mailbox(relay: Mailgate, sink: 
     assert status["Status"] == "5.1.1"
     assert "550 5.1.1 <nobody@elsewhere.org>: no such user" in status["Diagnostic-Code"]
     assert "X-Tag: t1" in list(report.iter_parts())[2].get_content()
-    assert relay.events(2117) and not sink.messages
+    assert relay.wait_events(2117) and not sink.messages
 
 
 def test_mixed_recipients_end_right_with_one_bounce(relay: Mailgate, sink: Sink) -> None:
@@ -142,7 +142,7 @@ def test_relay_denied_outside_relay_networks(tmp_path: Path, sink: Sink) -> None
             code, text = client.rcpt("victim@elsewhere.org")
             assert (code, text[:5]) == (554, b"5.7.1")
             assert client.rcpt(ALICE)[0] == 250, "local delivery is still accepted"
-        assert mg.events(3002)
+        assert mg.wait_events(3002)
     finally:
         mg.close()
     assert sink.messages == []
@@ -188,7 +188,7 @@ def test_undeliverable_bounce_goes_to_the_postmaster_once(tmp_path: Path, sink: 
         send(mg, ghost, ["gone@elsewhere.org"], b"Subject: x\r\n\r\nx\r\n")
         [report] = wait_for(lambda: bounces(mg), 15, what="double bounce to postmaster")
         assert failed_recipients(report) == [f"rfc822; {ghost}"]
-        kinds = [e["fields"]["kind"] for e in mg.events(2117)]
+        kinds = [e["fields"]["kind"] for e in mg.wait_events(2117, count=2)]
         assert kinds == ["bounce", "double-bounce"]
     finally:
         mg.close()
@@ -206,7 +206,7 @@ def test_pickup_file_is_relayed_and_removed(relay: Mailgate, sink: Sink) -> None
     assert b"X-Sender" not in message.content and b"hello from pickup\r\n" in message.content
     assert b"Message-ID:" in message.content and b"Date:" in message.content
     wait_for(lambda: not list(outbox.iterdir()) or list(outbox.iterdir()) == [outbox / ".work"], 5)
-    assert not (outbox / "msg1.eml").exists() and relay.events(2444)
+    assert not (outbox / "msg1.eml").exists() and relay.wait_events(2444)
 
 
 def test_unparseable_pickup_file_goes_to_badmail(relay: Mailgate, sink: Sink) -> None:
@@ -217,4 +217,4 @@ def test_unparseable_pickup_file_goes_to_badmail(relay: Mailgate, sink: Sink) ->
     wait_for(lambda: badmail.exists() and len(list(badmail.iterdir())) == 2, 10, what="badmail")
     reasons = list(badmail.glob("*.reason"))
     assert len(reasons) == 1 and "reason:" in reasons[0].read_text()
-    assert relay.events(2445) and sink.messages == []
+    assert relay.wait_events(2445) and sink.messages == []

@@ -66,7 +66,7 @@ def test_storage_failure_answers_451_and_keeps_nothing(tmp_path: Path) -> None:
         code, text = send(mg)
         assert code == 451 and text.startswith(b"4.3.0"), (code, text)
         assert queued_messages(mg) == 0, "the failed message left rows behind"
-        assert mg.events(3001), "ReceiveStoreFailed event"
+        assert mg.wait_events(3001), "ReceiveStoreFailed event"
         assert send(mg)[0] == 250, "the next message is accepted"
         wait_for(lambda: mg.delivered("NET1", "PO1", "ALICE"), 5, what="delivery")
         assert len(mg.delivered("NET1", "PO1", "ALICE")) == 1
@@ -87,7 +87,7 @@ def test_full_disk_answers_452_then_recovers(tmp_path: Path) -> None:
             big = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n" * 1 + (b"y" * 998 + b"\r\n") * 300
             code, text = send(mg, big)
             assert (code, text[:5]) == (452, b"4.3.1"), (code, text)
-            assert mg.events(3001)
+            assert mg.wait_events(3001)
             filler.unlink()
             assert send(mg, big)[0] == 250, "accepted again once space is free"
             wait_for(lambda: len(mg.delivered("NET1", "PO1", "ALICE")) == 2, 10, what="delivery")

@@ -114,6 +114,16 @@ class Mailgate:
                 return False
 
         wait_for(ready, timeout, 0.05, "mailgate to accept SMTP")
+        wait_for(self.healthy, timeout, 0.05, "every mailgate process to report healthy")
+
+    def healthy(self) -> bool:
+        """Whether the service answers on its control socket and reports itself healthy."""
+        from mailgate.control.server import request, socket_path
+
+        try:
+            return bool(request(socket_path(self.data_dir), "health", timeout=2)["healthy"])
+        except (OSError, RuntimeError, ValueError):
+            return False
 
     def stop(self, timeout: float = 20.0) -> int:
         assert self.proc is not None
@@ -154,6 +164,17 @@ class Mailgate:
                 if event_id is None or record["id"] == event_id:
                     found.append(record)
         return found
+
+    def wait_events(
+        self, event_id: int, timeout: float = 10.0, count: int = 1
+    ) -> list[dict[str, Any]]:
+        """Events arrive through the master a moment after the fact: poll for them."""
+        return wait_for(  # type: ignore[no-any-return]
+            lambda: (found := self.events(event_id)) and len(found) >= count and found,
+            timeout,
+            0.05,
+            f"{count} event(s) {event_id}",
+        )
 
     def mailbox_dir(self, net: str, po: str, mbx: str) -> Path:
         return self.data_dir / "postoffice" / net / po / mbx

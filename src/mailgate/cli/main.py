@@ -27,16 +27,41 @@ def cli() -> None:
 @config_options
 @click.option("--listen", metavar="HOST:PORT", help="SMTP listener (overrides smtp.listen).")
 @click.option("--smarthost", metavar="HOST:PORT", help="Relay non-local mail to this host.")
+@click.option(
+    "--single-process",
+    is_flag=True,
+    help="Run every stage in this one process (tests, small sites) instead of a master "
+    "with receive and interchange worker processes.",
+)
 def run(
-    config_path: Path | None, data_dir: Path | None, listen: str | None, smarthost: str | None
+    config_path: Path | None,
+    data_dir: Path | None,
+    listen: str | None,
+    smarthost: str | None,
+    single_process: bool,
 ) -> None:
-    """Run the service in the foreground until SIGTERM or SIGINT."""
-    from mailgate.bootstrap import run_service
-
+    """Run the service in the foreground until SIGTERM or SIGINT (SIGHUP reloads)."""
     overrides = {"smtp.listen": listen}
     config = get_config(config_path, data_dir, smarthost=smarthost, **overrides)
+    if single_process:
+        from mailgate.bootstrap import run_service
+
+        source = config_loader(config_path, data_dir, smarthost=smarthost, **overrides)
+        sys.exit(run_service(config, source))
+    from mailgate.master.master import run_master
+
     source = config_loader(config_path, data_dir, smarthost=smarthost, **overrides)
-    sys.exit(run_service(config, source))
+    sys.exit(run_master(config, source))
+
+
+@cli.command(hidden=True)
+@click.option("--role", type=click.Choice(["receive", "interchange"]), required=True)
+@click.option("--name", required=True)
+def worker(role: str, name: str) -> None:
+    """A worker process of `mailgate run` (started by the master, not by hand)."""
+    from mailgate.master.worker import run_worker
+
+    sys.exit(run_worker(role, name))
 
 
 @cli.command("check-config")

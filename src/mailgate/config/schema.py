@@ -93,6 +93,16 @@ class ServiceSettings(Section):
     )
 
 
+class ProcessSettings(Section):
+    receive: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="SMTP receive worker processes sharing the port (SO_REUSEPORT); "
+        "0 means one per CPU core.",
+    )
+
+
 class SmtpSettings(Section):
     listen: HostPort = Field("127.0.0.1:2525", description="Address and port of the SMTP listener.")
     max_message_size: Size = Field(
@@ -196,6 +206,12 @@ class LogSettings(Section):
     )
     backups: int = Field(5, ge=0, description="Rotated event log files kept.")
     stderr: bool = Field(True, description="Also write events in human form to standard error.")
+    store_events: int = Field(
+        1_000_000,
+        ge=0,
+        description="Events kept in the indexed store <log dir>/events.db behind "
+        "`mailgate events` and `mailgate track` (about 430 bytes each); 0 disables it.",
+    )
     levels: dict[str, Literal["none", "minimum", "medium", "maximum"]] = Field(
         default_factory=dict,
         description="Diagnostic level per event category (none/minimum/medium/maximum); "
@@ -245,6 +261,12 @@ class SuperviseSettings(Section):
         "1h",
         validate_default=True,
         description="... or after running this long (0: never).",
+    )
+    worker_silence: Duration = Field(
+        "15s",
+        validate_default=True,
+        description="A worker process not heard from this long is wedged: the master ends it "
+        "with SIGKILL and starts another.",
     )
     refresh_every: Duration = Field(
         "0s",
@@ -326,6 +348,7 @@ class Config(Section):
     """The whole configuration. Derived paths are properties, never stored twice."""
 
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    processes: ProcessSettings = Field(default_factory=ProcessSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     postoffice: PostofficeSettings = Field(default_factory=PostofficeSettings)

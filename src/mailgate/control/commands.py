@@ -16,6 +16,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from mailgate import __version__
+from mailgate.config.schema import Config
 from mailgate.control.server import Command
 from mailgate.observe.catalog import Category, Level
 from mailgate.queue.store import QueueReader
@@ -72,7 +73,7 @@ class ControlCommands:
             "health": self.health,
             "pause": lambda args: self._pause(args, True),
             "resume": lambda args: self._pause(args, False),
-            "reload": lambda args: {"reloaded": self.service.reload()},
+            "reload": self.reload,
             "refresh": self.refresh,
             "stop": self.stop,
             "dump": self.dump,
@@ -142,6 +143,12 @@ class ControlCommands:
             self.service.wakeup.notify(*names)
         return {"paused" if paused else "resumed": names}
 
+    def reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Reload from the file, or (from a master) apply the configuration it validated."""
+        given = args.get("config")
+        new = Config.model_validate_json(given) if isinstance(given, str) else None
+        return {"reloaded": self.service.reload(new)}
+
     def refresh(self, args: dict[str, Any]) -> dict[str, Any]:
         """Recycle every interchange thread now (each finishes its batch first)."""
         names = []
@@ -158,6 +165,10 @@ class ControlCommands:
         return {"stopping": True}
 
     def dump(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.dump_current()
+
+    @staticmethod
+    def dump_current() -> list[dict[str, Any]]:
         """Every thread's current stack, like a thread dump of a JVM."""
         names = {t.ident: t.name for t in threading.enumerate()}
         frames = sys._current_frames().items()

@@ -8,8 +8,13 @@ queue is the truth, a wake-up is only a hint.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
+from pathlib import Path
 
+from mailgate.supervise.handle import ThreadHandle
 from mailgate.testing import faults
 
 
@@ -42,3 +47,60 @@ class Wakeup:
                 lambda: self._generation.get(connector, 0) + self._everything != seen, timeout
             )
             return self._generation.get(connector, 0) + self._everything
+
+
+def wakeup_path(data_dir: Path) -> Path:
+    return data_dir / "run" / "wakeup.sock"
+
+
+def bind_wakeup(path: Path) -> socket.socket:
+    """The interchange process's datagram socket for wake-ups from receive processes."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.settimeout(0.1)  # short, so a stop request ends the listener promptly
+    return sock
+
+
+class RemoteWakeup(Wakeup):
+    """In a receive process: wake-ups also go, as datagrams, to the interchange process.
+
+    Sending never blocks and never fails the caller: the queue is the truth, and the
+    scheduler finds due work within a second even if a wake-up is lost.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._path = str(path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+
+    def notify(self, *connectors: str) -> None:
+        super().notify(*connectors)
+        with contextlib.suppress(OSError):
+            self._sock.sendto(",".join(connectors).encode(), self._path)
+
+
+class WakeupListener:
+    """Body of the `wakeup` thread of an interchange process: datagrams become wake-ups."""
+
+    def __init__(self, sock: socket.socket, wakeup: Wakeup) -> None:
+        self.sock = sock
+        self.wakeup = wakeup
+
+    def __call__(self, handle: ThreadHandle) -> None:
+        while not handle.stopping:
+            handle.progress()
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                if handle.wait(0.5):
+                    return
+                continue
+            names = [n for n in data.decode(errors="replace").split(",") if n]
+            self.wakeup.notify(*names[:16])

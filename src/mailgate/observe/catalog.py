@@ -411,6 +411,33 @@ CONNECTOR_FAILED = _event(
     "A connector's thread kept dying; the service reports unhealthy until restarted.",
     "Read the 2380 events for the cause, fix it and restart the service.",
 )  # fmt: skip
+WORKER_STARTED = _event(
+    5010, "WorkerStarted", C.SUPERVISION, S.INFO, MED,
+    "worker {worker} ({role}) started, pid {pid}",
+    "The master started a worker process (also after each restart).",
+    "None.",
+)  # fmt: skip
+WORKER_EXITED = _event(
+    5011, "WorkerExited", C.SUPERVISION, S.ERROR, MIN,
+    "worker {worker} ({role}, pid {pid}) ended unexpectedly ({how}); its leases are released; "
+    "restart {restarts} in {backoff}s",
+    "A worker process died. Recipients it held go back to the queue at once and are "
+    "delivered by its replacement; nothing accepted is lost.",
+    "Read the events and standard error of the worker for the cause.",
+)  # fmt: skip
+WORKER_KILLED = _event(
+    5012, "WorkerKilled", C.SUPERVISION, S.ERROR, MIN,
+    "worker {worker} ({role}, pid {pid}) silent for {seconds}s: ended with SIGKILL",
+    "A worker process stopped reporting to the master (wedged). A process, unlike a "
+    "thread, can always be ended; the master killed it and starts another.",
+    "Look at the worker's last events; report it if it recurs.",
+)  # fmt: skip
+WORKER_FAILED = _event(
+    5013, "WorkerFailed", C.SUPERVISION, S.CRITICAL, MIN,
+    "worker {worker} ({role}) died {restarts} times within {window}s; not restarted",
+    "A worker process keeps dying; restarting it again would only hide the problem.",
+    "Read its 5011 events and standard error for the cause, fix it, restart the service.",
+)  # fmt: skip
 THREAD_FAILED = _event(
     10003, "ThreadFailedFatally", C.SUPERVISION, S.CRITICAL, MIN,
     "thread {thread} ({role}) failed {restarts} times within {window}s; not restarted",

@@ -77,9 +77,22 @@ class EventLog:
             return True
         return event.level <= self._levels[event.category]
 
+    def forward(
+        self, event: EventType, fields: dict[str, Any], when: float, pid: int, thread: str
+    ) -> None:
+        """Write an event another process (a worker) emitted, keeping its time and origin."""
+        if not self.enabled(event):
+            return
+        self._handle(event, fields, when, (pid, thread))
+
     def emit(self, event: EventType, **fields: Any) -> None:
         if not self.enabled(event):
             return
+        self._handle(event, fields, time.time(), None)
+
+    def _handle(
+        self, event: EventType, fields: dict[str, Any], when: float, origin: tuple[int, str] | None
+    ) -> None:
         severity = {
             Severity.INFO: logging.INFO,
             Severity.WARNING: logging.WARNING,
@@ -89,7 +102,9 @@ class EventLog:
         record = self._logger.makeRecord(
             self._logger.name, severity, "(event)", 0, event.template, (), None
         )
-        setattr(record, _RECORD_KEY, (event, fields, time.time()))
+        setattr(record, _RECORD_KEY, (event, fields, when))
+        if origin is not None:
+            record.process, record.threadName = origin
         self._logger.handle(record)
 
 
@@ -109,7 +124,7 @@ class JsonLinesFormatter(logging.Formatter):
                 "severity": event.severity.value,
                 "level": event.level.name.lower(),
                 "message": render(event, fields, escape=False),
-                "pid": os.getpid(),
+                "pid": record.process or os.getpid(),
                 "thread": record.threadName,
                 "fields": fields,
             },

@@ -93,9 +93,10 @@ def find(conn: ReadConnection, key: str, limit: int = 20) -> list[str]:
     key = key.strip()
     if not key:
         return []
-    row = conn.execute("SELECT id FROM messages WHERE id = ?", (key,)).fetchone()
-    if row is not None:
-        return [str(row[0])]
+    for candidate in dict.fromkeys((key, key.upper())):  # queue ids are upper-case hex
+        row = conn.execute("SELECT id FROM messages WHERE id = ?", (candidate,)).fetchone()
+        if row is not None:
+            return [str(row[0])]
     bare = key[1:-1] if key.startswith("<") and key.endswith(">") else key
     found: dict[str, float] = {}
     for value in dict.fromkeys((f"<{bare}>", bare)):

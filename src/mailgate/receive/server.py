@@ -21,17 +21,25 @@ from mailgate.supervise.handle import ThreadHandle
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """Bind the listening socket (numeric or resolvable host); OSError reaches the caller."""
+def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """Bind the listening socket (numeric or resolvable host); OSError reaches the caller.
+
+    With `reuse_port`, several processes bind the same port (SO_REUSEPORT) and the
+    kernel spreads connections among those listening. The master binds one without
+    listening to reserve the port and learn it (port 0) before its workers start.
+    """
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:
         sock.bind(address)
-        sock.listen(512)
+        if listen:
+            sock.listen(512)
     except OSError:
         sock.close()
         raise
@@ -46,6 +54,7 @@ class SmtpListener:
         self.handler = handler
         self.sock = sock
         self._bound = sock.getsockname()[:2]
+        self._reuse_port = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
         self.grace = grace
         self.sessions: set[MailgateSMTP] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,7 +98,7 @@ class SmtpListener:
             return
         loop = asyncio.get_running_loop()
         if self.sock.fileno() == -1:  # closed by a previous life of this thread: bind again
-            self.sock = bind(*self._bound)
+            self.sock = bind(*self._bound, reuse_port=self._reuse_port)
         server = await loop.create_server(self._factory, sock=self.sock)
         try:
             while not self._stop.is_set() and not handle.stopping:

@@ -398,7 +398,9 @@ class Supervisor:
             current = slot.life
             if current is None or current.thread is threading.current_thread():
                 continue
-            current.thread.join(max(0.0, deadline - time.monotonic()))
+            # Past the deadline a thread still gets a moment: most end at once when asked,
+            # and naming them as "did not stop" would hide the one that really hangs.
+            current.thread.join(max(0.15, deadline - time.monotonic()))
             if current.thread.is_alive():
                 left.append(slot.name)
             left += [f"{slot.name} (abandoned)" for a in slot.abandoned if a.thread.is_alive()]

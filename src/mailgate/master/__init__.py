@@ -1,0 +1,1 @@
+"""master: `mailgate run` as a master process supervising worker processes by role."""

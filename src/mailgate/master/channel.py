@@ -1,0 +1,146 @@
+"""The channel between the master and a worker: JSON lines over the worker's stdin/stdout.
+
+Worker to master (stdout): `{"type": "event", ...}` for every event (the master
+writes all sinks, so there is one event log), `{"type": "status", ...}` every
+second (its threads and health: the heartbeat), `{"type": "reply", ...}`.
+Master to worker (stdin): `{"id": N, "command": "pause", "args": {...}}`.
+A worker's threads never block on the channel: events go to a bounded queue that
+the `channel-out` thread drains (events are dropped and counted if the master
+stops reading). The worker stops when its stdin closes (the master is gone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import select
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, BinaryIO
+
+from mailgate.control.server import Command
+from mailgate.supervise.handle import ThreadHandle
+
+QUEUE_LIMIT = 20_000
+HEARTBEAT = 1.0
+_RECORD_KEY = "mailgate_event"
+
+
+class Outbox:
+    """The worker's outgoing channel: non-blocking `put`, drained by `writer` (a thread body)."""
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        self._stream = stream or os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_LIMIT)
+        self.dropped = 0
+
+    def put(self, message: dict[str, Any]) -> None:
+        try:
+            self._queue.put_nowait(message)
+        except queue.Full:
+            self.dropped += 1
+
+    def writer(self, status: Callable[[], dict[str, Any]]) -> Callable[[ThreadHandle], None]:
+        """The `channel-out` thread body: sends queued messages and a status every second."""
+
+        def run(handle: ThreadHandle) -> None:
+            next_status = 0.0
+            while True:
+                now = time.monotonic()
+                if now >= next_status:
+                    next_status = now + HEARTBEAT
+                    self._send({"type": "status", "dropped": self.dropped, **status()})
+                    handle.progress()
+                try:
+                    message = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    if handle.stopping:
+                        return
+                    continue
+                self._send(message)
+
+        return run
+
+    def drain(self) -> None:
+        """Send whatever is still queued, from the calling thread (the worker's last act)."""
+        while True:
+            try:
+                self._send(self._queue.get_nowait())
+            except queue.Empty:
+                return
+
+    def _send(self, message: dict[str, Any]) -> None:
+        data = json.dumps(message, default=str).encode() + b"\n"
+        with contextlib.suppress(OSError, ValueError):  # the master is gone: stdin EOF ends us
+            self._stream.write(data)
+            self._stream.flush()
+
+
+class ForwardSink(logging.Handler):
+    """Event log sink of a worker: every event goes to the master over the channel."""
+
+    def __init__(self, outbox: Outbox, process: str) -> None:
+        super().__init__()
+        self.outbox = outbox
+        self.process = process
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event, fields, when = getattr(record, _RECORD_KEY)
+        self.outbox.put(
+            {
+                "type": "event",
+                "id": event.id,
+                "ts": when,
+                "fields": fields,
+                "pid": os.getpid(),
+                "thread": f"{self.process}/{record.threadName}",
+            }
+        )
+
+
+def inbox_reader(
+    fd: int, commands: dict[str, Command], outbox: Outbox, on_eof: Callable[[], None]
+) -> Callable[[ThreadHandle], None]:
+    """The `channel-in` thread body: runs the master's commands; EOF means the master died.
+
+    It waits with select() in short steps, so a stop request ends it promptly."""
+
+    def run(handle: ThreadHandle) -> None:
+        buffer = b""
+        while not handle.stopping:
+            handle.progress()
+            readable, _, _ = select.select([fd], [], [], 0.1)
+            if not readable:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                on_eof()
+                return
+            *lines, buffer = (buffer + data).split(b"\n")
+            for line in lines:
+                handle.busy()
+                reply = _execute(line, commands)
+                if reply is not None:
+                    outbox.put(reply)
+                handle.idle()
+
+    return run
+
+
+def _execute(line: bytes, commands: dict[str, Command]) -> dict[str, Any] | None:
+    try:
+        request = json.loads(line)
+        ident, name, args = request.get("id"), request["command"], request.get("args") or {}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    command = commands.get(name)
+    if command is None:
+        return {"type": "reply", "id": ident, "ok": False, "error": f"unknown command {name!r}"}
+    try:
+        return {"type": "reply", "id": ident, "ok": True, "result": command(args)}
+    except Exception as exc:  # a failing command is an answer
+        return {"type": "reply", "id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"}

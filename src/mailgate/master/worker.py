@@ -1,0 +1,98 @@
+"""A worker process: one role of the service under a master (`mailgate worker`, internal).
+
+Builds a Service for its role, sends its events and a heartbeat to the master over
+stdout, takes commands on stdin, and stops when told (SIGTERM) or when stdin
+closes. It asks the kernel to kill it if the master dies (PR_SET_PDEATHSIG), so a
+master killed with SIGKILL never leaves orphans serving the port.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from mailgate.bootstrap import Service, install_excepthooks
+from mailgate.config.schema import Config
+from mailgate.control.commands import ControlCommands, thread_json
+from mailgate.master.channel import ForwardSink, Outbox, inbox_reader
+from mailgate.master.processes import WORKER_CONFIG
+from mailgate.observe.events import EventLog, levels_from_config
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Linux: deliver SIGKILL to this process when its parent thread exits."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: stdin EOF still stops the worker
+    if os.getppid() == 1:
+        os._exit(1)  # the master died before we could ask
+
+
+def run_worker(role: str, name: str) -> int:
+    """Entry of `mailgate worker`: the configuration comes validated from the master."""
+    config = Config.model_validate_json(os.environ[WORKER_CONFIG])
+    return _run(config, role, name)
+
+
+def _run(config: Config, role: str, name: str) -> int:
+    die_with_parent()
+    outbox = Outbox()
+    events = EventLog(levels_from_config(config.log.levels))
+    events.add_sink(ForwardSink(outbox, name))
+    install_excepthooks(events)
+    service = Service(config, events, None, role=role)  # reloads come from the master
+    service.start()  # errors reach the master as this process's exit status and stderr
+    commands = ControlCommands(service).table()
+    sup = service.supervisor
+    sup.spawn("channel-out", "channel", outbox.writer(lambda: _status(service)))
+    sup.spawn(
+        "channel-in", "channel",
+        inbox_reader(sys.stdin.fileno(), commands, outbox, service.request_stop),
+        stall_detection=False,
+    )  # fmt: skip
+    signal.signal(signal.SIGTERM, _stop_on(service))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides; Ctrl-C reaches it
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the master, validated
+    while not service.stopped.wait(0.2):
+        pass
+    left = service.stop()
+    outbox.drain()  # the last events (which threads did not stop) must reach the master
+    code = 1 if (left or service.failure) else 0
+    os._exit(code)  # threads left wedged must not keep the process alive
+
+
+def _stop_on(service: Service) -> Callable[[int, FrameType | None], None]:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        service.request_stop()
+
+    return handler
+
+
+def _status(service: Service) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "pid": os.getpid(),
+        "role": service.role,
+        "health": service.health(),
+        "threads": [thread_json(v, now) for v in service.supervisor.statistics().threads],
+        "connectors": {
+            name: {
+                "paused": c.paused,
+                "delivered": c.delivered,
+                "deferred": c.deferred,
+                "bounced": c.bounced,
+                "last_completed": c.last_completed,
+            }
+            for name, c in service.connectors.by_name.items()
+        },
+    }
