@@ -55,6 +55,7 @@ def test_interchange_worker_killed_under_load_is_replaced(tmp_path: Path) -> Non
         old = workers(mg)["interchange-1"]["pid"]
         os.kill(old, signal.SIGKILL)
         sender.join(120)
+        assert len(accepted) > 100, "the load ran"
         exited = mg.wait_events(5011)
         assert exited[0]["fields"]["worker"] == "interchange-1"
         assert "SIGKILL" in exited[0]["fields"]["how"]
@@ -84,6 +85,7 @@ def test_receive_worker_killed_under_load_loses_no_accepted_message(tmp_path: Pa
         wait_for(lambda: len(mg.delivered("NET1", "PO1", "ALICE")) > 30, 30, what="load")
         os.kill(workers(mg)["receive-1"]["pid"], signal.SIGKILL)
         sender.join(180)
+        assert len(accepted) > 100, "the load ran"
         mg.wait_events(5011)
         assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE", timeout=60)
         wait_for(mg.healthy, 20, what="healthy again")

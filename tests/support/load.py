@@ -11,10 +11,20 @@ from tests.support.process import Mailgate, header, wait_for
 
 
 def send_many(
-    port: int, count: int, recipient: str, *, clients: int = 4, prefix: str = "m"
+    port: int,
+    count: int,
+    recipient: str,
+    *,
+    clients: int = 4,
+    prefix: str = "m",
+    tolerate_failures: bool = False,
 ) -> list[str]:
-    """Send `count` messages (one token each) over `clients` sessions; the tokens accepted."""
+    """Send `count` messages (one token each) over `clients` sessions; the tokens accepted.
+
+    A session that fails raises at the end, unless `tolerate_failures` (a test that kills
+    the server on purpose): then what got a 250 is returned."""
     accepted: list[str] = []
+    failures: list[BaseException] = []
     lock = threading.Lock()
 
     def client(n: int) -> None:
@@ -26,14 +36,16 @@ def send_many(
                     smtp.sendmail("load@example.org", [recipient], body)
                     with lock:
                         accepted.append(token)
-        except (OSError, smtplib.SMTPException):
-            return  # the server went away (a test killing it): what got 250 is in `accepted`
+        except (OSError, smtplib.SMTPException) as exc:
+            failures.append(exc)  # what got a 250 is in `accepted`
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(300)
+    if failures and not tolerate_failures:
+        raise AssertionError(f"{len(failures)} session(s) failed: {failures[0]!r}")
     return accepted
 
 
