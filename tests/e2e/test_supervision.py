@@ -154,9 +154,9 @@ def test_recycling_never_drops_or_duplicates(tmp_path: Path) -> None:
     mg.add_mailbox("MS:NET1/PO1/ALICE")
     mg.start()
     try:
-        accepted = send_many(mg.port, 2000, ALICE, clients=4)
+        accepted = send_many(mg.port, 20_000, ALICE, clients=8)
         assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE", timeout=120)
-        assert mg.wait_events(5002, count=2000 // 50 // 2)
+        assert mg.wait_events(5002, count=20_000 // 50 // 2)
     finally:
         mg.close()
 

@@ -154,11 +154,12 @@ class Mailgate:
 
     # --- inspecting ------------------------------------------------------------------------------
     def events(self, event_id: int | None = None) -> list[dict[str, Any]]:
-        path = self.log_dir / "events.jsonl"
-        if not path.exists():
-            return []
+        # The log rotates under load: read the rotated files too, oldest first.
+        rotated = sorted(self.log_dir.glob("events.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
+        paths = [p for p in [*rotated, self.log_dir / "events.jsonl"] if p.exists()]
         found = []
-        for line in path.read_text(errors="replace").splitlines():
+        lines = [line for p in paths for line in p.read_text(errors="replace").splitlines()]
+        for line in lines:
             with contextlib.suppress(json.JSONDecodeError):
                 record = json.loads(line)
                 if event_id is None or record["id"] == event_id:
