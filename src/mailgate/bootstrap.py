@@ -40,6 +40,7 @@ from mailgate.interchange.wakeup import (
 )
 from mailgate.interchange.worker import InterchangeThread, lease_owner
 from mailgate.observe import catalog
+from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
 from mailgate.observe.eventstore import EventStoreWriter, attach_event_store
 from mailgate.postoffice.address import AddressMap
@@ -132,6 +133,7 @@ class Service:
             grace=sv.stall_grace,
         )
         self.connectors = Connectors(config.connectors)
+        self.counters = Counters()
         self.address_map = address_map(config)
         self.postoffice = Postoffice(config.postoffice_root, self.address_map)
         self.router = Router(config.routes, self.address_map)
@@ -200,6 +202,7 @@ class Service:
             self.policy,
             self.wakeup,
             self.events,
+            self.counters,
         )
         self.listener = SmtpListener(handler, bind(host, port, reuse_port=self.role == "receive"))
 
@@ -257,6 +260,7 @@ class Service:
                 state=self.connectors[connector.name],
                 recycle_after=sv.recycle_after,
                 recycle_every=sv.recycle_every,
+                counters=self.counters,
             )
             for n in range(1, threads + 1):
                 name = f"{connector.name}-{n}"
@@ -392,6 +396,7 @@ class Service:
             self.address_map,
             self.wakeup,
             self.events,
+            self.counters,
         )
 
     # --- stop ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from mailgate.interchange.state import ConnectorState
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import Claim, Disposition, Outcome, RecipientState
 from mailgate.observe import catalog
+from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.ops import Recorded
 from mailgate.queue.store import QueueReader, QueueStore
@@ -59,6 +60,7 @@ class InterchangeThread:
         state: ConnectorState | None = None,
         recycle_after: int = 0,
         recycle_every: float = 0.0,
+        counters: Counters | None = None,
     ) -> None:
         self.connector = connector
         self.store = store
@@ -70,6 +72,7 @@ class InterchangeThread:
         self.state = state or ConnectorState(connector.name)
         self.recycle_after = recycle_after
         self.recycle_every = recycle_every
+        self.counters = counters or Counters()
 
     def __call__(self, handle: ThreadHandle) -> None:
         owner = lease_owner(self.hostname, handle.name, handle.generation)
@@ -120,6 +123,14 @@ class InterchangeThread:
             if self._recycle_due(attempts, time.monotonic() - started):
                 handle.recycle = True  # the supervisor replaces this thread with a fresh one
                 return
+
+    def _count(self, item: Recorded) -> None:
+        """Counters of one recorded attempt: outcome by connector, latency of deliveries."""
+        connector = item.outcome.claim.connector
+        self.counters.add("mailgate_attempts_total", connector=connector, outcome=item.state.value)
+        if item.state is RecipientState.DELIVERED:
+            latency = item.outcome.finished_at - item.outcome.claim.received_at
+            self.counters.observe("mailgate_delivery_latency_seconds", latency, connector=connector)
 
     def _recycle_due(self, attempts: int, age: float) -> bool:
         return bool(
@@ -206,6 +217,8 @@ class InterchangeThread:
         )
         for item in recorded:
             claim, outcome = item.outcome.claim, item.outcome
+            if not item.lease_lost:
+                self._count(item)
             if item.lease_lost:
                 self.events.emit(
                     catalog.LEASE_LOST,

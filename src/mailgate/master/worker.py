@@ -85,6 +85,7 @@ def _status(service: Service) -> dict[str, Any]:
         "role": service.role,
         "health": service.health(),
         "threads": [thread_json(v, now) for v in service.supervisor.statistics().threads],
+        "counters": service.counters.snapshot(),
         "connectors": {
             name: {
                 "paused": c.paused,

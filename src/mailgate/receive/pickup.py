@@ -32,6 +32,7 @@ from mailgate.errors import StoreError
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
 from mailgate.observe import catalog
+from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap
 from mailgate.queue.store import QueueStore
@@ -77,7 +78,9 @@ class Pickup:
         address_map: AddressMap,
         wakeup: Wakeup,
         events: EventLog,
+        counters: Counters | None = None,
     ) -> None:
+        self.counters = counters or Counters()
         self.root = root
         self.badmail = badmail
         self.settings = settings
@@ -202,6 +205,8 @@ class Pickup:
             item.work.unlink(missing_ok=True)
             queued += 1
             message = item.message
+            self.counters.add("mailgate_messages_received_total", source="pickup")
+            self.counters.add("mailgate_bytes_received_total", len(message.body), source="pickup")
             self.wakeup.notify(*{r.connector for r in message.recipients})
             self.events.emit(
                 catalog.PICKED_UP,

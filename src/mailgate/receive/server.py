@@ -83,9 +83,14 @@ class SmtpListener:
     def _factory(self) -> MailgateSMTP:
         protocol = self.handler.protocol()
         self.sessions.add(protocol)
+        counters = self.handler.counters
+        counters.add("mailgate_smtp_sessions_total")
+        counters.gauge("mailgate_smtp_sessions_open", 1)
         original = protocol.connection_lost
 
         def connection_lost(exc: Exception | None) -> None:
+            if protocol in self.sessions:
+                counters.gauge("mailgate_smtp_sessions_open", -1)
             self.sessions.discard(protocol)
             original(exc)
 

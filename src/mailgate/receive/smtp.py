@@ -25,6 +25,7 @@ from mailgate.errors import StoreError
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
 from mailgate.observe import catalog
+from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.store import QueueStore
 from mailgate.receive.checks import address_problem, content_problem, header_message_id
@@ -95,12 +96,14 @@ class ReceiveHandler:
         policy: RecipientPolicy,
         wakeup: Wakeup,
         events: EventLog,
+        counters: Counters | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.policy = policy
         self.wakeup = wakeup
         self.events = events
+        self.counters = counters or Counters()
         self.committing = 0
 
     def protocol(self) -> MailgateSMTP:
@@ -158,6 +161,7 @@ class ReceiveHandler:
             return problem
         verdict = self.policy.check(address, client_ip(session))
         if not verdict.accepted:
+            self.counters.add("mailgate_smtp_recipients_rejected_total")
             event = catalog.RELAY_DENIED if verdict.relay_denied else catalog.INVALID_RECIPIENT
             self.events.emit(
                 event, recipient=address, client=client_name(session), reply=verdict.reply
@@ -183,6 +187,7 @@ class ReceiveHandler:
             reject_8bit_headers=self.settings.reject_8bit_headers,
         )
         if problem:
+            self.counters.add("mailgate_messages_refused_total")
             self.events.emit(catalog.MESSAGE_REFUSED, client=client, sender=sender, reply=problem)
             return problem
         now = time.time()
@@ -214,6 +219,8 @@ class ReceiveHandler:
         if reply is not None:
             return reply
         self.wakeup.notify(*{r.connector for r in message.recipients})
+        self.counters.add("mailgate_messages_received_total", source="smtp")
+        self.counters.add("mailgate_bytes_received_total", len(message.body), source="smtp")
         self.events.emit(
             catalog.MESSAGE_RECEIVED,
             queue_id=queue_id,

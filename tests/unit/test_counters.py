@@ -1,0 +1,30 @@
+"""Counters: labels, gauges, histograms and merging snapshots of several processes."""
+
+from mailgate.observe.counters import LATENCY_BUCKETS, Counters, merge
+
+
+def test_counts_gauges_and_histograms() -> None:
+    c = Counters()
+    c.add("mailgate_messages_received_total", source="smtp")
+    c.add("mailgate_messages_received_total", 2, source="smtp")
+    c.gauge("mailgate_smtp_sessions_open", 1)
+    c.gauge("mailgate_smtp_sessions_open", -1)
+    c.observe("mailgate_delivery_latency_seconds", 0.02, connector="postoffice")
+    snap = c.snapshot()
+    assert snap["counters"] == {'mailgate_messages_received_total{source="smtp"}': 3.0}
+    assert snap["gauges"] == {"mailgate_smtp_sessions_open": 0.0}
+    hist = snap["histograms"]['mailgate_delivery_latency_seconds{connector="postoffice"}']
+    assert len(hist) == len(LATENCY_BUCKETS) + 2
+    assert hist[LATENCY_BUCKETS.index(0.025)] == 1 and hist[-2:] == [0.02, 1]
+
+
+def test_merge_adds_processes_up() -> None:
+    a, b = Counters(), Counters()
+    a.add("x_total", 2)
+    b.add("x_total", 3)
+    b.add("y_total")
+    a.observe("h", 1.0)
+    b.observe("h", 100.0)
+    merged = merge([a.snapshot(), b.snapshot()])
+    assert merged["counters"] == {"x_total": 5.0, "y_total": 1.0}
+    assert merged["histograms"]["h"][-1] == 2 and merged["histograms"]["h"][-2] == 101.0
