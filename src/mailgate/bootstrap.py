@@ -10,6 +10,7 @@ return the exit code (0 only for a clean stop). Every way out writes an event.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType, TracebackType
 
 from mailgate import __version__
@@ -54,11 +56,15 @@ from mailgate.queue.store import QueueReader, QueueStore, Writer
 from mailgate.receive.pickup import Pickup, PickupSettings
 from mailgate.receive.server import SmtpListener, bind
 from mailgate.receive.smtp import ReceiveHandler, ReceiveSettings
+from mailgate.receive.tls import server_context
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
 from mailgate.route.router import Router
+from mailgate.security.passwords import Credentials, CredentialsError
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.supervisor import Supervisor
 from mailgate.supervise.systemd import Notifier
+from mailgate.web.admin import AdminServer, open_admin
+from mailgate.web.view import ServiceView
 
 STORE_WAIT = 60.0
 MONITOR_SILENT = 5.0  # the monitor ticks every 0.2 s; silence this long means it is wedged
@@ -81,6 +87,16 @@ def open_events(config: Config, *, stderr: bool | None = None) -> EventLog:
         max_bytes=log.max_bytes,
         backups=log.backups,
         stderr=log.stderr if stderr is None else stderr,
+        syslog=log.syslog,
+    )
+
+
+def bounce_generator(config: Config) -> BounceGenerator:
+    """The bounce generator of `config`'s routes, for tools that finish messages outside the
+    service (`mailgate queue delete --ndr`, `mailgate queue bounce`)."""
+    router = Router(config.routes, address_map(config))
+    return BounceGenerator(
+        config.service.hostname, config.postmaster, lambda a: router.route(a).connector
     )
 
 
@@ -149,6 +165,7 @@ class Service:
         self.event_store: EventStoreWriter | None = None
         self.listener: SmtpListener | None = None
         self.control_socket: socket.socket | None = None
+        self.admin: AdminServer | None = None
         self.wakeup_socket: socket.socket | None = None
         self.scheduler: Scheduler | None = None
         self.interchange_threads: list[str] = []
@@ -183,6 +200,7 @@ class Service:
         if self.role == "all":
             release_all_leases(self.backend, self.events)
             self.control_socket = bind_control(socket_path(config.data_dir))
+            self.admin = open_admin(config.admin, lambda: ServiceView(self))  # bound now
         if self.role == "interchange":
             self.wakeup_socket = bind_wakeup(wakeup_path(config.data_dir))
         if not self.receives:
@@ -190,21 +208,23 @@ class Service:
         host, port = parse_hostport(config.smtp.listen)
         smtp = config.smtp
         handler = ReceiveHandler(
-            ReceiveSettings(
-                hostname=config.service.hostname,
-                max_message_size=smtp.max_message_size,
-                max_recipients=smtp.max_recipients,
-                timeout=smtp.timeout,
-                commit_timeout=smtp.commit_timeout,
-                reject_8bit_headers=smtp.reject_8bit_headers,
-            ),
+            receive_settings(config),
             self.store,
             self.policy,
             self.wakeup,
             self.events,
             self.counters,
         )
-        self.listener = SmtpListener(handler, bind(host, port, reuse_port=self.role == "receive"))
+        reuse = self.role == "receive"
+        tls_sock = None
+        if smtp.implicit_tls_listen:
+            tls_sock = bind(*parse_hostport(smtp.implicit_tls_listen), reuse_port=reuse)
+        self.listener = SmtpListener(
+            handler,
+            bind(host, port, reuse_port=reuse),
+            tls_sock=tls_sock,
+            tls_context=handler.settings.tls,
+        )
 
     def _start_threads(self) -> None:
         sup = self.supervisor
@@ -218,6 +238,7 @@ class Service:
                 ControlServer(self.control_socket, ControlCommands(self).table()),
                 critical=True,
             )
+        self._start_admin()
         committer = self.committer
         sup.spawn(
             "commit",
@@ -231,6 +252,11 @@ class Service:
         if self.listener is not None:
             listener = self.listener
             sup.spawn("smtp", "receive", listener, critical=True, on_stop=listener.request_stop)
+
+    def _start_admin(self) -> None:
+        """The admin HTTP listener (/metrics, /healthz, /status), bound in _prepare."""
+        if self.admin is not None:
+            self.supervisor.spawn("admin", "admin", self.admin)
 
     def _start_delivery(self) -> None:
         config, sup = self.config, self.supervisor
@@ -424,8 +450,45 @@ class Service:
             socket_path(self.config.data_dir).unlink(missing_ok=True)
         if self.wakeup_socket is not None:
             self.wakeup_socket.close()
+        if self.admin is not None:
+            self.admin.close()
         self.lock.release()
         return left
+
+
+def receive_settings(config: Config) -> ReceiveSettings:
+    """What the SMTP receiver needs of the configuration; TLS and credential files are read
+    here, so a bad certificate or credentials file is an error at start."""
+    smtp = config.smtp
+    return ReceiveSettings(
+        hostname=config.service.hostname,
+        max_message_size=smtp.max_message_size,
+        max_recipients=smtp.max_recipients,
+        timeout=smtp.timeout,
+        commit_timeout=smtp.commit_timeout,
+        reject_8bit_headers=smtp.reject_8bit_headers,
+        max_errors=smtp.max_errors,
+        max_commands=smtp.max_commands,
+        max_header_size=smtp.max_header_size,
+        max_sessions=smtp.max_sessions,
+        max_sessions_per_ip=smtp.max_sessions_per_ip,
+        tls=server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None,
+        require_tls=smtp.require_tls,
+        credentials=_credentials(smtp.auth_users),
+        auth_insecure=smtp.auth_insecure,
+        auth_failures=smtp.auth_failures,
+        auth_window=smtp.auth_window,
+    )
+
+
+def _credentials(path: str) -> Credentials | None:
+    if not path:
+        return None
+    credentials = Credentials(Path(path))
+    if not credentials.path.is_file():
+        raise CredentialsError(f"[smtp] auth_users: no credentials file {path}")
+    credentials.users()  # a malformed file is an error now, not at the first AUTH
+    return credentials
 
 
 def start_event_store(sup: Supervisor, events: EventLog, config: Config) -> EventStoreWriter:
@@ -470,7 +533,14 @@ def release_all_leases(
 
 
 def install_excepthooks(events: EventLog) -> None:
-    """No exception may end a thread or the process without an event saying so."""
+    """No exception may end a thread or the process without an event saying so.
+
+    Also silences aiosmtpd's own logger: at INFO it would log every command line,
+    AUTH credentials included; our events say what matters, without secrets."""
+    mail_log = logging.getLogger("mail.log")
+    mail_log.addHandler(logging.NullHandler())
+    mail_log.propagate = False
+    mail_log.setLevel(logging.ERROR)
 
     def thread_hook(args: threading.ExceptHookArgs) -> None:
         exc = args.exc_value or RuntimeError("unknown")
@@ -510,7 +580,7 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
     except AlreadyRunning as exc:
         events.emit(catalog.ALREADY_RUNNING, data_dir=config.data_dir, pid=exc.pid or "?")
         return 1
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, CredentialsError) as exc:
         events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")
         return 1
     assert service.listener is not None

@@ -90,6 +90,9 @@ class Mailgate:
                 "--config", str(self.config_path),
                 "--data-dir", str(self.data_dir),
                 "--listen", f"127.0.0.1:{self.port}",
+                # No admin listener unless a test asks: the default port would be shared.
+                *([] if "--admin-listen" in extra or "[admin]" in self.config_path.read_text()
+                  else ["--admin-listen", ""]),
                 *extra,
             ),
             stdout=subprocess.DEVNULL,

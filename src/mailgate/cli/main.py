@@ -12,6 +12,9 @@ from mailgate.cli.common import config_loader, config_options, get_config, repor
 from mailgate.cli.ctl import ctl
 from mailgate.cli.events import events
 from mailgate.cli.mailbox import mailbox
+from mailgate.cli.queue import queue_group
+from mailgate.cli.security import gen_cert, passwd
+from mailgate.cli.top import top
 from mailgate.cli.track import track
 from mailgate.config import load_config
 from mailgate.errors import ConfigError
@@ -28,6 +31,12 @@ def cli() -> None:
 @click.option("--listen", metavar="HOST:PORT", help="SMTP listener (overrides smtp.listen).")
 @click.option("--smarthost", metavar="HOST:PORT", help="Relay non-local mail to this host.")
 @click.option(
+    "--admin-listen",
+    metavar="HOST:PORT",
+    help='Admin HTTP listener for /metrics, /healthz, /status (overrides admin.listen; "" '
+    "disables it).",
+)
+@click.option(
     "--single-process",
     is_flag=True,
     help="Run every stage in this one process (tests, small sites) instead of a master "
@@ -38,10 +47,11 @@ def run(
     data_dir: Path | None,
     listen: str | None,
     smarthost: str | None,
+    admin_listen: str | None,
     single_process: bool,
 ) -> None:
     """Run the service in the foreground until SIGTERM or SIGINT (SIGHUP reloads)."""
-    overrides = {"smtp.listen": listen}
+    overrides = {"smtp.listen": listen, "admin.listen": admin_listen}
     config = get_config(config_path, data_dir, smarthost=smarthost, **overrides)
     if single_process:
         from mailgate.bootstrap import run_service
@@ -104,9 +114,13 @@ def docs(write: bool, directory: Path) -> None:
 
 
 cli.add_command(mailbox)
+cli.add_command(gen_cert)
+cli.add_command(passwd)
 cli.add_command(events)
 cli.add_command(track)
 cli.add_command(ctl)
+cli.add_command(queue_group)
+cli.add_command(top)
 
 
 def main() -> None:

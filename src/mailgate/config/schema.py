@@ -48,6 +48,34 @@ def _hostport(value: str) -> str:
     return value
 
 
+def _optional_hostport(value: str) -> str:
+    if value:
+        parse_hostport(value)
+    return value
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or "localhost") can only be reached from this machine.
+
+    Names other than localhost count as reachable from elsewhere: no DNS is asked."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _syslog_target(value: str) -> str:
+    if not value or value.startswith("/"):
+        return value
+    kind, _, hostport = value.partition(":")
+    if kind not in ("udp", "tcp"):
+        raise ValueError(f"{value!r} is not a socket path, udp:HOST:PORT or tcp:HOST:PORT")
+    parse_hostport(hostport)
+    return value
+
+
 def _networks(value: list[str]) -> list[str]:
     for net in value:
         try:
@@ -130,6 +158,70 @@ class SmtpSettings(Section):
         description="Clients (CIDR) allowed to relay to domains that no local route serves.",
         json_schema_extra={"doc_default": '["127.0.0.0/8", "::1/128"]'},
     )
+    tls_cert: str = Field(
+        "", description="PEM certificate (chain) for STARTTLS; empty means no TLS offered."
+    )
+    tls_key: str = Field("", description="PEM private key of tls_cert.")
+    require_tls: bool = Field(
+        False, description="Refuse MAIL until the client has started TLS (530 5.7.0)."
+    )
+    implicit_tls_listen: str = Field(
+        "",
+        description="HOST:PORT of an extra listener speaking TLS from the first byte (port 465 "
+        "style); empty means none.",
+    )
+    auth_users: str = Field(
+        "",
+        description="Credentials file (`mailgate passwd`) enabling AUTH PLAIN and LOGIN; "
+        "authenticated clients may relay.",
+    )
+    auth_insecure: bool = Field(
+        False,
+        description="Offer AUTH without TLS. Only for tests on loopback: passwords would cross "
+        "the network in clear.",
+    )
+    auth_failures: int = Field(
+        3,
+        ge=1,
+        description="Failed AUTH attempts per client address within auth_window before further "
+        "attempts are refused (454 4.7.0) until the window passes.",
+    )
+    auth_window: Duration = Field(
+        "5m", validate_default=True, description="Window of the AUTH failure limit."
+    )
+    max_sessions: int = Field(
+        100, ge=1, description="Concurrent sessions per receive process; more get 421 4.7.0."
+    )
+    max_sessions_per_ip: int = Field(
+        20, ge=1, description="Concurrent sessions per client address; more get 421 4.7.0."
+    )
+    max_errors: int = Field(
+        20,
+        ge=1,
+        description="Error replies in one session before it is closed with 421 4.7.0 "
+        "(Postfix's smtpd_hard_error_limit).",
+    )
+    max_commands: int = Field(
+        100_000,
+        ge=10,
+        description="Commands in one session before it is closed with 421 4.7.0 (a busy "
+        "relay sends four per message).",
+    )
+    max_header_size: Size = Field(
+        "100KiB",
+        validate_default=True,
+        description="Largest header block accepted (552 5.3.4 beyond).",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SmtpSettings:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if (self.require_tls or self.implicit_tls_listen) and not self.tls_cert:
+            raise ValueError("require_tls and implicit_tls_listen need tls_cert and tls_key")
+        if self.implicit_tls_listen:
+            parse_hostport(self.implicit_tls_listen)
+        return self
 
 
 class QueueSettings(Section):
@@ -212,6 +304,12 @@ class LogSettings(Section):
         description="Events kept in the indexed store <log dir>/events.db behind "
         "`mailgate events` and `mailgate track` (about 430 bytes each); 0 disables it.",
     )
+    syslog: Annotated[str, AfterValidator(_syslog_target)] = Field(
+        "",
+        description="Also send every event to syslog (facility mail, RFC 5424 lines): a socket "
+        'path such as "/dev/log" (under systemd it reaches the journal), "udp:HOST:PORT" or '
+        '"tcp:HOST:PORT"; empty means off.',
+    )
     levels: dict[str, Literal["none", "minimum", "medium", "maximum"]] = Field(
         default_factory=dict,
         description="Diagnostic level per event category (none/minimum/medium/maximum); "
@@ -274,6 +372,29 @@ class SuperviseSettings(Section):
         description="Re-read and apply the configuration file this often (0: only on SIGHUP "
         "or `mailgate ctl reload`).",
     )
+
+
+class AdminSettings(Section):
+    listen: Annotated[str, AfterValidator(_optional_hostport)] = Field(
+        "127.0.0.1:8025",
+        description="Address and port of the admin HTTP listener (/metrics for Prometheus, "
+        "/healthz, /status); empty disables it. Also set by `mailgate run --admin-listen`.",
+    )
+    token: str = Field(
+        "",
+        repr=False,
+        description="Bearer token every admin request must carry (`Authorization: Bearer "
+        "TOKEN`); required when listen is not a loopback address. Use a long random value.",
+    )
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> AdminSettings:
+        if self.listen and not self.token and not is_loopback(parse_hostport(self.listen)[0]):
+            raise ValueError(
+                f"listen {self.listen!r} is not a loopback address: set [admin] token so that "
+                "only holders of it can read the service's state"
+            )
+        return self
 
 
 class SmarthostSettings(Section):
@@ -354,6 +475,7 @@ class Config(Section):
     postoffice: PostofficeSettings = Field(default_factory=PostofficeSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     supervise: SuperviseSettings = Field(default_factory=SuperviseSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
     smarthost: SmarthostSettings = Field(default_factory=SmarthostSettings)
     pickup: PickupSettings = Field(default_factory=PickupSettings)
     dsn: DsnSettings = Field(default_factory=DsnSettings)

@@ -73,6 +73,7 @@ class ControlCommands:
             "health": self.health,
             "pause": lambda args: self._pause(args, True),
             "resume": lambda args: self._pause(args, False),
+            "wake": self.wake,
             "reload": self.reload,
             "refresh": self.refresh,
             "stop": self.stop,
@@ -101,7 +102,14 @@ class ControlCommands:
                 }
             ],
             "queues": self.queues(),
+            "counters": service.counters.snapshot(),
         }
+
+    def close(self) -> None:
+        """Close the queue reader (from the thread that used it)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def health(self, args: dict[str, Any]) -> dict[str, Any]:
         reasons = self.service.health()
@@ -142,6 +150,19 @@ class ControlCommands:
         if not paused:
             self.service.wakeup.notify(*names)
         return {"paused" if paused else "resumed": names}
+
+    def wake(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Wake a connector's idle threads (all connectors' if none is named): the queue
+        changed under them (`mailgate queue retry`, `release`, ...) and work may be due."""
+        name = args.get("connector")
+        connectors = self.service.connectors
+        if name is None:
+            self.service.wakeup.notify_all()
+            return {"woken": connectors.names()}
+        if name not in connectors.by_name:
+            raise KeyError(f"no connector {name!r}; known: {connectors.names()}")
+        self.service.wakeup.notify(name)
+        return {"woken": [name]}
 
     def reload(self, args: dict[str, Any]) -> dict[str, Any]:
         """Reload from the file, or (from a master) apply the configuration it validated."""

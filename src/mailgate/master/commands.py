@@ -2,7 +2,7 @@
 
 Status merges the master's own threads with the last heartbeat of every worker, whose
 threads' CPU seconds the master re-reads from /proc/<pid>/task/<tid>/stat. Commands
-for workers (pause, resume, refresh, loglevel, dump) go over each worker's channel
+for workers (pause, resume, refresh, wake, loglevel, dump) go over each worker's channel
 with a one-second answer deadline, so control still answers when a worker does not.
 """
 
@@ -16,6 +16,7 @@ from mailgate import __version__
 from mailgate.control.commands import STATES, ControlCommands, thread_json
 from mailgate.control.server import Command
 from mailgate.observe.catalog import Category, Level
+from mailgate.observe.counters import merge
 from mailgate.queue.store import QueueReader
 from mailgate.supervise.cpu import thread_cpu_seconds
 
@@ -31,6 +32,8 @@ class MasterCommands:
         self.master = master
         self.started = time.time()
         self._reader: QueueReader | None = None
+        self._seen: dict[str, tuple[Any, dict[str, Any]]] = {}  # worker -> (pid, counters)
+        self._retired: dict[str, Any] = merge([])  # what replaced workers had counted
 
     def table(self) -> dict[str, Command]:
         return {
@@ -41,6 +44,7 @@ class MasterCommands:
             "pause": lambda args: self._relay("pause", args, "interchange"),
             "resume": lambda args: self._relay("resume", args, "interchange"),
             "refresh": lambda args: self._relay("refresh", args, "interchange"),
+            "wake": lambda args: self._relay("wake", args, "interchange"),
             "reload": self.reload,
             "stop": self.stop,
             "dump": self.dump,
@@ -90,7 +94,35 @@ class MasterCommands:
             "abandoned": sum(t.get("abandoned", 0) for t in threads),
             "processes": processes,
             "queues": self.queues(),
+            "counters": self.counters(),
         }
+
+    def counters(self) -> dict[str, Any]:
+        """The workers' counters (from their last heartbeats), merged.
+
+        Totals never go back when a worker is replaced: the last counts seen from the
+        one that ended are kept (its gauges are not: they died with it)."""
+        snapshots = [self._retired]
+        for worker in self.master.workers:
+            current = worker.status.get("counters")
+            pid = worker.status.get("pid")
+            seen = self._seen.get(worker.name)
+            if current is None:  # restarting: keep what it had counted
+                if seen is not None:
+                    snapshots.append(_monotonic(seen[1]))
+                continue
+            if seen is not None and seen[0] != pid:
+                self._retired = merge([self._retired, _monotonic(seen[1])])
+                snapshots[0] = self._retired
+            self._seen[worker.name] = (pid, current)
+            snapshots.append(current)
+        return merge(snapshots)
+
+    def close(self) -> None:
+        """Close the queue reader (from the thread that used it)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def health(self, args: dict[str, Any]) -> dict[str, Any]:
         reasons = self.master.health()
@@ -165,3 +197,8 @@ class MasterCommands:
             events.set_level(Category(category), Level[str(level).upper()])
             self._relay("loglevel", args, None)
         return {c.value: events.level(c).name.lower() for c in Category}
+
+
+def _monotonic(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot's counters and histograms, without its gauges."""
+    return {"counters": snapshot.get("counters", {}), "histograms": snapshot.get("histograms", {})}

@@ -39,6 +39,7 @@ from mailgate.bootstrap import (
     install_excepthooks,
     needs_restart,
     open_events,
+    receive_settings,
     release_all_leases,
     start_event_store,
 )
@@ -52,9 +53,12 @@ from mailgate.observe.eventstore import EventStoreWriter
 from mailgate.queue.lock import DataDirLock
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.receive.server import bind
+from mailgate.security.passwords import CredentialsError
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.supervisor import BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_STRUCTURAL, Supervisor
 from mailgate.supervise.systemd import Notifier
+from mailgate.web.admin import AdminServer, open_admin
+from mailgate.web.view import MasterView
 
 
 class Master:
@@ -82,7 +86,9 @@ class Master:
         specs.append(WorkerSpec("interchange", "interchange-1"))
         self.workers = [WorkerProcess(spec) for spec in specs]
         self.reservation: socket.socket | None = None
+        self.tls_reservation: socket.socket | None = None
         self.control_socket: socket.socket | None = None
+        self.admin: AdminServer | None = None
         self.listen = config.smtp.listen
         self.requested_stop = False
         self.stop_reason = ""
@@ -106,6 +112,9 @@ class Master:
                 else (f"{bound_host}:{bound_port}")
             )
             self.control_socket = bind_control(socket_path(self.config.data_dir))
+            self.admin = open_admin(self.config.admin, lambda: MasterView(self))  # bound now
+            receive_settings(self.config)  # a bad certificate or credentials file fails here
+            self._reserve_implicit_tls()
         except BaseException:
             self.lock.release()
             raise
@@ -121,6 +130,22 @@ class Master:
         )  # fmt: skip
         sup.spawn("channel", "channel", self._channel, critical=True, stall_detection=False)
         sup.spawn("workers", "workers", self._watch_workers, critical=True)
+        self._start_admin()
+
+    def _start_admin(self) -> None:
+        """The admin HTTP listener (/metrics, /healthz, /status), bound in start."""
+        if self.admin is not None:
+            self.supervisor.spawn("admin", "admin", self.admin)
+
+    def _reserve_implicit_tls(self) -> None:
+        """Reserve the implicit-TLS port too (port 0 becomes a real port for the workers)."""
+        listen = self.config.smtp.implicit_tls_listen
+        if not listen:
+            return
+        self.tls_reservation = bind(*parse_hostport(listen), reuse_port=True, listen=False)
+        host, port = self.tls_reservation.getsockname()[:2]
+        smtp = self.config.smtp.model_copy(update={"implicit_tls_listen": f"{host}:{port}"})
+        self.config = self.config.model_copy(update={"smtp": smtp})
 
     def spawn_due(self) -> None:
         """Start workers whose (re)start is due. Called from the main thread only (see above)."""
@@ -375,8 +400,11 @@ class Master:
         if self.control_socket is not None:
             self.control_socket.close()
             socket_path(self.config.data_dir).unlink(missing_ok=True)
-        if self.reservation is not None:
-            self.reservation.close()
+        for reservation in (self.reservation, self.tls_reservation):
+            if reservation is not None:
+                reservation.close()
+        if self.admin is not None:
+            self.admin.close()
         self.lock.release()
         return left
 
@@ -393,7 +421,7 @@ def run_master(config: Config, source: Callable[[], Config] | None = None) -> in
     except AlreadyRunning as exc:
         events.emit(catalog.ALREADY_RUNNING, data_dir=config.data_dir, pid=exc.pid or "?")
         return 1
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, CredentialsError) as exc:
         events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")
         return 1
     master.spawn_due()

@@ -194,6 +194,35 @@ SESSION_ERROR = _event(
     "Report it with the traceback.",
 )  # fmt: skip
 
+SESSION_REFUSED = _event(
+    3010, "SessionRefused", C.RECEIVE, S.WARNING, MED,
+    "refused a session from {client}: {reply}",
+    "A client was over the limit of concurrent sessions (in total, or from its address); "
+    "it was told 421 and disconnected.",
+    "None if it is a flood; raise [smtp] max_sessions or max_sessions_per_ip for a busy "
+    "legitimate client.",
+)  # fmt: skip
+SESSION_CLOSED = _event(
+    3011, "SessionClosed", C.RECEIVE, S.WARNING, MED,
+    "closed the session with {client}: {why}",
+    "A client made too many errors or sent too many commands in one session; it was told "
+    "421 and disconnected.",
+    "None; a probing or looping client. Look at it if it is one of yours.",
+)  # fmt: skip
+AUTH_FAILED = _event(
+    3012, "AuthFailed", C.RECEIVE, S.WARNING, MIN,
+    "authentication as {user} from {client} failed: {why}",
+    "A client gave wrong credentials, or was refused after too many failures "
+    "([smtp] auth_failures within auth_window). The password is never logged.",
+    "Repeated failures from one address are password guessing: block the address.",
+)  # fmt: skip
+AUTH_SUCCEEDED = _event(
+    3013, "AuthSucceeded", C.RECEIVE, S.INFO, MED,
+    "{client} authenticated as {user}",
+    "A client authenticated; it may now relay.",
+    "None.",
+)  # fmt: skip
+
 # --- Queue ---------------------------------------------------------------------------------------
 LEASES_RELEASED = _event(
     4000, "LeasesReleased", C.QUEUE, S.WARNING, MIN,
@@ -226,6 +255,44 @@ MESSAGES_PURGED = _event(
     4004, "MessagesPurged", C.QUEUE, S.INFO, MED,
     "purged {count} finished message(s) older than {age}",
     "Records of finished messages past [queue] keep_done were removed.",
+    "None.",
+)  # fmt: skip
+
+MESSAGE_HELD = _event(
+    4010, "MessageHeld", C.QUEUE, S.INFO, MIN,
+    "{scope}: {count} recipient(s) held by the administrator",
+    "`mailgate queue hold` set waiting recipients aside: no thread delivers them until "
+    "they are released. Recipients being delivered at that moment were left alone.",
+    "Release them with `mailgate queue release` (or delete or bounce them).",
+)  # fmt: skip
+MESSAGE_RELEASED = _event(
+    4011, "MessageReleased", C.QUEUE, S.INFO, MIN,
+    "{scope}: {count} recipient(s) released by the administrator",
+    "`mailgate queue release` put held (or, for one message, quarantined) recipients "
+    "back in the queue, due at once.",
+    "None.",
+)  # fmt: skip
+MESSAGE_DELETED = _event(
+    4012, "MessageDeleted", C.QUEUE, S.WARNING, MIN,
+    "{queue_id}: deleted by the administrator with {open} recipient(s) not yet final; "
+    "report to the sender: {report}",
+    "`mailgate queue delete` removed a message and everything the queue knew of it. With "
+    "--ndr its open recipients were bounced first and a report queued to the sender.",
+    "None.",
+)  # fmt: skip
+MESSAGE_RETURNED = _event(
+    4013, "MessageReturned", C.QUEUE, S.WARNING, MIN,
+    "{queue_id}: returned to the sender by the administrator; {count} recipient(s) "
+    "bounced; report: {report}",
+    "`mailgate queue bounce` ended every open recipient as bounced (554 5.7.0) and "
+    "queued a non-delivery report to the sender.",
+    "None.",
+)  # fmt: skip
+QUEUE_RETRIED = _event(
+    4014, "QueueRetried", C.QUEUE, S.INFO, MIN,
+    "{scope}: {count} recipient(s) made due now by the administrator",
+    "`mailgate queue retry` made queued and deferred recipients due at once; delivery "
+    "tries them now instead of waiting for their next retry time.",
     "None.",
 )  # fmt: skip
 

@@ -4,7 +4,9 @@
 logging module's own error handling and the caller goes on. Levels can be
 changed while running (`set_level`); a read of the level table is lock-free.
 Fields given by remote parties (addresses, HELO names) are escaped in the
-human form so a client cannot forge log lines with CR/LF.
+human form so a client cannot forge log lines with CR/LF. The optional syslog
+sink sends RFC 5424 lines (facility mail); its socket has a short timeout, so a
+syslog server that stops reading delays an event by at most that, never wedges.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import json
 import logging
 import logging.handlers
 import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +147,109 @@ class HumanFormatter(logging.Formatter):
         return f"{stamp} {event.severity.value} {event.id} {event.category.value}: {text}"
 
 
+SYSLOG_MAX_MESSAGE = 16 * 1024  # well under a datagram's limit; the JSON log keeps it whole
+SYSLOG_TIMEOUT = 1.0
+SYSLOG_ERROR_EVERY = 60.0
+
+
+class Rfc5424Formatter(logging.Formatter):
+    """`<PRI>1 TIMESTAMP HOSTNAME mailgate PID EVENTID - MSG` without the PRI (the handler
+    adds it). The message is escaped onto one line: stacks keep their line breaks as `\\n`."""
+
+    def __init__(self, hostname: str | None = None) -> None:
+        super().__init__()
+        self.hostname = (hostname or socket.gethostname() or "-").split()[0]
+
+    def format(self, record: logging.LogRecord) -> str:
+        event, fields, when = getattr(record, _RECORD_KEY)
+        stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds")
+        text = render(event, fields, escape=True).replace("\r", "\\r").replace("\n", "\\n")
+        if len(text) > SYSLOG_MAX_MESSAGE:
+            text = text[:SYSLOG_MAX_MESSAGE] + "...(truncated)"
+        pid = record.process or os.getpid()
+        stamp = stamp.replace("+00:00", "Z")
+        return f"1 {stamp} {self.hostname} mailgate {pid} {event.id} - {text}"
+
+
+_SYSLOG_SEVERITY = {Severity.INFO: 6, Severity.WARNING: 4, Severity.ERROR: 3, Severity.CRITICAL: 2}
+
+
+class SyslogSink(logging.handlers.SysLogHandler):
+    """A SysLogHandler for RFC 5424: PRI from the event's severity, no trailing NUL, octet
+    counting on TCP (RFC 6587), sockets with a timeout, reconnection after a failure, and
+    at most one complaint a minute on stderr while the syslog server is unreachable."""
+
+    append_nul = False
+
+    def __init__(self, target: str, hostname: str | None = None) -> None:
+        address: str | tuple[str, int]
+        socktype: socket.SocketKind | None = None
+        if target.startswith("/"):
+            address = target
+        else:
+            kind, _, hostport = target.partition(":")
+            host, _, port = hostport.rpartition(":")
+            address = (host.strip("[]"), int(port))
+            socktype = socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM
+        self._complained = 0.0
+        super().__init__(address, self.LOG_MAIL, socktype)
+        self.setFormatter(Rfc5424Formatter(hostname))
+
+    def createSocket(self) -> None:
+        """Connect (TCP: within the timeout, not the kernel's minutes); on failure leave no
+        socket, so the next event tries again."""
+        self.socket = None
+        try:
+            if isinstance(self.address, tuple) and self.socktype == socket.SOCK_STREAM:
+                self.unixsocket = False
+                self.socket = socket.create_connection(self.address, timeout=SYSLOG_TIMEOUT)
+            else:
+                super().createSocket()  # a Unix socket it failed to connect is left closed
+        except OSError:
+            self.socket = None
+        if self.socket is not None and self.socket.fileno() == -1:
+            self.socket = None
+        if self.socket is not None:
+            self.socket.settimeout(SYSLOG_TIMEOUT)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            event = getattr(record, _RECORD_KEY)[0]
+            pri = (self.facility << 3) | _SYSLOG_SEVERITY.get(event.severity, 6)
+            data = f"<{pri}>{self.format(record)}".encode()
+            if not self.unixsocket and self.socktype == socket.SOCK_STREAM:
+                data = f"{len(data)} ".encode() + data  # octet counting
+            self._send(data)
+        except Exception:
+            self.handleError(record)
+
+    def _send(self, data: bytes) -> None:
+        for attempt in (1, 2):  # a server that restarted gets one reconnection
+            try:
+                if self.socket is None:
+                    self.createSocket()
+                    if self.socket is None:
+                        raise OSError(f"cannot reach syslog at {self.address}")
+                if self.unixsocket or self.socktype == socket.SOCK_STREAM:
+                    self.socket.sendall(data)
+                else:
+                    self.socket.sendto(data, self.address)
+                return
+            except OSError:
+                if self.socket is not None:
+                    self.socket.close()
+                    self.socket = None
+                if attempt == 2:
+                    raise
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        if not self._complained or now - self._complained >= SYSLOG_ERROR_EVERY:
+            self._complained = now
+            error = sys.exc_info()[1]
+            print(f"mailgate: syslog sink {self.address}: {error!r}", file=sys.stderr)
+
+
 def open_event_log(
     log_dir: Path,
     *,
@@ -150,8 +257,10 @@ def open_event_log(
     max_bytes: int = 10 * 1024 * 1024,
     backups: int = 5,
     stderr: bool = True,
+    syslog: str = "",
 ) -> EventLog:
-    """An event log writing JSON lines to `log_dir/events.jsonl` (rotated) and stderr."""
+    """An event log writing JSON lines to `log_dir/events.jsonl` (rotated), stderr and
+    syslog (`syslog`: "/dev/log", "udp:HOST:PORT" or "tcp:HOST:PORT"; empty: none)."""
     log = EventLog(levels)
     log_dir.mkdir(parents=True, exist_ok=True)
     file_sink = logging.handlers.RotatingFileHandler(
@@ -163,6 +272,8 @@ def open_event_log(
         err_sink = logging.StreamHandler(sys.stderr)
         err_sink.setFormatter(HumanFormatter())
         log.add_sink(err_sink)
+    if syslog:
+        log.add_sink(SyslogSink(syslog))
     return log
 
 

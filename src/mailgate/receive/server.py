@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import time
 
-from mailgate.receive.smtp import MailgateSMTP, ReceiveHandler
+from mailgate.receive.session import MailgateSMTP
+from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise.handle import ThreadHandle
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
@@ -30,7 +32,10 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True)
     """
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the
+    # listening socket says TCP. Without it, replies to pipelined commands wait on
+    # Nagle and the client's delayed ACK (about 40 ms each).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -50,7 +55,17 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True)
 class SmtpListener:
     """Body of the `smtp` thread. `request_stop` may be called from any thread."""
 
-    def __init__(self, handler: ReceiveHandler, sock: socket.socket, grace: float = 10.0) -> None:
+    def __init__(
+        self,
+        handler: ReceiveHandler,
+        sock: socket.socket,
+        grace: float = 10.0,
+        tls_sock: socket.socket | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.tls_sock = tls_sock  # the implicit-TLS listener (port 465 style), if any
+        self.tls_context = tls_context
+        self._tls_bound = tls_sock.getsockname()[:2] if tls_sock is not None else ("", 0)
         self.handler = handler
         self.sock = sock
         self._bound = sock.getsockname()[:2]
@@ -80,8 +95,8 @@ class SmtpListener:
             self._loop = None
             loop.close()
 
-    def _factory(self) -> MailgateSMTP:
-        protocol = self.handler.protocol()
+    def _factory(self, implicit_tls: bool = False) -> MailgateSMTP:
+        protocol = self.handler.protocol(implicit_tls)
         self.sessions.add(protocol)
         counters = self.handler.counters
         counters.add("mailgate_smtp_sessions_total")
@@ -105,13 +120,26 @@ class SmtpListener:
         if self.sock.fileno() == -1:  # closed by a previous life of this thread: bind again
             self.sock = bind(*self._bound, reuse_port=self._reuse_port)
         server = await loop.create_server(self._factory, sock=self.sock)
+        servers = [server]
+        if self.tls_sock is not None and self.tls_sock.fileno() == -1:
+            self.tls_sock = bind(*self._tls_bound, reuse_port=self._reuse_port)
+        if self.tls_sock is not None and self.tls_context is not None:
+            servers.append(
+                await loop.create_server(
+                    lambda: self._factory(implicit_tls=True),
+                    sock=self.tls_sock,
+                    ssl=self.tls_context,
+                    ssl_handshake_timeout=30,
+                )
+            )
         try:
             while not self._stop.is_set() and not handle.stopping:
                 handle.progress()  # a heartbeat: the loop is alive and turning
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 1.0)
         finally:
-            server.close()
+            for each in servers:
+                each.close()
             await self._drain()
 
     async def _drain(self) -> None:

@@ -1,25 +1,29 @@
-"""receive.smtp: the ESMTP dialogue on aiosmtpd, and the hand-off to the queue.
+"""receive.smtp: the ESMTP dialogue's policy and the hand-off to the queue.
 
 The server answers 250 after DATA only once the message is durable in the queue
 (the group committer's future completed). A storage failure answers 452 (full)
 or 451 and leaves nothing behind, because the message is one transaction.
-Recipients are checked at RCPT time against routing and the connector (550/554).
-Every refusal of a remote party's input is an SMTP reply, never an exception;
-an unexpected exception becomes 451 and event 3004, and the session goes on.
-Security: remote text reaches events only through escaping sinks; nothing from
-the client names a file.
+Recipients are checked at RCPT time against routing, relay control and the
+connector (550/554). Every refusal of a remote party's input is an SMTP reply,
+never an exception; an unexpected exception becomes 451 and event 3004, and the
+session goes on.
+Security: STARTTLS (and implicit TLS) with the configured certificate; AUTH
+PLAIN/LOGIN only over TLS unless explicitly allowed, checked against scrypt
+hashes, failures throttled per address and logged without the password;
+authenticated clients may relay. Remote text reaches events only through
+escaping sinks; nothing from the client names a file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import ssl
 import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailgate.errors import StoreError
 from mailgate.interchange.wakeup import Wakeup
@@ -29,9 +33,11 @@ from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.store import QueueStore
 from mailgate.receive.checks import address_problem, content_problem, header_message_id
+from mailgate.receive.limits import AuthThrottle, SessionLimiter
 from mailgate.receive.received import received_header
-from mailgate.receive.replies import with_enhanced_code
+from mailgate.receive.session import MailgateSMTP, client_ip, client_name
 from mailgate.route.policy import RecipientPolicy
+from mailgate.security.passwords import Credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,52 +48,29 @@ class ReceiveSettings:
     timeout: float
     commit_timeout: float
     reject_8bit_headers: bool
+    max_errors: int = 20
+    max_commands: int = 100_000
+    max_header_size: int = 100 * 1024
+    max_sessions: int = 100
+    max_sessions_per_ip: int = 20
+    tls: ssl.SSLContext | None = None
+    require_tls: bool = False
+    credentials: Credentials | None = None
+    auth_insecure: bool = False
+    auth_failures: int = 3
+    auth_window: float = 300.0
 
 
-def client_ip(session: Session) -> str:
-    peer = session.peer
-    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
-
-
-def client_name(session: Session) -> str:
-    return f"{session.host_name or 'unknown'} [{client_ip(session)}]"
-
-
-class MailgateSMTP(SMTP):
-    """aiosmtpd's protocol with enhanced status codes on every reply."""
-
-    def __init__(self, handler: ReceiveHandler, **kwargs: Any) -> None:
-        # aiosmtpd keeps command size limits in a class-level dict that every
-        # session mutates; give each session its own.
-        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
-        self._plain_replies = False
-        self.receive_handler = handler
-        super().__init__(handler, **kwargs)
-
-    async def push(self, status: str) -> None:  # type: ignore[override]
-        if not self._plain_replies:
-            status = with_enhanced_code(status)
-            if status.startswith(("552", "500 5.5.2 Line too long")):
-                self.receive_handler.refused_by_protocol(self, status)
-        await super().push(status)
-
-    async def smtp_EHLO(self, hostname: str) -> None:
-        self._plain_replies = True
-        try:
-            await super().smtp_EHLO(hostname)
-        finally:
-            self._plain_replies = False
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        self._plain_replies = True
-        try:
-            await super().smtp_HELO(hostname)
-        finally:
-            self._plain_replies = False
+def protocol_name(*, smtputf8: bool, extended: bool, tls: bool, authenticated: bool) -> str:
+    """The `with` clause of Received: (RFC 3848, RFC 6531): ESMTP, ESMTPS, ESMTPSA, ..."""
+    if not extended:
+        return "SMTP"
+    base = "UTF8SMTP" if smtputf8 else "ESMTP"
+    return base + ("S" if tls else "") + ("A" if authenticated else "")
 
 
 class ReceiveHandler:
-    """aiosmtpd handler hooks: policy at MAIL/RCPT, durability at DATA."""
+    """aiosmtpd handler hooks: admission, AUTH, policy at MAIL/RCPT, durability at DATA."""
 
     def __init__(
         self,
@@ -105,19 +88,67 @@ class ReceiveHandler:
         self.events = events
         self.counters = counters or Counters()
         self.committing = 0
+        self.limits = SessionLimiter(settings.max_sessions, settings.max_sessions_per_ip)
+        self.auth_throttle = AuthThrottle(settings.auth_failures, settings.auth_window)
 
-    def protocol(self) -> MailgateSMTP:
+    def protocol(self, implicit_tls: bool = False) -> MailgateSMTP:
         s = self.settings
+        auth: dict[str, Any] = {"auth_require_tls": not s.auth_insecure}
+        if s.credentials is not None:
+            auth["authenticator"] = self.authenticate
+        else:
+            auth["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
         return MailgateSMTP(
             self,
+            implicit_tls=implicit_tls,
             data_size_limit=s.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=s.hostname,
             ident="ESMTP mailgate",
             timeout=s.timeout,
+            tls_context=None if implicit_tls else s.tls,
+            require_starttls=s.require_tls and not implicit_tls,
+            **auth,
         )
 
+    # --- admission and AUTH (event loop thread) --------------------------------------------------
+    def admit(self, ip: str) -> str | None:
+        refusal = self.limits.acquire(ip)
+        if refusal is not None:
+            self.counters.add("mailgate_smtp_sessions_refused_total")
+            self.events.emit(catalog.SESSION_REFUSED, client=f"[{ip}]", reply=refusal)
+        return refusal
+
+    def release(self, ip: str) -> None:
+        self.limits.release(ip)
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        """AUTH PLAIN/LOGIN against the credentials file; the password is never logged."""
+        ip, client = client_ip(session), client_name(session)
+        login = isinstance(data, LoginPassword)
+        user = data.login.decode("utf-8", "replace") if login else ""
+        if self.auth_throttle.blocked(ip):
+            self.events.emit(catalog.AUTH_FAILED, user=user, client=client, why="too many failures")
+            return AuthResult(
+                success=False,
+                handled=False,
+                message="454 4.7.0 Too many failed authentication attempts, try again later",
+            )
+        password = data.password.decode("utf-8", "replace") if login else ""
+        credentials = self.settings.credentials
+        if credentials is not None and user and credentials.verify(user, password):
+            self.auth_throttle.succeeded(ip)
+            self.events.emit(catalog.AUTH_SUCCEEDED, user=user, client=client)
+            return AuthResult(success=True, handled=False, auth_data=user)
+        self.auth_throttle.failed(ip)
+        self.counters.add("mailgate_smtp_auth_failures_total")
+        self.events.emit(catalog.AUTH_FAILED, user=user, client=client, why="invalid credentials")
+        return AuthResult(success=False, handled=False)
+
+    # --- the dialogue ----------------------------------------------------------------------------
     async def handle_EHLO(
         self,
         server: SMTP,
@@ -128,6 +159,8 @@ class ReceiveHandler:
     ) -> list[str]:
         session.host_name = hostname
         last = responses.pop()  # "250 HELP"
+        # aiosmtpd lists "250-AUTH" even with no mechanism: show it only when usable.
+        responses = [r for r in responses if r.strip() != "250-AUTH"]
         return [*responses, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
 
     async def handle_MAIL(
@@ -159,7 +192,9 @@ class ReceiveHandler:
                 reply=problem,
             )
             return problem
-        verdict = self.policy.check(address, client_ip(session))
+        verdict = self.policy.check(
+            address, client_ip(session), authenticated=bool(session.authenticated)
+        )
         if not verdict.accepted:
             self.counters.add("mailgate_smtp_recipients_rejected_total")
             event = catalog.RELAY_DENIED if verdict.relay_denied else catalog.INVALID_RECIPIENT
@@ -185,6 +220,7 @@ class ReceiveHandler:
             data,
             smtputf8=bool(envelope.smtp_utf8),
             reject_8bit_headers=self.settings.reject_8bit_headers,
+            max_header_size=self.settings.max_header_size,
         )
         if problem:
             self.counters.add("mailgate_messages_refused_total")
@@ -193,14 +229,16 @@ class ReceiveHandler:
         now = time.time()
         queue_id = new_queue_id(now)
         routes: dict[str, str] = envelope.__dict__.get("mailgate_routes", {})
-        protocol = (
-            "UTF8SMTP" if envelope.smtp_utf8 else "ESMTP" if session.extended_smtp else "SMTP"
-        )
         trace = received_header(
             helo=session.host_name,
             peer_ip=client_ip(session),
             hostname=self.settings.hostname,
-            protocol=protocol,
+            protocol=protocol_name(
+                smtputf8=bool(envelope.smtp_utf8),
+                extended=session.extended_smtp,
+                tls=isinstance(server, MailgateSMTP) and server.tls_active,
+                authenticated=bool(session.authenticated),
+            ),
             queue_id=queue_id,
             recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
             when=now,

@@ -38,13 +38,13 @@ class Router:
         self.map = address_map
 
     def route(self, address: str) -> Route:
-        po: PostofficeAddress | None = None
-        po_error: str | None = None
         try:
             po = self.map.from_smtp(address)
         except AddressError as exc:
-            po_error = str(exc)
+            # In our own domain but not a valid mailbox: no rule may take it elsewhere, or
+            # "user%victim@local" would fall through to a catch-all and be relayed.
+            return Route(address, None, None, str(exc), None)
         for rule in self.rules:
             if rule.pattern.matches(address, po):
-                return Route(address, rule.connector, po, po_error, rule.pattern.text)
-        return Route(address, None, po, po_error, None)
+                return Route(address, rule.connector, po, None, rule.pattern.text)
+        return Route(address, None, po, None, None)

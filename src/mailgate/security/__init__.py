@@ -1,0 +1,1 @@
+"""security: password hashing, the credentials file, TLS certificates."""
