@@ -243,8 +243,10 @@ def test_open_relay_attempts_through_pickup_do_not_leave(secure: Mailgate, sink:
 
 
 def test_session_limits_and_error_limit(tmp_path: Path, pki: tuple[Path, Path]) -> None:
+    # Limits hold per receive process (SO_REUSEPORT spreads clients over them): one here.
     extra = "max_sessions_per_ip = 3\nmax_errors = 5\n"
-    mg = Mailgate(tmp_path, config=secure_config(pki, tmp_path / "users", extra))
+    config = secure_config(pki, tmp_path / "users", extra) + "\n[processes]\nreceive = 1\n"
+    mg = Mailgate(tmp_path, config=config)
     add_user(mg, tmp_path / "users")
     mg.start()
     try:

@@ -121,15 +121,13 @@ def _emit(config: Config, *items: tuple[catalog.EventType, dict[str, Any]]) -> N
 
 def _nudge(config: Config, connectors: tuple[str, ...] = ()) -> None:
     """Tell a running service that work may be due; nothing if no service runs."""
-    targets: list[str | None] = list(connectors) if len(connectors) == 1 else [None]
-    for connector in targets:
-        args = {} if connector is None else {"connector": connector}
-        try:
-            request(socket_path(config.data_dir), "wake", args, timeout=NUDGE_TIMEOUT)
-        except (OSError, ValueError):
-            return  # no service runs (or it is stopping): it will see the queue when it runs
-        except RuntimeError as exc:
-            click.echo(f"mailgate: the service did not take the wake-up: {exc}", err=True)
+    args = {"connector": connectors[0]} if len(connectors) == 1 else {}  # else: every one
+    try:
+        request(socket_path(config.data_dir), "wake", args, timeout=NUDGE_TIMEOUT)
+    except (OSError, ValueError):
+        pass  # no service runs (or it is stopping): it reads the queue when it runs
+    except RuntimeError as exc:
+        click.echo(f"mailgate: the service did not take the wake-up: {exc}", err=True)
 
 
 def _dump(value: Any) -> None:

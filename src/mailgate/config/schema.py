@@ -193,7 +193,10 @@ class SmtpSettings(Section):
         100, ge=1, description="Concurrent sessions per receive process; more get 421 4.7.0."
     )
     max_sessions_per_ip: int = Field(
-        20, ge=1, description="Concurrent sessions per client address; more get 421 4.7.0."
+        20,
+        ge=1,
+        description="Concurrent sessions per client address and receive process; more get "
+        "421 4.7.0.",
     )
     max_errors: int = Field(
         20,

@@ -1,9 +1,10 @@
 """In-process wake-ups: a receiver tells a connector's idle threads that work arrived.
 
-A generation counter per connector under one condition variable: a waiter
-passes the generation it last saw and returns as soon as it changes, so a
-notification between two waits is never lost. Waits are always bounded; the
-queue is the truth, a wake-up is only a hint.
+A generation counter per connector, and a condition per connector on one lock: a
+waiter passes the generation it last saw and returns as soon as it changes, so a
+notification between two waits is never lost. A new message wakes one idle thread
+of its connector, not all of them (each woken thread claims, and claims cost a
+commit). Waits are always bounded; the queue is the truth, a wake-up is a hint.
 """
 
 from __future__ import annotations
@@ -20,30 +21,40 @@ from mailgate.testing import faults
 
 class Wakeup:
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._conds: dict[str, threading.Condition] = {}
         self._generation: dict[str, int] = {}
         self._everything = 0
 
+    def _cond(self, connector: str) -> threading.Condition:
+        cond = self._conds.get(connector)
+        if cond is None:
+            cond = self._conds[connector] = threading.Condition(self._lock)
+        return cond
+
     def notify(self, *connectors: str) -> None:
-        with self._cond:
+        """Wake one idle thread of each connector named."""
+        with self._lock:
             for name in connectors:
                 self._generation[name] = self._generation.get(name, 0) + 1
-            self._cond.notify_all()
+                self._cond(name).notify(1)
 
     def notify_all(self) -> None:
-        with self._cond:
+        """Wake every waiting thread (stop requests, released leases)."""
+        with self._lock:
             self._everything += 1
-            self._cond.notify_all()
+            for cond in self._conds.values():
+                cond.notify_all()
 
     def generation(self, connector: str) -> int:
-        with self._cond:
+        with self._lock:
             return self._generation.get(connector, 0) + self._everything
 
     def wait(self, connector: str, seen: int, timeout: float) -> int:
         """Block until the connector's generation differs from `seen` or `timeout` passes."""
-        with self._cond:
+        with self._lock:
             faults.check("wakeup.wait")  # tests: an exception while holding the lock
-            self._cond.wait_for(
+            self._cond(connector).wait_for(
                 lambda: self._generation.get(connector, 0) + self._everything != seen, timeout
             )
             return self._generation.get(connector, 0) + self._everything

