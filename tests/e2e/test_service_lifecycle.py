@@ -60,7 +60,8 @@ def test_clean_stop_exits_zero_with_an_event(mailgate: Mailgate) -> None:
 
 
 def test_storage_failure_answers_451_and_keeps_nothing(tmp_path: Path) -> None:
-    with running(tmp_path) as mg:
+    # Fault counters are per process: one receive process, so exactly one insert fails.
+    with running(tmp_path, config=DEFAULT_CONFIG + "\n[processes]\nreceive = 1\n") as mg:
         mg.add_mailbox("MS:NET1/PO1/ALICE")
         mg.start(env={"MAILGATE_FAULTS": "queue.insert=raise:1"})
         code, text = send(mg)
