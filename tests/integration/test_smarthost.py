@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,41 @@ def test_smtputf8_message_to_a_host_without_it_fails_permanently() -> None:
         session.close()
     assert result.disposition is Disposition.FAILED and "5.6.7" in result.reply
     assert sink.messages == []
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from mailgate.security.certs import generate
+
+    return generate(tmp_path_factory.mktemp("pki"), "localhost")
+
+
+def server_tls(pki: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*pki)
+    return context
+
+
+def test_required_tls_with_verification_against_a_ca_file(pki: tuple[Path, Path]) -> None:
+    with Sink(tls=server_tls(pki)) as sink:
+        conn = connector(sink, host="localhost", starttls="required", ca_file=str(pki[0]))
+        session = conn.open()
+        assert session.deliver([claim()], BODY)[0].disposition is Disposition.DELIVERED
+        assert session.conn is not None and session.conn.sock.version() is not None  # type: ignore[union-attr]
+        session.close()
+    assert len(sink.messages) == 1
+
+
+def test_an_untrusted_certificate_defers_instead_of_sending_in_clear(
+    pki: tuple[Path, Path],
+) -> None:
+    with Sink(tls=server_tls(pki)) as sink:
+        for mode in ("required", "opportunistic"):
+            session = connector(sink, host="localhost", starttls=mode).open()  # system CAs only
+            with pytest.raises(TemporaryFailure, match="CERTIFICATE_VERIFY_FAILED"):
+                session.deliver([claim()], BODY)
+            session.close()
+        assert sink.messages == []
+        unverified = connector(sink, host="localhost", verify=False).open()
+        assert unverified.deliver([claim()], BODY)[0].disposition is Disposition.DELIVERED
+        unverified.close()

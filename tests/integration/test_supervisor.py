@@ -113,7 +113,7 @@ def test_cpu_seconds_tell_a_spinning_thread_from_a_blocked_one() -> None:
 def test_every_thread_of_a_running_service_is_registered(tmp_path: Path) -> None:
     config = parse_config(
         {"service": {"data_dir": str(tmp_path), "hostname": "mx.test"}, "log": {"stderr": False}},
-        {"smtp.listen": "127.0.0.1:0"},
+        {"smtp.listen": "127.0.0.1:0", "admin.listen": "127.0.0.1:0"},
     )
     before = {t.ident for t in threading.enumerate()}
     service = Service(config, EventLog())

@@ -9,6 +9,7 @@ see connection reuse.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,8 @@ class _Controller(Controller):  # type: ignore[misc]
         extra: dict[str, Any] = {}
         if sink.auth is not None:
             extra = {"authenticator": sink.authenticate, "auth_require_tls": False}
+        if sink.tls is not None:
+            extra["tls_context"] = sink.tls
         super().__init__(
             _Handler(sink), hostname="127.0.0.1", port=port, enable_SMTPUTF8=sink.smtputf8,
             server_hostname="sink.test", ready_timeout=10, **extra,
@@ -96,8 +99,10 @@ class Sink:
         *,
         smtputf8: bool = True,
         auth: tuple[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.port = port or free_port()
+        self.tls = tls  # offered with STARTTLS
         self.smtputf8 = smtputf8
         self.auth = auth
         self.logins: list[str] = []

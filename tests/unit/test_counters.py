@@ -14,7 +14,7 @@ def test_counts_gauges_and_histograms() -> None:
     assert snap["counters"] == {'mailgate_messages_received_total{source="smtp"}': 3.0}
     assert snap["gauges"] == {"mailgate_smtp_sessions_open": 0.0}
     hist = snap["histograms"]['mailgate_delivery_latency_seconds{connector="postoffice"}']
-    assert len(hist) == len(LATENCY_BUCKETS) + 2
+    assert len(hist) == len(LATENCY_BUCKETS) + 3
     assert hist[LATENCY_BUCKETS.index(0.025)] == 1 and hist[-2:] == [0.02, 1]
 
 
@@ -28,3 +28,10 @@ def test_merge_adds_processes_up() -> None:
     merged = merge([a.snapshot(), b.snapshot()])
     assert merged["counters"] == {"x_total": 5.0, "y_total": 1.0}
     assert merged["histograms"]["h"][-1] == 2 and merged["histograms"]["h"][-2] == 101.0
+
+
+def test_a_latency_beyond_the_last_bound_lands_in_the_inf_slot() -> None:
+    c = Counters()
+    c.observe("h", 7200.0)
+    hist = c.snapshot()["histograms"]["h"]
+    assert hist[len(LATENCY_BUCKETS)] == 1 and hist[-2:] == [7200.0, 1]

@@ -153,7 +153,10 @@ class SmarthostSession:
             return self.conn
         t = self.t
         conn = smtplib.SMTP(local_hostname=t.helo, timeout=t.timeout)
-        self._connecting = conn  # so that abort() can break a hung greeting or handshake
+        # smtplib takes the TLS server name from the constructor's host, which would also
+        # connect at once; set it here so abort() can break a hung greeting too.
+        conn._host = t.host  # type: ignore[attr-defined]
+        self._connecting = conn
         try:
             conn.connect(t.host, t.port)
             conn.ehlo(t.helo)

@@ -180,7 +180,9 @@ class Master:
         service = self.config.service.model_copy(
             update={"stop_timeout": max(0.5, timeout - min(1.0, timeout / 4))}
         )
-        update = {"smtp": smtp, "service": service}
+        # Workers serve no admin HTTP: they never get the token.
+        admin = self.config.admin.model_copy(update={"token": ""})
+        update = {"smtp": smtp, "service": service, "admin": admin}
         return self.config.model_copy(update=update).model_dump_json()
 
     def reload(self) -> dict[str, Any]:

@@ -39,14 +39,14 @@ class Counters:
         key = _key(name, labels)
         with self._lock:
             hist = self._histograms.get(key)
-            if hist is None:
-                hist = self._histograms[key] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+            if hist is None:  # one slot per bound, one for +Inf, then sum and count
+                hist = self._histograms[key] = [0.0] * (len(LATENCY_BUCKETS) + 3)
             hist[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1
             hist[-2] += value
             hist[-1] += 1
 
     def snapshot(self) -> dict[str, Any]:
-        """{"counters": {key: v}, "gauges": {...}, "histograms": {key: [buckets.., sum, n]}}."""
+        """Counters, gauges and histograms (per key: [bucket counts.., +Inf, sum, count])."""
         with self._lock:
             return {
                 "counters": dict(self._counts),

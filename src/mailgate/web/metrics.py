@@ -200,17 +200,12 @@ def _latency(counts: _Counts, connectors: list[str]) -> Metric:
 
 
 def _histogram(values: list[float]) -> tuple[list[float], tuple[float, float]]:
-    """Per-bound counts (not cumulative) and (sum, count) of a Counters histogram.
-
-    Counters keeps [per-bound counts..., sum, count]; a value above the last bound is
-    counted in the slot after the last bound, which is the sum's, so that sum is too
-    high by one for each of them: taken back out here."""
+    """Per-bound counts (not cumulative) and (sum, count) of a Counters histogram, which
+    keeps [per-bound counts..., +Inf, sum, count]."""
     n = len(LATENCY_BUCKETS)
-    if len(values) < n + 2:
+    if len(values) < n + 3:
         return [0.0] * n, (0.0, 0.0)
     bounds, count = [float(v) for v in values[:n]], float(values[-1])
-    if len(values) == n + 2:  # [bounds..., sum, count]: the overflow landed in the sum
-        return bounds, (float(values[-2]) - (count - sum(bounds)), count)
     return bounds, (float(values[-2]), count)  # [bounds..., +Inf, sum, count]
 
 
