@@ -181,7 +181,7 @@ class Master:
             update={"stop_timeout": max(0.5, timeout - min(1.0, timeout / 4))}
         )
         # Workers serve no admin HTTP: they never get the token.
-        admin = self.config.admin.model_copy(update={"token": ""})
+        admin = self.config.admin.model_copy(update={"listen": "", "token": ""})
         update = {"smtp": smtp, "service": service, "admin": admin}
         return self.config.model_copy(update=update).model_dump_json()
 
