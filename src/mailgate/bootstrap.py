@@ -159,9 +159,11 @@ class Service:
             relay_connectors=RELAY_CONNECTORS,
             relay_networks=config.smtp.relay_networks,
         )
-        self.store.on_done = BounceGenerator(
+        bounces = BounceGenerator(
             config.service.hostname, config.postmaster, lambda a: self.policy.route(a).connector
         )
+        self.store.on_done = bounces
+        self.store.delay_warner = bounces.warn_delayed
         self.event_store: EventStoreWriter | None = None
         self.listener: SmtpListener | None = None
         self.control_socket: socket.socket | None = None
@@ -271,6 +273,7 @@ class Service:
             keep_done=config.queue.keep_done,
             stall_after=config.supervise.stall_after,
             threads_summary=self.threads_summary,
+            delay_warning=config.dsn.delay_warning,
         )
         sup.spawn("scheduler", "scheduler", self.scheduler)
         sv = config.supervise

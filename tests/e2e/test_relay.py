@@ -218,3 +218,22 @@ def test_unparseable_pickup_file_goes_to_badmail(relay: Mailgate, sink: Sink) ->
     reasons = list(badmail.glob("*.reason"))
     assert len(reasons) == 1 and "reason:" in reasons[0].read_text()
     assert relay.wait_events(2445) and sink.messages == []
+
+
+def test_delay_warning_is_sent_once(tmp_path: Path, sink: Sink) -> None:
+    sink.fail("RCPT", "451 4.2.1 mailbox busy, try later")
+    mg = Mailgate(tmp_path, config=DEFAULT_CONFIG + FAST + '\n[dsn]\ndelay_warning = "2s"\n')
+    mg.add_mailbox("MS:NET1/PO1/ALICE")
+    mg.start("--smarthost", f"127.0.0.1:{sink.port}")
+    try:
+        send(mg, ALICE, ["slow@elsewhere.org"], b"Subject: slow\r\n\r\nslow\r\n")
+        [report] = wait_for(lambda: bounces(mg), 20, what="a delay warning")
+        assert report["Subject"] == "Delayed Mail (still being retried)"
+        block = list(report.iter_parts())[1].get_payload()[1]
+        assert block["Action"] == "delayed" and block["Status"] == "4.2.1"
+        mg.wait_events(2119)
+        mg.wait_events(2400, count=3)  # still being retried afterwards...
+        assert len(bounces(mg)) == 1, "...but the sender is told only once"
+        assert len(mg.events(2119)) == 1
+    finally:
+        mg.close()

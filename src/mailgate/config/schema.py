@@ -451,6 +451,12 @@ class DsnSettings(Section):
     max_received: int = Field(
         30, ge=1, description="More Received: headers than this is a mail loop (bounce 5.4.6)."
     )
+    delay_warning: Duration = Field(
+        "0s",
+        validate_default=True,
+        description="After this long still undelivered, the sender is told once that the "
+        "message is being retried (an RFC 3464 report with Action: delayed); 0 means never.",
+    )
 
 
 class RouteRule(Section):

@@ -35,6 +35,7 @@ class BounceResult:
     recipient: str | None = None
     kind: MessageKind | None = None
     dropped: str | None = None
+    delayed: bool = False
 
 
 class BounceGenerator:
@@ -96,6 +97,48 @@ class BounceGenerator:
         )
         return BounceResult(queue_id, names, bounce_id, target, new_kind)
 
+    def warn_delayed(self, conn: Connection, queue_id: str, now: float) -> BounceResult | None:
+        """Queue a "still being retried" report (Action: delayed) for a message's deferred
+        recipients, once per message; never for bounces or the null sender."""
+        conn.execute("UPDATE messages SET delay_warned = 1 WHERE id = ?", (queue_id,))
+        row = conn.execute(
+            "SELECT m.sender, m.received_at, m.kind, b.data FROM messages m "
+            "JOIN bodies b ON b.message_id = m.id WHERE m.id = ?",
+            (queue_id,),
+        ).fetchone()
+        if row is None or not row[0] or MessageKind(row[2]) is not MessageKind.NORMAL:
+            return None
+        waiting = [
+            FailedRecipient(address, reply or "451 4.0.0 not yet delivered", remote)
+            for address, reply, remote in conn.execute(
+                "SELECT address, last_reply, remote_mta FROM recipients "
+                "WHERE message_id = ? AND state = 'deferred' ORDER BY id",
+                (queue_id,),
+            ).fetchall()
+        ]
+        connector = self.route(row[0])
+        if not waiting or connector is None:
+            return None
+        warning_id = new_queue_id(now)
+        raw = build_bounce(
+            queue_id=queue_id, bounce_id=warning_id, sender=row[0], hostname=self.hostname,
+            arrival=row[1], now=now, failed=waiting, original=bytes(row[3]), delayed=True,
+        )  # fmt: skip
+        insert_message(
+            conn,
+            NewMessage(
+                queue_id=warning_id,
+                sender="",
+                recipients=(NewRecipient(row[0], connector),),
+                body=raw,
+                received_at=now,
+                client=f"mailgate dsn for {queue_id}",
+                kind=MessageKind.BOUNCE,
+            ),
+        )
+        names = tuple(w.address for w in waiting)
+        return BounceResult(queue_id, names, warning_id, row[0], MessageKind.BOUNCE, delayed=True)
+
     def _target(self, sender: str, kind: MessageKind) -> tuple[str | None, MessageKind]:
         if kind is MessageKind.DOUBLE_BOUNCE:
             return None, kind
@@ -111,7 +154,15 @@ def report_bounce(events: EventLog, result: object) -> None:
     if not isinstance(result, BounceResult):
         return
     failed = ", ".join(f"<{a}>" for a in result.failed)
-    if result.bounce_id is not None:
+    if result.delayed:
+        events.emit(
+            catalog.NDR_DELAYED,
+            queue_id=result.queue_id,
+            bounce_id=result.bounce_id,
+            recipient=result.recipient,
+            failed=failed,
+        )
+    elif result.bounce_id is not None:
         events.emit(
             catalog.NDR_GENERATED,
             queue_id=result.queue_id,

@@ -62,16 +62,20 @@ def build_bounce(
     now: float,
     failed: Sequence[FailedRecipient],
     original: bytes,
+    delayed: bool = False,
 ) -> bytes:
-    """The complete bounce message (CRLF line ends) for the failed recipients of one message."""
+    """The complete report (CRLF line ends) for the failed recipients of one message; with
+    `delayed`, a warning that they are still being retried (Action: delayed)."""
     report = EmailMessage(policy=SMTP)
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{hostname}>"
     report["To"] = f"<{sender}>"
-    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Subject"] = (
+        "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
+    )
     report["Date"] = email.utils.formatdate(now, localtime=True)
     report["Message-ID"] = f"<{bounce_id}.bounce@{hostname}>"
     report["Auto-Submitted"] = "auto-replied"
-    report.set_content(_explanation(hostname, queue_id, failed))
+    report.set_content(_explanation(hostname, queue_id, failed, delayed))
     report.make_mixed()
     report.replace_header("Content-Type", "multipart/report; report-type=delivery-status")
     report.set_boundary(f"{bounce_id}/{hostname}")
@@ -89,7 +93,7 @@ def build_bounce(
     for rcpt in failed:
         fields = [
             ("Final-Recipient", f"rfc822; {rcpt.address}"),
-            ("Action", "failed"),
+            ("Action", "delayed" if delayed else "failed"),
             ("Status", rcpt.status or status_of(rcpt.reply)),
         ]
         if rcpt.remote_mta:
@@ -109,7 +113,18 @@ def build_bounce(
     return report.as_bytes(policy=SMTP)
 
 
-def _explanation(hostname: str, queue_id: str, failed: Sequence[FailedRecipient]) -> str:
+def _explanation(
+    hostname: str, queue_id: str, failed: Sequence[FailedRecipient], delayed: bool = False
+) -> str:
+    if delayed:
+        return (
+            f"This is the mail system at host {hostname}.\n\n"
+            "Your message could not be delivered yet to the recipients below. It is still\n"
+            "being retried; you do not need to send it again. You will be told if it\n"
+            "finally fails.\n\n"
+            f"Queue ID: {queue_id}\n\n"
+            + "".join(f"<{r.address}>: {_one_line(r.reply)}\n" for r in failed)
+        )
     lines = [
         f"This is the mail system at host {hostname}.",
         "",

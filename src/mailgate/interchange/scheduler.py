@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from mailgate.dsn.generate import BounceResult, report_bounce
 from mailgate.interchange.state import Connectors
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.observe import catalog
@@ -22,6 +23,7 @@ from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.watch import ConnectorWatch, Load
 
 TICK = 1.0
+WARN_EVERY = 60.0
 PURGE_EVERY = 300.0
 STORE_WAIT = 120.0
 
@@ -37,7 +39,9 @@ class Scheduler:
         keep_done: float,
         stall_after: float,
         threads_summary: Callable[[str], str] = lambda connector: "",
+        delay_warning: float = 0.0,
     ) -> None:
+        self.delay_warning = delay_warning
         self.store = store
         self.wakeup = wakeup
         self.events = events
@@ -49,11 +53,15 @@ class Scheduler:
     def __call__(self, handle: ThreadHandle) -> None:
         reader = self.store.reader()
         next_purge = time.monotonic() + PURGE_EVERY
+        next_warning = time.monotonic() + min(WARN_EVERY, self.delay_warning or WARN_EVERY)
         try:
             while not handle.wait(TICK):
                 handle.busy()
                 self._expire()
                 self._wake_and_watch(reader)
+                if self.delay_warning and time.monotonic() >= next_warning:
+                    self._warn_delayed()
+                    next_warning = time.monotonic() + min(WARN_EVERY, self.delay_warning)
                 if time.monotonic() >= next_purge:
                     self._purge()
                     next_purge = time.monotonic() + PURGE_EVERY
@@ -100,6 +108,12 @@ class Scheduler:
                     connector=report.connector,
                     seconds=round(report.seconds),
                 )
+
+    def _warn_delayed(self) -> None:
+        for result in self.store.warn_delayed(self.delay_warning).result(STORE_WAIT):
+            report_bounce(self.events, result)
+            if isinstance(result, BounceResult) and result.recipient:
+                self.wakeup.notify(*self.connectors.names())
 
     def _purge(self) -> None:
         count = self.store.purge_done(self.keep_done).result(STORE_WAIT)

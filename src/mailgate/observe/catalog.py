@@ -364,6 +364,13 @@ NDR_GENERATED = _event(
     "them was queued to the sender (or, for a bounce that failed, to the postmaster).",
     "None; check the failed recipients' replies if many bounce.",
 )  # fmt: skip
+NDR_DELAYED = _event(
+    2119, "DelayWarning", C.NDR, S.INFO, MED,
+    "{queue_id}: delay warning {bounce_id} queued to <{recipient}> for {failed}",
+    "A message has waited longer than [dsn] delay_warning; its sender was told once that "
+    "delivery is still being retried.",
+    "None; look at the destinations if many messages wait this long.",
+)  # fmt: skip
 NDR_DROPPED = _event(
     2118, "NdrDropped", C.NDR, S.WARNING, MIN,
     "{queue_id}: no non-delivery report for {failed}: {reason}",

@@ -224,6 +224,21 @@ def finish_if_done(
     return True, extra
 
 
+def warn_delayed(
+    conn: Connection, before: float, now: float, warn: OnDone, limit: int = 100
+) -> list[Any]:
+    """Run `warn` for up to `limit` unfinished, unwarned messages received before `before`."""
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM messages WHERE done_at IS NULL AND delay_warned = 0 "
+            "AND received_at <= ? ORDER BY received_at LIMIT ?",
+            (before, limit),
+        ).fetchall()
+    ]
+    return [result for queue_id in ids if (result := warn(conn, queue_id, now)) is not None]
+
+
 def expire_leases(conn: Connection, now: float) -> int:
     """Put recipients whose lease ran out back in the queue, marked as possibly delivered."""
     cur = conn.execute(

@@ -88,6 +88,7 @@ class SqliteBackend:
             except StoreError as exc:
                 raise StoreError(f"queue file {self.path} is not usable: {exc}") from exc
             conn.executescript(schema)
+            _add_columns(conn)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if row is None:
                 conn.execute(
@@ -100,3 +101,27 @@ class SqliteBackend:
                 )
         finally:
             conn.close()
+
+
+# Columns added after the first release of schema 1: (table, column, declaration, indexes).
+ADDED_COLUMNS = [
+    (
+        "messages",
+        "delay_warned",
+        "INTEGER NOT NULL DEFAULT 0",
+        [
+            "CREATE INDEX IF NOT EXISTS messages_waiting ON messages (received_at) "
+            "WHERE done_at IS NULL AND delay_warned = 0"
+        ],
+    ),
+]
+
+
+def _add_columns(conn: SqliteConnection) -> None:
+    """Bring an older queue file up to date, in place (ALTER TABLE ... ADD COLUMN)."""
+    for table, column, declaration, indexes in ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        for statement in indexes:
+            conn.execute(statement)

@@ -56,6 +56,7 @@ class QueueStore:
         self.max_internal_failures = max_internal_failures
         self._clock = clock
         self.on_done = on_done  # set once at wiring time: queues bounces (dsn)
+        self.delay_warner: ops.OnDone | None = None  # likewise: delay warnings (dsn)
 
     def enqueue(self, message: NewMessage) -> Future[Any]:
         """Queue a message; the future's value is the on_done result if it finished at once."""
@@ -78,6 +79,17 @@ class QueueStore:
         return self._writer.submit(
             "record",
             lambda c: ops.record_outcomes(c, outcomes, owner, policy, limit, now, on_done),
+        )
+
+    def warn_delayed(self, older_than: float) -> Future[list[Any]]:
+        """Queue delay warnings for messages still waiting after `older_than` seconds."""
+        now, warner = self._clock(), self.delay_warner
+        if warner is None:
+            done: Future[list[Any]] = Future()
+            done.set_result([])
+            return done
+        return self._writer.submit(
+            "warn-delayed", lambda c: ops.warn_delayed(c, now - older_than, now, warner)
         )
 
     def origin_known(self, origin: str) -> Future[bool]:
