@@ -275,6 +275,7 @@ class Mailgate:
         self.commit_stats = commit_stats
         self.nodelay = nodelay
         self.port = 0
+        self.smarthost = ""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str) -> str:
@@ -310,6 +311,7 @@ class Mailgate:
         args = [
             "run", "--config", str(self.config), "--data-dir", str(self.data_dir),
             "--listen", f"127.0.0.1:{self.port}",
+            *(["--smarthost", self.smarthost] if self.smarthost else []),
         ]  # fmt: skip
         with open(self.stderr_path, "ab") as stderr:
             self.proc = subprocess.Popen(
@@ -775,6 +777,65 @@ def wait_delivered(
     return count, last_link
 
 
+def relayed_count(data_dir: Path) -> int:
+    """Recipients the smarthost connector delivered, from the service's control socket."""
+    path = data_dir / "run" / "control.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(b'{"command": "status"}\n')
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    queues = json.loads(data)["result"]["queues"]
+    return int(queues.get("smarthost", {}).get("delivered", 0))
+
+
+def wait_relayed(
+    data_dir: Path, expected: int, timeout: float, alive: Callable[[], bool]
+) -> tuple[int, float]:
+    """Poll until the smarthost connector delivered `expected` recipients; (count, when)."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while True:
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            count = relayed_count(data_dir)
+        if count >= expected or time.monotonic() > deadline or not alive():
+            return count, time.time()
+        time.sleep(0.05)
+
+
+class SmtpSink:
+    """Postfix's smtp-sink: a C SMTP server that accepts and discards mail (the smarthost)."""
+
+    def __init__(self, path: str) -> None:
+        self.port = free_port()
+        command = [path, "-u", "nobody", f"127.0.0.1:{self.port}", "1000"]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while True:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as s,
+            ):
+                if s.recv(512).startswith(b"220"):
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"smtp-sink did not start (exit {self.proc.poll()})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 def user_sys_cpu(who: int) -> float:
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
@@ -820,7 +881,7 @@ def new_measurement(args: argparse.Namespace, server: str, client: str) -> Measu
 
 
 def run_mailgate(args: argparse.Namespace) -> Measurement:
-    m = new_measurement(args, "mailgate", args.client)
+    m = new_measurement(args, "mailgate-relay" if args.relay else "mailgate", args.client)
     root = Path(tempfile.mkdtemp(prefix="mailgate-bench-", dir=args.tmp_dir))
     mg = Mailgate(
         root,
@@ -829,8 +890,13 @@ def run_mailgate(args: argparse.Namespace) -> Measurement:
         nodelay=args.experiment_nodelay,
         src=args.src,
     )
+    sink: SmtpSink | None = None
     try:
         recipients = mg.add_mailboxes()
+        if args.relay:
+            sink = SmtpSink(args.smtp_sink)
+            mg.smarthost = f"127.0.0.1:{sink.port}"
+            recipients = [f"r{n}@relay.example" for n in range(len(recipients))]
         mg.start()
         cpu_before = mg.cpu_seconds()
         host_before = host_cpu_jiffies()
@@ -864,9 +930,14 @@ def run_mailgate(args: argparse.Namespace) -> Measurement:
         m.other_cpu = other_cpu(host_before, host_accept, mg.cpu_seconds() - cpu_before, m)
         if m.accepted:
             alive = lambda: mg.proc is not None and mg.proc.poll() is None  # noqa: E731
-            m.delivered, last_link = wait_delivered(
-                mg.new_dirs(), m.accepted, args.deliver_timeout, alive
-            )
+            if args.relay:
+                m.delivered, last_link = wait_relayed(
+                    mg.data_dir, m.accepted, args.deliver_timeout, alive
+                )
+            else:
+                m.delivered, last_link = wait_delivered(
+                    mg.new_dirs(), m.accepted, args.deliver_timeout, alive
+                )
             m.deliver_seconds = max(last_link - first_250_wall, 1e-9)
             if m.delivered < m.accepted:
                 m.errors.append(f"only {m.delivered} of {m.accepted} delivered before the deadline")
@@ -877,6 +948,8 @@ def run_mailgate(args: argparse.Namespace) -> Measurement:
         if status not in (0, None) or (status is None and mg.proc is not None):
             m.errors.append(f"mailgate stop: exit status {status}; stderr: {mg.stderr()[-300:]}")
         m.commit = mg.read_commit_stats()
+        if sink is not None:
+            sink.stop()
         if args.keep:
             print(f"kept {root}", file=sys.stderr)
         else:
@@ -950,7 +1023,7 @@ def run_postfix(args: argparse.Namespace) -> Measurement:
 def report(m: Measurement) -> str:
     accept_rate = m.accepted / m.accept_seconds if m.accept_seconds > 0 else 0.0
     deliver_rate = m.delivered / m.deliver_seconds if m.deliver_seconds > 0 else 0.0
-    since = "the first 250" if m.server == "mailgate" else "the start of smtp-source"
+    since = "the first 250" if m.server.startswith("mailgate") else "the start of smtp-source"
     print(
         f"  {m.server}: accepted {m.accepted}/{m.messages} in {m.accept_seconds:.3f}s "
         f"(refused {m.refused}); delivered {m.delivered} in {m.deliver_seconds:.3f}s "
@@ -1034,6 +1107,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--postfix", default="/usr/sbin/postfix", help="postfix(1) path")
     p.add_argument("--smtp-source", default="/usr/sbin/smtp-source", help="smtp-source path")
+    p.add_argument(
+        "--relay",
+        action="store_true",
+        help="relay path: every recipient is remote and goes to a smarthost, Postfix's "
+        "smtp-sink; 'delivered' counts what the smarthost connector delivered",
+    )
+    p.add_argument("--smtp-sink", default="/usr/sbin/smtp-sink", help="smtp-sink path")
     p.add_argument("--python", default=default_python(), help="interpreter that runs mailgate")
     p.add_argument(
         "--src",
