@@ -356,6 +356,8 @@ class Master:
                 reasons.append(f"worker {worker.name} failed")
             elif not worker.alive:
                 reasons.append(f"worker {worker.name} is not running")
+            elif not worker.heartbeats:
+                reasons.append(f"worker {worker.name} is starting")
             elif now - worker.last_heard > 5.0:
                 reasons.append(f"worker {worker.name} silent for {now - worker.last_heard:.0f}s")
             else:

@@ -40,7 +40,10 @@ BACKOFF_FIRST = 1.0
 BACKOFF_STRUCTURAL = 5.0
 BACKOFF_MAX = 30.0
 TICK = 0.2
-SPINNING = 0.5  # CPU seconds per second above which a stalled thread is spinning
+# CPU seconds per second above which a stalled thread is spinning rather than blocked. A
+# blocked thread uses ~0; a spinning one gets what the GIL and other processes leave it,
+# which on a busy 2-core machine can be as little as a few tenths.
+SPINNING = 0.1
 
 
 @dataclass(frozen=True, slots=True)
