@@ -68,7 +68,7 @@ def interchange_alive(mg: Mailgate) -> int:
 @pytest.mark.parametrize(
     ("faulty", "event"),
     [
-        ("interchange.context=raise:3", 2380),  # fails while building its context
+        ("interchange.context=raise:1", 2380),  # fails while building its context
         ("interchange.deliver=raise:3", 2450),  # raises mid-delivery
         ("interchange.loop=exit:2", 5001),  # ends silently
         ("wakeup.wait=raise:3", 2380),  # raises inside a critical section holding a lock
