@@ -101,7 +101,11 @@ class Mailgate:
         )  # fmt: skip
         stderr.close()
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.close()  # never leave a half-started service running behind a test
+                raise
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         def ready() -> bool:
