@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import re
 from typing import TYPE_CHECKING, Any
@@ -21,8 +22,6 @@ from mailgate.observe import catalog
 from mailgate.receive.replies import with_enhanced_code
 
 if TYPE_CHECKING:
-    import asyncio
-
     from mailgate.receive.smtp import ReceiveHandler
 
 
@@ -32,6 +31,52 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
 _DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _PLAIN_PATH = re.compile(rf"<((?:{_DOT_ATOM}@{_DOMAIN})?)>\s*(.*)\Z", re.S)
+
+
+class EndOfData:
+    """Finds the end of a DATA body, CRLF.CRLF and nothing else, across chunks.
+
+    `feed` returns None until the end is seen, then the bytes after it (the client's next,
+    pipelined commands). `data` is the dot-stuffed body without the final ".CRLF"; past
+    `limit` bytes (0: none) nothing more is kept and `too_much` is set.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.too_much = False
+        self._tail = b"\r\n"  # the body starts after a line end: ".CRLF" at once is empty
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        tail = self._tail
+        window = tail + chunk
+        end = window.find(b"\r\n.\r\n")
+        if end == -1:
+            self._keep(chunk)
+            self._tail = window[-4:]
+            return None
+        keep = end + 2 - len(tail)  # bytes of this chunk that belong to the body
+        if keep >= 0:
+            self._keep(chunk[:keep])
+        elif not self.too_much:
+            del self.data[len(self.data) + keep :]  # the end began in the previous chunk
+        return chunk[end + 5 - len(tail) :]
+
+    def _keep(self, part: bytes) -> None:
+        if self.too_much:
+            return
+        self.data += part
+        if self.limit and len(self.data) > self.limit:
+            self.too_much = True
+            self.data.clear()  # read on to the end, keeping nothing
+
+
+_LONG_LINE = re.compile(rb"[^\n]{1000}")
+
+
+def _too_long(data: bytearray, limit: int) -> bool:
+    """Whether a line (with its CRLF) is longer than `limit` octets."""
+    return any(len(line) + 1 > limit for line in bytes(data).split(b"\n"))
 
 
 def client_ip(session: Session) -> str:
@@ -137,6 +182,59 @@ class MailgateSMTP(SMTP):
             return match.group(1) or "<>", match.group(2)  # aiosmtpd spells null as "<>"
         address, rest = super()._getaddr(arg)
         return address, rest
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the body in chunks instead of one await per line.
+
+        Same contract: the message ends only at CRLF.CRLF (a bare LF or CR never ends
+        it: no smuggling), a message over the size limit is read to its end and refused
+        (552), a line over the RFC 5321 limit is refused (500), dots are unstuffed, and
+        commands a client pipelined after the end go back to the reader.
+        """
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            stuffed, too_much = await self._read_data()
+        except asyncio.CancelledError:
+            self._writer.close()
+            raise
+        if too_much:
+            await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        if _LONG_LINE.search(stuffed, 0) and _too_long(stuffed, self.line_length_limit):
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        content = bytes(stuffed[1:] if stuffed.startswith(b".") else stuffed)
+        content = content.replace(b"\r\n.", b"\r\n")
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
+    async def _read_data(self) -> tuple[bytearray, bool]:
+        """The dot-stuffed body up to (not including) the final ".CRLF"; and whether it was
+        over the size limit (then nothing is kept)."""
+        body = EndOfData(self.data_size_limit or 0)
+        while True:
+            chunk = await self._reader.read(1 << 16)
+            if not chunk:
+                raise asyncio.CancelledError  # the client went away mid-DATA: nothing kept
+            leftover = body.feed(chunk)
+            if leftover is not None:
+                if leftover:  # commands pipelined after the end of data: give them back
+                    self._reader._buffer[0:0] = leftover  # type: ignore[attr-defined]
+                return body.data, body.too_much
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True
