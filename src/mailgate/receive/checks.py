@@ -62,11 +62,20 @@ def content_problem(
     return None
 
 
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
+
+
 def header_message_id(data: bytes) -> str | None:
     """The Message-ID header value, if one parses; never raises."""
+    headers = split_headers(data)
+    match = _MESSAGE_ID.search(headers)
+    if match is not None and match.group(1).isascii():  # the common case, without a parser
+        text = " ".join(match.group(1).decode("ascii").split())
+        return _CONTROL.sub("", text)[:998] or None
+    if match is None and b"message-id" not in headers.lower():
+        return None
     try:
-        headers = BytesHeaderParser(policy=compat32).parsebytes(split_headers(data))
-        value = headers.get("Message-ID")
+        value = BytesHeaderParser(policy=compat32).parsebytes(headers).get("Message-ID")
     except Exception:  # hostile headers must never break receiving
         return None
     if value is None:
