@@ -139,15 +139,7 @@ class Service:
         )
         self.stopped = threading.Event()
         self.failure: str | None = None
-        sv = config.supervise
-        self.supervisor = Supervisor(
-            events,
-            max_restarts=sv.max_restarts,
-            window=sv.restart_window,
-            on_fatal=self.fail,
-            stall_after=sv.stall_after,
-            grace=sv.stall_grace,
-        )
+        self.supervisor = make_supervisor(config, events, self.fail)
         self.connectors = Connectors(config.connectors)
         self.counters = Counters()
         self.address_map = address_map(config)
@@ -457,6 +449,21 @@ class Service:
             self.admin.close()
         self.lock.release()
         return left
+
+
+def make_supervisor(
+    config: Config, events: EventLog, on_fatal: Callable[[str], None]
+) -> Supervisor:
+    """A supervisor with `config`'s restart budget and stall limits."""
+    sv = config.supervise
+    return Supervisor(
+        events,
+        max_restarts=sv.max_restarts,
+        window=sv.restart_window,
+        on_fatal=on_fatal,
+        stall_after=sv.stall_after,
+        grace=sv.stall_grace,
+    )
 
 
 def receive_settings(config: Config) -> ReceiveSettings:

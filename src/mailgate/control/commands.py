@@ -19,7 +19,7 @@ from mailgate import __version__
 from mailgate.config.schema import Config
 from mailgate.control.server import Command
 from mailgate.observe.catalog import Category, Level
-from mailgate.queue.store import QueueReader
+from mailgate.queue.store import QueueCounts, QueueReader
 from mailgate.supervise.supervisor import ThreadView
 
 if TYPE_CHECKING:
@@ -55,6 +55,30 @@ def thread_json(view: ThreadView, now: float) -> dict[str, Any]:
             "age": round(now - work.since, 3),
         },
     }
+
+
+def queue_table(
+    counts: QueueCounts, connectors: list[str], live: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per connector: recipients by state (zeros included), oldest age, and the live counters
+    of its interchange threads (as a worker reports them in its heartbeat)."""
+    now = time.time()
+    result: dict[str, dict[str, Any]] = {}
+    for name in connectors:
+        oldest = counts.oldest_waiting.get(name)
+        entry: dict[str, Any] = {s: counts.by_state.get((name, s), 0) for s in STATES}
+        state = live.get(name, {})
+        entry.update(
+            length=sum(entry[s] for s in STATES),
+            oldest_age=round(now - oldest, 1) if oldest is not None else 0.0,
+            paused=bool(state.get("paused", False)),
+            delivered=int(state.get("delivered", 0)),
+            deferred_attempts=int(state.get("deferred", 0)),
+            bounced=int(state.get("bounced", 0)),
+            last_completed_age=round(now - float(state.get("last_completed", now)), 1),
+        )
+        result[name] = entry
+    return result
 
 
 class ControlCommands:
@@ -123,23 +147,17 @@ class ControlCommands:
         """Per connector: recipients by state (zeros included), oldest age, live counters."""
         if self._reader is None:
             self._reader = self.service.store.reader()  # opened in the control thread
-        counts = self._reader.counts()
-        now = time.time()
-        result: dict[str, dict[str, Any]] = {}
-        for name, state in self.service.connectors.by_name.items():
-            oldest = counts.oldest_waiting.get(name)
-            entry: dict[str, Any] = {s: counts.by_state.get((name, s), 0) for s in STATES}
-            entry.update(
-                length=sum(entry[s] for s in STATES),
-                oldest_age=round(now - oldest, 1) if oldest is not None else 0.0,
-                paused=state.paused,
-                delivered=state.delivered,
-                deferred_attempts=state.deferred,
-                bounced=state.bounced,
-                last_completed_age=round(now - state.last_completed, 1),
-            )
-            result[name] = entry
-        return result
+        live = {
+            name: {
+                "paused": c.paused,
+                "delivered": c.delivered,
+                "deferred": c.deferred,
+                "bounced": c.bounced,
+                "last_completed": c.last_completed,
+            }
+            for name, c in self.service.connectors.by_name.items()
+        }
+        return queue_table(self._reader.counts(), list(live), live)
 
     def _pause(self, args: dict[str, Any], paused: bool) -> dict[str, Any]:
         name = args.get("connector")

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from mailgate import __version__
-from mailgate.control.commands import STATES, ControlCommands, thread_json
+from mailgate.control.commands import ControlCommands, queue_table, thread_json
 from mailgate.control.server import Command
 from mailgate.observe.catalog import Category, Level
 from mailgate.observe.counters import merge
@@ -139,27 +139,10 @@ class MasterCommands:
         if self._reader is None:
             backend = self.master.backend
             self._reader = QueueReader(backend.connect())
-        counts = self._reader.counts()
-        now = time.time()
         live: dict[str, dict[str, Any]] = {}
         for worker in self.master.workers:
             live.update(worker.status.get("connectors", {}))
-        result: dict[str, dict[str, Any]] = {}
-        for name in self.master.config.connectors:
-            oldest = counts.oldest_waiting.get(name)
-            entry: dict[str, Any] = {s: counts.by_state.get((name, s), 0) for s in STATES}
-            state = live.get(name, {})
-            entry.update(
-                length=sum(entry[s] for s in STATES),
-                oldest_age=round(now - oldest, 1) if oldest is not None else 0.0,
-                paused=bool(state.get("paused", False)),
-                delivered=int(state.get("delivered", 0)),
-                deferred_attempts=int(state.get("deferred", 0)),
-                bounced=int(state.get("bounced", 0)),
-                last_completed_age=round(now - float(state.get("last_completed", now)), 1),
-            )
-            result[name] = entry
-        return result
+        return queue_table(self._reader.counts(), self.master.config.connectors, live)
 
     def _workers(self, role: str | None = None) -> list[WorkerProcess]:
         return [w for w in self.master.workers if w.alive and (role is None or w.spec.role == role)]

@@ -37,6 +37,7 @@ from typing import Any
 from mailgate import __version__
 from mailgate.bootstrap import (
     install_excepthooks,
+    make_supervisor,
     needs_restart,
     open_events,
     receive_settings,
@@ -55,7 +56,7 @@ from mailgate.queue.sqlite import SqliteBackend
 from mailgate.receive.server import bind
 from mailgate.security.passwords import CredentialsError
 from mailgate.supervise.handle import ThreadHandle
-from mailgate.supervise.supervisor import BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_STRUCTURAL, Supervisor
+from mailgate.supervise.supervisor import BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_STRUCTURAL
 from mailgate.supervise.systemd import Notifier
 from mailgate.web.admin import AdminServer, open_admin
 from mailgate.web.view import MasterView
@@ -72,15 +73,7 @@ class Master:
         self.backend = SqliteBackend(config.queue_path)
         self.stopping = False
         self.failure: str | None = None
-        sv = config.supervise
-        self.supervisor = Supervisor(
-            events,
-            max_restarts=sv.max_restarts,
-            window=sv.restart_window,
-            on_fatal=self.fail,
-            stall_after=sv.stall_after,
-            grace=sv.stall_grace,
-        )
+        self.supervisor = make_supervisor(config, events, self.fail)
         count = config.processes.receive or os.cpu_count() or 1
         specs = [WorkerSpec("receive", f"receive-{n}") for n in range(1, count + 1)]
         specs.append(WorkerSpec("interchange", "interchange-1"))
