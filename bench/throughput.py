@@ -91,6 +91,9 @@ domain = "bench.test"
 [log]
 stderr = false
 max_bytes = "1GiB"  # no rotation during a run: smtp-source runs count events 3000
+
+[admin]
+listen = ""
 """
 # Header bytes smtp-source adds on top of its -l payload (From, To, Date, Message-Id and the
 # blank line; measured with Postfix 3.7's smtp-source), so both clients send about --size bytes.
@@ -891,6 +894,8 @@ def run_mailgate(args: argparse.Namespace) -> Measurement:
         src=args.src,
     )
     sink: SmtpSink | None = None
+    if args.receive:
+        mg.config.write_text(CONFIG + f"\n[processes]\nreceive = {args.receive}\n")
     try:
         recipients = mg.add_mailboxes()
         if args.relay:
@@ -1114,6 +1119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "smtp-sink; 'delivered' counts what the smarthost connector delivered",
     )
     p.add_argument("--smtp-sink", default="/usr/sbin/smtp-sink", help="smtp-sink path")
+    p.add_argument(
+        "--receive",
+        type=int,
+        default=0,
+        help="mailgate receive processes ([processes] receive; 0: one per core)",
+    )
     p.add_argument("--python", default=default_python(), help="interpreter that runs mailgate")
     p.add_argument(
         "--src",
