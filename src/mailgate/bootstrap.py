@@ -131,9 +131,21 @@ class Service:
         self.events = events
         self.source = source  # re-reads the configuration for a reload
         self.lock = DataDirLock(config.data_dir)
-        self.backend = SqliteBackend(config.queue_path)
+        # Only processes that accept mail need each commit on disk before they answer; the
+        # interchange process's claims and outcomes may be lost to a power failure and redone
+        # (postoffice delivery is idempotent), which spares its fsyncs and shortens its hold
+        # on SQLite's single write lock.
+        self.backend = SqliteBackend(config.queue_path, durable=role != "interchange")
         self.committer = Committer(self.backend, events, max_batch=config.queue.commit_batch)
         self.store = queue_store(config, self.committer, self.backend)
+        # Pickup removes a file once its message is committed: that commit must be on disk.
+        # Where the main committer is not durable, pickup gets a durable one of its own.
+        self.pickup_committer: Committer | None = None
+        self.pickup_store = self.store
+        if not self.backend.durable:
+            durable = SqliteBackend(config.queue_path)
+            self.pickup_committer = Committer(durable, events, max_batch=config.queue.commit_batch)
+            self.pickup_store = queue_store(config, self.pickup_committer, durable)
         self.wakeup: Wakeup = (
             RemoteWakeup(wakeup_path(config.data_dir)) if role == "receive" else Wakeup()
         )
@@ -154,8 +166,12 @@ class Service:
         bounces = BounceGenerator(
             config.service.hostname, config.postmaster, lambda a: self.policy.route(a).connector
         )
-        self.store.on_done = bounces
-        self.store.delay_warner = bounces.warn_delayed
+        for store in {
+            id(self.store): self.store,
+            id(self.pickup_store): self.pickup_store,
+        }.values():
+            store.on_done = bounces
+            store.delay_warner = bounces.warn_delayed
         self.event_store: EventStoreWriter | None = None
         self.listener: SmtpListener | None = None
         self.control_socket: socket.socket | None = None
@@ -233,14 +249,18 @@ class Service:
                 critical=True,
             )
         self._start_admin()
-        committer = self.committer
-        sup.spawn(
-            "commit",
-            "commit",
-            lambda h: committer.run(lambda: h.stopping, h.progress),
-            critical=True,
-            on_stop=committer.wake,
-        )
+        for name, committer in (
+            ("commit", self.committer),
+            ("commit-durable", self.pickup_committer),
+        ):
+            if committer is not None:
+                sup.spawn(
+                    name,
+                    "commit",
+                    _committer_body(committer),
+                    critical=True,
+                    on_stop=committer.wake,
+                )
         if self.delivers:
             self._start_delivery()
         if self.listener is not None:
@@ -412,7 +432,7 @@ class Service:
                 max_size=config.smtp.max_message_size,
                 hostname=config.service.hostname,
             ),
-            self.store,
+            self.pickup_store,
             self.policy,
             self.address_map,
             self.wakeup,
@@ -432,7 +452,12 @@ class Service:
     def stop(self) -> list[str]:
         """Stop every thread within [service] stop_timeout; names of threads left running."""
         deadline = time.monotonic() + self.config.service.stop_timeout
-        groups = [["smtp", "pickup"], self.interchange_threads, ["scheduler"], ["commit"]]
+        groups = [
+            ["smtp", "pickup"],
+            self.interchange_threads,
+            ["scheduler"],
+            ["commit", "commit-durable"],
+        ]
         left = self.supervisor.stop_all(groups, deadline)
         if left:
             self.events.emit(
@@ -449,6 +474,10 @@ class Service:
             self.admin.close()
         self.lock.release()
         return left
+
+
+def _committer_body(committer: Committer) -> Callable[[ThreadHandle], None]:
+    return lambda h: committer.run(lambda: h.stopping, h.progress)
 
 
 def make_supervisor(

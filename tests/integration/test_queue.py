@@ -209,3 +209,21 @@ def test_direct_writer_and_unusable_file(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match=r"junk\.db"):
         SqliteBackend(junk).initialize()
+
+
+def test_only_processes_that_accept_mail_wait_for_fsync(tmp_path: Path) -> None:
+    """Receivers and pickup commit with synchronous=FULL; the interchange process's claims and
+    outcomes (redone if a power failure loses them) with NORMAL."""
+    from mailgate.bootstrap import Service
+    from mailgate.config import parse_config
+
+    config = parse_config({"service": {"data_dir": str(tmp_path), "hostname": "mx.test"}})
+    for role, main_sync in (("all", 2), ("receive", 2), ("interchange", 1)):
+        service = Service(config, EventLog(), role=role)
+        service.backend.initialize()
+        conn = service.backend.connect()
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == main_sync, role
+        conn.close()
+        pickup = service.pickup_store.backend.connect()
+        assert pickup.execute("PRAGMA synchronous").fetchone()[0] == 2, f"{role}: pickup durable"
+        pickup.close()

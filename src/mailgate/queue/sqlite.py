@@ -34,13 +34,13 @@ def translate_errors(what: str) -> Iterator[None]:
 class SqliteConnection:
     """A sqlite3 connection in autocommit mode with explicit transactions."""
 
-    def __init__(self, path: Path, *, timeout: float = 30.0) -> None:
+    def __init__(self, path: Path, *, timeout: float = 30.0, durable: bool = True) -> None:
         with translate_errors(f"open {path}"):
             self._conn = sqlite3.connect(
                 path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
@@ -72,11 +72,17 @@ class SqliteBackend:
 
     name = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
+        """With `durable` False, a COMMIT does not wait for fsync (WAL, synchronous=NORMAL):
+        a power failure may undo the last commits, never corrupt the file. For processes
+        that never accept mail (see Service): their writes are claims and outcomes, which a
+        lost commit only makes happen again, and the next durable commit of any process
+        syncs the shared WAL anyway."""
         self.path = path
+        self.durable = durable
 
     def connect(self) -> SqliteConnection:
-        return SqliteConnection(self.path)
+        return SqliteConnection(self.path, durable=self.durable)
 
     def initialize(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
