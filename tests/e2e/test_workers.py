@@ -60,8 +60,10 @@ def test_interchange_worker_killed_under_load_is_replaced(tmp_path: Path) -> Non
         assert exited[0]["fields"]["worker"] == "interchange-1"
         assert "SIGKILL" in exited[0]["fields"]["how"]
         assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE", timeout=60)
-        new = wait_for(lambda: workers(mg)["interchange-1"].get("pid"), 10, what="new pid")
-        assert new != old
+        wait_for(
+            lambda: workers(mg)["interchange-1"].get("pid") not in (None, old), 15,
+            what="a new interchange process",
+        )  # fmt: skip
         wait_for(mg.healthy, 20, what="healthy again")
     finally:
         mg.close()
