@@ -79,3 +79,15 @@ def test_missing_fields_do_not_break_emitting(tmp_path: Path) -> None:
 def test_events_reference_is_in_sync() -> None:
     checked_in = (ROOT / "docs" / "events.md").read_text()
     assert checked_in == render_events(), "run `mailgate docs --write`"
+
+
+def test_the_json_log_rotates_and_keeps_its_backups(tmp_path: Path) -> None:
+    log = open_event_log(tmp_path, stderr=False, max_bytes=2000, backups=2)
+    for n in range(100):
+        log.emit(catalog.RELAY_DENIED, recipient=f"r{n}@x", client="c")
+    log.close()
+    files = sorted(p.name for p in tmp_path.glob("events.jsonl*"))
+    assert files == ["events.jsonl", "events.jsonl.1", "events.jsonl.2"]
+    assert all(p.stat().st_size < 2000 + 400 for p in tmp_path.glob("events.jsonl*"))
+    newest = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert json.loads(newest[-1])["fields"]["recipient"] == "r99@x"

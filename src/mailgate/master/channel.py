@@ -26,6 +26,7 @@ from mailgate.control.server import Command
 from mailgate.supervise.handle import ThreadHandle
 
 QUEUE_LIMIT = 20_000
+BATCH = 200  # messages per write to the master
 HEARTBEAT = 1.0
 _RECORD_KEY = "mailgate_event"
 
@@ -56,12 +57,17 @@ class Outbox:
                     self._send({"type": "status", "dropped": self.dropped, **status()})
                     handle.progress()
                 try:
-                    message = self._queue.get(timeout=0.2)
+                    batch = [self._queue.get(timeout=0.2)]
                 except queue.Empty:
                     if handle.stopping:
                         return
                     continue
-                self._send(message)
+                while len(batch) < BATCH:  # what else is waiting goes in the same write
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                self._send(*batch)
 
         return run
 
@@ -73,8 +79,8 @@ class Outbox:
             except queue.Empty:
                 return
 
-    def _send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message, default=str).encode() + b"\n"
+    def _send(self, *messages: dict[str, Any]) -> None:
+        data = b"".join(json.dumps(m, default=str).encode() + b"\n" for m in messages)
         with contextlib.suppress(OSError, ValueError):  # the master is gone: stdin EOF ends us
             self._stream.write(data)
             self._stream.flush()
