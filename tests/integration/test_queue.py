@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
 import time
@@ -227,3 +228,44 @@ def test_only_processes_that_accept_mail_wait_for_fsync(tmp_path: Path) -> None:
         pickup = service.pickup_store.backend.connect()
         assert pickup.execute("PRAGMA synchronous").fetchone()[0] == 2, f"{role}: pickup durable"
         pickup.close()
+
+
+def test_writers_queue_on_the_writer_lock_and_every_ending_releases_it(
+    backend: SqliteBackend,
+) -> None:
+    """A second writer waits on the flock (not SQLite's sleep-and-retry) until the first one
+    commits; a rollback and a close release the lock too."""
+    first, second = backend.connect(), backend.connect()
+    order: list[str] = []
+    first.begin()
+    started = threading.Event()
+
+    def other() -> None:
+        started.set()
+        second.begin()
+        order.append("second began")
+        second.rollback()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert started.wait(5)
+    thread.join(0.3)
+    assert thread.is_alive(), "the second writer should wait for the lock"
+    first.execute("INSERT INTO meta (key, value) VALUES ('lock-test', '1')")
+    order.append("first committed")
+    first.commit()
+    thread.join(5)
+    assert order == ["first committed", "second began"]
+    lock = backend.path.with_name(backend.path.name + "-writer")
+    probe = open(lock, "rb")  # noqa: SIM115
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free after commit and rollback
+        fcntl.flock(probe, fcntl.LOCK_UN)
+        first.begin()
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        first.close()  # closing mid-transaction releases it
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        probe.close()
+        second.close()

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.receive.session import EndOfData
+from mailgate.receive.session import EndOfData, _too_long
 
 
 def feed_all(stream: bytes, cuts: list[int], limit: int = 0) -> tuple[EndOfData, bytes | None]:
@@ -59,3 +59,13 @@ def test_empty_body_and_limit() -> None:
     cut = EndOfData(0)  # the terminator split as "\r\n." | "\r\n"
     assert cut.feed(b"a\r\n.") is None
     assert cut.feed(b"\r\nNEXT") == b"NEXT" and cut.data == b"a\r\n"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.binary(max_size=3000).map(lambda b: b.translate(bytes.maketrans(b"\x00\x01", b"\n\n"))),
+    st.sampled_from([1, 2, 5, 10, 78, 1000]),
+)
+def test_the_long_line_check_agrees_with_splitting_every_line(data: bytes, limit: int) -> None:
+    expected = any(len(line) + 1 > limit for line in data.split(b"\n"))
+    assert _too_long(bytearray(data), limit) is expected

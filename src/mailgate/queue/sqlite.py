@@ -9,6 +9,8 @@ A file that is not a SQLite database is reported at start with its path.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from importlib import resources
@@ -32,9 +34,22 @@ def translate_errors(what: str) -> Iterator[None]:
 
 
 class SqliteConnection:
-    """A sqlite3 connection in autocommit mode with explicit transactions."""
+    """A sqlite3 connection in autocommit mode with explicit transactions.
+
+    Write transactions (`begin` .. `commit`/`rollback`) also hold an flock on
+    `<queue file>-writer`. SQLite's own lock cannot be waited on: a writer that
+    finds it taken sleeps and retries (1, 2, 5, 10 ms ...), which under load from
+    several processes made the wait, not the fsync, most of an SMTP reply's
+    latency. The kernel hands a released flock to a waiter at once, so mailgate's
+    processes queue for the write lock instead of polling for it; while one
+    waits, its group-commit batch grows. A writer outside mailgate (the sqlite3
+    shell) still meets SQLite's lock and its busy timeout.
+    """
 
     def __init__(self, path: Path, *, timeout: float = 30.0, durable: bool = True) -> None:
+        self._lock_path = path.with_name(path.name + "-writer")
+        self._lock_fd: int | None = None
+        self._locked = False
         with translate_errors(f"open {path}"):
             self._conn = sqlite3.connect(
                 path, timeout=timeout, isolation_level=None, check_same_thread=False
@@ -52,19 +67,47 @@ class SqliteConnection:
             self._conn.executescript(script)
 
     def begin(self) -> None:
-        self.execute("BEGIN IMMEDIATE")
+        self._lock()
+        try:
+            self.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._unlock()
+            raise
 
     def commit(self) -> None:
-        self.execute("COMMIT")
+        self.execute("COMMIT")  # on failure the caller rolls back, which unlocks
+        self._unlock()
 
     def rollback(self) -> None:
-        if self._conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+        try:
+            if self._conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+        finally:
+            self._unlock()
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # also releases the flock
+            self._lock_fd, self._locked = None, False
+
+    def _lock(self) -> None:
+        if self._lock_fd is None:
+            try:
+                self._lock_fd = os.open(
+                    self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+                )
+            except OSError:
+                return  # a read-only place: SQLite's own lock still serialises writers
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        self._locked = True
+
+    def _unlock(self) -> None:
+        if self._locked and self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            self._locked = False
 
 
 class SqliteBackend:
