@@ -129,6 +129,39 @@ def test_symlinks_are_refused_not_followed(po: Postoffice, tmp_path: Path) -> No
     assert not (po.root / "LOCAL" / "MAIN" / "NEW").exists()
 
 
+def test_a_thread_that_keeps_a_mailbox_open_notices_it_removed_replaced_or_swapped(
+    po: Postoffice, tmp_path: Path
+) -> None:
+    """Delivery threads keep mailboxes open between deliveries; nothing may land in a removed
+    mailbox (the trash), in a stale directory, or through a symlink put in its place."""
+    session = connector(po).open()
+    session.deliver_one(claim(rid=1), BODY)
+    session.flush()
+    po.remove(ALICE, force=True)  # renamed into the trash, then deleted
+    with pytest.raises(PermanentFailure, match=r"550 5\.1\.1"):
+        session.deliver_one(claim(rid=2), BODY)
+    po.add(ALICE)  # a new directory under the same name
+    session.deliver_one(claim(rid=3), BODY)
+    session.flush()
+    assert [n.split(".")[1] for n in files(po)] == ["MQ1R3"]
+    box = po.root / "LOCAL" / "MAIN" / "ALICE"
+    os.rename(box / "tmp", box / "tmp.old")  # a Maildir subdirectory recreated by hand
+    (box / "tmp").mkdir()
+    session.deliver_one(claim(rid=4), BODY)
+    session.flush()
+    assert len(files(po)) == 2 and os.listdir(box / "tmp.old") == []
+    outside = tmp_path / "outside"
+    for sub in ("tmp", "new", "cur"):
+        (outside / sub).mkdir(parents=True)
+    os.rename(box, tmp_path / "moved")  # the open directory moves away; a symlink replaces it
+    box.symlink_to(outside)
+    with pytest.raises(PermanentFailure):
+        session.deliver_one(claim(rid=5), BODY)
+    session.flush()
+    session.close()
+    assert os.listdir(outside / "new") == [] and len(os.listdir(tmp_path / "moved/new")) == 2
+
+
 def test_quota_defers_instead_of_bouncing(po: Postoffice) -> None:
     session = connector(po, quota=100).open()
     session.deliver_one(claim(), BODY + b"x" * 200)

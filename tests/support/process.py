@@ -26,6 +26,7 @@ stop_timeout = "10s"
 
 [postoffice]
 domain = "example.test"
+threads = 2  # the default is 1; two exercise concurrent delivery and per-thread names
 
 [log.levels]
 Sent = "maximum"

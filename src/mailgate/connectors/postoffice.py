@@ -22,6 +22,7 @@ import errno
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NoReturn
 
 from mailgate.errors import AddressError, PermanentFailure, TemporaryFailure
@@ -69,13 +70,40 @@ class PostofficeConnector:
         return PostofficeSession(self)
 
 
+@dataclass(slots=True)
+class _Box:
+    """A mailbox this thread delivered to, its directories kept open between deliveries."""
+
+    path: str  # <root>/NET/PO/MAILBOX: checked before each use, see PostofficeSession._open
+    identity: tuple[int, int]  # (st_dev, st_ino) of the mailbox directory when opened
+    box: int
+    tmp: int
+    new: int
+
+    def close(self) -> None:
+        for fd in (self.tmp, self.new, self.box):
+            os.close(fd)
+
+
 class PostofficeSession:
-    """One interchange thread's delivery context: its temp-name suffix and dirty directories."""
+    """One interchange thread's delivery context: its temp-name suffix and open mailboxes.
+
+    Opening a mailbox safely (root, NET, PO, MAILBOX, tmp, new, one O_NOFOLLOW step at a
+    time) is 12 system calls, each releasing and retaking Python's GIL; under load that was
+    most of a delivery's cost besides the fsync. So a thread keeps the mailboxes it delivered
+    to open, and before each use checks with one stat that the path still names the same
+    directory: a mailbox removed (renamed to the trash) or replaced is opened afresh through
+    the safe walk. A cached directory that fails is retried once, freshly opened.
+    """
+
+    KEEP_OPEN = 64  # mailboxes kept open per thread
 
     def __init__(self, connector: PostofficeConnector) -> None:
         self.c = connector
         self.suffix = f"{os.getpid()}_{threading.get_native_id()}"
-        self._dirty: list[int] = []
+        self._boxes: dict[PostofficeAddress, _Box] = {}
+        self._dirty: dict[int, _Box] = {}  # boxes whose new/ needs an fsync, by id()
+        self._retired: list[_Box] = []  # no longer cached, closed at the next flush
 
     def deliver(self, claims: Sequence[Claim], body: bytes) -> list[Result]:
         """Deliver to each recipient's mailbox; each recipient fails or succeeds on its own."""
@@ -95,13 +123,54 @@ class PostofficeSession:
         mailbox = self._mailbox(claim)
         content = maildir_content(claim, body)
         name = maildir_name(claim, self.c.hostname, len(content))
-        try:
-            with self.c.postoffice.open_mailbox(mailbox) as box:
-                return self._write(claim, mailbox, box, name, content)
-        except OSError as exc:
-            if exc.errno in _MISSING_ERRNOS:
-                self._no_mailbox(claim, mailbox)
-            raise self._temporary(claim, mailbox, exc) from exc
+        retry = mailbox in self._boxes  # an open directory may have gone stale
+        while True:
+            try:
+                return self._write(claim, mailbox, self._open(mailbox), name, content)
+            except OSError as exc:
+                self._forget(mailbox)
+                if retry:
+                    retry = False
+                    continue
+                if exc.errno in _MISSING_ERRNOS:
+                    self._no_mailbox(claim, mailbox)
+                raise self._temporary(claim, mailbox, exc) from exc
+
+    def _open(self, mailbox: PostofficeAddress) -> _Box:
+        cached = self._boxes.get(mailbox)
+        if cached is not None:
+            try:
+                st = os.stat(cached.path, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == cached.identity:
+                    return cached
+            except OSError:
+                pass
+            self._forget(mailbox)
+        root = self.c.postoffice.root
+        path = os.path.join(root, mailbox.net, mailbox.po, mailbox.mailbox)
+        with self.c.postoffice.open_mailbox(mailbox) as fd:
+            st = os.fstat(fd)
+            opened: list[int] = []
+            try:
+                for sub in ("tmp", "new"):
+                    opened.append(open_dir(sub, fd))
+                opened.append(os.dup(fd))
+            except OSError:
+                for each in opened:
+                    os.close(each)
+                raise
+        tmp, new, box = opened
+        self._boxes[mailbox] = entry = _Box(path, (st.st_dev, st.st_ino), box, tmp, new)
+        return entry
+
+    def _forget(self, mailbox: PostofficeAddress) -> None:
+        box = self._boxes.pop(mailbox, None)
+        if box is None:
+            return
+        if id(box) in self._dirty:
+            self._retired.append(box)  # its new/ is still to be synced
+        else:
+            box.close()
 
     def _mailbox(self, claim: Claim) -> PostofficeAddress:
         try:
@@ -113,27 +182,22 @@ class PostofficeSession:
         return mailbox
 
     def _write(
-        self, claim: Claim, mailbox: PostofficeAddress, box: int, name: str, content: bytes
+        self, claim: Claim, mailbox: PostofficeAddress, box: _Box, name: str, content: bytes
     ) -> str:
-        tmp_fd, new_fd = open_dir("tmp", box), open_dir("new", box)
+        if claim.redelivery and _already_there(box.box, box.new, name):
+            self._dirty[id(box)] = box  # the earlier link may not be synced yet
+            return "250 2.0.0 already in mailbox (earlier attempt completed)"
+        if self.c.quota:
+            self._check_quota(claim, mailbox)
+        tmp_name = f"{name}.{self.suffix}"
+        _write_file(box.tmp, tmp_name, content)
         try:
-            if claim.redelivery and _already_there(box, new_fd, name):
-                self._dirty.append(os.dup(new_fd))  # the earlier link may not be synced yet
-                return "250 2.0.0 already in mailbox (earlier attempt completed)"
-            if self.c.quota:
-                self._check_quota(claim, mailbox)
-            tmp_name = f"{name}.{self.suffix}"
-            _write_file(tmp_fd, tmp_name, content)
-            try:
-                os.link(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=new_fd, follow_symlinks=False)
-            except FileExistsError:
-                pass  # an earlier attempt already linked it: exactly one copy
-            finally:
-                os.unlink(tmp_name, dir_fd=tmp_fd)
-            self._dirty.append(os.dup(new_fd))
+            os.link(tmp_name, name, src_dir_fd=box.tmp, dst_dir_fd=box.new, follow_symlinks=False)
+        except FileExistsError:
+            pass  # an earlier attempt already linked it: exactly one copy
         finally:
-            os.close(tmp_fd)
-            os.close(new_fd)
+            os.unlink(tmp_name, dir_fd=box.tmp)
+        self._dirty[id(box)] = box
         return f"250 2.0.0 delivered to {mailbox}"
 
     def _check_quota(self, claim: Claim, mailbox: PostofficeAddress) -> None:
@@ -169,26 +233,32 @@ class PostofficeSession:
         return TemporaryFailure(f"{code} mailbox {mailbox} unavailable: {exc.strerror}")
 
     def flush(self) -> None:
-        dirty, self._dirty = self._dirty, []
+        """fsync every new/ written to since the last flush (one per mailbox, not per file)."""
+        dirty, self._dirty = list(self._dirty.values()), {}
+        retired, self._retired = self._retired, []
         try:
-            for fd in dirty:
-                os.fsync(fd)
+            for box in dirty:
+                os.fsync(box.new)
         except OSError as exc:
             raise TemporaryFailure(f"451 4.3.0 could not sync mailbox: {exc.strerror}") from exc
         finally:
-            for fd in dirty:
-                os.close(fd)
+            for box in retired:
+                box.close()
+            while len(self._boxes) > self.KEEP_OPEN:
+                self._forget(next(iter(self._boxes)))  # the longest open
 
     def close(self) -> None:
-        for fd in self._dirty:
-            os.close(fd)
-        self._dirty = []
+        for box in [*self._boxes.values(), *self._retired]:
+            box.close()
+        self._boxes, self._dirty, self._retired = {}, {}, []
 
 
 def _write_file(dir_fd: int, name: str, content: bytes) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(name, dir_fd=dir_fd)  # a leftover of a crashed attempt by this same thread id
-    fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+    except FileExistsError:  # a leftover of a crashed attempt by this same thread id
+        os.unlink(name, dir_fd=dir_fd)
+        fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         view = memoryview(content)
         while view:

@@ -2,8 +2,9 @@
 
 The loop, per batch: claim (a lease in the queue), deliver each recipient
 through the connector's per-thread session, flush the session (make the batch
-durable at the destination), then record every outcome in one queue commit,
-and only then write events. A crash anywhere before the record leaves the
+durable at the destination), then record every outcome in one queue commit
+(submitted just ahead of the next claim, so the two usually share it), and
+only then write events. A crash anywhere before the record leaves the
 leases to be released and the recipients retried; the postoffice connector
 makes such a retry idempotent. An unexpected exception in one delivery is an
 internal error for that recipient only (event 2450; quarantine after a few),
@@ -12,11 +13,13 @@ never the end of the thread.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
 import traceback
 from collections.abc import Sequence
+from concurrent.futures import Future
 
 from mailgate.dsn.generate import report_bounce
 from mailgate.errors import PermanentFailure, TemporaryFailure
@@ -102,27 +105,50 @@ class InterchangeThread:
         name = self.connector.name
         seen = self.wakeup.generation(name)
         started, attempts = time.monotonic(), 0
-        while not handle.stopping:
-            if handle.recycle:  # asked for by `mailgate ctl refresh`
-                return
-            if self.state.paused:
+        # A batch's outcomes are recorded while the next claim is submitted behind them, so
+        # both usually share one commit: one wait on the queue per batch, not two. Events
+        # and counters for a batch still come only after its record is committed.
+        recording: Future[list[Recorded]] | None = None
+        pending = 0  # attempts in `recording`
+        try:
+            while not handle.stopping:
+                if handle.recycle:  # asked for by `mailgate ctl refresh`
+                    break
+                if self.state.paused:
+                    attempts += self._recorded(recording)
+                    recording, pending = None, 0
+                    handle.idle()
+                    seen = self.wakeup.wait(name, seen, IDLE_WAIT)
+                    continue
+                if self._recycle_due(attempts + pending, time.monotonic() - started):
+                    handle.recycle = True  # the supervisor replaces this thread with a fresh one
+                    break
+                faults.check("interchange.loop")
+                claiming = self.store.claim(name, owner, self.batch)
+                attempts += self._recorded(recording)
+                recording, pending = None, 0
+                claims = claiming.result(STORE_WAIT)
+                if not claims:
+                    handle.idle()
+                    seen = self.wakeup.wait(name, seen, IDLE_WAIT)
+                    continue
+                outcomes = self._deliver_batch(handle, session, reader, claims)
+                recording, pending = self.store.record(outcomes, owner), len(outcomes)
                 handle.idle()
-                seen = self.wakeup.wait(name, seen, IDLE_WAIT)
-                continue
-            faults.check("interchange.loop")
-            claims = self.store.claim(name, owner, self.batch).result(STORE_WAIT)
-            if not claims:
-                handle.idle()
-                seen = self.wakeup.wait(name, seen, IDLE_WAIT)
-                continue
-            outcomes = self._deliver_batch(handle, session, reader, claims)
-            recorded = self.store.record(outcomes, owner).result(STORE_WAIT)
-            self._report(recorded)
-            handle.idle()
-            attempts += len(recorded)
-            if self._recycle_due(attempts, time.monotonic() - started):
-                handle.recycle = True  # the supervisor replaces this thread with a fresh one
-                return
+        except BaseException:
+            if recording is not None:  # report what did commit; the first error is the story
+                with contextlib.suppress(Exception):
+                    self._recorded(recording)
+            raise
+        self._recorded(recording)
+
+    def _recorded(self, recording: Future[list[Recorded]] | None) -> int:
+        """Wait for a batch's record to commit, then report it; how many attempts it held."""
+        if recording is None:
+            return 0
+        recorded = recording.result(STORE_WAIT)
+        self._report(recorded)
+        return len(recorded)
 
     def _count(self, item: Recorded) -> None:
         """Counters of one recorded attempt: outcome by connector, latency of deliveries."""

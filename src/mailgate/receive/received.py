@@ -6,6 +6,17 @@ import email.utils
 import re
 
 _UNSAFE = re.compile(r"[^\x21-\x7e]")
+_last_stamp: tuple[int, str] = (-1, "")
+
+
+def _date(when: float) -> str:
+    """RFC 5322 local date of `when`; formatted once per second (it has no finer part)."""
+    global _last_stamp
+    second, stamp = _last_stamp
+    if int(when) != second:
+        stamp = email.utils.formatdate(int(when), localtime=True)
+        _last_stamp = (int(when), stamp)
+    return stamp
 
 
 def _token(text: str) -> str:
@@ -29,7 +40,7 @@ def received_header(
         f"Received: from {_token(helo or 'unknown')} ([{_token(peer_ip)}])",
         f"\tby {hostname} (mailgate) with {protocol} id {queue_id}",
     ]
-    stamp = email.utils.formatdate(when, localtime=True)
+    stamp = _date(when)
     if recipient is not None:
         parts.append(f"\tfor <{_token(recipient)}>; {stamp}")
     else:
