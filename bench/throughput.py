@@ -895,8 +895,14 @@ def run_mailgate(args: argparse.Namespace) -> Measurement:
         src=args.src,
     )
     sink: SmtpSink | None = None
+    config = CONFIG
+    if args.postoffice_threads:
+        config = config.replace(
+            "[postoffice]\n", f"[postoffice]\nthreads = {args.postoffice_threads}\n", 1
+        )
     if args.receive:
-        mg.config.write_text(CONFIG + f"\n[processes]\nreceive = {args.receive}\n")
+        config += f"\n[processes]\nreceive = {args.receive}\n"
+    mg.config.write_text(config)
     try:
         recipients = mg.add_mailboxes()
         if args.relay:
@@ -1160,6 +1166,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=0,
         help="mailgate receive processes ([processes] receive; 0: one per core)",
+    )
+    p.add_argument(
+        "--postoffice-threads",
+        type=int,
+        default=0,
+        help="mailgate delivery threads ([postoffice] threads; 0: mailgate's default)",
     )
     p.add_argument("--python", default=default_python(), help="interpreter that runs mailgate")
     p.add_argument(
