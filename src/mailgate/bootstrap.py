@@ -135,7 +135,11 @@ class Service:
         # interchange process's claims and outcomes may be lost to a power failure and redone
         # (postoffice delivery is idempotent), which spares its fsyncs and shortens its hold
         # on SQLite's single write lock.
-        self.backend = SqliteBackend(config.queue_path, durable=role != "interchange")
+        # The group committers wait for the writer lock as long as it takes (lock_timeout
+        # None): the supervisor reports a commit thread stuck there, with its stack.
+        self.backend = SqliteBackend(
+            config.queue_path, durable=role != "interchange", lock_timeout=None
+        )
         self.committer = Committer(self.backend, events, max_batch=config.queue.commit_batch)
         self.store = queue_store(config, self.committer, self.backend)
         # Pickup removes a file once its message is committed: that commit must be on disk.
@@ -143,7 +147,7 @@ class Service:
         self.pickup_committer: Committer | None = None
         self.pickup_store = self.store
         if not self.backend.durable:
-            durable = SqliteBackend(config.queue_path)
+            durable = SqliteBackend(config.queue_path, lock_timeout=None)
             self.pickup_committer = Committer(durable, events, max_batch=config.queue.commit_batch)
             self.pickup_store = queue_store(config, self.pickup_committer, durable)
         self.wakeup: Wakeup = (

@@ -269,3 +269,21 @@ def test_writers_queue_on_the_writer_lock_and_every_ending_releases_it(
     finally:
         probe.close()
         second.close()
+
+
+def test_a_command_gives_up_on_a_writer_lock_held_too_long(backend: SqliteBackend) -> None:
+    """The CLI and the master poll with a deadline; a wedged writer cannot hang them."""
+    holder = backend.connect()
+    holder.begin()
+    try:
+        waiter = SqliteBackend(backend.path, lock_timeout=0.3).connect()
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"held by another writer for over 0\.3s"):
+            waiter.begin()
+        assert 0.3 <= time.monotonic() - started < 5
+        holder.rollback()
+        waiter.begin()  # free again: it gets the lock at once
+        waiter.rollback()
+        waiter.close()
+    finally:
+        holder.close()

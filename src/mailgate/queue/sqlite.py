@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -44,12 +45,27 @@ class SqliteConnection:
     processes queue for the write lock instead of polling for it; while one
     waits, its group-commit batch grows. A writer outside mailgate (the sqlite3
     shell) still meets SQLite's lock and its busy timeout.
+
+    `lock_timeout` None waits as long as it takes: for the service's group
+    committers, whose waits the supervisor watches (a stall is reported with its
+    stack) and whose callers give up on their own deadlines. Anything else (the
+    master, the CLI) polls and gives up with StoreError after `lock_timeout`
+    seconds, so a wedged writer cannot hang an administrator's command.
     """
 
-    def __init__(self, path: Path, *, timeout: float = 30.0, durable: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        timeout: float = 30.0,
+        durable: bool = True,
+        lock_timeout: float | None = 30.0,
+    ) -> None:
+        self._path = path
         self._lock_path = path.with_name(path.name + "-writer")
         self._lock_fd: int | None = None
         self._locked = False
+        self._lock_timeout = lock_timeout
         with translate_errors(f"open {path}"):
             self._conn = sqlite3.connect(
                 path, timeout=timeout, isolation_level=None, check_same_thread=False
@@ -101,8 +117,26 @@ class SqliteConnection:
                 )
             except OSError:
                 return  # a read-only place: SQLite's own lock still serialises writers
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        if self._lock_timeout is None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        else:
+            self._poll_lock(self._lock_fd, self._lock_timeout)
         self._locked = True
+
+    def _poll_lock(self, fd: int, timeout: float) -> None:
+        deadline, pause = time.monotonic() + timeout, 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"the queue {self._path} is held by another writer "
+                        f"for over {timeout:g}s (is a mailgate process wedged?)"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
     def _unlock(self) -> None:
         if self._locked and self._lock_fd is not None:
@@ -115,17 +149,20 @@ class SqliteBackend:
 
     name = "sqlite"
 
-    def __init__(self, path: Path, *, durable: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, durable: bool = True, lock_timeout: float | None = 30.0
+    ) -> None:
         """With `durable` False, a COMMIT does not wait for fsync (WAL, synchronous=NORMAL):
         a power failure may undo the last commits, never corrupt the file. For processes
         that never accept mail (see Service): their writes are claims and outcomes, which a
         lost commit only makes happen again, and the next durable commit of any process
-        syncs the shared WAL anyway."""
+        syncs the shared WAL anyway. `lock_timeout`: see SqliteConnection."""
         self.path = path
         self.durable = durable
+        self.lock_timeout = lock_timeout
 
     def connect(self) -> SqliteConnection:
-        return SqliteConnection(self.path, durable=self.durable)
+        return SqliteConnection(self.path, durable=self.durable, lock_timeout=self.lock_timeout)
 
     def initialize(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
