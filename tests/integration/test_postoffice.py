@@ -162,6 +162,23 @@ def test_a_thread_that_keeps_a_mailbox_open_notices_it_removed_replaced_or_swapp
     assert os.listdir(outside / "new") == [] and len(os.listdir(tmp_path / "moved/new")) == 2
 
 
+def test_a_thread_keeps_a_bounded_number_of_mailboxes_open(po: Postoffice) -> None:
+    names = [f"U{n}" for n in range(40)]
+    for name in names:
+        po.add(PostofficeAddress("LOCAL", "MAIN", name))
+    before = len(os.listdir("/proc/self/fd"))
+    session = connector(po).open()
+    for rid, name in enumerate(names * 2, start=1):
+        session.deliver_one(claim(f"{name.lower()}@main.local.example.test", rid=rid), BODY)
+        session.flush()
+        held = len(os.listdir("/proc/self/fd")) - before
+        assert held <= 3 * type(session).KEEP_OPEN, f"{held} descriptors open"
+    session.close()
+    assert len(os.listdir("/proc/self/fd")) == before, "close releases every descriptor"
+    box = po.root / "LOCAL" / "MAIN"
+    assert all(len(os.listdir(box / name / "new")) == 2 for name in names)
+
+
 def test_quota_defers_instead_of_bouncing(po: Postoffice) -> None:
     session = connector(po, quota=100).open()
     session.deliver_one(claim(), BODY + b"x" * 200)

@@ -96,7 +96,7 @@ class PostofficeSession:
     the safe walk. A cached directory that fails is retried once, freshly opened.
     """
 
-    KEEP_OPEN = 64  # mailboxes kept open per thread
+    KEEP_OPEN = 16  # mailboxes kept open per thread (3 descriptors each), least recently used go
 
     def __init__(self, connector: PostofficeConnector) -> None:
         self.c = connector
@@ -142,6 +142,7 @@ class PostofficeSession:
             try:
                 st = os.stat(cached.path, follow_symlinks=False)
                 if (st.st_dev, st.st_ino) == cached.identity:
+                    self._boxes[mailbox] = self._boxes.pop(mailbox)  # now the most recent
                     return cached
             except OSError:
                 pass
@@ -245,7 +246,7 @@ class PostofficeSession:
             for box in retired:
                 box.close()
             while len(self._boxes) > self.KEEP_OPEN:
-                self._forget(next(iter(self._boxes)))  # the longest open
+                self._forget(next(iter(self._boxes)))  # the least recently used
 
     def close(self) -> None:
         for box in [*self._boxes.values(), *self._retired]:
