@@ -7,6 +7,8 @@
   commands, is told 421 4.7.0 and closed (Postfix's hard error limit): a client
   probing or looping cannot hold a session forever; idle ones time out.
 - A session on the implicit-TLS listener counts as encrypted from the first byte.
+- Replies go out through a ReplyBuffer: every reply, and every group of replies to
+  pipelined commands that are ready together, leaves in one write.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiosmtpd.smtp import SMTP, Session
 
 from mailgate.observe import catalog
 from mailgate.receive.replies import with_enhanced_code
+from mailgate.receive.reply_buffer import ReplyBuffer
 
 if TYPE_CHECKING:
     from mailgate.receive.smtp import ReceiveHandler
@@ -130,6 +133,8 @@ class MailgateSMTP(SMTP):
                 transport.close()
                 return
             self._admitted_ip = ip
+        if isinstance(transport, asyncio.Transport):
+            transport = ReplyBuffer(transport, self.loop)
         super().connection_made(transport)
         if first and self.implicit_tls and transport.get_extra_info("ssl_object") is not None:
             self.tls_active = True
@@ -156,8 +161,17 @@ class MailgateSMTP(SMTP):
             if status.startswith(("552", "500 5.5.2 Line too long")):
                 self.receive_handler.refused_by_protocol(self, status)
         await super().push(status)
+        if status.startswith("220"):
+            # The greeting has nothing to join; STARTTLS's 220 must reach the socket before
+            # the TLS layer takes it over.
+            self._flush()
         if status[3:4] != "-":  # the last line of a reply: one command answered
             self._count(status)
+
+    def _flush(self) -> None:
+        transport = self._writer.transport
+        if isinstance(transport, ReplyBuffer):
+            transport.flush()
 
     def _count(self, status: str) -> None:
         self._commands += 1
@@ -244,6 +258,19 @@ class MailgateSMTP(SMTP):
                 if leftover:  # commands pipelined after the end of data: give them back
                     self._reader._buffer[0:0] = leftover  # type: ignore[attr-defined]
                 return body.data, body.too_much
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's STARTTLS, with TLS layered on the socket's own transport: asyncio's TLS
+        layer calls private methods of the transport beneath it, which a ReplyBuffer has not.
+        The encrypted session gets a ReplyBuffer of its own (connection_made)."""
+        buffered = self.transport
+        if isinstance(buffered, ReplyBuffer):
+            self.transport = buffered.inner
+        try:
+            await super().smtp_STARTTLS(arg)
+        finally:
+            if isinstance(buffered, ReplyBuffer) and self.transport is buffered.inner:
+                self.transport = buffered  # TLS never started (501, 454): back to the buffer
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True
