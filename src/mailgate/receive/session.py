@@ -117,6 +117,11 @@ class MailgateSMTP(SMTP):
         self._commands = 0
         self._closing = False
         super().__init__(handler, **kwargs)
+        # Only aiosmtpd's own PLAIN and LOGIN are mechanisms: it would also take any handler
+        # attribute named auth_* for one, advertise it, and fail when a client chose it.
+        self._auth_methods = {
+            name: method for name, method in self._auth_methods.items() if method.is_builtin
+        }
 
     # --- admission -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
