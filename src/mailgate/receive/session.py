@@ -82,7 +82,7 @@ def _line_after_newline(limit: int) -> re.Pattern[bytes]:
     return re.compile(rb"\n[^\n]{%d}" % limit)
 
 
-def _too_long(data: bytearray, limit: int) -> bool:
+def _too_long(data: bytes | bytearray, limit: int) -> bool:
     """Whether a line (with its LF) is longer than `limit` octets."""
     if len(data) < limit:
         return False
@@ -216,8 +216,9 @@ class MailgateSMTP(SMTP):
 
         Same contract: the message ends only at CRLF.CRLF (a bare LF or CR never ends
         it: no smuggling), a message over the size limit is read to its end and refused
-        (552), a line over the RFC 5321 limit is refused (500), dots are unstuffed, and
-        commands a client pipelined after the end go back to the reader.
+        (552), dots are unstuffed, and commands a client pipelined after the end go back
+        to the reader. Lines may be longer than RFC 5321's 1,000 octets, up to
+        [smtp] max_line_length (500 beyond): real mail has them.
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -238,12 +239,15 @@ class MailgateSMTP(SMTP):
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
-        if _too_long(stuffed, self.line_length_limit):
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
         content = bytes(stuffed[1:] if stuffed.startswith(b".") else stuffed)
         content = content.replace(b"\r\n.", b"\r\n")
+        longest = self.receive_handler.settings.max_line_length
+        if _too_long(content, longest + 2):  # the limit is without the CRLF
+            await self.push(
+                f"500 5.5.2 Line too long: a message line is longer than {longest} octets"
+            )
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")

@@ -51,6 +51,7 @@ class ReceiveSettings:
     max_errors: int = 20
     max_commands: int = 100_000
     max_header_size: int = 100 * 1024
+    max_line_length: int = 1024 * 1024  # octets without the CRLF
     max_sessions: int = 100
     max_sessions_per_ip: int = 20
     tls: ssl.SSLContext | None = None
