@@ -513,6 +513,7 @@ def receive_settings(config: Config) -> ReceiveSettings:
         max_errors=smtp.max_errors,
         max_commands=smtp.max_commands,
         max_header_size=smtp.max_header_size,
+        max_line_length=smtp.max_line_length,
         max_sessions=smtp.max_sessions,
         max_sessions_per_ip=smtp.max_sessions_per_ip,
         tls=server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None,

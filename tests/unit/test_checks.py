@@ -58,3 +58,31 @@ def test_address_limits() -> None:
 )
 def test_message_id(data: bytes, expected: str | None) -> None:
     assert header_message_id(data) == expected
+
+
+BAD_DOMAINS = [
+    "xn---", "xn--", "XN---", "xn--a", "xn--abc-", "xn--bcher-kva-", "-lead.example",
+    "trail-.example", "foo_bar.example", "a..b", "example.", ".example", "a" * 64 + ".example",
+    "sp ace.example", "[300.1.1.1]", "[1.2.3]", "[IPv6:zz::1]", "[IPv6:fe80::1%eth0]",
+    "[tag:anything]", "[192.0.2.1", "bü_cher.example", "-bücher.example", "\udcff.example",
+    "\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.org",  # full-width look-alike of example.org
+]  # fmt: skip
+GOOD_DOMAINS = [
+    "example.org", "EXAMPLE.ORG", "a.b-c.d1", "1.2.3.4", "x" * 63 + ".example",
+    "xn--bcher-kva.example", "XN--BCHER-KVA.EXAMPLE", "[192.0.2.1]", "[IPv6:2001:db8::1]",
+    "[ipv6:::ffff:192.0.2.1]", "bücher.example", "Bücher.example", "münchen.de", "пример.рф",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("domain", BAD_DOMAINS)
+def test_invalid_domain_syntax_refused(domain: str) -> None:
+    sender = address_problem(f"a@{domain}", sender=True)
+    assert sender is not None and sender.startswith("501 5.1.7 "), (domain, sender)
+    recipient = address_problem(f"a@{domain}", sender=False)
+    assert recipient is not None and recipient.startswith("501 5.1.3 "), (domain, recipient)
+
+
+@pytest.mark.parametrize("domain", GOOD_DOMAINS)
+def test_valid_domains_and_idns_accepted(domain: str) -> None:
+    assert address_problem(f"a@{domain}", sender=True) is None
+    assert address_problem(f"a@{domain}", sender=False) is None

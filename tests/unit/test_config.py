@@ -29,6 +29,7 @@ def test_defaults_without_a_file() -> None:
     assert config.queue_path == Path("./var/queue/queue.db")
     assert config.service.stop_timeout == 30.0
     assert config.smtp.max_message_size == 10 * 1024 * 1024
+    assert config.smtp.max_line_length == 1024 * 1024
     assert config.postoffice_domain == config.service.hostname
     assert config.routes == [("MS:*/*/*", "postoffice")]
     assert config.connectors == ["postoffice"]
@@ -56,6 +57,7 @@ def test_smarthost_defaults_and_flag() -> None:
         ({"smtp": {"relay_networks": ["10.0.0.0/33"]}}, "smtp.relay_networks", "CIDR"),
         ({"service": {"stop_timeout": "soon"}}, "service.stop_timeout", "not a duration"),
         ({"smtp": {"max_message_size": "big"}}, "smtp.max_message_size", "not a size"),
+        ({"smtp": {"max_line_length": 500}}, "smtp.max_line_length", "greater than or equal"),
         ({"queue": {"retry_min": "2h", "retry_max": "1h"}}, "queue", "retry_min"),
         ({"route": [{"match": "*@x.org", "connector": "fax"}]}, "route[0]", "unknown connector"),
         ({"route": [{"match": "*", "connector": "smarthost"}]}, "(top level)", "host is empty"),

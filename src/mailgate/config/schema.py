@@ -215,6 +215,15 @@ class SmtpSettings(Section):
         validate_default=True,
         description="Largest header block accepted (552 5.3.4 beyond).",
     )
+    max_line_length: Size = Field(
+        "1MiB",
+        validate_default=True,
+        ge=998,
+        description="Longest line accepted in a message, in octets without the CRLF (500 5.5.2 "
+        "beyond). RFC 5322 asks for 998 at most, but real mail (bounces from large providers "
+        "among it) has longer lines; they are kept intact in mailboxes and broken with CRLF "
+        "SPACE for SMTP peers, as Postfix does. max_message_size still applies.",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> SmtpSettings:

@@ -12,6 +12,7 @@ rather than hammering a dead host (events 2460/2461).
 Security: STARTTLS none/opportunistic/required with certificate verification
 (and an optional CA file); AUTH only with a password read from a file, never
 logged; EHLO uses the configured name (no DNS lookup of our own name).
+Lines over 998 octets are broken with CRLF SPACE before DATA, as Postfix does.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailgate.connectors.lines import LIMIT, break_long_lines
 from mailgate.errors import TemporaryFailure
 from mailgate.interchange.connector import Result
 from mailgate.model import Claim, Disposition
@@ -204,6 +206,7 @@ class SmarthostSession:
     ) -> list[Result]:
         remote = self.t.host
         message: bytes | str
+        body = self._sendable(claims[0], body)
         options = self._mail_options(conn, claims[0], body)
         if isinstance(options, Result):
             return [options] * len(claims)
@@ -232,6 +235,15 @@ class SmarthostSession:
         for index in accepted:
             results[index] = Result(_disposition(code), _reply(code, message), remote)
         return [r for r in results if r is not None]
+
+    def _sendable(self, claim: Claim, body: bytes) -> bytes:
+        """`body` with lines over 998 octets broken (connectors.lines), before SIZE is taken."""
+        sendable = break_long_lines(body)
+        if sendable is not body:
+            self.c.events.emit(
+                catalog.LINES_BROKEN, queue_id=claim.queue_id, limit=LIMIT, host=self.t.name
+            )
+        return sendable
 
     def _mail_options(self, conn: smtplib.SMTP, claim: Claim, body: bytes) -> list[str] | Result:
         options = []

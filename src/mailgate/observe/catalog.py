@@ -223,6 +223,18 @@ AUTH_SUCCEEDED = _event(
     "None.",
 )  # fmt: skip
 
+# --- Long lines ----------------------------------------------------------------------------------
+LINES_BROKEN = _event(
+    3020, "LinesBroken", C.INTERCHANGE, S.INFO, MED,
+    "{queue_id}: lines longer than {limit} octets broken with CRLF SPACE for {host}",
+    "The message has lines longer than SMTP allows (1,000 octets with the CRLF); mailgate "
+    "accepted them ([smtp] max_line_length) and broke them for the peer, as Postfix's "
+    "smtp_line_length_limit does. Mailboxes get them intact. A DKIM signature over such a "
+    "line no longer verifies at the peer.",
+    "None; if the signature matters, the sender should encode long lines (quoted-printable "
+    "or base64).",
+)  # fmt: skip
+
 # --- Queue ---------------------------------------------------------------------------------------
 LEASES_RELEASED = _event(
     4000, "LeasesReleased", C.QUEUE, S.WARNING, MIN,

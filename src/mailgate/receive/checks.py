@@ -1,10 +1,10 @@
 """Protocol checks on envelope addresses and message content, each returning an SMTP reply.
 
 Limits are those of RFC 5321 section 4.5.3.1: local part 64 octets, domain 255,
-path 256 (with the angle brackets). Content is refused for bare CR or LF (the raw
-material of SMTP smuggling), NUL bytes, and raw 8-bit header bytes from a client
-that did not declare SMTPUTF8. All functions are pure and never raise on
-hostile input.
+path 256 (with the angle brackets); the domain must be valid (receive.domains).
+Content is refused for bare CR or LF (the raw material of SMTP smuggling), NUL
+bytes, and raw 8-bit header bytes from a client that did not declare SMTPUTF8.
+All functions are pure and never raise on hostile input.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from mailgate.headers import split_headers
+from mailgate.receive.domains import domain_problem
 
 MAX_LOCAL_PART = 64
 MAX_DOMAIN = 255
@@ -37,6 +38,9 @@ def address_problem(address: str, *, sender: bool) -> str | None:
         return f"{code} Bad {what} address syntax: local part longer than {MAX_LOCAL_PART} octets"
     if len(domain.encode("utf-8", "surrogateescape")) > MAX_DOMAIN:
         return f"{code} Bad {what} address syntax: domain longer than {MAX_DOMAIN} octets"
+    problem = domain_problem(domain)
+    if problem:
+        return f"{code} Bad {what} address syntax: invalid domain: {problem}"
     return None
 
 

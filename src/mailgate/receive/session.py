@@ -7,6 +7,8 @@
   commands, is told 421 4.7.0 and closed (Postfix's hard error limit): a client
   probing or looping cannot hold a session forever; idle ones time out.
 - A session on the implicit-TLS listener counts as encrypted from the first byte.
+- Replies go out through a ReplyBuffer: every reply, and every group of replies to
+  pipelined commands that are ready together, leaves in one write.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from aiosmtpd.smtp import SMTP, Session
 
 from mailgate.observe import catalog
 from mailgate.receive.replies import with_enhanced_code
+from mailgate.receive.reply_buffer import ReplyBuffer
 
 if TYPE_CHECKING:
     from mailgate.receive.smtp import ReceiveHandler
@@ -79,7 +82,7 @@ def _line_after_newline(limit: int) -> re.Pattern[bytes]:
     return re.compile(rb"\n[^\n]{%d}" % limit)
 
 
-def _too_long(data: bytearray, limit: int) -> bool:
+def _too_long(data: bytes | bytearray, limit: int) -> bool:
     """Whether a line (with its LF) is longer than `limit` octets."""
     if len(data) < limit:
         return False
@@ -114,6 +117,11 @@ class MailgateSMTP(SMTP):
         self._commands = 0
         self._closing = False
         super().__init__(handler, **kwargs)
+        # Only aiosmtpd's own PLAIN and LOGIN are mechanisms: it would also take any handler
+        # attribute named auth_* for one, advertise it, and fail when a client chose it.
+        self._auth_methods = {
+            name: method for name, method in self._auth_methods.items() if method.is_builtin
+        }
 
     # --- admission -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -130,6 +138,8 @@ class MailgateSMTP(SMTP):
                 transport.close()
                 return
             self._admitted_ip = ip
+        if isinstance(transport, asyncio.Transport):
+            transport = ReplyBuffer(transport, self.loop)
         super().connection_made(transport)
         if first and self.implicit_tls and transport.get_extra_info("ssl_object") is not None:
             self.tls_active = True
@@ -156,8 +166,17 @@ class MailgateSMTP(SMTP):
             if status.startswith(("552", "500 5.5.2 Line too long")):
                 self.receive_handler.refused_by_protocol(self, status)
         await super().push(status)
+        if status.startswith("220"):
+            # The greeting has nothing to join; STARTTLS's 220 must reach the socket before
+            # the TLS layer takes it over.
+            self._flush()
         if status[3:4] != "-":  # the last line of a reply: one command answered
             self._count(status)
+
+    def _flush(self) -> None:
+        transport = self._writer.transport
+        if isinstance(transport, ReplyBuffer):
+            transport.flush()
 
     def _count(self, status: str) -> None:
         self._commands += 1
@@ -197,8 +216,9 @@ class MailgateSMTP(SMTP):
 
         Same contract: the message ends only at CRLF.CRLF (a bare LF or CR never ends
         it: no smuggling), a message over the size limit is read to its end and refused
-        (552), a line over the RFC 5321 limit is refused (500), dots are unstuffed, and
-        commands a client pipelined after the end go back to the reader.
+        (552), dots are unstuffed, and commands a client pipelined after the end go back
+        to the reader. Lines may be longer than RFC 5321's 1,000 octets, up to
+        [smtp] max_line_length (500 beyond): real mail has them.
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -219,12 +239,15 @@ class MailgateSMTP(SMTP):
             await self.push("552 Error: Too much mail data")
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
-        if _too_long(stuffed, self.line_length_limit):
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
         content = bytes(stuffed[1:] if stuffed.startswith(b".") else stuffed)
         content = content.replace(b"\r\n.", b"\r\n")
+        longest = self.receive_handler.settings.max_line_length
+        if _too_long(content, longest + 2):  # the limit is without the CRLF
+            await self.push(
+                f"500 5.5.2 Line too long: a message line is longer than {longest} octets"
+            )
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
         self.envelope.content = content
         self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
@@ -244,6 +267,19 @@ class MailgateSMTP(SMTP):
                 if leftover:  # commands pipelined after the end of data: give them back
                     self._reader._buffer[0:0] = leftover  # type: ignore[attr-defined]
                 return body.data, body.too_much
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """aiosmtpd's STARTTLS, with TLS layered on the socket's own transport: asyncio's TLS
+        layer calls private methods of the transport beneath it, which a ReplyBuffer has not.
+        The encrypted session gets a ReplyBuffer of its own (connection_made)."""
+        buffered = self.transport
+        if isinstance(buffered, ReplyBuffer):
+            self.transport = buffered.inner
+        try:
+            await super().smtp_STARTTLS(arg)
+        finally:
+            if isinstance(buffered, ReplyBuffer) and self.transport is buffered.inner:
+                self.transport = buffered  # TLS never started (501, 454): back to the buffer
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._plain_replies = True

@@ -51,6 +51,7 @@ class ReceiveSettings:
     max_errors: int = 20
     max_commands: int = 100_000
     max_header_size: int = 100 * 1024
+    max_line_length: int = 1024 * 1024  # octets without the CRLF
     max_sessions: int = 100
     max_sessions_per_ip: int = 20
     tls: ssl.SSLContext | None = None
@@ -89,7 +90,9 @@ class ReceiveHandler:
         self.counters = counters or Counters()
         self.committing = 0
         self.limits = SessionLimiter(settings.max_sessions, settings.max_sessions_per_ip)
-        self.auth_throttle = AuthThrottle(settings.auth_failures, settings.auth_window)
+        # Not "auth_throttle": aiosmtpd takes any handler attribute named auth_* for an AUTH
+        # mechanism and would advertise "AUTH THROTTLE".
+        self.failed_auths = AuthThrottle(settings.auth_failures, settings.auth_window)
 
     def protocol(self, implicit_tls: bool = False) -> MailgateSMTP:
         s = self.settings
@@ -130,7 +133,7 @@ class ReceiveHandler:
         ip, client = client_ip(session), client_name(session)
         login = isinstance(data, LoginPassword)
         user = data.login.decode("utf-8", "replace") if login else ""
-        if self.auth_throttle.blocked(ip):
+        if self.failed_auths.blocked(ip):
             self.events.emit(catalog.AUTH_FAILED, user=user, client=client, why="too many failures")
             return AuthResult(
                 success=False,
@@ -140,10 +143,10 @@ class ReceiveHandler:
         password = data.password.decode("utf-8", "replace") if login else ""
         credentials = self.settings.credentials
         if credentials is not None and user and credentials.verify(user, password):
-            self.auth_throttle.succeeded(ip)
+            self.failed_auths.succeeded(ip)
             self.events.emit(catalog.AUTH_SUCCEEDED, user=user, client=client)
             return AuthResult(success=True, handled=False, auth_data=user)
-        self.auth_throttle.failed(ip)
+        self.failed_auths.failed(ip)
         self.counters.add("mailgate_smtp_auth_failures_total")
         self.events.emit(catalog.AUTH_FAILED, user=user, client=client, why="invalid credentials")
         return AuthResult(success=False, handled=False)
