@@ -373,14 +373,20 @@ class Service:
         if new is None:
             if self.source is None:
                 return False
-            try:
-                new = self.source()
-            except ConfigError as exc:
-                problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
-                self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
+            read = read_new_config(self.source, self.events)
+            if isinstance(read, str):
                 return False
-        self.policy.replace(Router(new.routes, self.address_map), new.smtp.relay_networks)
-        for category, level in levels_from_config(new.log.levels).items():
+            new = read
+        try:  # built before anything is swapped: a failure leaves all as it was
+            router = Router(new.routes, self.address_map)
+            levels = levels_from_config(new.log.levels)
+        except Exception as exc:
+            self.events.emit(
+                catalog.CONFIG_INVALID, source="reload", problems=f"cannot apply it: {exc!r}"
+            )
+            return False
+        self.policy.replace(router, new.smtp.relay_networks)
+        for category, level in levels.items():
             self.events.set_level(category, level)
         restart = needs_restart(self.config, new)
         self.config = self.config.model_copy(update={"route": new.route, "log": new.log})
@@ -478,6 +484,22 @@ class Service:
             self.admin.close()
         self.lock.release()
         return left
+
+
+def read_new_config(source: Callable[[], Config], events: EventLog) -> Config | str:
+    """Re-read the configuration for a reload: the new one, or (after event 1100) what is
+    wrong with it.
+
+    Nothing a file holds may end the service: load_config turns every problem into a
+    ConfigError, and anything else it raised is a bug reported the same way (Q201120)."""
+    try:
+        return source()
+    except ConfigError as exc:
+        problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
+    except Exception as exc:
+        problems = f"cannot be read: {exc!r}"
+    events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
+    return problems
 
 
 def _committer_body(committer: Committer) -> Callable[[ThreadHandle], None]:

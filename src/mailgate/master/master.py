@@ -40,13 +40,14 @@ from mailgate.bootstrap import (
     make_supervisor,
     needs_restart,
     open_events,
+    read_new_config,
     receive_settings,
     release_all_leases,
     start_event_store,
 )
 from mailgate.config.schema import Config, parse_hostport
 from mailgate.control.server import ControlServer, bind_control, socket_path
-from mailgate.errors import AlreadyRunning, ConfigError, StoreError
+from mailgate.errors import AlreadyRunning, StoreError
 from mailgate.master.processes import WORKER_CONFIG, WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config
@@ -182,15 +183,18 @@ class Master:
         """Re-read and validate the file here, once; workers get the validated result."""
         if self.source is None:
             return {"reloaded": False}
+        new = read_new_config(self.source, self.events)
+        if isinstance(new, str):
+            return {"reloaded": False, "problems": new}
         try:
-            new = self.source()
-        except ConfigError as exc:
-            problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
+            levels = levels_from_config(new.log.levels)
+        except Exception as exc:  # validated by the schema: a bug, reported as 1100 anyway
+            problems = f"cannot apply it: {exc!r}"
             self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
             return {"reloaded": False, "problems": problems}
         restart = needs_restart(self.config, new)
         self.config = self.config.model_copy(update={"route": new.route, "log": new.log})
-        for category, level in levels_from_config(new.log.levels).items():
+        for category, level in levels.items():
             self.events.set_level(category, level)
         payload = {"config": self.worker_config()}
         answers = {}

@@ -137,9 +137,12 @@ EVENTS_LOST = _event(
 CONFIG_INVALID = _event(
     1100, "ConfigInvalid", C.CONFIG, S.ERROR, MIN,
     "configuration {source} is invalid: {problems}",
-    "The configuration file has unknown keys, wrong types or impossible values; the "
-    "service refuses to start with it.",
-    "Fix the keys named (dotted paths) and check with `mailgate check-config FILE`.",
+    "The configuration file cannot be used: bytes that are not UTF-8 or not TOML (the "
+    "line and column are named), unknown keys, wrong types or impossible values. The "
+    "service refuses to start with it; a reload (SIGHUP, `ctl reload`) keeps the running "
+    "configuration.",
+    "Fix the file where named (a position or a dotted key) and check it with "
+    "`mailgate check-config FILE`, which reports the same problems; then reload.",
 )  # fmt: skip
 
 CONFIG_RELOADED = _event(
