@@ -264,12 +264,23 @@ class Service:
                     _committer_body(committer),
                     critical=True,
                     on_stop=committer.wake,
+                    abandon=False,  # a second committer would wait on the same lock or disk
                 )
         if self.delivers:
             self._start_delivery()
         if self.listener is not None:
             listener = self.listener
-            sup.spawn("smtp", "receive", listener, critical=True, on_stop=listener.request_stop)
+            # Not abandoned when stalled: a second loop on the same listening socket would
+            # have it closed under it when the wedged one wakes. The stall keeps the service
+            # unhealthy (503, no watchdog ping), so its manager restarts it.
+            sup.spawn(
+                "smtp",
+                "receive",
+                listener,
+                critical=True,
+                on_stop=listener.request_stop,
+                abandon=False,
+            )
 
     def _start_admin(self) -> None:
         """The admin HTTP listener (/metrics, /healthz, /status), bound in _prepare."""
@@ -503,7 +514,7 @@ def read_new_config(source: Callable[[], Config], events: EventLog) -> Config | 
 
 
 def _committer_body(committer: Committer) -> Callable[[ThreadHandle], None]:
-    return lambda h: committer.run(lambda: h.stopping, h.progress)
+    return lambda h: committer.run(lambda: h.stopping, h.progress, h.busy, h.idle)
 
 
 def make_supervisor(
