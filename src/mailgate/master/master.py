@@ -62,6 +62,8 @@ from mailgate.supervise.systemd import Notifier
 from mailgate.web.admin import AdminServer, open_admin
 from mailgate.web.view import MasterView
 
+EOF_WAIT = 2.0  # seconds a dead worker's channel may take to deliver its last events
+
 
 class Master:
     def __init__(
@@ -237,6 +239,7 @@ class Master:
                     if not self._read(worker, int(key.fd)):
                         selector.unregister(key.fd)
                         del registered[int(key.fd)]
+                        worker.channel_closed = True
         finally:
             selector.close()
 
@@ -264,6 +267,8 @@ class Master:
         worker.last_heard = time.time()
         if kind == "event":
             event = catalog.CATALOG.get(message.get("id", -1))
+            if event is catalog.WORKER_EXITING:
+                worker.last_words = str((message.get("fields") or {}).get("reason", ""))
             if event is not None:
                 self.events.forward(
                     event,
@@ -287,7 +292,11 @@ class Master:
                 if worker.proc is None or worker.failed or self.stopping:
                     continue
                 if worker.proc.poll() is not None:
-                    if not worker.handled_exit:
+                    # Its last words (event 5020) come first: wait for its channel's EOF,
+                    # a moment at most (its stdout could be held open by nothing else).
+                    if not worker.handled_exit and (
+                        worker.channel_closed or now - worker.last_heard > EOF_WAIT
+                    ):
                         self._died(worker, now)
                 elif now - worker.last_heard > self.config.supervise.worker_silence:
                     self.events.emit(
@@ -307,6 +316,8 @@ class Master:
         worker.handled_exit = True
         code = worker.proc.returncode
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        if worker.last_words:
+            how += f": {worker.last_words}"
         prefix = f"{self.config.service.hostname}:{worker.pid}:"
         try:
             release_all_leases(self.backend, self.events, prefix, f"held by dead {worker.name}")
@@ -325,7 +336,9 @@ class Master:
                 restarts=len(worker.recent),
                 window=int(window),
             )
-            self.fail(f"worker {worker.name} failed")
+            # Without this worker the service cannot do its job: end it, non-zero (Q151431).
+            why = f": {worker.last_words}" if worker.last_words else ""
+            self.fail(f"worker {worker.name} failed{why}", fatal=True)
             return
         structural = worker.heartbeats == 0  # died before it ever reported: back off longer
         base = BACKOFF_STRUCTURAL if structural else BACKOFF_FIRST
@@ -363,8 +376,8 @@ class Master:
             reasons.append(self.failure)
         return reasons
 
-    def fail(self, reason: str) -> None:
-        if self.config.supervise.exit_on_failure or reason.startswith("critical"):
+    def fail(self, reason: str, *, fatal: bool = False) -> None:
+        if fatal or self.config.supervise.exit_on_failure or reason.startswith("critical"):
             self.failure = self.failure or reason
             self.requested_stop = True
 

@@ -46,6 +46,8 @@ class WorkerProcess:
     restart_at: float | None = 0.0  # due to be (re)started; None once running
     failed: bool = False
     handled_exit: bool = False
+    channel_closed: bool = False  # its stdout reached EOF: every event it sent was read
+    last_words: str = ""  # the reason it gave for exiting (event 5020), if any
     buffer: bytes = b""
     _replies: dict[int, Future[Any]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -69,7 +71,7 @@ class WorkerProcess:
         self.proc, self.started_at = proc, time.time()
         self.last_heard, self.heartbeats, self.status = self.started_at, 0, {}
         self.restart_at, self.handled_exit, self.buffer = None, False, b""
-        self._unsent = b""
+        self.channel_closed, self.last_words, self._unsent = False, "", b""
         assert proc.stdout is not None and proc.stdin is not None
         os.set_blocking(proc.stdout.fileno(), False)
         os.set_blocking(proc.stdin.fileno(), False)

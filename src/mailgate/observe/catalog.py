@@ -512,8 +512,20 @@ WORKER_KILLED = _event(
 WORKER_FAILED = _event(
     5013, "WorkerFailed", C.SUPERVISION, S.CRITICAL, MIN,
     "worker {worker} ({role}) died {restarts} times within {window}s; not restarted",
-    "A worker process keeps dying; restarting it again would only hide the problem.",
-    "Read its 5011 events and standard error for the cause, fix it, restart the service.",
+    "A worker process keeps dying; restarting it again would only hide the problem. "
+    "Without it the service cannot do its job: it exits non-zero (event 1002) so that "
+    "its service manager restarts it.",
+    "Read its 5020 and 5011 events for the cause, fix it, restart the service.",
+)  # fmt: skip
+WORKER_EXITING = _event(
+    5020, "WorkerExiting", C.SUPERVISION, S.ERROR, MIN,
+    "worker {worker} ({role}, pid {pid}) is exiting: {reason}",
+    "A worker process cannot go on: it failed while starting (the error is named, with "
+    "its traceback in the fields) or one of its critical threads failed. It says so on "
+    "its channel before it exits, so the reason reaches the event log; the master "
+    "restarts it (event 5011) within its restart budget.",
+    "Fix the cause named (a file or socket in the way, a damaged store, ...); the "
+    "restarted worker picks it up.",
 )  # fmt: skip
 THREAD_FAILED = _event(
     10003, "ThreadFailedFatally", C.SUPERVISION, S.CRITICAL, MIN,

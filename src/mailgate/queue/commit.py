@@ -25,6 +25,7 @@ from mailgate.errors import StoreError
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Backend, Connection
+from mailgate.testing import faults
 
 T = TypeVar("T")
 Op = Callable[[Connection], Any]
@@ -83,6 +84,7 @@ class Committer:
         """The commit loop. It is `busy` from taking a batch until its COMMIT returned, so a
         committer blocked with callers waiting (on the writer lock held by a wedged process,
         on a slow fsync) is reported as stalled; waiting for work is `idle` (Q151669)."""
+        faults.check("commit.loop")  # tests: a committer that dies at every start
         conn: Connection | None = None
         try:
             while True:
