@@ -210,7 +210,8 @@ class Service:
     def _prepare(self) -> None:
         config = self.config
         self.postoffice.root.mkdir(parents=True, exist_ok=True)
-        self.backend.initialize()
+        # Under a master, the master checked the store before starting any worker.
+        self.backend.initialize(check=self.role == "all" and config.queue.check_at_start)
         if self.role == "all":
             release_all_leases(self.backend, self.events)
             self.control_socket = bind_control(socket_path(config.data_dir))

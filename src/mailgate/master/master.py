@@ -97,7 +97,8 @@ class Master:
         self.lock.acquire()
         try:
             self.config.postoffice_root.mkdir(parents=True, exist_ok=True)
-            self.backend.initialize()
+            # A damaged page stops the start, before any worker runs on it (Q159305).
+            self.backend.initialize(check=self.config.queue.check_at_start)
             release_all_leases(self.backend, self.events)
             host, port = parse_hostport(self.config.smtp.listen)
             self.reservation = bind(host, port, reuse_port=True, listen=False)
