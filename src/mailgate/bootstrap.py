@@ -29,7 +29,7 @@ from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
 from mailgate.control.commands import ControlCommands
 from mailgate.control.server import ControlServer, bind_control, socket_path
 from mailgate.dsn.generate import BounceGenerator
-from mailgate.errors import AlreadyRunning, ConfigError, StoreError
+from mailgate.errors import AlreadyRunning, ConfigError, StoreError, StoreInUse
 from mailgate.interchange.connector import Connector
 from mailgate.interchange.scheduler import Scheduler
 from mailgate.interchange.state import Connectors
@@ -130,7 +130,7 @@ class Service:
         self.config = config
         self.events = events
         self.source = source  # re-reads the configuration for a reload
-        self.lock = DataDirLock(config.data_dir)
+        self.lock = DataDirLock(config.data_dir, config.queue_path)  # and the store's
         # Only processes that accept mail need each commit on disk before they answer; the
         # interchange process's claims and outcomes may be lost to a power failure and redone
         # (postoffice delivery is idempotent), which spares its fsyncs and shortens its hold
@@ -656,6 +656,15 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
         service.start()
     except AlreadyRunning as exc:
         events.emit(catalog.ALREADY_RUNNING, data_dir=config.data_dir, pid=exc.pid or "?")
+        return 1
+    except StoreInUse as exc:
+        events.emit(
+            catalog.STORE_IN_USE,
+            store=exc.store,
+            pid=exc.pid or "?",
+            holder_data_dir=exc.data_dir,
+            data_dir=config.data_dir,
+        )
         return 1
     except (StoreError, OSError, CredentialsError) as exc:
         events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")

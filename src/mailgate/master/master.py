@@ -47,7 +47,7 @@ from mailgate.bootstrap import (
 )
 from mailgate.config.schema import Config, parse_hostport
 from mailgate.control.server import ControlServer, bind_control, socket_path
-from mailgate.errors import AlreadyRunning, StoreError
+from mailgate.errors import AlreadyRunning, StoreError, StoreInUse
 from mailgate.master.processes import WORKER_CONFIG, WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config
@@ -72,7 +72,7 @@ class Master:
         self.config = config  # validated here, handed to every worker: one source of truth
         self.events = events
         self.source = source
-        self.lock = DataDirLock(config.data_dir)
+        self.lock = DataDirLock(config.data_dir, config.queue_path)  # and the store's
         self.backend = SqliteBackend(config.queue_path)
         self.stopping = False
         self.failure: str | None = None
@@ -435,6 +435,15 @@ def run_master(config: Config, source: Callable[[], Config] | None = None) -> in
         master.start()
     except AlreadyRunning as exc:
         events.emit(catalog.ALREADY_RUNNING, data_dir=config.data_dir, pid=exc.pid or "?")
+        return 1
+    except StoreInUse as exc:
+        events.emit(
+            catalog.STORE_IN_USE,
+            store=exc.store,
+            pid=exc.pid or "?",
+            holder_data_dir=exc.data_dir,
+            data_dir=config.data_dir,
+        )
         return 1
     except (StoreError, OSError, CredentialsError) as exc:
         events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")

@@ -109,6 +109,15 @@ ALREADY_RUNNING = _event(
     "A second service was started on a data directory that another one holds.",
     "Stop the running one first, or give this one another --data-dir.",
 )  # fmt: skip
+STORE_IN_USE = _event(
+    1030, "StoreInUse", C.SERVICE, S.ERROR, MIN,
+    "the queue {store} is in use by mailgate pid {pid} on {holder_data_dir}; this one "
+    "(on {data_dir}) will not start",
+    "A second service was started on a queue store that another one, with another data "
+    "directory, holds. Two services on one store would take each other's work for that "
+    "of a dead process and deliver it twice, so the second is refused.",
+    "Give each service its own [queue] path, or stop the one named first.",
+)  # fmt: skip
 STOP_INCOMPLETE = _event(
     1005, "StopIncomplete", C.SERVICE, S.ERROR, MIN,
     "stop deadline of {timeout}s passed; threads still running: {threads}",
