@@ -422,6 +422,7 @@ class Service:
                 self.events,
                 hostname=config.service.hostname,
                 quota=po.quota,
+                counters=self.counters,
             )
             built.append((postoffice, po.threads, po.batch))
         if "smarthost" in config.connectors:

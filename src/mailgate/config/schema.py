@@ -286,7 +286,10 @@ class PostofficeSettings(Section):
         10, ge=1, le=64, description="Longest network, postoffice or mailbox name (MS Mail: 10)."
     )
     quota: Size = Field(
-        0, description="Bytes a mailbox may hold before deliveries defer; 0 means no quota."
+        0,
+        description="Bytes a mailbox may hold before deliveries defer; 0 means no quota. The "
+        "size is kept in each mailbox's Maildir++ `maildirsize` file (which Dovecot and "
+        "Courier read and update too), so a delivery never lists the mailbox.",
     )
     threads: int = Field(
         1,

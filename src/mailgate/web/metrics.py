@@ -33,6 +33,8 @@ SIMPLE_COUNTERS = {
     "mailgate_smtp_sessions_total": "SMTP sessions accepted.",
     "mailgate_smtp_recipients_rejected_total": "RCPT TO commands refused.",
     "mailgate_messages_refused_total": "Messages refused after DATA (nothing was queued).",
+    "mailgate_postoffice_quota_scans_total": "Mailboxes listed to rebuild their size "
+    "(maildirsize) for [postoffice] quota; rare once each mailbox has its file.",
 }
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
