@@ -19,8 +19,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 from mailgate import __version__
 from mailgate.config.schema import RELAY_CONNECTORS, Config, parse_hostport
@@ -155,6 +157,7 @@ class Service:
         )
         self.stopped = threading.Event()
         self.failure: str | None = None
+        self.reloads = ReloadState()
         self.supervisor = make_supervisor(config, events, self.fail)
         self.connectors = Connectors(config.connectors)
         self.counters = Counters()
@@ -382,6 +385,11 @@ class Service:
     def reload(self, new: Config | None = None) -> bool:
         """Re-read the configuration (or take `new`, already validated by the master) and
         apply what can change live. False if it was refused; the running one stays."""
+        ok = self._reload(new)
+        self.reloads.record(ok)
+        return ok
+
+    def _reload(self, new: Config | None) -> bool:
         if new is None:
             if self.source is None:
                 return False
@@ -497,6 +505,23 @@ class Service:
             self.admin.close()
         self.lock.release()
         return left
+
+
+@dataclass(slots=True)
+class ReloadState:
+    """Whether the last reload was taken, and when one last was (or the start): what
+    `ctl status` and /metrics show, since a refused reload leaves the service healthy."""
+
+    ok: bool = True
+    succeeded_at: float = field(default_factory=time.time)
+
+    def record(self, ok: bool) -> None:
+        self.ok = ok
+        if ok:
+            self.succeeded_at = time.time()
+
+    def json(self) -> dict[str, Any]:
+        return {"last_reload_ok": self.ok, "last_reload_success": self.succeeded_at}
 
 
 def read_new_config(source: Callable[[], Config], events: EventLog) -> Config | str:

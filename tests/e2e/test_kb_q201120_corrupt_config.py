@@ -9,14 +9,16 @@ keep serving with the configuration it had; `check-config` must say the same thi
 
 from __future__ import annotations
 
+import re
 import signal
 import smtplib
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.process import DEFAULT_CONFIG, Mailgate, wait_for
+from tests.support.process import DEFAULT_CONFIG, Mailgate, free_port, wait_for
 
 ALICE = "alice@po1.net1.example.test"
 MODES = [pytest.param((), id="workers"), pytest.param(("--single-process",), id="single")]
@@ -38,6 +40,14 @@ def send(mg: Mailgate, subject: str) -> None:
         assert client.sendmail("s@example.org", [ALICE], f"Subject: {subject}\r\n\r\nhi\r\n") == {}
 
 
+def reload_gauge(admin: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    found = re.search(r"^mailgate_config_last_reload_successful (\S+)$", text, re.M)
+    assert found, "no mailgate_config_last_reload_successful in /metrics"
+    return float(found.group(1))
+
+
 def problems_said_by_check_config(mg: Mailgate, path: Path) -> list[str]:
     result = subprocess.run(
         mg.command("check-config", str(path)), capture_output=True, text=True, timeout=60
@@ -51,9 +61,11 @@ def problems_said_by_check_config(mg: Mailgate, path: Path) -> list[str]:
 def test_bad_reload_keeps_running_and_reports_1100(tmp_path: Path, mode: tuple[str, ...]) -> None:
     mg = Mailgate(tmp_path)
     mg.add_mailbox("MS:NET1/PO1/ALICE")
-    mg.start(*mode)
+    admin = free_port()
+    mg.start(*mode, "--admin-listen", f"127.0.0.1:{admin}")
     try:
         assert mg.proc is not None
+        assert reload_gauge(admin) == 1
         for n, (damage, (data, where)) in enumerate(DAMAGE.items(), 1):
             mg.config_path.write_bytes(data)
             mg.proc.send_signal(signal.SIGHUP)
@@ -70,15 +82,19 @@ def test_bad_reload_keeps_running_and_reports_1100(tmp_path: Path, mode: tuple[s
         assert answer.returncode == 0, answer.stderr
         assert '"reloaded": false' in answer.stdout, answer.stdout
         mg.wait_events(1100, count=len(DAMAGE) + 1)
-        # The service runs on with the configuration it had: it accepts and delivers.
+        # The service runs on with the configuration it had: it accepts and delivers, and
+        # says that the last reload was refused.
         assert not mg.events(1006), "an exception escaped"
         assert mg.healthy()
+        assert "last reload was REFUSED" in mg.cli("ctl", "status").stdout
+        assert reload_gauge(admin) == 0
         send(mg, "after the bad reloads")
         wait_for(lambda: mg.delivered("NET1", "PO1", "ALICE"), 10, what="delivery")
         # A good file is taken again, and the stop is clean.
         mg.config_path.write_bytes(VALID)
         mg.proc.send_signal(signal.SIGHUP)
         mg.wait_events(1101)
+        wait_for(lambda: reload_gauge(admin) == 1, 10, what="the reload gauge back to 1")
         assert mg.stop() == 0
     finally:
         mg.close()

@@ -85,6 +85,10 @@ def status(as_json: bool, config_path: Path | None, data_dir: Path | None) -> No
     click.echo(f"mailgate {result['version']} pid {result['pid']} {result['state']}, {health}")
     click.echo(f"uptime {result['uptime']}s, restarts {result['restarts']}, "
                f"abandoned threads {result['abandoned']}")  # fmt: skip
+    config = result.get("config") or {}
+    if not config.get("last_reload_ok", True):
+        click.echo("configuration: the last reload was REFUSED (event 1100); running on the "
+                   "configuration loaded before")  # fmt: skip
     for name, q in result["queues"].items():
         paused = " PAUSED" if q["paused"] else ""
         click.echo(

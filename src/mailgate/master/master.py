@@ -36,6 +36,7 @@ from typing import Any
 
 from mailgate import __version__
 from mailgate.bootstrap import (
+    ReloadState,
     install_excepthooks,
     make_supervisor,
     needs_restart,
@@ -76,6 +77,7 @@ class Master:
         self.backend = SqliteBackend(config.queue_path)
         self.stopping = False
         self.failure: str | None = None
+        self.reloads = ReloadState()
         self.supervisor = make_supervisor(config, events, self.fail)
         count = config.processes.receive or os.cpu_count() or 1
         specs = [WorkerSpec("receive", f"receive-{n}") for n in range(1, count + 1)]
@@ -184,6 +186,11 @@ class Master:
 
     def reload(self) -> dict[str, Any]:
         """Re-read and validate the file here, once; workers get the validated result."""
+        answer = self._reload()
+        self.reloads.record(bool(answer["reloaded"]))
+        return answer
+
+    def _reload(self) -> dict[str, Any]:
         if self.source is None:
             return {"reloaded": False}
         new = read_new_config(self.source, self.events)
