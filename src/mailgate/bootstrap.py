@@ -19,8 +19,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 from mailgate import __version__
 from mailgate.config.schema import RELAY_CONNECTORS, Config, parse_hostport
@@ -29,7 +31,7 @@ from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
 from mailgate.control.commands import ControlCommands
 from mailgate.control.server import ControlServer, bind_control, socket_path
 from mailgate.dsn.generate import BounceGenerator
-from mailgate.errors import AlreadyRunning, ConfigError, StoreError
+from mailgate.errors import AlreadyRunning, ConfigError, StoreError, StoreInUse
 from mailgate.interchange.connector import Connector
 from mailgate.interchange.scheduler import Scheduler
 from mailgate.interchange.state import Connectors
@@ -130,7 +132,7 @@ class Service:
         self.config = config
         self.events = events
         self.source = source  # re-reads the configuration for a reload
-        self.lock = DataDirLock(config.data_dir)
+        self.lock = DataDirLock(config.data_dir, config.queue_path)  # and the store's
         # Only processes that accept mail need each commit on disk before they answer; the
         # interchange process's claims and outcomes may be lost to a power failure and redone
         # (postoffice delivery is idempotent), which spares its fsyncs and shortens its hold
@@ -155,6 +157,7 @@ class Service:
         )
         self.stopped = threading.Event()
         self.failure: str | None = None
+        self.reloads = ReloadState()
         self.supervisor = make_supervisor(config, events, self.fail)
         self.connectors = Connectors(config.connectors)
         self.counters = Counters()
@@ -210,7 +213,8 @@ class Service:
     def _prepare(self) -> None:
         config = self.config
         self.postoffice.root.mkdir(parents=True, exist_ok=True)
-        self.backend.initialize()
+        # Under a master, the master checked the store before starting any worker.
+        self.backend.initialize(check=self.role == "all" and config.queue.check_at_start)
         if self.role == "all":
             release_all_leases(self.backend, self.events)
             self.control_socket = bind_control(socket_path(config.data_dir))
@@ -264,12 +268,23 @@ class Service:
                     _committer_body(committer),
                     critical=True,
                     on_stop=committer.wake,
+                    abandon=False,  # a second committer would wait on the same lock or disk
                 )
         if self.delivers:
             self._start_delivery()
         if self.listener is not None:
             listener = self.listener
-            sup.spawn("smtp", "receive", listener, critical=True, on_stop=listener.request_stop)
+            # Not abandoned when stalled: a second loop on the same listening socket would
+            # have it closed under it when the wedged one wakes. The stall keeps the service
+            # unhealthy (503, no watchdog ping), so its manager restarts it.
+            sup.spawn(
+                "smtp",
+                "receive",
+                listener,
+                critical=True,
+                on_stop=listener.request_stop,
+                abandon=False,
+            )
 
     def _start_admin(self) -> None:
         """The admin HTTP listener (/metrics, /healthz, /status), bound in _prepare."""
@@ -370,17 +385,28 @@ class Service:
     def reload(self, new: Config | None = None) -> bool:
         """Re-read the configuration (or take `new`, already validated by the master) and
         apply what can change live. False if it was refused; the running one stays."""
+        ok = self._reload(new)
+        self.reloads.record(ok)
+        return ok
+
+    def _reload(self, new: Config | None) -> bool:
         if new is None:
             if self.source is None:
                 return False
-            try:
-                new = self.source()
-            except ConfigError as exc:
-                problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
-                self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
+            read = read_new_config(self.source, self.events)
+            if isinstance(read, str):
                 return False
-        self.policy.replace(Router(new.routes, self.address_map), new.smtp.relay_networks)
-        for category, level in levels_from_config(new.log.levels).items():
+            new = read
+        try:  # built before anything is swapped: a failure leaves all as it was
+            router = Router(new.routes, self.address_map)
+            levels = levels_from_config(new.log.levels)
+        except Exception as exc:
+            self.events.emit(
+                catalog.CONFIG_INVALID, source="reload", problems=f"cannot apply it: {exc!r}"
+            )
+            return False
+        self.policy.replace(router, new.smtp.relay_networks)
+        for category, level in levels.items():
             self.events.set_level(category, level)
         restart = needs_restart(self.config, new)
         self.config = self.config.model_copy(update={"route": new.route, "log": new.log})
@@ -404,6 +430,7 @@ class Service:
                 self.events,
                 hostname=config.service.hostname,
                 quota=po.quota,
+                counters=self.counters,
             )
             built.append((postoffice, po.threads, po.batch))
         if "smarthost" in config.connectors:
@@ -480,8 +507,41 @@ class Service:
         return left
 
 
+@dataclass(slots=True)
+class ReloadState:
+    """Whether the last reload was taken, and when one last was (or the start): what
+    `ctl status` and /metrics show, since a refused reload leaves the service healthy."""
+
+    ok: bool = True
+    succeeded_at: float = field(default_factory=time.time)
+
+    def record(self, ok: bool) -> None:
+        self.ok = ok
+        if ok:
+            self.succeeded_at = time.time()
+
+    def json(self) -> dict[str, Any]:
+        return {"last_reload_ok": self.ok, "last_reload_success": self.succeeded_at}
+
+
+def read_new_config(source: Callable[[], Config], events: EventLog) -> Config | str:
+    """Re-read the configuration for a reload: the new one, or (after event 1100) what is
+    wrong with it.
+
+    Nothing a file holds may end the service: load_config turns every problem into a
+    ConfigError, and anything else it raised is a bug reported the same way (Q201120)."""
+    try:
+        return source()
+    except ConfigError as exc:
+        problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
+    except Exception as exc:
+        problems = f"cannot be read: {exc!r}"
+    events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
+    return problems
+
+
 def _committer_body(committer: Committer) -> Callable[[ThreadHandle], None]:
-    return lambda h: committer.run(lambda: h.stopping, h.progress)
+    return lambda h: committer.run(lambda: h.stopping, h.progress, h.busy, h.idle)
 
 
 def make_supervisor(
@@ -623,6 +683,15 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
         service.start()
     except AlreadyRunning as exc:
         events.emit(catalog.ALREADY_RUNNING, data_dir=config.data_dir, pid=exc.pid or "?")
+        return 1
+    except StoreInUse as exc:
+        events.emit(
+            catalog.STORE_IN_USE,
+            store=exc.store,
+            pid=exc.pid or "?",
+            holder_data_dir=exc.data_dir,
+            data_dir=config.data_dir,
+        )
         return 1
     except (StoreError, OSError, CredentialsError) as exc:
         events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")

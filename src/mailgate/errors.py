@@ -41,6 +41,15 @@ class AlreadyRunning(MailgateError):
         super().__init__(f"mailgate is already running on {data_dir} ({who})")
 
 
+class StoreInUse(MailgateError):
+    """Another mailgate, on another data directory, holds the queue store's lock."""
+
+    def __init__(self, store: str, pid: int | None, data_dir: str) -> None:
+        self.store, self.pid, self.data_dir = store, pid, data_dir
+        who = f"pid {pid}" if pid else "unknown pid"
+        super().__init__(f"the queue {store} is in use by mailgate {who} on {data_dir}")
+
+
 class DeliveryFailure(MailgateError):
     """A delivery attempt did not succeed; `reply` is kept with the attempt."""
 

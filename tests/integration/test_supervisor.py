@@ -128,3 +128,24 @@ def test_every_thread_of_a_running_service_is_registered(tmp_path: Path) -> None
         assert {"supervisor", "commit", "scheduler", "smtp", "postoffice-1"} <= names
     finally:
         assert service.stop() == []
+
+
+def test_a_thread_spawned_not_to_be_abandoned_stays_stalled_until_it_moves() -> None:
+    sup, sink = supervisor(stall_after=0.3, grace=0.3)
+    release = threading.Event()
+
+    def body(handle: ThreadHandle) -> None:
+        handle.busy()
+        release.wait(30)  # wedged well past stall_after + grace
+        handle.progress()
+        handle.wait(30)
+
+    sup.spawn("loop", "test", body, abandon=False)
+    wait_for(lambda: sup.statistics().stalled == ("loop",), 5, what="stalled")
+    time.sleep(1.0)  # three times the grace: an abandonable thread would be replaced by now
+    assert not any("5004" in line for line in sink.lines), sink.lines
+    assert sup.statistics().stalled == ("loop",)
+    release.set()
+    wait_for(lambda: any("5005" in line for line in sink.lines), 5, what="resumed")
+    assert sup.statistics().abandoned == 0
+    assert sup.stop_all([["loop"]], time.monotonic() + 5) == []

@@ -92,7 +92,7 @@ class Mailgate:
                 "--data-dir", str(self.data_dir),
                 "--listen", f"127.0.0.1:{self.port}",
                 # No admin listener unless a test asks: the default port would be shared.
-                *([] if "--admin-listen" in extra or "[admin]" in self.config_path.read_text()
+                *([] if "--admin-listen" in extra or b"[admin]" in self.config_path.read_bytes()
                   else ["--admin-listen", ""]),
                 *extra,
             ),

@@ -21,11 +21,13 @@ def _data_dir(config_path: Path | None, data_dir: Path | None) -> Path:
         return data_dir
     if config_path is not None:
         try:
+            # Damaged bytes elsewhere (Q201120) must not hide data_dir: decode leniently.
             with open(config_path, "rb") as f:
-                value = tomllib.load(f).get("service", {}).get("data_dir")
+                text = f.read(1 << 22).decode("utf-8", "replace")
+            value = tomllib.loads(text).get("service", {}).get("data_dir")
             if isinstance(value, str):
                 return Path(value)
-        except (OSError, tomllib.TOMLDecodeError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             pass
     return Path("./var")
 
@@ -83,6 +85,10 @@ def status(as_json: bool, config_path: Path | None, data_dir: Path | None) -> No
     click.echo(f"mailgate {result['version']} pid {result['pid']} {result['state']}, {health}")
     click.echo(f"uptime {result['uptime']}s, restarts {result['restarts']}, "
                f"abandoned threads {result['abandoned']}")  # fmt: skip
+    config = result.get("config") or {}
+    if not config.get("last_reload_ok", True):
+        click.echo("configuration: the last reload was REFUSED (event 1100); running on the "
+                   "configuration loaded before")  # fmt: skip
     for name, q in result["queues"].items():
         paused = " PAUSED" if q["paused"] else ""
         click.echo(

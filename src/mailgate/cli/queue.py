@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shlex
 import sqlite3
 import sys
 import time
@@ -497,11 +498,14 @@ def check(as_json: bool, config_path: Path | None, data_dir: Path | None) -> Non
                     }
                 )
     exists = config.queue_path.is_file()
+    damaged = any(p["kind"] in ("integrity", "unreadable") for p in problems)
+    advice = damage_advice(config.queue_path) if damaged else []
     result = {
         "ok": not problems,
         "queue": str(config.queue_path),
         "exists": exists,
         "problems": problems,
+        "advice": advice,
     }
     if as_json:
         _dump(result)
@@ -515,8 +519,31 @@ def check(as_json: bool, config_path: Path | None, data_dir: Path | None) -> Non
             click.echo(f"  {problem['count']} {problem['description']} ({problem['kind']}):")
             for example in problem["examples"]:
                 click.echo(f"    {printable(example)}")
+        if advice:
+            click.echo("what to do:")
+            for line in advice:
+                click.echo(f"  {line}")
     if problems:
         raise SystemExit(1)
+
+
+def damage_advice(path: Path) -> list[str]:
+    """How to get a service running again on a damaged queue file (Q159305).
+
+    `.dump` writes every row SQLite can still reach; where it met damage it ends with
+    ROLLBACK, which the sed turns into COMMIT so the readable rows are kept. (`.recover`
+    reads more, but fails with "SQL logic error" in SQLite 3.40, which Debian 12 ships.)"""
+    db, copy = shlex.quote(str(path)), shlex.quote(f"{path}.recovered")
+    return [
+        "1. Stop mailgate (it refuses to start on this file) and keep a copy of "
+        f"{path} and, if present, its -wal and -shm files.",
+        f"2. Copy out what can be read: sqlite3 {db} .dump | sed "
+        f"'s/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 {copy}",
+        f"3. Put the copy in place: rm -f {db} {db}-wal {db}-shm && mv {copy} {db}",
+        "4. Run `mailgate queue check` again; when it says ok, start mailgate. Messages "
+        "whose rows were on the damaged pages are gone: `mailgate queue list` shows what "
+        "remains.",
+    ]
 
 
 # --- changing ------------------------------------------------------------------------------------

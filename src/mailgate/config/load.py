@@ -2,7 +2,10 @@
 
 Every problem is reported as (dotted key path, reason), e.g.
 `smtp.max_recipients: Input should be greater than or equal to 1`, and the
-service refuses to start with an invalid file.
+service refuses to start with an invalid file. Whatever the bytes in the file
+(not UTF-8, NUL, nesting deep enough to exhaust the parser, a huge file), the
+only error that leaves `load_config` is ConfigError naming the file and the line
+and column, so a bad reload can keep the running configuration (Q201120).
 """
 
 from __future__ import annotations
@@ -16,6 +19,62 @@ from pydantic import ValidationError
 
 from mailgate.config.schema import Config, parse_hostport
 from mailgate.errors import ConfigError
+
+MAX_FILE_SIZE = 4 << 20  # no configuration is this big; refuse rather than read it all
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML table in `path`; ConfigError naming the file and position otherwise."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise ConfigError([(str(path), f"cannot read: {exc.strerror or exc}")]) from None
+    if len(raw) > MAX_FILE_SIZE:
+        raise ConfigError([(str(path), f"larger than {MAX_FILE_SIZE} bytes: not a configuration")])
+    try:
+        text = raw.decode("utf-8")  # TOML is UTF-8 (tomllib.load would raise UnicodeDecodeError)
+    except UnicodeDecodeError as exc:
+        line, column = _position(raw, exc.start)
+        byte = raw[exc.start]
+        where = f"line {line}, column {column} (byte 0x{byte:02x})"
+        raise ConfigError([(str(path), f"not valid UTF-8 at {where}")]) from None
+    try:
+        data = tomllib.loads(text)
+        nul = _find_nul(data)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError([(str(path), "not valid TOML: nested too deeply")]) from None
+    if nul is not None:
+        raise ConfigError([(nul, "contains a NUL character")])
+    return data
+
+
+def _position(raw: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column (in bytes) of `offset` in `raw`."""
+    line_start = raw.rfind(b"\n", 0, offset) + 1
+    return raw.count(b"\n", 0, offset) + 1, offset - line_start + 1
+
+
+def _find_nul(value: Any, key: str = "") -> str | None:
+    """The dotted key of the first string holding NUL (no path or name may hold one)."""
+    if isinstance(value, str):
+        return (key or "(top level)") if "\x00" in value else None
+    if isinstance(value, dict):
+        items: list[tuple[str, Any]] = [
+            (f"{key}.{k}" if key else str(k), v) for k, v in value.items()
+        ]
+        items += [(key or "(top level)", k) for k in value]  # keys themselves
+    elif isinstance(value, list):
+        items = [(f"{key}[{n}]", v) for n, v in enumerate(value)]
+    else:
+        return None
+    for sub, item in items:
+        found = _find_nul(item, sub)
+        if found is not None:
+            return found
+    return None
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -73,15 +132,7 @@ def load_config(
     smarthost: str | None = None,
 ) -> Config:
     """Read and validate `path` (built-in defaults when None) with `overrides` applied."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError([(str(path), f"cannot read: {exc.strerror}")]) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+    data = read_toml(path) if path is not None else {}
     if smarthost is not None:
         try:
             data = with_smarthost(data, smarthost)

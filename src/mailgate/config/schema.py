@@ -266,6 +266,13 @@ class QueueSettings(Section):
     commit_batch: int = Field(
         512, ge=1, description="Most operations that share one durable commit (group commit)."
     )
+    check_at_start: bool = Field(
+        True,
+        description="Verify every page of the queue file at start (SQLite quick_check); a "
+        "damaged file stops the start (event 1002) and `mailgate queue check` says what to "
+        "do. Costs about 0.1 s per 100 MB of queue from the page cache, 1 s cold; turn it "
+        "off only where a huge queue must start at once.",
+    )
 
     @model_validator(mode="after")
     def _retry_order(self) -> QueueSettings:
@@ -288,7 +295,10 @@ class PostofficeSettings(Section):
         10, ge=1, le=64, description="Longest network, postoffice or mailbox name (MS Mail: 10)."
     )
     quota: Size = Field(
-        0, description="Bytes a mailbox may hold before deliveries defer; 0 means no quota."
+        0,
+        description="Bytes a mailbox may hold before deliveries defer; 0 means no quota. The "
+        "size is kept in each mailbox's Maildir++ `maildirsize` file (which Dovecot and "
+        "Courier read and update too), so a delivery never lists the mailbox.",
     )
     threads: int = Field(
         1,

@@ -11,8 +11,10 @@ case the reader already moved the message.
 
 Errors: no mailbox (or a symlink where a directory should be) is a permanent
 failure, event 2375; a disk error or an exceeded quota is temporary, event
-2376, so a full mailbox defers instead of bouncing. Paths are opened relative
-to directory descriptors with O_NOFOLLOW: nothing outside the root is reachable.
+2376, so a full mailbox defers instead of bouncing. The quota is checked against
+the mailbox's Maildir++ `maildirsize` (postoffice/quota.py), never by listing it.
+Paths are opened relative to directory descriptors with O_NOFOLLOW: nothing
+outside the root is reachable.
 """
 
 from __future__ import annotations
@@ -29,12 +31,15 @@ from mailgate.errors import AddressError, PermanentFailure, TemporaryFailure
 from mailgate.interchange.connector import Result
 from mailgate.model import Claim, Disposition
 from mailgate.observe import catalog
+from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
+from mailgate.postoffice.quota import MaildirSize
 from mailgate.postoffice.tree import Postoffice, open_dir
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+QUOTA_SCANS = "mailgate_postoffice_quota_scans_total"
 
 
 def maildir_name(claim: Claim, hostname: str, size: int) -> str:
@@ -59,12 +64,19 @@ class PostofficeConnector:
         *,
         hostname: str,
         quota: int = 0,
+        counters: Counters | None = None,
     ) -> None:
         self.postoffice = postoffice
         self.map = address_map
         self.events = events
         self.hostname = hostname
         self.quota = quota
+        self.counters = counters
+
+    def quota_scanned(self) -> None:
+        """A mailbox was listed to rebuild its maildirsize (rare: see postoffice/quota.py)."""
+        if self.counters is not None:
+            self.counters.add(QUOTA_SCANS)
 
     def open(self) -> PostofficeSession:
         return PostofficeSession(self)
@@ -188,23 +200,34 @@ class PostofficeSession:
         if claim.redelivery and _already_there(box.box, box.new, name):
             self._dirty[id(box)] = box  # the earlier link may not be synced yet
             return "250 2.0.0 already in mailbox (earlier attempt completed)"
+        size = None
         if self.c.quota:
-            self._check_quota(claim, mailbox)
-        tmp_name = f"{name}.{self.suffix}"
-        _write_file(box.tmp, tmp_name, content)
+            size = MaildirSize(box.box, box.tmp, self.c.quota, self.suffix, self.c.quota_scanned)
         try:
-            os.link(tmp_name, name, src_dir_fd=box.tmp, dst_dir_fd=box.new, follow_symlinks=False)
-        except FileExistsError:
-            pass  # an earlier attempt already linked it: exactly one copy
+            if size is not None:
+                self._check_quota(claim, mailbox, size.usage().bytes)
+            tmp_name = f"{name}.{self.suffix}"
+            _write_file(box.tmp, tmp_name, content)
+            linked = True
+            try:
+                os.link(
+                    tmp_name, name, src_dir_fd=box.tmp, dst_dir_fd=box.new, follow_symlinks=False
+                )
+            except FileExistsError:
+                linked = False  # an earlier attempt already linked it: exactly one copy
+            finally:
+                os.unlink(tmp_name, dir_fd=box.tmp)
+            if size is not None and linked:
+                size.add(len(content))
         finally:
-            os.unlink(tmp_name, dir_fd=box.tmp)
+            if size is not None:
+                size.close()
         self._dirty[id(box)] = box
         return f"250 2.0.0 delivered to {mailbox}"
 
-    def _check_quota(self, claim: Claim, mailbox: PostofficeAddress) -> None:
-        info = self.c.postoffice.info(mailbox)
-        if info.size >= self.c.quota:
-            error = f"over quota ({info.size} of {self.c.quota} bytes)"
+    def _check_quota(self, claim: Claim, mailbox: PostofficeAddress, used: int) -> None:
+        if used >= self.c.quota:
+            error = f"over quota ({used} of {self.c.quota} bytes)"
             self.c.events.emit(
                 catalog.MAILBOX_UNAVAILABLE, queue_id=claim.queue_id, mailbox=mailbox, error=error
             )

@@ -127,6 +127,7 @@ class ControlCommands:
             ],
             "queues": self.queues(),
             "counters": service.counters.snapshot(),
+            "config": service.reloads.json(),
         }
 
     def close(self) -> None:

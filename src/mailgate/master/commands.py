@@ -95,6 +95,7 @@ class MasterCommands:
             "processes": processes,
             "queues": self.queues(),
             "counters": self.counters(),
+            "config": self.master.reloads.json(),
         }
 
     def counters(self) -> dict[str, Any]:

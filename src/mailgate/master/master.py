@@ -36,17 +36,19 @@ from typing import Any
 
 from mailgate import __version__
 from mailgate.bootstrap import (
+    ReloadState,
     install_excepthooks,
     make_supervisor,
     needs_restart,
     open_events,
+    read_new_config,
     receive_settings,
     release_all_leases,
     start_event_store,
 )
 from mailgate.config.schema import Config, parse_hostport
 from mailgate.control.server import ControlServer, bind_control, socket_path
-from mailgate.errors import AlreadyRunning, ConfigError, StoreError
+from mailgate.errors import AlreadyRunning, StoreError, StoreInUse
 from mailgate.master.processes import WORKER_CONFIG, WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config
@@ -61,6 +63,8 @@ from mailgate.supervise.systemd import Notifier
 from mailgate.web.admin import AdminServer, open_admin
 from mailgate.web.view import MasterView
 
+EOF_WAIT = 2.0  # seconds a dead worker's channel may take to deliver its last events
+
 
 class Master:
     def __init__(
@@ -69,10 +73,11 @@ class Master:
         self.config = config  # validated here, handed to every worker: one source of truth
         self.events = events
         self.source = source
-        self.lock = DataDirLock(config.data_dir)
+        self.lock = DataDirLock(config.data_dir, config.queue_path)  # and the store's
         self.backend = SqliteBackend(config.queue_path)
         self.stopping = False
         self.failure: str | None = None
+        self.reloads = ReloadState()
         self.supervisor = make_supervisor(config, events, self.fail)
         count = config.processes.receive or os.cpu_count() or 1
         specs = [WorkerSpec("receive", f"receive-{n}") for n in range(1, count + 1)]
@@ -94,7 +99,8 @@ class Master:
         self.lock.acquire()
         try:
             self.config.postoffice_root.mkdir(parents=True, exist_ok=True)
-            self.backend.initialize()
+            # A damaged page stops the start, before any worker runs on it (Q159305).
+            self.backend.initialize(check=self.config.queue.check_at_start)
             release_all_leases(self.backend, self.events)
             host, port = parse_hostport(self.config.smtp.listen)
             self.reservation = bind(host, port, reuse_port=True, listen=False)
@@ -180,17 +186,25 @@ class Master:
 
     def reload(self) -> dict[str, Any]:
         """Re-read and validate the file here, once; workers get the validated result."""
+        answer = self._reload()
+        self.reloads.record(bool(answer["reloaded"]))
+        return answer
+
+    def _reload(self) -> dict[str, Any]:
         if self.source is None:
             return {"reloaded": False}
+        new = read_new_config(self.source, self.events)
+        if isinstance(new, str):
+            return {"reloaded": False, "problems": new}
         try:
-            new = self.source()
-        except ConfigError as exc:
-            problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
+            levels = levels_from_config(new.log.levels)
+        except Exception as exc:  # validated by the schema: a bug, reported as 1100 anyway
+            problems = f"cannot apply it: {exc!r}"
             self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
             return {"reloaded": False, "problems": problems}
         restart = needs_restart(self.config, new)
         self.config = self.config.model_copy(update={"route": new.route, "log": new.log})
-        for category, level in levels_from_config(new.log.levels).items():
+        for category, level in levels.items():
             self.events.set_level(category, level)
         payload = {"config": self.worker_config()}
         answers = {}
@@ -233,6 +247,7 @@ class Master:
                     if not self._read(worker, int(key.fd)):
                         selector.unregister(key.fd)
                         del registered[int(key.fd)]
+                        worker.channel_closed = True
         finally:
             selector.close()
 
@@ -260,6 +275,8 @@ class Master:
         worker.last_heard = time.time()
         if kind == "event":
             event = catalog.CATALOG.get(message.get("id", -1))
+            if event is catalog.WORKER_EXITING:
+                worker.last_words = str((message.get("fields") or {}).get("reason", ""))
             if event is not None:
                 self.events.forward(
                     event,
@@ -283,7 +300,11 @@ class Master:
                 if worker.proc is None or worker.failed or self.stopping:
                     continue
                 if worker.proc.poll() is not None:
-                    if not worker.handled_exit:
+                    # Its last words (event 5020) come first: wait for its channel's EOF,
+                    # a moment at most (its stdout could be held open by nothing else).
+                    if not worker.handled_exit and (
+                        worker.channel_closed or now - worker.last_heard > EOF_WAIT
+                    ):
                         self._died(worker, now)
                 elif now - worker.last_heard > self.config.supervise.worker_silence:
                     self.events.emit(
@@ -303,6 +324,8 @@ class Master:
         worker.handled_exit = True
         code = worker.proc.returncode
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        if worker.last_words:
+            how += f": {worker.last_words}"
         prefix = f"{self.config.service.hostname}:{worker.pid}:"
         try:
             release_all_leases(self.backend, self.events, prefix, f"held by dead {worker.name}")
@@ -321,7 +344,9 @@ class Master:
                 restarts=len(worker.recent),
                 window=int(window),
             )
-            self.fail(f"worker {worker.name} failed")
+            # Without this worker the service cannot do its job: end it, non-zero (Q151431).
+            why = f": {worker.last_words}" if worker.last_words else ""
+            self.fail(f"worker {worker.name} failed{why}", fatal=True)
             return
         structural = worker.heartbeats == 0  # died before it ever reported: back off longer
         base = BACKOFF_STRUCTURAL if structural else BACKOFF_FIRST
@@ -359,8 +384,8 @@ class Master:
             reasons.append(self.failure)
         return reasons
 
-    def fail(self, reason: str) -> None:
-        if self.config.supervise.exit_on_failure or reason.startswith("critical"):
+    def fail(self, reason: str, *, fatal: bool = False) -> None:
+        if fatal or self.config.supervise.exit_on_failure or reason.startswith("critical"):
             self.failure = self.failure or reason
             self.requested_stop = True
 
@@ -417,6 +442,15 @@ def run_master(config: Config, source: Callable[[], Config] | None = None) -> in
         master.start()
     except AlreadyRunning as exc:
         events.emit(catalog.ALREADY_RUNNING, data_dir=config.data_dir, pid=exc.pid or "?")
+        return 1
+    except StoreInUse as exc:
+        events.emit(
+            catalog.STORE_IN_USE,
+            store=exc.store,
+            pid=exc.pid or "?",
+            holder_data_dir=exc.data_dir,
+            data_dir=config.data_dir,
+        )
         return 1
     except (StoreError, OSError, CredentialsError) as exc:
         events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")

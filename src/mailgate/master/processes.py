@@ -1,4 +1,12 @@
-"""The master's view of one worker process: its pipe, heartbeat, replies and restart budget."""
+"""The master's view of one worker process: its pipe, heartbeat, replies and restart budget.
+
+Commands go down the worker's stdin as JSON lines. No lock is held across that
+write where the channel thread could meet it: `_lock` guards only the table of
+pending replies, and writers take turns with `_write_lock`, writing without
+blocking until the caller's deadline. A worker that stops reading (wedged) makes
+its callers time out, never the channel thread that reads every worker's events;
+what a timed-out call could not send goes first on the next one, so lines stay whole.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import contextlib
 import itertools
 import json
 import os
+import select
 import signal
 import subprocess
 import threading
@@ -37,10 +46,14 @@ class WorkerProcess:
     restart_at: float | None = 0.0  # due to be (re)started; None once running
     failed: bool = False
     handled_exit: bool = False
+    channel_closed: bool = False  # its stdout reached EOF: every event it sent was read
+    last_words: str = ""  # the reason it gave for exiting (event 5020), if any
     buffer: bytes = b""
     _replies: dict[int, Future[Any]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # the replies table only
+    _write_lock: threading.Lock = field(default_factory=threading.Lock)  # one writer at a time
+    _unsent: bytes = b""  # the rest of a line a timed-out call could not write
 
     @property
     def name(self) -> str:
@@ -58,8 +71,10 @@ class WorkerProcess:
         self.proc, self.started_at = proc, time.time()
         self.last_heard, self.heartbeats, self.status = self.started_at, 0, {}
         self.restart_at, self.handled_exit, self.buffer = None, False, b""
-        assert proc.stdout is not None
+        self.channel_closed, self.last_words, self._unsent = False, "", b""
+        assert proc.stdout is not None and proc.stdin is not None
         os.set_blocking(proc.stdout.fileno(), False)
+        os.set_blocking(proc.stdin.fileno(), False)
 
     def signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -74,22 +89,45 @@ class WorkerProcess:
         proc = self.proc
         if proc is None or proc.stdin is None or proc.poll() is not None:
             raise RuntimeError(f"worker {self.name} is not running")
+        deadline = time.monotonic() + timeout
         future: Future[Any] = Future()
         with self._lock:
             ident = next(self._ids)
             self._replies[ident] = future
-            data = json.dumps({"id": ident, "command": command, "args": args}).encode() + b"\n"
-            try:
-                proc.stdin.write(data)
-                proc.stdin.flush()
-            except OSError as exc:
-                self._replies.pop(ident, None)
-                raise RuntimeError(f"worker {self.name}: {exc}") from None
+        data = json.dumps({"id": ident, "command": command, "args": args}).encode() + b"\n"
         try:
-            return future.result(timeout)
+            self._send(proc.stdin.fileno(), data, deadline)
+            return future.result(max(0.0, deadline - time.monotonic()))
         finally:
             with self._lock:
                 self._replies.pop(ident, None)
+
+    def _send(self, fd: int, data: bytes, deadline: float) -> None:
+        """Write one line by `deadline` (TimeoutError); the stdin pipe is non-blocking."""
+        if not self._write_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(f"worker {self.name}: another command is still being written")
+        try:
+            prefix, self._unsent = self._unsent, b""
+            line = prefix + data
+            written = 0
+            while written < len(line):
+                try:
+                    written += os.write(fd, line[written:])
+                    continue
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise RuntimeError(f"worker {self.name}: {exc}") from None
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([], [fd], [], left)[1]:
+                    # Finish a started line next time; a command not started is dropped.
+                    if written < len(prefix):
+                        self._unsent = line[written : len(prefix)]
+                    elif written > len(prefix):
+                        self._unsent = line[written:]
+                    raise TimeoutError(f"worker {self.name} is not reading its commands")
+        finally:
+            self._write_lock.release()
 
     def reply(self, message: dict[str, Any]) -> None:
         with self._lock:

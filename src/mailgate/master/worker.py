@@ -2,8 +2,11 @@
 
 Builds a Service for its role, sends its events and a heartbeat to the master over
 stdout, takes commands on stdin, and stops when told (SIGTERM) or when stdin
-closes. It asks the kernel to kill it if the master dies (PR_SET_PDEATHSIG), so a
-master killed with SIGKILL never leaves orphans serving the port.
+closes. Whatever ends it early (a failed start, a failed critical thread) is said
+in event 5020, written from the exiting thread itself before it exits, so the
+reason reaches the master even when no channel thread runs yet (Q151431). It asks
+the kernel to kill it if the master dies (PR_SET_PDEATHSIG), so a master killed
+with SIGKILL never leaves orphans serving the port.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -22,6 +26,7 @@ from mailgate.config.schema import Config
 from mailgate.control.commands import ControlCommands, thread_json
 from mailgate.master.channel import ForwardSink, Outbox, inbox_reader
 from mailgate.master.processes import WORKER_CONFIG
+from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config
 
 PR_SET_PDEATHSIG = 1
@@ -50,8 +55,37 @@ def _run(config: Config, role: str, name: str) -> int:
     events = EventLog(levels_from_config(config.log.levels))
     events.add_sink(ForwardSink(outbox, name))
     install_excepthooks(events)
+    try:
+        return _serve(config, role, name, events, outbox)
+    except BaseException as exc:  # its start failed, most likely: say why, then go (Q151431)
+        _last_words(events, outbox, name, role, f"{type(exc).__name__}: {exc}", exc)
+        os._exit(1)
+
+
+def _last_words(
+    events: EventLog,
+    outbox: Outbox,
+    name: str,
+    role: str,
+    reason: str,
+    exc: BaseException | None = None,
+) -> None:
+    """Event 5020 with the reason, sent from this thread: no channel thread may be left."""
+    trace = "".join(traceback.format_exception(exc)) if exc is not None else ""
+    events.emit(
+        catalog.WORKER_EXITING,
+        worker=name,
+        role=role,
+        pid=os.getpid(),
+        reason=reason,
+        **({"traceback": trace} if trace else {}),
+    )
+    outbox.drain()
+
+
+def _serve(config: Config, role: str, name: str, events: EventLog, outbox: Outbox) -> int:
     service = Service(config, events, None, role=role)  # reloads come from the master
-    service.start()  # errors reach the master as this process's exit status and stderr
+    service.start()
     commands = ControlCommands(service).table()
     sup = service.supervisor
     sup.spawn("channel-out", "channel", outbox.writer(lambda: _status(service)))
@@ -66,6 +100,8 @@ def _run(config: Config, role: str, name: str) -> int:
     while not service.stopped.wait(0.2):
         pass
     left = service.stop()
+    if service.failure:  # a critical thread failed: the master must hear which
+        _last_words(events, outbox, name, role, service.failure)
     outbox.drain()  # the last events (which threads did not stop) must reach the master
     code = 1 if (left or service.failure) else 0
     os._exit(code)  # threads left wedged must not keep the process alive

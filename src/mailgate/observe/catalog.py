@@ -109,6 +109,15 @@ ALREADY_RUNNING = _event(
     "A second service was started on a data directory that another one holds.",
     "Stop the running one first, or give this one another --data-dir.",
 )  # fmt: skip
+STORE_IN_USE = _event(
+    1030, "StoreInUse", C.SERVICE, S.ERROR, MIN,
+    "the queue {store} is in use by mailgate pid {pid} on {holder_data_dir}; this one "
+    "(on {data_dir}) will not start",
+    "A second service was started on a queue store that another one, with another data "
+    "directory, holds. Two services on one store would take each other's work for that "
+    "of a dead process and deliver it twice, so the second is refused.",
+    "Give each service its own [queue] path, or stop the one named first.",
+)  # fmt: skip
 STOP_INCOMPLETE = _event(
     1005, "StopIncomplete", C.SERVICE, S.ERROR, MIN,
     "stop deadline of {timeout}s passed; threads still running: {threads}",
@@ -137,9 +146,12 @@ EVENTS_LOST = _event(
 CONFIG_INVALID = _event(
     1100, "ConfigInvalid", C.CONFIG, S.ERROR, MIN,
     "configuration {source} is invalid: {problems}",
-    "The configuration file has unknown keys, wrong types or impossible values; the "
-    "service refuses to start with it.",
-    "Fix the keys named (dotted paths) and check with `mailgate check-config FILE`.",
+    "The configuration file cannot be used: bytes that are not UTF-8 or not TOML (the "
+    "line and column are named), unknown keys, wrong types or impossible values. The "
+    "service refuses to start with it; a reload (SIGHUP, `ctl reload`) keeps the running "
+    "configuration.",
+    "Fix the file where named (a position or a dotted key) and check it with "
+    "`mailgate check-config FILE`, which reports the same problems; then reload.",
 )  # fmt: skip
 
 CONFIG_RELOADED = _event(
@@ -521,8 +533,20 @@ WORKER_KILLED = _event(
 WORKER_FAILED = _event(
     5013, "WorkerFailed", C.SUPERVISION, S.CRITICAL, MIN,
     "worker {worker} ({role}) died {restarts} times within {window}s; not restarted",
-    "A worker process keeps dying; restarting it again would only hide the problem.",
-    "Read its 5011 events and standard error for the cause, fix it, restart the service.",
+    "A worker process keeps dying; restarting it again would only hide the problem. "
+    "Without it the service cannot do its job: it exits non-zero (event 1002) so that "
+    "its service manager restarts it.",
+    "Read its 5020 and 5011 events for the cause, fix it, restart the service.",
+)  # fmt: skip
+WORKER_EXITING = _event(
+    5020, "WorkerExiting", C.SUPERVISION, S.ERROR, MIN,
+    "worker {worker} ({role}, pid {pid}) is exiting: {reason}",
+    "A worker process cannot go on: it failed while starting (the error is named, with "
+    "its traceback in the fields) or one of its critical threads failed. It says so on "
+    "its channel before it exits, so the reason reaches the event log; the master "
+    "restarts it (event 5011) within its restart budget.",
+    "Fix the cause named (a file or socket in the way, a damaged store, ...); the "
+    "restarted worker picks it up.",
 )  # fmt: skip
 THREAD_FAILED = _event(
     10003, "ThreadFailedFatally", C.SUPERVISION, S.CRITICAL, MIN,

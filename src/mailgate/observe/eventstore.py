@@ -185,7 +185,9 @@ class EventStoreWriter:
         self.report_every = report_every
         self.written = 0
         self.failed = 0  # events lost because they could not be written
-        self._lock = threading.Lock()  # one drain at a time: the thread or flush()
+        # Batches are taken one at a time, by the thread or flush(); each writes its own
+        # outside the lock, so a flush at exit never queues behind a write that hangs.
+        self._lock = threading.Lock()
         self._reported_dropped = 0
         self._reported_failed = 0
         self._last_report = -float("inf")
@@ -229,20 +231,20 @@ class EventStoreWriter:
         Only what is queued on entry: under a flood the caller still gets to look at
         its stop flag between drains.
         """
-        with self._lock:
-            left = len(self.sink.queue)
-            while left > 0:
+        left = len(self.sink.queue)
+        while left > 0:
+            with self._lock:  # taking a batch only: never held across the write (Q151669)
                 items = self.sink.take(min(self.batch, left))
-                if not items:
-                    return True
-                left -= len(items)
-                if handle is not None:
-                    handle.busy()
-                if not self._write(conn, items):
-                    return False
-                if handle is not None:
-                    handle.progress()
-            return True
+            if not items:
+                return True
+            left -= len(items)
+            if handle is not None:
+                handle.busy()
+            if not self._write(conn, items):
+                return False
+            if handle is not None:
+                handle.progress()
+        return True
 
     def _write(self, conn: sqlite3.Connection, items: Sequence[Item]) -> bool:
         rows = []
@@ -250,7 +252,8 @@ class EventStoreWriter:
             try:
                 rows.append(_row(item))
             except Exception:  # an unrenderable event is lost, not the batch
-                self.failed += 1
+                with self._lock:
+                    self.failed += 1
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_INSERT, rows)
@@ -260,10 +263,12 @@ class EventStoreWriter:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            self.failed += len(rows)
-            self._error = f"write failed: {exc}"
+            with self._lock:
+                self.failed += len(rows)
+                self._error = f"write failed: {exc}"
             return False
-        self.written += len(rows)
+        with self._lock:
+            self.written += len(rows)
         return True
 
     def _prune(self, conn: sqlite3.Connection) -> int:

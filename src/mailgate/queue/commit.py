@@ -25,6 +25,7 @@ from mailgate.errors import StoreError
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Backend, Connection
+from mailgate.testing import faults
 
 T = TypeVar("T")
 Op = Callable[[Connection], Any]
@@ -73,7 +74,17 @@ class Committer:
             self._batches, self._operations, self._largest, self._jobs.qsize(), self._last_commit
         )
 
-    def run(self, stopping: Callable[[], bool], progress: Callable[[], None]) -> None:
+    def run(
+        self,
+        stopping: Callable[[], bool],
+        progress: Callable[[], None],
+        busy: Callable[[], None] = lambda: None,
+        idle: Callable[[], None] = lambda: None,
+    ) -> None:
+        """The commit loop. It is `busy` from taking a batch until its COMMIT returned, so a
+        committer blocked with callers waiting (on the writer lock held by a wedged process,
+        on a slow fsync) is reported as stalled; waiting for work is `idle` (Q151669)."""
+        faults.check("commit.loop")  # tests: a committer that dies at every start
         conn: Connection | None = None
         try:
             while True:
@@ -82,12 +93,14 @@ class Committer:
                     return
                 if not batch:
                     continue
+                busy()
                 if conn is None:
                     conn = self._backend.connect()
                 if not self._apply(conn, batch):
                     conn.close()
                     conn = None
                 progress()
+                idle()
         finally:
             if conn is not None:
                 conn.close()

@@ -3,7 +3,9 @@
 Durability comes from the WAL fsync at COMMIT; the group committer makes many
 concurrent sessions share one such fsync. SQLite errors are translated into
 StoreError here, with `full` set for a full disk, so callers answer 452 not 451.
-A file that is not a SQLite database is reported at start with its path.
+A file that is not a SQLite database is reported at start with its path, and so
+is one with a damaged page (`initialize(check=True)` runs SQLite's quick_check,
+Q159305): the service refuses to start on it rather than fail thread after thread.
 """
 
 from __future__ import annotations
@@ -164,7 +166,9 @@ class SqliteBackend:
     def connect(self) -> SqliteConnection:
         return SqliteConnection(self.path, durable=self.durable, lock_timeout=self.lock_timeout)
 
-    def initialize(self) -> None:
+    def initialize(self, *, check: bool = False) -> None:
+        """Create or upgrade the schema; with `check`, first verify every page (the
+        process that opens the store for the service does, once per start)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         schema = resources.files("mailgate.queue").joinpath("schema_sqlite.sql").read_text()
         conn = self.connect()
@@ -173,6 +177,8 @@ class SqliteBackend:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
             except StoreError as exc:
                 raise StoreError(f"queue file {self.path} is not usable: {exc}") from exc
+            if check:
+                self._check(conn)
             conn.executescript(schema)
             _add_columns(conn)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
@@ -187,6 +193,20 @@ class SqliteBackend:
                 )
         finally:
             conn.close()
+
+    def _check(self, conn: SqliteConnection) -> None:
+        # quick_check reads every page and checks each b-tree's structure, but not that
+        # indexes match their tables: O(size). 100 MB: 93 ms from the page cache, 0.9 s
+        # cold (bench/quick_check.py, 2-core VM under load).
+        try:
+            found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        except StoreError as exc:
+            found = [str(exc)]
+        if found != ["ok"]:
+            raise StoreError(
+                f"queue file {self.path} is damaged ({'; '.join(found)}); the service will "
+                "not run on it: `mailgate queue check` says what to do"
+            )
 
 
 # Columns added after the first release of schema 1: (table, column, declaration, indexes).

@@ -19,6 +19,7 @@ import time
 from mailgate.receive.session import MailgateSMTP
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise.handle import ThreadHandle
+from mailgate.testing import faults
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
 
@@ -96,6 +97,7 @@ class SmtpListener:
             loop.close()
 
     def _factory(self, implicit_tls: bool = False) -> MailgateSMTP:
+        faults.check("receive.loop")  # tests: a callback that wedges the event loop
         protocol = self.handler.protocol(implicit_tls)
         self.sessions.add(protocol)
         counters = self.handler.counters
@@ -132,6 +134,10 @@ class SmtpListener:
                     ssl_handshake_timeout=30,
                 )
             )
+        # Busy for as long as it serves, heart-beating once a second from the loop itself: a
+        # callback that never returns stops the heartbeat, and the supervisor reports the
+        # thread stalled with its stack (Q151669). An idle thread would never be.
+        handle.busy()
         try:
             while not self._stop.is_set() and not handle.stopping:
                 handle.progress()  # a heartbeat: the loop is alive and turning

@@ -80,11 +80,14 @@ class Credentials:
             return {}
         stamp = (info.st_mtime_ns, info.st_size)
         with self._lock:
+            if stamp == self._stamp:
+                return dict(self._users)
+        users = _parse(self.path.read_text())  # outside the lock: never held across I/O
+        with self._lock:
             if stamp != self._stamp:
-                self._users = _parse(self.path.read_text())
-                self._stamp = stamp
+                self._users, self._stamp = users, stamp
                 self._remembered.clear()
-            return dict(self._users)
+            return dict(users)
 
     def verify(self, user: str, password: str) -> bool:
         encoded = self.users().get(user)

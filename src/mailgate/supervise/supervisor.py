@@ -15,7 +15,9 @@ lives several times a second:
   5003 with its stack and whether it burns CPU): its in-flight I/O is aborted
   and `on_stall` releases its leases. If it still makes no progress within
   `grace` seconds it is abandoned (event 5004) and a replacement starts; the
-  abandoned thread, should it ever wake, finds its stop flag set.
+  abandoned thread, should it ever wake, finds its stop flag set. A thread
+  spawned with `abandon=False` (one a replacement could not help: the SMTP
+  loop, a committer) stays stalled, and the service unhealthy, until it moves.
 A deliberate stop is never restarted. `statistics()` is the cheap, lock-free view.
 """
 
@@ -96,6 +98,7 @@ class _Slot:
     on_stop: Callable[[], None] | None
     on_stall: Callable[[ThreadHandle], None] | None
     stall_after: float | None
+    abandon: bool = True
     life: _Life | None = None
     generation: int = 0
     restarts: int = 0
@@ -142,12 +145,13 @@ class Supervisor:
         on_stop: Callable[[], None] | None = None,
         on_stall: Callable[[ThreadHandle], None] | None = None,
         stall_detection: bool = True,
+        abandon: bool = True,
     ) -> ThreadHandle:
         """Register a thread and start it now; returns its first life's handle."""
         if name in self._slots:
             raise ValueError(f"thread name {name!r} is already registered")
         stall_after = self.stall_after if stall_detection else None
-        slot = _Slot(name, role, connector, body, critical, on_stop, on_stall, stall_after)
+        slot = _Slot(name, role, connector, body, critical, on_stop, on_stall, stall_after, abandon)
         self._slots[name] = slot
         return self._launch(slot)
 
@@ -335,6 +339,7 @@ class Supervisor:
                 self._stalled(slot, life, now, since)
         elif (
             handle.state is ThreadState.STALLED
+            and slot.abandon
             and life.stalled_at is not None
             and now - life.stalled_at > self.grace
         ):

@@ -33,6 +33,8 @@ SIMPLE_COUNTERS = {
     "mailgate_smtp_sessions_total": "SMTP sessions accepted.",
     "mailgate_smtp_recipients_rejected_total": "RCPT TO commands refused.",
     "mailgate_messages_refused_total": "Messages refused after DATA (nothing was queued).",
+    "mailgate_postoffice_quota_scans_total": "Mailboxes listed to rebuild their size "
+    "(maildirsize) for [postoffice] quota; rare once each mailbox has its file.",
 }
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -110,6 +112,18 @@ def _service(status: dict[str, Any]) -> Iterator[Metric]:
         "mailgate_abandoned_threads", "Stalled threads abandoned and replaced.",
         value=float(status.get("abandoned", 0)),
     )  # fmt: skip
+    config = status.get("config") or {}
+    yield GaugeMetricFamily(
+        "mailgate_config_last_reload_successful",
+        "1 if the last configuration reload was taken (0: refused, event 1100; the service "
+        "runs on the configuration it had).",
+        value=1 if config.get("last_reload_ok", True) else 0,
+    )
+    yield GaugeMetricFamily(
+        "mailgate_config_last_reload_success_timestamp_seconds",
+        "When the configuration was last loaded (start or reload), as a Unix time.",
+        value=float(config.get("last_reload_success", 0.0)),
+    )
     stalled = sum(1 for t in _all_threads(status) if t.get("state") == "stalled")
     yield GaugeMetricFamily(
         "mailgate_stalled_threads", "Threads stalled right now (busy, no progress).",
