@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from measure import BenchError
+from measure import BenchError, command_line
 
 SOURCE = Path(__file__).resolve().parent / "flushdelay.c"
 SLOTS = ("fsync", "fdatasync", "syncfs", "sync", "msync", "sync_file_range")
@@ -67,6 +67,18 @@ class FlushShim:
             "FLUSHDELAY_US": str(self.delay_us),
             "FLUSHDELAY_COUNTERS": str(counter.path),
         }
+
+    def missing(self, pids: list[int]) -> list[str]:
+        """The command lines of those of `pids` that run without the library loaded."""
+        lacking = []
+        for pid in pids:
+            try:
+                maps = Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if str(self.library) not in maps:
+                lacking.append(f"{pid} {command_line(pid)[:80]}")
+        return lacking
 
     def check(self, calls: int = 20) -> float:
         """Run `calls` fsyncs and fdatasyncs in a child under the shim; the seconds each took.

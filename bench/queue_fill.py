@@ -76,7 +76,7 @@ def main() -> int:
     p.add_argument("--to", action="append", required=True, help="recipient address(es)")
     args = p.parse_args()
     seconds = fill(args.queue_db, args.count, args.size, args.batch, args.to)
-    print(f"filled={args.count} seconds={seconds:.1f}")
+    print(f"filled={args.count} seconds={seconds:.3f}")
     return 0
 
 

@@ -243,6 +243,7 @@ def run_mailgate(args: argparse.Namespace, case: str, sessions: int, shim: Flush
         load(args, mg.port, RELAY_RECIPIENT if sink else MAILBOX, run, window)
         run.accepted = mailgate_accepted(mg, run)
         finish_delivery(args, run, window, mg.new_dirs()[0], sink, mg.alive)
+        check_preloaded(shim, list(mg.pids()), run)
         if case == "accept":
             run.delivered = int(mg.queue_state("postoffice").get("queued", 0))
             if any(mg.new_dirs()[0].iterdir()):
@@ -256,6 +257,13 @@ def run_mailgate(args: argparse.Namespace, case: str, sessions: int, shim: Flush
         if sink is not None:
             sink.stop()
     return run
+
+
+def check_preloaded(shim: FlushShim | None, pids: list[int], run: Run) -> None:
+    """Every process of the server must run under the shim, or its flushes escape it."""
+    lacking = shim.missing(pids) if shim else []
+    if lacking:
+        run.errors.append(f"running without the flush shim: {'; '.join(lacking)}")
 
 
 def mailgate_accepted(mg: Mailgate, run: Run) -> int:
@@ -290,6 +298,7 @@ def run_postfix(args: argparse.Namespace, case: str, sessions: int, shim: FlushS
         load(args, pf.port, RELAY_RECIPIENT if sink else MAILBOX, run, window)
         run.accepted = run.messages if not run.errors else pf.accepted()
         finish_delivery(args, run, window, pf.maildir(MAILBOX) / "new", sink, pf.alive)
+        check_preloaded(shim, pf.processes(), run)
         if case == "accept":
             run.delivered = pf.queue_count("hold")
         window.close(run)
