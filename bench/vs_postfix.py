@@ -229,8 +229,9 @@ def run_mailgate(args: argparse.Namespace, case: str, sessions: int, shim: Flush
         config=config,
         service_env=shim.environment(counter) if shim and counter else None,
     )
-    sink = SmtpSink(args.smtp_sink) if case == "relay" else None
+    sink = None
     try:
+        sink = SmtpSink(args.smtp_sink) if case == "relay" else None
         mailbox = mg.add_mailboxes()[0]
         if mailbox != MAILBOX:
             raise BenchError(f"mailgate named MS:BENCH/PO/U1 {mailbox}, expected {MAILBOX}")
@@ -284,14 +285,19 @@ def run_postfix(args: argparse.Namespace, case: str, sessions: int, shim: FlushS
     root = new_run_dir(f"vs-postfix-{case}-", args.tmp_dir, args.keep)
     counter = shim.counter(root.name) if shim else None
     sink = SmtpSink(args.smtp_sink) if case == "relay" else None
-    pf = PostfixInstance(
-        root,
-        mailboxes=[] if sink else [MAILBOX],
-        relayhost=f"127.0.0.1:{sink.port}" if sink else None,
-        hold=case == "accept",
-        environment=shim.environment(counter) if shim and counter else None,
-        postfix=args.postfix,
-    )
+    try:
+        pf = PostfixInstance(
+            root,
+            mailboxes=[] if sink else [MAILBOX],
+            relayhost=f"127.0.0.1:{sink.port}" if sink else None,
+            hold=case == "accept",
+            environment=shim.environment(counter) if shim and counter else None,
+            postfix=args.postfix,
+        )
+    except BaseException:
+        if sink is not None:
+            sink.stop()
+        raise
     try:
         pf.start()
         window = Window(lambda: tree_cpu_seconds(pf.master_pid()), counter)
