@@ -25,7 +25,7 @@ from typing import Any
 
 from flushshim import FlushShim
 from mailgate_instance import CONFIG, Mailgate, mailgate_env
-from measure import LEFTOVERS, BenchError, count_files, git_describe, new_run_dir
+from measure import LEFTOVERS, BenchError, command_text, count_files, git_describe, new_run_dir
 
 FILL = Path(__file__).resolve().parent / "queue_fill.py"
 MB = 1024 * 1024
@@ -152,7 +152,7 @@ def print_table(args: argparse.Namespace, runs: list[QueueRun]) -> None:
         ("`mailgate --version` (Python start-up), s", lambda r: f"{r.version_seconds:.2f}"),
         ("restart: stop + start until SMTP answers, s", restart_text),
     ]
-    command = " ".join(["bench/vs_postfix.py", *args.argv])
+    command = command_text("vs_postfix.py", args.argv)
     print()
     print(f"Command: `{command}`  ")
     print(

@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import resource
+import shlex
 import shutil
 import socket
 import subprocess
@@ -349,6 +350,11 @@ def journal_note(path: str) -> str | None:
     except (OSError, ValueError):
         pass
     return None
+
+
+def command_text(script: str, argv: list[str]) -> str:
+    """The command line that reproduces a run, as docs/performance.md quotes it."""
+    return shlex.join([".venv/bin/python", f"bench/{script}", *argv])
 
 
 def git_describe() -> str:

@@ -44,7 +44,6 @@ import argparse
 import contextlib
 import os
 import platform
-import shlex
 import signal
 import statistics
 import subprocess
@@ -70,6 +69,7 @@ from measure import (
     SmtpSink,
     add_run_options,
     busy_fraction,
+    command_text,
     git_describe,
     host_cpu_jiffies,
     journal_note,
@@ -435,7 +435,7 @@ def run_matrix(args: argparse.Namespace, shim: FlushShim | None) -> list[Summary
 
 
 def print_table(args: argparse.Namespace, summaries: list[Summary], origin: str) -> None:
-    command = shlex.join(["bench/vs_postfix.py", *args.argv])
+    command = command_text("vs_postfix.py", args.argv)
     disk = f"flush +{args.flush_delay_us} us (shim)" if args.flush_delay_us else "this disk"
     print()
     print(f"Command: `{command}`  ")
