@@ -1,14 +1,12 @@
-"""A private Postfix instance (`postfix -c DIR`) on a loopback port, for tests and benchmarks.
+"""A private Postfix (`postfix -c DIR`) on a loopback port, for tests and benchmarks.
 
-main.cf and master.cf are rendered into the instance's own directory: its own queue, data
-directory and log file (maillog_file through postlogd), SMTP on 127.0.0.1:PORT, IPv4 only, no
-DNS (native host lookups, a numeric relayhost, no client name lookup), nothing chrooted. The
-system's Postfix (/etc/postfix, port 25, its queue) is never touched: postfix(1) always gets
-`-c`, and every path the instance writes is below its root. It delivers its virtual domains into
-Maildirs as `nobody` (virtual(8)), puts every message on hold, and/or relays the rest to a
-numeric `[127.0.0.1]:PORT` (smtp(8)). Needs root: postfix(1) is for the superuser.
-`start` raises PostfixError with the tail of the log; `stop` never raises: `postfix stop`, then
-`postfix abort`, then SIGKILL of the master and of anything of the instance still running.
+main.cf and master.cf are rendered into the instance's own directory: own queue, data and log
+(postlogd), SMTP on 127.0.0.1:PORT, IPv4 only, no DNS (native lookups, numeric relayhost, no
+client name lookup), no chroot. It delivers to Maildirs as `nobody` (virtual(8)), holds every
+message, and/or relays to `[127.0.0.1]:PORT` (smtp(8)). The system's Postfix (/etc/postfix,
+port 25, its queue) is never touched: every path written is below the root; only the package's
+postfix-files and dynamicmaps.cf are read. Needs root. `start` raises PostfixError with the
+log's tail; `stop` never raises: postfix stop, postfix abort, then SIGKILL of what is left.
 """
 
 from __future__ import annotations
@@ -181,8 +179,8 @@ class PostfixInstance:
     def _prepare(self) -> None:
         if os.geteuid() != 0:
             raise PostfixError("a private Postfix needs root (postfix(1) is for the superuser)")
-        for parent in [self.root, *self.root.parents]:
-            if parent != self.root and not parent.stat().st_mode & 0o001:
+        for parent in self.root.parents:
+            if not parent.stat().st_mode & 0o001:
                 raise PostfixError(
                     f"{parent} is not searchable by nobody (virtual(8) delivers as it)"
                 )
