@@ -39,7 +39,7 @@ MAIL_USERS = (("mail", "mail"), ("nobody", "nogroup"))  # preferred owners of se
 START_ATTEMPTS = 3  # a free port may be taken by another test before Dovecot binds it
 
 CONFIG = string.Template("""\
-# Rendered by tests/support/dovecot.py: a private instance, nothing from /etc/dovecot.
+# Rendered by tests/support/dovecot.py: a private instance, standalone (no system config).
 base_dir = $root/run
 state_dir = $root/state
 instance_name = $instance
@@ -249,7 +249,8 @@ class Dovecot:
             time.sleep(0.05)
         raise AssertionError(f"Dovecot did not answer within {timeout}s:\n{self.output()}")
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 3.0) -> None:
+        """SIGTERM (the master takes 1-6 s, mostly waiting for its log process), then SIGKILL."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -262,6 +263,9 @@ class Dovecot:
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and live_members(proc.pid):
+            time.sleep(0.02)
 
     def __enter__(self) -> Dovecot:
         if self.proc is None:
@@ -305,6 +309,18 @@ class Dovecot:
         stderr = self.root / "dovecot.stderr"
         text = stderr.read_text(errors="replace") if stderr.exists() else ""
         return f"--- stderr\n{text}--- {self.log_path}\n{self.log()}"
+
+
+def live_members(pgid: int) -> list[int]:
+    """Processes of group `pgid` still running (zombies, left for init to reap, do not count)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after its ")".
+            fields = stat.read_text().rpartition(")")[2].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def _greets(port: int, prefix: bytes) -> bool:
