@@ -99,6 +99,7 @@ class MailUser:
     """The system account Dovecot serves mail as."""
 
     name: str
+    group: str
     uid: int
     gid: int
 
@@ -106,7 +107,7 @@ class MailUser:
 def mail_user() -> MailUser:
     for user, group in MAIL_USERS:
         with contextlib.suppress(KeyError):
-            return MailUser(user, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
+            return MailUser(user, group, pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid)
     unavailable(f"none of the users {[u for u, _ in MAIL_USERS]} exists to own served mail")
 
 
