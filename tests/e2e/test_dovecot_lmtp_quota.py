@@ -9,11 +9,13 @@ refused in its own reply after DATA, and the others are delivered, each exactly 
 from __future__ import annotations
 
 import smtplib
+import socket
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.dovecot import Dovecot, live_members, reachable_dir
+from tests.support.process import free_port as real_free_port
 
 ALICE, BOB, FULL, TIGHT = (f"{u}@dovecot.test" for u in ("alice", "bob", "full", "tight"))
 
@@ -156,3 +158,19 @@ def test_the_instance_is_private_and_stops_clean() -> None:
         with pytest.raises(OSError):
             smtplib.LMTP("127.0.0.1", dv.lmtp_port, timeout=2)
         assert live_members(group) == [], "a Dovecot process outlived stop()"
+
+
+def test_a_port_taken_before_dovecot_binds_it_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.support.dovecot as harness
+
+    with reachable_dir() as shared, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1], harness.free_port()])
+        monkeypatch.setattr(harness, "free_port", lambda: next(ports, None) or real_free_port())
+        dv = Dovecot(shared / "dovecot")
+        dv.add_user(ALICE)
+        with dv:
+            assert dv.imap_port != taken.getsockname()[1]
+            dv.imap(ALICE).logout()
+        assert "Address already in use" in dv.output(), "the first attempt met the taken port"
