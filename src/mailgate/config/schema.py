@@ -132,8 +132,9 @@ class ProcessSettings(Section):
         0,
         ge=0,
         le=64,
-        description="SMTP receive worker processes sharing the port (SO_REUSEPORT); "
-        "0 means one per CPU core.",
+        description="SMTP receive worker processes, all accepting on the one listening "
+        "socket the master opens (no other instance can bind the port); 0 means one per "
+        "CPU core.",
     )
 
 

@@ -9,6 +9,7 @@ master killed with SIGKILL never leaves orphans serving the port.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -21,8 +22,9 @@ from mailgate.bootstrap import Service, install_excepthooks
 from mailgate.config.schema import Config
 from mailgate.control.commands import ControlCommands, thread_json
 from mailgate.master.channel import ForwardSink, Outbox, inbox_reader
-from mailgate.master.processes import WORKER_CONFIG
+from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS
 from mailgate.observe.events import EventLog, levels_from_config
+from mailgate.receive.server import Listeners
 
 PR_SET_PDEATHSIG = 1
 
@@ -50,7 +52,10 @@ def _run(config: Config, role: str, name: str) -> int:
     events = EventLog(levels_from_config(config.log.levels))
     events.add_sink(ForwardSink(outbox, name))
     install_excepthooks(events)
-    service = Service(config, events, None, role=role)  # reloads come from the master
+    # A receive worker accepts on the sockets its master opened: it never binds a port.
+    inherited = os.environ.get(WORKER_SOCKETS)
+    listeners = Listeners.inherited(json.loads(inherited)) if inherited else None
+    service = Service(config, events, None, role=role, listeners=listeners)
     service.start()  # errors reach the master as this process's exit status and stderr
     commands = ControlCommands(service).table()
     sup = service.supervisor

@@ -1,10 +1,15 @@
 """The SMTP listener thread: an asyncio loop serving ReceiveHandler sessions.
 
-The listening socket is bound by the caller before the thread starts, so a bad
-address or a port in use is reported at start-up, not lost in a thread. On stop
-the listener closes at once, sessions waiting for a commit get up to the grace
-period to finish, and every other session is told "421 4.3.2" and closed.
-No thread pool is used (the loop never resolves names), so every thread in the
+The listening sockets are opened before the thread starts (`open_listeners`), so a bad
+address or a port in use is reported at start-up, naming the holder, not lost in a
+thread. One instance owns its ports: the master opens them once, without SO_REUSEPORT,
+and its receive workers inherit them, so a second instance cannot bind them (with
+SO_REUSEPORT any process of the same user could join the port and take part of the
+mail), while a dead worker's siblings keep serving and nothing waiting in the accept
+queue is lost. Each life of the thread serves a duplicate of the socket, so a restart
+needs no new bind. On stop the listener closes at once, sessions waiting for a commit
+get up to the grace period to finish, and every other session is told "421 4.3.2" and
+closed. No thread pool is used (the loop never resolves names), so every thread in the
 process stays a supervised one.
 """
 
@@ -12,42 +17,90 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 
+from mailgate.config.schema import SmtpSettings, parse_hostport
+from mailgate.errors import PortInUse
+from mailgate.receive.holder import command_line, holder
 from mailgate.receive.session import MailgateSMTP
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise.handle import ThreadHandle
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
+BACKLOG = 512  # one accept queue for all the receive workers
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
-    """Bind the listening socket (numeric or resolvable host); OSError reaches the caller.
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    """The listening sockets of one instance: SMTP, and implicit TLS if configured."""
 
-    With `reuse_port`, several processes bind the same port (SO_REUSEPORT) and the
-    kernel spreads connections among those listening. The master binds one without
-    listening to reserve the port and learn it (port 0) before its workers start.
-    """
+    smtp: socket.socket
+    implicit_tls: socket.socket | None = None
+
+    def fds(self) -> dict[str, int]:
+        found = {"smtp": self.smtp.fileno()}
+        if self.implicit_tls is not None:
+            found["implicit_tls"] = self.implicit_tls.fileno()
+        return found
+
+    @classmethod
+    def inherited(cls, fds: dict[str, int]) -> Listeners:
+        """The sockets a worker inherited from its master (see `fds`)."""
+        tls = fds.get("implicit_tls")
+        return cls(
+            socket.socket(fileno=fds["smtp"]),
+            socket.socket(fileno=tls) if tls is not None else None,
+        )
+
+    def close(self) -> None:
+        for sock in (self.smtp, self.implicit_tls):
+            if sock is not None:
+                sock.close()
+
+
+def open_listeners(smtp: SmtpSettings) -> Listeners:
+    """Bind and listen on smtp.listen (and smtp.implicit_tls_listen); PortInUse names the
+    holder of a port in use, other OSErrors reach the caller as they are."""
+    sock = bind(*parse_hostport(smtp.listen))
+    if not smtp.implicit_tls_listen:
+        return Listeners(sock)
+    try:
+        return Listeners(sock, bind(*parse_hostport(smtp.implicit_tls_listen)))
+    except BaseException:
+        sock.close()
+        raise
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (numeric or resolvable host), owned alone: no SO_REUSEPORT.
+
+    A port in use raises PortInUse naming the process that holds it; other OSErrors
+    reach the caller."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the
     # listening socket says TCP. Without it, replies to pipelined commands wait on
     # Nagle and the client's delayed ACK (about 40 ms each).
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    # SO_REUSEADDR lets a restarted service bind over connections left in TIME_WAIT; it
+    # never lets two sockets listen on one port.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     try:
         sock.bind(address)
-        if listen:
-            sock.listen(512)
-    except OSError:
+        sock.listen(BACKLOG)
+    except OSError as exc:
         sock.close()
-        raise
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        pid = holder(port)
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise PortInUse(shown, pid, command_line(pid) if pid else "") from None
     sock.setblocking(False)
     return sock
 
@@ -65,11 +118,8 @@ class SmtpListener:
     ) -> None:
         self.tls_sock = tls_sock  # the implicit-TLS listener (port 465 style), if any
         self.tls_context = tls_context
-        self._tls_bound = tls_sock.getsockname()[:2] if tls_sock is not None else ("", 0)
         self.handler = handler
         self.sock = sock
-        self._bound = sock.getsockname()[:2]
-        self._reuse_port = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
         self.grace = grace
         self.sessions: set[MailgateSMTP] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,19 +167,18 @@ class SmtpListener:
         if handle.stopping:
             return
         loop = asyncio.get_running_loop()
-        if self.sock.fileno() == -1:  # closed by a previous life of this thread: bind again
-            self.sock = bind(*self._bound, reuse_port=self._reuse_port)
-        server = await loop.create_server(self._factory, sock=self.sock)
+        # The server closes the socket it is given: it gets a duplicate, and the socket
+        # itself stays open (and listening) for the next life of this thread.
+        server = await loop.create_server(self._factory, sock=self.sock.dup(), backlog=BACKLOG)
         servers = [server]
-        if self.tls_sock is not None and self.tls_sock.fileno() == -1:
-            self.tls_sock = bind(*self._tls_bound, reuse_port=self._reuse_port)
         if self.tls_sock is not None and self.tls_context is not None:
             servers.append(
                 await loop.create_server(
                     lambda: self._factory(implicit_tls=True),
-                    sock=self.tls_sock,
+                    sock=self.tls_sock.dup(),
                     ssl=self.tls_context,
                     ssl_handshake_timeout=30,
+                    backlog=BACKLOG,
                 )
             )
         try:
@@ -140,7 +189,15 @@ class SmtpListener:
         finally:
             for each in servers:
                 each.close()
+            if self._stop.is_set() or handle.stopping:
+                self.close()  # a stop, not a crash: refuse new connections from now on
             await self._drain()
+
+    def close(self) -> None:
+        """Close the listening sockets (this process's hold on them; a master keeps its own)."""
+        for sock in (self.sock, self.tls_sock):
+            if sock is not None:
+                sock.close()
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.grace
