@@ -50,14 +50,19 @@ def refused(second: Mailgate, *extra: str) -> subprocess.Popen[bytes]:
     return second.proc
 
 
-@pytest.mark.parametrize("mode", ["master", "single-process"])
-def test_second_instance_on_the_same_port_refuses_to_start(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("first_mode", "second_mode"),
+    [("master", "master"), ("master", "single-process"), ("single-process", "master")],
+)
+def test_second_instance_on_the_same_port_refuses_to_start(
+    tmp_path: Path, first_mode: str, second_mode: str
+) -> None:
     first = instance(tmp_path / "first")
     second = instance(tmp_path / "second")
     second.port = first.port
     try:
-        first.start()
-        extra = ["--single-process"] if mode == "single-process" else []
+        first.start(*(["--single-process"] if first_mode == "single-process" else []))
+        extra = ["--single-process"] if second_mode == "single-process" else []
         proc = refused(second, "--admin-listen", f"127.0.0.1:{free_port()}", *extra)
         assert proc.returncode != 0
         text = second.stderr()
