@@ -28,6 +28,7 @@ ALICE = "alice@po1.net1.example.test"
 CONFIG = DEFAULT_CONFIG + "\n[processes]\nreceive = 2\n"
 PORT_IN_USE = 1020
 MESSAGE_RECEIVED = 3000
+THREAD_EXCEPTION = 2380
 
 
 def instance(root: Path, config: str = CONFIG) -> Mailgate:
@@ -129,6 +130,25 @@ def test_receive_workers_share_the_port_and_a_replaced_one_serves_again(tmp_path
                  what="a new receive-1")  # fmt: skip
         wait_for(mg.healthy, 20, what="healthy again")
         accepted += send_many(mg.port, 20, ALICE, clients=4, prefix="after-")
+        assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE")
+    finally:
+        mg.close()
+
+
+@pytest.mark.parametrize("mode", ["master", "single-process"])
+def test_smtp_thread_restarted_after_a_crash_serves_the_same_port(
+    tmp_path: Path, mode: str
+) -> None:
+    """A new life of the smtp thread serves the socket it had (no bind, so nothing can
+    take the port meanwhile), in a receive worker and in a single process alike."""
+    mg = instance(tmp_path / "one")
+    try:
+        extra = ["--single-process"] if mode == "single-process" else []
+        mg.start(*extra, env={"MAILGATE_FAULTS": "receive.listener=raise:1"})
+        crashed = mg.wait_events(THREAD_EXCEPTION, count=1 if extra else 2)
+        assert all(event["fields"]["thread"] == "smtp" for event in crashed), crashed
+        wait_for(mg.healthy, 20, what="healthy again")
+        accepted = send_many(mg.port, 20, ALICE, clients=4)
         assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE")
     finally:
         mg.close()

@@ -29,6 +29,7 @@ from mailgate.receive.holder import command_line, holder
 from mailgate.receive.session import MailgateSMTP
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise.handle import ThreadHandle
+from mailgate.testing import faults
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
 BACKLOG = 512  # one accept queue for all the receive workers
@@ -184,13 +185,16 @@ class SmtpListener:
         try:
             while not self._stop.is_set() and not handle.stopping:
                 handle.progress()  # a heartbeat: the loop is alive and turning
+                faults.check("receive.listener")  # tests: a crash of a serving listener
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 1.0)
         finally:
             for each in servers:
                 each.close()
-            if self._stop.is_set() or handle.stopping:
-                self.close()  # a stop, not a crash: refuse new connections from now on
+            if self._stop.is_set():
+                # Asked to stop (request_stop): refuse new connections from now on. Not on
+                # a crash, nor for a life abandoned as stalled: the next life serves them.
+                self.close()
             await self._drain()
 
     def close(self) -> None:
