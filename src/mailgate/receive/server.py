@@ -6,8 +6,9 @@ thread. One instance owns its ports: the master opens them once, without SO_REUS
 and its receive workers inherit them, so a second instance cannot bind them (with
 SO_REUSEPORT any process of the same user could join the port and take part of the
 mail), while a dead worker's siblings keep serving and nothing waiting in the accept
-queue is lost. Each life of the thread serves a duplicate of the socket, so a restart
-needs no new bind. On stop the listener closes at once, sessions waiting for a commit
+queue is lost. Workers take one connection per wake-up (accept.py), so a burst of clients
+is spread over them. Each life of the thread serves a duplicate of the socket, so a
+restart needs no new bind. On stop the listener closes at once, sessions waiting for a commit
 get up to the grace period to finish, and every other session is told "421 4.3.2" and
 closed. No thread pool is used (the loop never resolves names), so every thread in the
 process stays a supervised one.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from mailgate.config.schema import SmtpSettings, parse_hostport
 from mailgate.errors import PortInUse
+from mailgate.receive.accept import Acceptor
 from mailgate.receive.holder import command_line, holder
 from mailgate.receive.session import MailgateSMTP
 from mailgate.receive.smtp import ReceiveHandler
@@ -168,20 +170,20 @@ class SmtpListener:
         if handle.stopping:
             return
         loop = asyncio.get_running_loop()
-        # The server closes the socket it is given: it gets a duplicate, and the socket
-        # itself stays open (and listening) for the next life of this thread.
-        server = await loop.create_server(self._factory, sock=self.sock.dup(), backlog=BACKLOG)
-        servers = [server]
+        # Each life accepts on a duplicate: closing it leaves the socket itself open (and
+        # listening) for the next life of this thread.
+        acceptors = [Acceptor(loop, self.sock.dup(), self._factory)]
         if self.tls_sock is not None and self.tls_context is not None:
-            servers.append(
-                await loop.create_server(
+            acceptors.append(
+                Acceptor(
+                    loop,
+                    self.tls_sock.dup(),
                     lambda: self._factory(implicit_tls=True),
-                    sock=self.tls_sock.dup(),
-                    ssl=self.tls_context,
-                    ssl_handshake_timeout=30,
-                    backlog=BACKLOG,
+                    tls=self.tls_context,
                 )
             )
+        for acceptor in acceptors:
+            acceptor.start()
         try:
             while not self._stop.is_set() and not handle.stopping:
                 handle.progress()  # a heartbeat: the loop is alive and turning
@@ -189,8 +191,8 @@ class SmtpListener:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 1.0)
         finally:
-            for each in servers:
-                each.close()
+            for acceptor in acceptors:
+                acceptor.close()
             if self._stop.is_set():
                 # Asked to stop (request_stop): refuse new connections from now on. Not on
                 # a crash, nor for a life abandoned as stalled: the next life serves them.
