@@ -53,8 +53,9 @@ from mailgate.queue.lock import DataDirLock
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueReader, QueueStore, Writer
+from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.receive.pickup import Pickup, PickupSettings
-from mailgate.receive.server import Listeners, SmtpListener, open_listeners
+from mailgate.receive.server import SmtpListener
 from mailgate.receive.smtp import ReceiveHandler, ReceiveSettings
 from mailgate.receive.tls import server_context
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier

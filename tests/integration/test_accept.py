@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.receive.accept import Acceptor
-from mailgate.receive.server import bind
+from mailgate.receive.listeners import bind
 from mailgate.security.certs import generate
 
 

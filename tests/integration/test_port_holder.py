@@ -12,7 +12,7 @@ import pytest
 
 from mailgate.errors import PortInUse
 from mailgate.receive.holder import command_line, holder, holders
-from mailgate.receive.server import bind
+from mailgate.receive.listeners import bind
 
 
 def test_a_socket_shared_with_a_child_is_held_by_the_parent() -> None:

@@ -55,7 +55,7 @@ from mailgate.observe.events import EventLog, levels_from_config
 from mailgate.observe.eventstore import EventStoreWriter
 from mailgate.queue.lock import DataDirLock
 from mailgate.queue.sqlite import SqliteBackend
-from mailgate.receive.server import Listeners, open_listeners
+from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.security.passwords import CredentialsError
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.supervisor import BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_STRUCTURAL
@@ -153,6 +153,7 @@ class Master:
             "--name", worker.name,
         ]  # fmt: skip
         env = {**os.environ, WORKER_CONFIG: self.worker_config()}
+        env.pop(WORKER_SOCKETS, None)
         fds: dict[str, int] = {}
         if worker.spec.role == "receive" and self.listeners is not None:
             fds = self.listeners.fds()  # only the workers that accept mail hold the ports

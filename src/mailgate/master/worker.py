@@ -24,7 +24,7 @@ from mailgate.control.commands import ControlCommands, thread_json
 from mailgate.master.channel import ForwardSink, Outbox, inbox_reader
 from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS
 from mailgate.observe.events import EventLog, levels_from_config
-from mailgate.receive.server import Listeners
+from mailgate.receive.listeners import Listeners
 
 PR_SET_PDEATHSIG = 1
 

@@ -1,111 +1,30 @@
 """The SMTP listener thread: an asyncio loop serving ReceiveHandler sessions.
 
-The listening sockets are opened before the thread starts (`open_listeners`), so a bad
+The listening sockets are opened before the thread starts (listeners.py), so a bad
 address or a port in use is reported at start-up, naming the holder, not lost in a
-thread. One instance owns its ports: the master opens them once, without SO_REUSEPORT,
-and its receive workers inherit them, so a second instance cannot bind them (with
-SO_REUSEPORT any process of the same user could join the port and take part of the
-mail), while a dead worker's siblings keep serving and nothing waiting in the accept
-queue is lost. Workers take one connection per wake-up (accept.py), so a burst of clients
-is spread over them. Each life of the thread serves a duplicate of the socket, so a
-restart needs no new bind. On stop the listener closes at once, sessions waiting for a commit
-get up to the grace period to finish, and every other session is told "421 4.3.2" and
-closed. No thread pool is used (the loop never resolves names), so every thread in the
-process stays a supervised one.
+thread; in a receive worker they are the master's, inherited. Each life of the thread
+accepts on a duplicate of them, one connection per wake-up (accept.py), so a restart
+needs no new bind and a burst of clients is spread over the workers. On stop the
+listener closes at once, sessions waiting for a commit get up to the grace period to
+finish, and every other session is told "421 4.3.2" and closed. No thread pool is used
+(the loop never resolves names), so every thread in the process stays a supervised one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import socket
 import ssl
 import time
-from dataclasses import dataclass
 
-from mailgate.config.schema import SmtpSettings, parse_hostport
-from mailgate.errors import PortInUse
 from mailgate.receive.accept import Acceptor
-from mailgate.receive.holder import command_line, holder
 from mailgate.receive.session import MailgateSMTP
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.testing import faults
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
-BACKLOG = 512  # one accept queue for all the receive workers
-
-
-@dataclass(frozen=True, slots=True)
-class Listeners:
-    """The listening sockets of one instance: SMTP, and implicit TLS if configured."""
-
-    smtp: socket.socket
-    implicit_tls: socket.socket | None = None
-
-    def fds(self) -> dict[str, int]:
-        found = {"smtp": self.smtp.fileno()}
-        if self.implicit_tls is not None:
-            found["implicit_tls"] = self.implicit_tls.fileno()
-        return found
-
-    @classmethod
-    def inherited(cls, fds: dict[str, int]) -> Listeners:
-        """The sockets a worker inherited from its master (see `fds`)."""
-        tls = fds.get("implicit_tls")
-        return cls(
-            socket.socket(fileno=fds["smtp"]),
-            socket.socket(fileno=tls) if tls is not None else None,
-        )
-
-    def close(self) -> None:
-        for sock in (self.smtp, self.implicit_tls):
-            if sock is not None:
-                sock.close()
-
-
-def open_listeners(smtp: SmtpSettings) -> Listeners:
-    """Bind and listen on smtp.listen (and smtp.implicit_tls_listen); PortInUse names the
-    holder of a port in use, other OSErrors reach the caller as they are."""
-    sock = bind(*parse_hostport(smtp.listen))
-    if not smtp.implicit_tls_listen:
-        return Listeners(sock)
-    try:
-        return Listeners(sock, bind(*parse_hostport(smtp.implicit_tls_listen)))
-    except BaseException:
-        sock.close()
-        raise
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (numeric or resolvable host), owned alone: no SO_REUSEPORT.
-
-    A port in use raises PortInUse naming the process that holds it; other OSErrors
-    reach the caller."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the
-    # listening socket says TCP. Without it, replies to pipelined commands wait on
-    # Nagle and the client's delayed ACK (about 40 ms each).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    # SO_REUSEADDR lets a restarted service bind over connections left in TIME_WAIT; it
-    # never lets two sockets listen on one port.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    try:
-        sock.bind(address)
-        sock.listen(BACKLOG)
-    except OSError as exc:
-        sock.close()
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        pid = holder(port)
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise PortInUse(shown, pid, command_line(pid) if pid else "") from None
-    sock.setblocking(False)
-    return sock
 
 
 class SmtpListener:
