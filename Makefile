@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 CODE   := src tests $(wildcard bench)
 
-.PHONY: run test lint fmt docs clean bench
+.PHONY: run test lint fmt docs clean bench tools
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy
 
-test: lint
+# The outside programs the suite runs (.ci/tools.txt): installed when missing.
+tools:
+	sh .ci/tools
+
+test: lint tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 fmt: $(STAMP)

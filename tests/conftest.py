@@ -1,14 +1,15 @@
-"""Shared fixtures: a real mailgate on loopback in a temporary data directory."""
+"""Shared fixtures: a real mailgate on loopback in a temporary data directory, and the
+outside tools (listed in .ci/tools.txt; missing, they skip a test, or fail it under CI=true)."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.process import Mailgate
+from tests.support.tools import require
 
 
 @pytest.fixture
@@ -26,7 +27,12 @@ def mailgate(tmp_path: Path) -> Iterator[Mailgate]:
 
 @pytest.fixture
 def swaks() -> str:
-    path = shutil.which("swaks")
-    if path is None:
-        pytest.skip("swaks is not installed (apt-get install swaks)")
+    return require("swaks")
+
+
+@pytest.fixture
+def swaks_tls() -> str:
+    """swaks able to speak TLS: `swaks --tls` needs Perl's Net::SSLeay besides swaks."""
+    path = require("swaks")
+    require("perl:Net::SSLeay")
     return path

@@ -25,13 +25,13 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from mailgate import __version__
-from mailgate.config.schema import RELAY_CONNECTORS, Config, parse_hostport
+from mailgate.config.schema import RELAY_CONNECTORS, Config
 from mailgate.connectors.postoffice import PostofficeConnector
 from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
 from mailgate.control.commands import ControlCommands
 from mailgate.control.server import ControlServer, bind_control, socket_path
 from mailgate.dsn.generate import BounceGenerator
-from mailgate.errors import AlreadyRunning, ConfigError, StoreError, StoreInUse
+from mailgate.errors import AlreadyRunning, ConfigError, PortInUse, StoreError, StoreInUse
 from mailgate.interchange.connector import Connector
 from mailgate.interchange.scheduler import Scheduler
 from mailgate.interchange.state import Connectors
@@ -55,8 +55,9 @@ from mailgate.queue.lock import DataDirLock
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueReader, QueueStore, Writer
+from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.receive.pickup import Pickup, PickupSettings
-from mailgate.receive.server import SmtpListener, bind
+from mailgate.receive.server import SmtpListener
 from mailgate.receive.smtp import ReceiveHandler, ReceiveSettings
 from mailgate.receive.tls import server_context
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
@@ -124,11 +125,15 @@ class Service:
         source: Callable[[], Config] | None = None,
         *,
         role: str = "all",
+        listeners: Listeners | None = None,
     ) -> None:
         """`role` is "all" (one process does everything: --single-process), or the part a
         worker process plays under a master: "receive" (SMTP) or "interchange" (delivery,
-        scheduling, pickup). Only "all" takes the lock and serves the control socket."""
+        scheduling, pickup). Only "all" takes the lock and serves the control socket.
+        `listeners` are the sockets a receive worker inherited from its master; without
+        them the service opens its own."""
         self.role = role
+        self.listeners = listeners
         self.config = config
         self.events = events
         self.source = source  # re-reads the configuration for a reload
@@ -223,8 +228,6 @@ class Service:
             self.wakeup_socket = bind_wakeup(wakeup_path(config.data_dir))
         if not self.receives:
             return
-        host, port = parse_hostport(config.smtp.listen)
-        smtp = config.smtp
         handler = ReceiveHandler(
             receive_settings(config),
             self.store,
@@ -233,14 +236,11 @@ class Service:
             self.events,
             self.counters,
         )
-        reuse = self.role == "receive"
-        tls_sock = None
-        if smtp.implicit_tls_listen:
-            tls_sock = bind(*parse_hostport(smtp.implicit_tls_listen), reuse_port=reuse)
+        listeners = self.listeners or open_listeners(config.smtp)  # PortInUse names the holder
         self.listener = SmtpListener(
             handler,
-            bind(host, port, reuse_port=reuse),
-            tls_sock=tls_sock,
+            listeners.smtp,
+            tls_sock=listeners.implicit_tls,
             tls_context=handler.settings.tls,
         )
 
@@ -503,6 +503,8 @@ class Service:
             self.wakeup_socket.close()
         if self.admin is not None:
             self.admin.close()
+        if self.listener is not None:
+            self.listener.close()  # already closed unless the smtp thread did not stop
         self.lock.release()
         return left
 
@@ -693,6 +695,9 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
             data_dir=config.data_dir,
         )
         return 1
+    except PortInUse as exc:
+        emit_port_in_use(events, exc)
+        return 1
     except (StoreError, OSError, CredentialsError) as exc:
         events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")
         return 1
@@ -726,6 +731,10 @@ def run_service(config: Config, source: Callable[[], Config] | None = None) -> i
         events.close()
         os._exit(code)
     return code
+
+
+def emit_port_in_use(events: EventLog, exc: PortInUse) -> None:
+    events.emit(catalog.PORT_IN_USE, listen=exc.listen, pid=exc.pid or "?", holder=exc.holder)
 
 
 def _install_signals(

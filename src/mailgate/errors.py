@@ -7,6 +7,8 @@ connector, so the interchange never has to know a library's exception types.
 
 from __future__ import annotations
 
+import errno
+
 
 class MailgateError(Exception):
     """Base of every error mailgate raises on purpose."""
@@ -48,6 +50,16 @@ class StoreInUse(MailgateError):
         self.store, self.pid, self.data_dir = store, pid, data_dir
         who = f"pid {pid}" if pid else "unknown pid"
         super().__init__(f"the queue {store} is in use by mailgate {who} on {data_dir}")
+
+
+class PortInUse(MailgateError, OSError):
+    """Another process listens on a port this service must own; `pid` names it if known."""
+
+    def __init__(self, listen: str, pid: int | None, command: str = "") -> None:
+        self.listen, self.pid, self.command = listen, pid, command
+        who = f"pid {pid}" + (f" ({command})" if command else "") if pid else "an unknown pid"
+        self.holder = who
+        super().__init__(errno.EADDRINUSE, f"port {listen} is already in use by {who}")
 
 
 class DeliveryFailure(MailgateError):

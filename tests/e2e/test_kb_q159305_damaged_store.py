@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import smtplib
 import sqlite3
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.process import Mailgate, wait_for
+from tests.support.tools import require
 
 ALICE = "alice@po1.net1.example.test"
 MODES = [pytest.param((), id="workers"), pytest.param(("--single-process",), id="single")]
@@ -79,10 +79,7 @@ def test_a_damaged_page_is_refused_at_start_and_queue_check_says_what_to_do(
     assert "damage" in out and str(db) in out, out
     assert "what to do" in out and ".recover" in out, out
 
-    if shutil.which("sqlite3") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("sqlite3 (the command-line shell) is not installed")
-        return
+    require("sqlite3")
     # Do what it says, as it says it: steps 2 and 3 are shell commands.
     for step in ("2. Copy out what can be read: ", "3. Put the copy in place: "):
         line = next(s for s in out.splitlines() if s.strip().startswith(step))

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import select
-import shutil
 import signal
 import smtplib
 import subprocess
@@ -26,9 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from tests.support.process import DEFAULT_CONFIG, Mailgate, free_port, wait_for
+from tests.support.tools import require
 
 ALICE = "alice@po1.net1.example.test"
 FILES = 100_000
@@ -85,11 +83,7 @@ def quota_scans(admin: int) -> float:
 
 
 def test_delivery_into_a_mailbox_of_100000_files_reads_none_of_them(tmp_path: Path) -> None:
-    strace = shutil.which("strace")
-    if strace is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("strace is not installed")
-        pytest.skip("strace is not installed")
+    strace = require("strace")
     mg = Mailgate(tmp_path, config=CONFIG)
     mg.add_mailbox("MS:NET1/PO1/ALICE")
     box = mg.mailbox_dir("NET1", "PO1", "ALICE")

@@ -167,9 +167,9 @@ def test_require_tls_and_implicit_tls(tmp_path: Path, pki: tuple[Path, Path]) ->
         mg.close()
 
 
-def test_swaks_tls_and_auth(secure: Mailgate, sink: Sink, swaks: str) -> None:
+def test_swaks_tls_and_auth(secure: Mailgate, sink: Sink, swaks_tls: str) -> None:
     result = subprocess.run(
-        [swaks, "--server", f"127.0.0.1:{secure.port}", "--tls", "--auth", "PLAIN",
+        [swaks_tls, "--server", f"127.0.0.1:{secure.port}", "--tls", "--auth", "PLAIN",
          "--auth-user", "relayuser", "--auth-password", PASSWORD,
          "--from", "relayuser@example.org", "--to", "far@elsewhere.org"],
         capture_output=True, text=True, timeout=60,
@@ -243,7 +243,7 @@ def test_open_relay_attempts_through_pickup_do_not_leave(secure: Mailgate, sink:
 
 
 def test_session_limits_and_error_limit(tmp_path: Path, pki: tuple[Path, Path]) -> None:
-    # Limits hold per receive process (SO_REUSEPORT spreads clients over them): one here.
+    # Limits hold per receive process (clients are spread over them): one here.
     extra = "max_sessions_per_ip = 3\nmax_errors = 5\n"
     config = secure_config(pki, tmp_path / "users", extra) + "\n[processes]\nreceive = 1\n"
     mg = Mailgate(tmp_path, config=config)

@@ -33,7 +33,8 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support.process import free_port
-from tests.support.require import require_tool, unavailable
+from tests.support.tools import missing as unavailable
+from tests.support.tools import require
 
 MAIL_USERS = (("mail", "mail"), ("nobody", "nogroup"))  # preferred owners of served mail
 START_ATTEMPTS = 3  # a free port may be taken by another test before Dovecot binds it
@@ -152,10 +153,10 @@ class Dovecot:
     def __init__(self, root: Path) -> None:
         if os.geteuid() != 0:
             unavailable("a private Dovecot serving mail as another user needs root")
-        self.binary = require_tool("dovecot", "dovecot-core")
-        self.doveadm_binary = require_tool("doveadm", "dovecot-core")
-        require_tool("/usr/lib/dovecot/imap", "dovecot-imapd")
-        require_tool("/usr/lib/dovecot/lmtp", "dovecot-lmtpd")
+        self.binary = require("dovecot")
+        self.doveadm_binary = require("doveadm")
+        require("/usr/lib/dovecot/imap")
+        require("/usr/lib/dovecot/lmtp")
         self.root = root
         self.owner = mail_user()
         self.users: dict[str, User] = {}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import pytest
+from pydantic import BaseModel
 
 from mailgate.config import load_config, parse_config
 from mailgate.config.reference import render_reference
+from mailgate.config.schema import Config
 from mailgate.config.units import format_duration, parse_duration, parse_size
 from mailgate.errors import ConfigError
 
@@ -59,11 +63,11 @@ def test_smarthost_defaults_and_flag() -> None:
         ({"smtp": {"max_message_size": "big"}}, "smtp.max_message_size", "not a size"),
         ({"smtp": {"max_line_length": 500}}, "smtp.max_line_length", "greater than or equal"),
         ({"queue": {"retry_min": "2h", "retry_max": "1h"}}, "queue", "retry_min"),
-        ({"route": [{"match": "*@x.org", "connector": "fax"}]}, "route[0]", "unknown connector"),
+        ({"route": [{"match": "x", "connector": "fax"}]}, "route[0].connector", "'smarthost'"),
         ({"route": [{"match": "*", "connector": "smarthost"}]}, "(top level)", "host is empty"),
         ({"smarthost": {"starttls": "maybe"}}, "smarthost.starttls", "'none'"),
         ({"route": [{"match": "a*b@x.org", "connector": "postoffice"}]}, "route[0].match", "*"),
-        ({"log": {"levels": {"Bogus": "maximum"}}}, "log", "unknown categories"),
+        ({"log": {"levels": {"Bogus": "maximum"}}}, "log.levels.Bogus", "unknown key; it should"),
         ({"log": {"levels": {"Sent": "loud"}}}, "log.levels.Sent", "'none'"),
         ({"postoffice": {"address_template": "{mailbox}@{net}.x"}}, "postoffice", "{po}"),
     ],
@@ -132,3 +136,53 @@ def test_check_config_command(tmp_path: Path) -> None:
 def test_configuration_reference_is_in_sync() -> None:
     checked_in = (ROOT / "docs" / "configuration.md").read_text()
     assert checked_in == render_reference(), "run `mailgate docs --write`"
+
+
+def _enumerations(model: type[BaseModel], prefix: str = "") -> dict[str, tuple[str, ...]]:
+    """Every key whose schema type is a Literal (or holds one), with the allowed values; a
+    table whose keys are enumerated too gets a second entry, KEY.<keys>."""
+    found: dict[str, tuple[str, ...]] = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        origin = get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found |= _enumerations(annotation, f"{prefix}{name}.")
+        elif origin is list and issubclass(get_args(annotation)[0], BaseModel):
+            found |= _enumerations(get_args(annotation)[0], f"{prefix}{name}.")
+        elif origin is Literal:
+            found[prefix + name] = get_args(annotation)
+        elif origin is dict:
+            keys, values = get_args(annotation)
+            if get_origin(keys) is Literal:
+                found[f"{prefix}{name}.<keys>"] = get_args(keys)
+            if get_origin(values) is Literal:
+                found[prefix + name] = get_args(values)
+    return found
+
+
+def _type_cell(reference: str, dotted: str) -> str:
+    """The type column of key `dotted` (section.key) in the generated reference."""
+    section, _, key = dotted.rpartition(".")
+    lines = reference.splitlines()
+    heading = next(
+        i for i, line in enumerate(lines) if line in (f"## [{section}]", f"## [[{section}]]")
+    )
+    row = next(line for line in lines[heading:] if line.startswith(f"| `{key}` |"))
+    return re.split(r"(?<!\\)\|", row)[2]
+
+
+def test_enumerated_keys_document_exactly_the_schema_values() -> None:
+    """Regression: smarthost.starttls was documented as "never, when offered, or always" with
+    type `Literal` while the schema accepts none/opportunistic/required."""
+    enumerations = _enumerations(Config)
+    assert {"smarthost.starttls", "log.levels", "log.levels.<keys>", "route.connector"} <= set(
+        enumerations
+    ), enumerations
+    assert enumerations["smarthost.starttls"] == ("none", "opportunistic", "required")
+    reference = render_reference()
+    for dotted, values in enumerations.items():
+        keys = dotted.endswith(".<keys>")
+        cell = _type_cell(reference, dotted.removesuffix(".<keys>"))
+        # Values are TOML strings, written `"value"`; enumerated table keys are bare, `Key`.
+        listed = re.findall(r"`([A-Za-z]\w*)`" if keys else r'`"([^"`]*)"`', cell)
+        assert sorted(listed) == sorted(values), (dotted, cell)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
-from mailgate.config.schema import default_hostname
-from mailgate.security.certs import generate
+from mailgate.cli.common import config_options, get_config
+from mailgate.security.certs import DEFAULT_DAYS, MAX_DAYS, generate
 from mailgate.security.passwords import Credentials, CredentialsError
 
 
 @click.command("gen-cert")
+@config_options
 @click.option(
     "--out",
     "out",
@@ -21,12 +22,26 @@ from mailgate.security.passwords import Credentials, CredentialsError
     required=True,
     help="Directory to write cert.pem and key.pem (0600) into.",
 )
-@click.option("--hostname", default=None, help="Name in the certificate (default: this host).")
-@click.option("--days", default=825, show_default=True, help="Validity in days.")
-def gen_cert(out: Path, hostname: str | None, days: int) -> None:
-    """Make a self-signed certificate and key for trying STARTTLS ([smtp] tls_cert/tls_key)."""
-    cert, key = generate(out, hostname or default_hostname(), days)
-    click.echo(f"wrote {cert} and {key}")
+@click.option(
+    "--hostname", default=None, help="Name in the certificate (default: service.hostname)."
+)
+@click.option(
+    "--days",
+    type=click.IntRange(1, MAX_DAYS),
+    default=DEFAULT_DAYS,
+    show_default=True,
+    help=f"Validity in days; Mozilla's TLS profiles allow at most {MAX_DAYS}.",
+)
+def gen_cert(
+    config_path: Path | None, data_dir: Path | None, out: Path, hostname: str | None, days: int
+) -> None:
+    """Make a self-signed certificate and key for trying STARTTLS ([smtp] tls_cert/tls_key).
+
+    The certificate names service.hostname (the name the service greets with), as its
+    common name and subject alternative name, besides localhost and 127.0.0.1."""
+    name = hostname or get_config(config_path, data_dir).service.hostname
+    cert, key = generate(out, name, days)
+    click.echo(f"wrote {cert} and {key} for {name}, valid {days} days")
 
 
 @click.group()

@@ -84,6 +84,8 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
             path += f"[{part}]"
         elif str(part).startswith(("function-", "json-or-python", "lax-or-strict")):
             continue  # pydantic's internal validator names, not keys
+        elif part == "[key]":
+            continue  # the key itself is wrong: the path already ends with it
         else:
             path += ("." if path else "") + str(part)
     return path or "(top level)"
@@ -95,6 +97,8 @@ def _reason(error: Mapping[str, Any]) -> str:
     if error["type"] == "missing":
         return "required key is missing"
     msg = str(error["msg"])
+    if error["loc"] and error["loc"][-1] == "[key]":
+        return "unknown key; " + msg.replace("Input should be", "it should be", 1)
     return msg.removeprefix("Value error, ")
 
 

@@ -1,9 +1,15 @@
-"""docs/configuration.md, generated from the schema so the two cannot drift apart."""
+"""docs/configuration.md, generated from the schema so the two cannot drift apart.
+
+Types, defaults and meanings come from the pydantic fields; the allowed values of an
+enumerated key (a Literal or Enum type, alone or in a table or list) come from the type
+itself, so a value the schema accepts is always the value the reference shows.
+"""
 
 from __future__ import annotations
 
+import enum
 import json
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
@@ -28,6 +34,28 @@ Command-line flags override the file: `--data-dir` sets `service.data_dir`,
 """
 
 
+def allowed_values(annotation: Any) -> tuple[Any, ...] | None:
+    """The values an enumerated type allows, in declaration order; None if not enumerated."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return tuple(member.value for member in annotation)
+    return None
+
+
+def _one_of(values: tuple[Any, ...], bare: bool = False) -> str:
+    """`"a"`, `"b"` or `"c"`: TOML strings quoted; table keys (`bare`) as written in TOML."""
+    shown = [f"`{v}`" if bare else f"`{json.dumps(v)}`" for v in values]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+
+def _plain_type(annotation: Any) -> str:
+    values = allowed_values(annotation)
+    if values is not None:
+        return _one_of(values)
+    return getattr(annotation, "__name__", str(annotation)).replace("str", "string").lower()
+
+
 def _type_name(field: FieldInfo) -> str:
     for meta in field.metadata:
         if isinstance(meta, BeforeValidator):
@@ -39,10 +67,17 @@ def _type_name(field: FieldInfo) -> str:
     origin = get_origin(annotation)
     if origin is list:
         inner = get_args(annotation)[0]
-        return f"list of {getattr(inner, '__name__', 'table').lower()}"
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return "list of table"
+        return f"list of {_plain_type(inner)}"
     if origin is dict:
-        return "table"
-    return getattr(annotation, "__name__", str(annotation)).replace("str", "string")
+        keys, values = get_args(annotation)
+        key_values, value_values = allowed_values(keys), allowed_values(values)
+        if key_values is None and value_values is None:
+            return "table"
+        key_part = _one_of(key_values, bare=True) if key_values is not None else "key"
+        return f"table: {key_part} = {_plain_type(values)}"
+    return _plain_type(annotation)
 
 
 def _default(field: FieldInfo) -> str:
@@ -61,8 +96,9 @@ def _section(name: str, model: type[BaseModel]) -> list[str]:
     lines = [f"## [{name}]", "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for key, field in model.model_fields.items():
         meaning = (field.description or "").replace("|", "\\|")
-        default = _default(field).replace("|", "\\|")
-        lines.append(f"| `{key}` | {_type_name(field)} | `{default}` | {meaning} |")
+        default = "required" if field.is_required() else f"`{_default(field)}`"
+        default = default.replace("|", "\\|")
+        lines.append(f"| `{key}` | {_type_name(field)} | {default} | {meaning} |")
     lines.append("")
     return lines
 

@@ -10,20 +10,26 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from mailgate.config.units import Duration, Size
 from mailgate.route.patterns import parse_pattern
 
-KNOWN_CONNECTORS = ("postoffice", "smarthost")
-RELAY_CONNECTORS = ("smarthost",)  # connectors that carry mail off this host
-LEVELS = ("none", "minimum", "medium", "maximum")
-CATEGORIES = (
+# Enumerations are Literal types, declared once: validation, the tuples below and the
+# allowed values in docs/configuration.md (reference.py) all come from these.
+ConnectorName = Literal["postoffice", "smarthost"]
+Level = Literal["none", "minimum", "medium", "maximum"]
+Category = Literal[
     "Service", "Config", "Receive", "Routing", "Queue", "Interchange",
     "Sent", "NDR", "Supervision", "Postoffice", "Control",
-)  # fmt: skip
+]  # fmt: skip
+StartTls = Literal["none", "opportunistic", "required"]
+KNOWN_CONNECTORS: tuple[str, ...] = get_args(ConnectorName)
+RELAY_CONNECTORS = ("smarthost",)  # connectors that carry mail off this host
+LEVELS: tuple[str, ...] = get_args(Level)
+CATEGORIES: tuple[str, ...] = get_args(Category)
 
 
 def default_hostname() -> str:
@@ -126,8 +132,9 @@ class ProcessSettings(Section):
         0,
         ge=0,
         le=64,
-        description="SMTP receive worker processes sharing the port (SO_REUSEPORT); "
-        "0 means one per CPU core.",
+        description="SMTP receive worker processes, all accepting on the one listening "
+        "socket the master opens (no other instance can bind the port); 0 means one per "
+        "CPU core.",
     )
 
 
@@ -339,19 +346,12 @@ class LogSettings(Section):
         'path such as "/dev/log" (under systemd it reaches the journal), "udp:HOST:PORT" or '
         '"tcp:HOST:PORT"; empty means off.',
     )
-    levels: dict[str, Literal["none", "minimum", "medium", "maximum"]] = Field(
+    levels: dict[Category, Level] = Field(
         default_factory=dict,
-        description="Diagnostic level per event category (none/minimum/medium/maximum); "
+        description='Diagnostic level per event category, e.g. `Receive = "maximum"`; '
         "categories not named use medium, Sent uses maximum.",
         json_schema_extra={"doc_default": "{}"},
     )
-
-    @model_validator(mode="after")
-    def _categories(self) -> LogSettings:
-        unknown = sorted(set(self.levels) - set(CATEGORIES))
-        if unknown:
-            raise ValueError(f"unknown categories {unknown}; known: {', '.join(CATEGORIES)}")
-        return self
 
 
 class SuperviseSettings(Section):
@@ -432,9 +432,10 @@ class SmarthostSettings(Section):
         description="Smarthost to relay non-local mail to; empty means no smarthost connector.",
     )
     port: int = Field(25, ge=1, le=65535, description="Smarthost port.")
-    starttls: Literal["none", "opportunistic", "required"] = Field(
+    starttls: StartTls = Field(
         "opportunistic",
-        description="STARTTLS to the smarthost: never, when offered, or always (else defer).",
+        description="STARTTLS to the smarthost: none never starts it, opportunistic starts it "
+        "when the smarthost offers it, required always does (mail is deferred where it cannot).",
     )
     verify: bool = Field(True, description="Verify the smarthost's certificate and name.")
     ca_file: str = Field("", description="CA bundle for verification; empty means the system's.")
@@ -489,15 +490,7 @@ class RouteRule(Section):
     match: Annotated[str, AfterValidator(_pattern)] = Field(
         description="Address pattern: 'user@dom', '*@dom', '*@*.dom', 'MS:NET/PO/*' or '*'."
     )
-    connector: str = Field(description="Connector that delivers matching recipients.")
-
-    @model_validator(mode="after")
-    def _known(self) -> RouteRule:
-        if self.connector not in KNOWN_CONNECTORS:
-            raise ValueError(
-                f"unknown connector {self.connector!r}; known: {', '.join(KNOWN_CONNECTORS)}"
-            )
-        return self
+    connector: ConnectorName = Field(description="Connector that delivers matching recipients.")
 
 
 class Config(Section):

@@ -1,11 +1,12 @@
 """`mailgate run`: the master process and its workers.
 
 The master takes the data directory lock, prepares the store (and releases every
-lease, since all holders are gone), binds the control socket and reserves the SMTP
-port, then starts worker processes by role: `receive` (one per core by default,
-sharing the port with SO_REUSEPORT) and `interchange` (delivery, scheduling,
-pickup). Stages in different processes talk only through the queue, plus a
-wake-up datagram.
+lease, since all holders are gone), binds the control socket and opens the SMTP
+port (and the implicit-TLS one), then starts worker processes by role: `receive`
+(one per core by default, all accepting on the one listening socket they inherit,
+so the port belongs to this instance alone: a second one is refused, event 1020)
+and `interchange` (delivery, scheduling, pickup). Stages in different processes
+talk only through the queue, plus a wake-up datagram.
 
 It supervises its workers as the supervisor does threads: a dead worker's leases
 are released at once and it is restarted with back-off and a restart budget (one
@@ -37,6 +38,7 @@ from typing import Any
 from mailgate import __version__
 from mailgate.bootstrap import (
     ReloadState,
+    emit_port_in_use,
     install_excepthooks,
     make_supervisor,
     needs_restart,
@@ -46,16 +48,16 @@ from mailgate.bootstrap import (
     release_all_leases,
     start_event_store,
 )
-from mailgate.config.schema import Config, parse_hostport
+from mailgate.config.schema import Config
 from mailgate.control.server import ControlServer, bind_control, socket_path
-from mailgate.errors import AlreadyRunning, StoreError, StoreInUse
-from mailgate.master.processes import WORKER_CONFIG, WorkerProcess, WorkerSpec
+from mailgate.errors import AlreadyRunning, PortInUse, StoreError, StoreInUse
+from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS, WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config
 from mailgate.observe.eventstore import EventStoreWriter
 from mailgate.queue.lock import DataDirLock
 from mailgate.queue.sqlite import SqliteBackend
-from mailgate.receive.server import bind
+from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.security.passwords import CredentialsError
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.supervisor import BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_STRUCTURAL
@@ -83,8 +85,7 @@ class Master:
         specs = [WorkerSpec("receive", f"receive-{n}") for n in range(1, count + 1)]
         specs.append(WorkerSpec("interchange", "interchange-1"))
         self.workers = [WorkerProcess(spec) for spec in specs]
-        self.reservation: socket.socket | None = None
-        self.tls_reservation: socket.socket | None = None
+        self.listeners: Listeners | None = None  # open for the life of the master
         self.control_socket: socket.socket | None = None
         self.admin: AdminServer | None = None
         self.listen = config.smtp.listen
@@ -95,26 +96,20 @@ class Master:
 
     # --- start -----------------------------------------------------------------------------------
     def start(self) -> None:
-        """Lock, prepare the store, bind control, reserve the port; errors reach the caller."""
+        """Lock, prepare the store, bind control, open the ports; errors reach the caller."""
         self.lock.acquire()
         try:
             self.config.postoffice_root.mkdir(parents=True, exist_ok=True)
             # A damaged page stops the start, before any worker runs on it (Q159305).
             self.backend.initialize(check=self.config.queue.check_at_start)
             release_all_leases(self.backend, self.events)
-            host, port = parse_hostport(self.config.smtp.listen)
-            self.reservation = bind(host, port, reuse_port=True, listen=False)
-            bound_host, bound_port = self.reservation.getsockname()[:2]
-            self.listen = (
-                f"[{bound_host}]:{bound_port}"
-                if ":" in bound_host
-                else (f"{bound_host}:{bound_port}")
-            )
+            self._open_listeners()  # PortInUse names the instance that holds a port
             self.control_socket = bind_control(socket_path(self.config.data_dir))
             self.admin = open_admin(self.config.admin, lambda: MasterView(self))  # bound now
             receive_settings(self.config)  # a bad certificate or credentials file fails here
-            self._reserve_implicit_tls()
         except BaseException:
+            if self.listeners is not None:
+                self.listeners.close()
             self.lock.release()
             raise
         from mailgate.master.commands import MasterCommands
@@ -136,15 +131,17 @@ class Master:
         if self.admin is not None:
             self.supervisor.spawn("admin", "admin", self.admin)
 
-    def _reserve_implicit_tls(self) -> None:
-        """Reserve the implicit-TLS port too (port 0 becomes a real port for the workers)."""
-        listen = self.config.smtp.implicit_tls_listen
-        if not listen:
-            return
-        self.tls_reservation = bind(*parse_hostport(listen), reuse_port=True, listen=False)
-        host, port = self.tls_reservation.getsockname()[:2]
-        smtp = self.config.smtp.model_copy(update={"implicit_tls_listen": f"{host}:{port}"})
-        self.config = self.config.model_copy(update={"smtp": smtp})
+    def _open_listeners(self) -> None:
+        """Listen on the ports, once, for every receive worker (port 0 becomes a real port).
+
+        No SO_REUSEPORT: the kernel then refuses any other socket on these ports, so no
+        second instance can share them, and a worker's death closes nothing."""
+        self.listeners = open_listeners(self.config.smtp)
+        self.listen = _hostport(self.listeners.smtp)
+        if self.listeners.implicit_tls is not None:
+            tls = _hostport(self.listeners.implicit_tls)
+            smtp = self.config.smtp.model_copy(update={"implicit_tls_listen": tls})
+            self.config = self.config.model_copy(update={"smtp": smtp})
 
     def spawn_due(self) -> None:
         """Start workers whose (re)start is due. Called from the main thread only (see above)."""
@@ -162,9 +159,15 @@ class Master:
             "--name", worker.name,
         ]  # fmt: skip
         env = {**os.environ, WORKER_CONFIG: self.worker_config()}
+        env.pop(WORKER_SOCKETS, None)
+        fds: dict[str, int] = {}
+        if worker.spec.role == "receive" and self.listeners is not None:
+            fds = self.listeners.fds()  # only the workers that accept mail hold the ports
+            env[WORKER_SOCKETS] = json.dumps(fds)
         proc = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env
-        )
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env,
+            pass_fds=tuple(fds.values()),
+        )  # fmt: skip
         worker.started(proc)
         self.events.emit(
             catalog.WORKER_STARTED, worker=worker.name, role=worker.spec.role, pid=proc.pid
@@ -422,9 +425,8 @@ class Master:
         if self.control_socket is not None:
             self.control_socket.close()
             socket_path(self.config.data_dir).unlink(missing_ok=True)
-        for reservation in (self.reservation, self.tls_reservation):
-            if reservation is not None:
-                reservation.close()
+        if self.listeners is not None:
+            self.listeners.close()
         if self.admin is not None:
             self.admin.close()
         self.lock.release()
@@ -451,6 +453,9 @@ def run_master(config: Config, source: Callable[[], Config] | None = None) -> in
             holder_data_dir=exc.data_dir,
             data_dir=config.data_dir,
         )
+        return 1
+    except PortInUse as exc:
+        emit_port_in_use(events, exc)
         return 1
     except (StoreError, OSError, CredentialsError) as exc:
         events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")
@@ -480,6 +485,11 @@ def run_master(config: Config, source: Callable[[], Config] | None = None) -> in
             master.event_store.flush()  # the events written after its thread stopped
     events.close()
     os._exit(code)  # no thread of ours may keep the process alive
+
+
+def _hostport(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _wait_until_ready(master: Master, timeout: float) -> None:

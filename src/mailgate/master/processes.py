@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WORKER_CONFIG = "MAILGATE_WORKER_CONFIG"  # the validated configuration, as JSON
+WORKER_SOCKETS = "MAILGATE_WORKER_SOCKETS"  # receive workers: inherited listening fds, as JSON
 
 
 @dataclass(frozen=True, slots=True)

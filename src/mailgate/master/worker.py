@@ -12,6 +12,7 @@ with SIGKILL never leaves orphans serving the port.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -25,9 +26,10 @@ from mailgate.bootstrap import Service, install_excepthooks
 from mailgate.config.schema import Config
 from mailgate.control.commands import ControlCommands, thread_json
 from mailgate.master.channel import ForwardSink, Outbox, inbox_reader
-from mailgate.master.processes import WORKER_CONFIG
+from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config
+from mailgate.receive.listeners import Listeners
 
 PR_SET_PDEATHSIG = 1
 
@@ -84,7 +86,10 @@ def _last_words(
 
 
 def _serve(config: Config, role: str, name: str, events: EventLog, outbox: Outbox) -> int:
-    service = Service(config, events, None, role=role)  # reloads come from the master
+    # A receive worker accepts on the sockets its master opened: it never binds a port.
+    inherited = os.environ.get(WORKER_SOCKETS)
+    listeners = Listeners.inherited(json.loads(inherited)) if inherited else None
+    service = Service(config, events, None, role=role, listeners=listeners)  # reloads: master
     service.start()
     commands = ControlCommands(service).table()
     sup = service.supervisor

@@ -118,6 +118,16 @@ STORE_IN_USE = _event(
     "of a dead process and deliver it twice, so the second is refused.",
     "Give each service its own [queue] path, or stop the one named first.",
 )  # fmt: skip
+PORT_IN_USE = _event(
+    1020, "PortInUse", C.SERVICE, S.ERROR, MIN,
+    "port {listen} is already in use by {holder}; this mailgate will not start",
+    "Another process listens on a port this service is configured to own (smtp.listen or "
+    "smtp.implicit_tls_listen), often a mailgate on another data directory. A port belongs "
+    "to one instance: its master opens it and its receive workers share that one socket, "
+    "so a second instance can neither join it nor take part of the mail.",
+    "Stop the process named (`ss -ltnp 'sport = :PORT'` shows it too), or give this "
+    "instance another port (`--listen`, smtp.listen, smtp.implicit_tls_listen).",
+)  # fmt: skip
 STOP_INCOMPLETE = _event(
     1005, "StopIncomplete", C.SERVICE, S.ERROR, MIN,
     "stop deadline of {timeout}s passed; threads still running: {threads}",

@@ -288,7 +288,8 @@ def open_event_log(
     return log
 
 
-def levels_from_config(configured: Mapping[str, str]) -> dict[Category, Level]:
+def levels_from_config(configured: Mapping[Any, str]) -> dict[Category, Level]:
+    """[log] levels (category names to level names, as the schema's Literals) as enums."""
     return {Category(name): Level[value.upper()] for name, value in configured.items()}
 
 

@@ -1,11 +1,13 @@
 """The SMTP listener thread: an asyncio loop serving ReceiveHandler sessions.
 
-The listening socket is bound by the caller before the thread starts, so a bad
-address or a port in use is reported at start-up, not lost in a thread. On stop
-the listener closes at once, sessions waiting for a commit get up to the grace
-period to finish, and every other session is told "421 4.3.2" and closed.
-No thread pool is used (the loop never resolves names), so every thread in the
-process stays a supervised one.
+The listening sockets are opened before the thread starts (listeners.py), so a bad
+address or a port in use is reported at start-up, naming the holder, not lost in a
+thread; in a receive worker they are the master's, inherited. Each life of the thread
+accepts on a duplicate of them, one connection per wake-up (accept.py), so a restart
+needs no new bind and a burst of clients is spread over the workers. On stop the
+listener closes at once, sessions waiting for a commit get up to the grace period to
+finish, and every other session is told "421 4.3.2" and closed. No thread pool is used
+(the loop never resolves names), so every thread in the process stays a supervised one.
 """
 
 from __future__ import annotations
@@ -16,41 +18,13 @@ import socket
 import ssl
 import time
 
+from mailgate.receive.accept import Acceptor
 from mailgate.receive.session import MailgateSMTP
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.testing import faults
 
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
-
-
-def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True) -> socket.socket:
-    """Bind the listening socket (numeric or resolvable host); OSError reaches the caller.
-
-    With `reuse_port`, several processes bind the same port (SO_REUSEPORT) and the
-    kernel spreads connections among those listening. The master binds one without
-    listening to reserve the port and learn it (port 0) before its workers start.
-    """
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the
-    # listening socket says TCP. Without it, replies to pipelined commands wait on
-    # Nagle and the client's delayed ACK (about 40 ms each).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    try:
-        sock.bind(address)
-        if listen:
-            sock.listen(512)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
 
 
 class SmtpListener:
@@ -66,11 +40,8 @@ class SmtpListener:
     ) -> None:
         self.tls_sock = tls_sock  # the implicit-TLS listener (port 465 style), if any
         self.tls_context = tls_context
-        self._tls_bound = tls_sock.getsockname()[:2] if tls_sock is not None else ("", 0)
         self.handler = handler
         self.sock = sock
-        self._bound = sock.getsockname()[:2]
-        self._reuse_port = bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT))
         self.grace = grace
         self.sessions: set[MailgateSMTP] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -119,34 +90,44 @@ class SmtpListener:
         if handle.stopping:
             return
         loop = asyncio.get_running_loop()
-        if self.sock.fileno() == -1:  # closed by a previous life of this thread: bind again
-            self.sock = bind(*self._bound, reuse_port=self._reuse_port)
-        server = await loop.create_server(self._factory, sock=self.sock)
-        servers = [server]
-        if self.tls_sock is not None and self.tls_sock.fileno() == -1:
-            self.tls_sock = bind(*self._tls_bound, reuse_port=self._reuse_port)
+        # Each life accepts on a duplicate: closing it leaves the socket itself open (and
+        # listening) for the next life of this thread.
+        acceptors = [Acceptor(loop, self.sock.dup(), self._factory)]
         if self.tls_sock is not None and self.tls_context is not None:
-            servers.append(
-                await loop.create_server(
+            acceptors.append(
+                Acceptor(
+                    loop,
+                    self.tls_sock.dup(),
                     lambda: self._factory(implicit_tls=True),
-                    sock=self.tls_sock,
-                    ssl=self.tls_context,
-                    ssl_handshake_timeout=30,
+                    tls=self.tls_context,
                 )
             )
         # Busy for as long as it serves, heart-beating once a second from the loop itself: a
         # callback that never returns stops the heartbeat, and the supervisor reports the
         # thread stalled with its stack (Q151669). An idle thread would never be.
         handle.busy()
+        for acceptor in acceptors:
+            acceptor.start()
         try:
             while not self._stop.is_set() and not handle.stopping:
                 handle.progress()  # a heartbeat: the loop is alive and turning
+                faults.check("receive.listener")  # tests: a crash of a serving listener
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), 1.0)
         finally:
-            for each in servers:
-                each.close()
+            for acceptor in acceptors:
+                acceptor.close()
+            if self._stop.is_set():
+                # Asked to stop (request_stop): refuse new connections from now on. Not on
+                # a crash, nor for a life abandoned as stalled: the next life serves them.
+                self.close()
             await self._drain()
+
+    def close(self) -> None:
+        """Close the listening sockets (this process's hold on them; a master keeps its own)."""
+        for sock in (self.sock, self.tls_sock):
+            if sock is not None:
+                sock.close()
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.grace

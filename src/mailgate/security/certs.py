@@ -1,8 +1,10 @@
 """`mailgate gen-cert`: a self-signed certificate and key for trials of STARTTLS.
 
 Made with the `cryptography` package: an EC P-256 key (written 0600) and a
-certificate naming the host, localhost and 127.0.0.1 as subject alternative
-names. Clients will not trust it without being told to; use a real certificate
+certificate naming the given host (the CLI passes service.hostname) as its common
+name and, with localhost and 127.0.0.1, as subject alternative names. It lasts 90
+days by default, Mozilla's recommended lifespan (366 at most, as its TLS profiles
+allow). Clients will not trust it without being told to; use a real certificate
 (e.g. from your CA or ACME) in production.
 """
 
@@ -18,8 +20,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+DEFAULT_DAYS = 90  # Mozilla's recommended certificate lifespan
+MAX_DAYS = 366  # the longest its profiles allow
 
-def generate(out: Path, hostname: str, days: int = 825) -> tuple[Path, Path]:
+
+def generate(out: Path, hostname: str, days: int = DEFAULT_DAYS) -> tuple[Path, Path]:
     """Write out/cert.pem and out/key.pem; returns their paths."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
