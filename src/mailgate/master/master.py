@@ -399,6 +399,11 @@ class Master:
         to keep (receivers answer 421 and stop; interchange finishes or releases work)."""
         self.stopping = True
         deadline = time.monotonic() + self.config.service.stop_timeout
+        # The port closes as soon as the stop begins (once the receivers close their copies
+        # too): clients are refused and go to another MX rather than wait in a backlog
+        # that nobody will accept from.
+        if self.listeners is not None:
+            self.listeners.close()
         left: list[str] = []
         group = [w for w in self.workers if w.alive]
         for worker in group:
@@ -425,8 +430,6 @@ class Master:
         if self.control_socket is not None:
             self.control_socket.close()
             socket_path(self.config.data_dir).unlink(missing_ok=True)
-        if self.listeners is not None:
-            self.listeners.close()
         if self.admin is not None:
             self.admin.close()
         self.lock.release()
