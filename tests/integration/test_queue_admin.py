@@ -217,8 +217,71 @@ def test_an_expired_lease_is_free_and_its_late_outcome_is_lost(q: Queue) -> None
     row = q.db.execute("SELECT state, released, lease_owner FROM recipients").fetchone()
     assert row == ("held", 1, None), "flagged: the old thread may have delivered it"
     now = time.time()
-    late = q.store.record([Outcome(claim, Disposition.DELIVERED, "250", now, now)], OWNER)
+    late = q.store.record([Outcome(claim, Disposition.DEFERRED, "451", now, now)], OWNER)
     assert late.result()[0].lease_lost and q.states(qid) == {BOB[0]: "held"}
+
+
+# --- an administrator's command takes effect on a recipient being delivered ----------------------
+def test_hold_revokes_the_lease_of_a_recipient_being_delivered(q: Queue) -> None:
+    qid = q.add(message(BOB, FRIEND))
+    [claim] = q.store.claim("postoffice", OWNER, 10).result()
+    held = q.run(lambda c: admin.hold(c, qid, time.time(), revoke=True))
+    assert held.count == 2 and q.states(qid) == {BOB[0]: "held", FRIEND[0]: "held"}
+    [revoked] = held.revoked
+    assert (revoked.recipient_id, revoked.address, revoked.owner) == (
+        claim.recipient_id, BOB[0], OWNER,
+    )  # fmt: skip
+    assert revoked.thread == "postoffice-1" and revoked.queue_id == qid
+    row = q.db.execute("SELECT released, lease_owner FROM recipients WHERE address = ?", (BOB[0],))
+    assert row.fetchone() == (1, None), "flagged: the attempt in flight may still deliver it"
+
+    now = time.time()
+    late = q.store.record([Outcome(claim, Disposition.DEFERRED, "451 x", now, now)], OWNER)
+    assert late.result()[0].lease_lost, "the attempt's outcome is discarded"
+    assert q.states(qid)[BOB[0]] == "held"
+    [(rid, disposition, reply)] = q.run(lambda c: admin.attempts_since(c, revoked))
+    assert (rid, disposition, reply) == (claim.recipient_id, "deferred", "451 x")
+
+
+def test_a_delivery_that_completed_after_its_lease_was_revoked_is_not_repeated(q: Queue) -> None:
+    """The attempt in flight delivered after all: the recipient is delivered, not held, so
+    releasing the message cannot send it a second time."""
+    qid = q.add(message(BOB))
+    [claim] = q.store.claim("postoffice", OWNER, 10).result()
+    q.run(lambda c: admin.hold(c, qid, time.time(), revoke=True))
+    now = time.time()
+    late = q.store.record([Outcome(claim, Disposition.DELIVERED, "250 ok", now, now)], OWNER)
+    [recorded] = late.result()
+    assert not recorded.lease_lost and recorded.message_done
+    assert q.states(qid) == {BOB[0]: "delivered"}
+    assert q.run(lambda c: admin.release(c, qid, time.time())).count == 0
+
+
+def test_take_over_freezes_a_message_being_delivered_for_delete_or_return(q: Queue) -> None:
+    qid = q.add(message(BOB, FRIEND))
+    idle = q.add(message(BOB))
+    assert q.run(lambda c: admin.take_over(c, idle, time.time())) == (), "no lease: no change"
+    assert q.states(idle) == {BOB[0]: "queued"}
+    [claim] = q.store.claim("smarthost", OWNER, 10).result()
+    [revoked] = q.run(lambda c: admin.take_over(c, qid.lower(), time.time()))
+    assert revoked.address == FRIEND[0]
+    assert q.states(qid) == {BOB[0]: "held", FRIEND[0]: "held"}, "nothing else is claimed"
+    result = q.run(lambda c: admin.return_to_sender(c, qid, time.time(), q.generator))
+    assert result.closed == 2 and result.finished
+    now = time.time()
+    late = q.store.record([Outcome(claim, Disposition.DELIVERED, "250 ok", now, now)], OWNER)
+    assert late.result()[0].lease_lost, "too late: the message was returned"
+
+
+def test_a_late_outcome_for_a_deleted_message_leaves_no_orphan(q: Queue) -> None:
+    qid = q.add(message(FRIEND))
+    [claim] = q.store.claim("smarthost", OWNER, 10).result()
+    q.run(lambda c: admin.take_over(c, qid, time.time()))
+    q.run(lambda c: admin.delete(c, qid, time.time()))
+    now = time.time()
+    late = q.store.record([Outcome(claim, Disposition.DEFERRED, "451", now, now)], OWNER)
+    assert late.result()[0].lease_lost
+    assert history.check_store(q.db, time.time()) == [], "no attempt row without its recipient"
 
 
 # --- delete and return ---------------------------------------------------------------------------

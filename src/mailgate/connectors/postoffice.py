@@ -32,6 +32,7 @@ from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
 from mailgate.postoffice.tree import Postoffice, open_dir
+from mailgate.testing import faults
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
@@ -193,12 +194,14 @@ class PostofficeSession:
         tmp_name = f"{name}.{self.suffix}"
         _write_file(box.tmp, tmp_name, content)
         try:
+            faults.check("postoffice.link")  # tests: a delivery in flight, not yet in new/
             os.link(tmp_name, name, src_dir_fd=box.tmp, dst_dir_fd=box.new, follow_symlinks=False)
         except FileExistsError:
             pass  # an earlier attempt already linked it: exactly one copy
         finally:
             os.unlink(tmp_name, dir_fd=box.tmp)
         self._dirty[id(box)] = box
+        faults.check("postoffice.linked")  # tests: in new/, the outcome not yet recorded
         return f"250 2.0.0 delivered to {mailbox}"
 
     def _check_quota(self, claim: Claim, mailbox: PostofficeAddress) -> None:

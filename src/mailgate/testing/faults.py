@@ -5,7 +5,8 @@
 Each entry is `point=action[:count]`; `count` limits how many times the fault
 fires (default: every time). Actions: `raise` (InjectedFault), `hang` (block the
 calling thread until the process ends), `spin` (burn CPU forever), `exit`
-(raise FaultExit, which a thread body treats as "return now, silently"). A point that is not named
+(raise FaultExit, which a thread body treats as "return now, silently"), `pause`
+(block until a test releases it: see `pause`). A point that is not named
 costs one dictionary lookup. Used by the test suite; never enable in production.
 """
 
@@ -14,8 +15,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 ENV = "MAILGATE_FAULTS"
+DIR_ENV = "MAILGATE_FAULTS_DIR"
+PAUSE_LIMIT = 120.0
 
 
 class InjectedFault(RuntimeError):
@@ -33,7 +37,7 @@ class _Faults:
         for entry in filter(None, (part.strip() for part in spec.split(","))):
             point, _, action = entry.partition("=")
             action, _, count = action.partition(":")
-            if action not in ("raise", "hang", "spin", "exit"):
+            if action not in ("raise", "hang", "spin", "exit", "pause"):
                 raise ValueError(f"{ENV}: unknown fault action {action!r} in {entry!r}")
             self._points[point] = (action, [int(count) if count else None])
 
@@ -71,6 +75,20 @@ def check(point: str) -> None:
         raise FaultExit(point)
     if action == "hang":
         threading.Event().wait()
+    if action == "pause":
+        pause(point)
     if action == "spin":
         while True:
             time.monotonic()
+
+
+def pause(point: str) -> None:
+    """Block the calling thread until the file `<point>.release` appears in the directory
+    named by MAILGATE_FAULTS_DIR (at most PAUSE_LIMIT seconds). `<point>.paused` is created
+    there first, so a test in another process knows the thread got here."""
+    folder = Path(os.environ.get(DIR_ENV, "."))
+    (folder / f"{point}.paused").touch()
+    release = folder / f"{point}.release"
+    deadline = time.monotonic() + PAUSE_LIMIT
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
