@@ -46,12 +46,12 @@ def test_mailbox_list_shows_each_outbox_and_its_waiting_files(tmp_path: Path) ->
     for name in ("a.eml", "b.eml", ".hidden"):
         (root / "NET1" / "PO1" / "outbox" / name).write_bytes(b"Subject: x\n\nx\n")
     lines = ok(mg.cli("mailbox", "list")).splitlines()
-    assert f"NET1/PO1\toutbox\t{root / 'NET1' / 'PO1' / 'outbox'}/\t2 waiting" in lines
-    assert f"NET1/PO2\toutbox\t{root / 'NET1' / 'PO2' / 'outbox'}/\t0 waiting" in lines
-    assert lines[0].startswith("NET1/PO1/ALICE\talice@"), "mailboxes are listed as before"
-    po1 = lines.index(f"NET1/PO1\toutbox\t{root / 'NET1' / 'PO1' / 'outbox'}/\t2 waiting")
+    assert f"MS:NET1/PO1\toutbox\t{root / 'NET1' / 'PO1' / 'outbox'}/\t2 waiting" in lines
+    assert f"MS:NET1/PO2\toutbox\t{root / 'NET1' / 'PO2' / 'outbox'}/\t0 waiting" in lines
+    assert lines[0].startswith("MS:NET1/PO1/ALICE\talice@"), "mailboxes are listed as before"
+    po1 = lines.index(f"MS:NET1/PO1\toutbox\t{root / 'NET1' / 'PO1' / 'outbox'}/\t2 waiting")
     assert [line.split("\t")[0] for line in lines[: po1 + 1]] == [
-        "NET1/PO1/ALICE", "NET1/PO1/BOB", "NET1/PO1",
+        "MS:NET1/PO1/ALICE", "MS:NET1/PO1/BOB", "MS:NET1/PO1",
     ], "each postoffice's outbox follows its mailboxes"  # fmt: skip
 
 
@@ -61,6 +61,6 @@ def test_a_postoffice_created_before_outboxes_existed_gets_one(tmp_path: Path) -
     mg.add_mailbox("MS:NET1/PO1/ALICE")
     outbox = mg.data_dir / "postoffice" / "NET1" / "PO1" / "outbox"
     outbox.rmdir()
-    assert "NET1/PO1\toutbox\t-\tmissing (mailbox add creates it)" in ok(mg.cli("mailbox", "list"))
+    assert "MS:NET1/PO1\toutbox\t-\tmissing (mailbox add creates it)" in ok(mg.cli("mailbox", "list"))
     mg.add_mailbox("MS:NET1/PO1/BOB")
     assert outbox.is_dir()
