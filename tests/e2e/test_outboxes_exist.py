@@ -61,6 +61,7 @@ def test_a_postoffice_created_before_outboxes_existed_gets_one(tmp_path: Path) -
     mg.add_mailbox("MS:NET1/PO1/ALICE")
     outbox = mg.data_dir / "postoffice" / "NET1" / "PO1" / "outbox"
     outbox.rmdir()
-    assert "MS:NET1/PO1\toutbox\t-\tmissing (mailbox add creates it)" in ok(mg.cli("mailbox", "list"))
+    listed = ok(mg.cli("mailbox", "list"))
+    assert "MS:NET1/PO1\toutbox\t-\tmissing (mailbox add creates it)" in listed
     mg.add_mailbox("MS:NET1/PO1/BOB")
     assert outbox.is_dir()
