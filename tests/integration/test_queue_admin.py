@@ -18,7 +18,7 @@ from mailgate.dsn.generate import BounceGenerator, BounceResult
 from mailgate.interchange.state import Connectors
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import Disposition, NewMessage, NewRecipient, Outcome, new_queue_id
-from mailgate.queue import admin, history
+from mailgate.queue import admin, history, revoke
 from mailgate.queue.backend import Connection
 from mailgate.queue.commit import DirectWriter
 from mailgate.queue.retry import RetryPolicy
@@ -225,7 +225,7 @@ def test_an_expired_lease_is_free_and_its_late_outcome_is_lost(q: Queue) -> None
 def test_hold_revokes_the_lease_of_a_recipient_being_delivered(q: Queue) -> None:
     qid = q.add(message(BOB, FRIEND))
     [claim] = q.store.claim("postoffice", OWNER, 10).result()
-    held = q.run(lambda c: admin.hold(c, qid, time.time(), revoke=True))
+    held = q.run(lambda c: admin.hold(c, qid, time.time(), revoke_leases=True))
     assert held.count == 2 and q.states(qid) == {BOB[0]: "held", FRIEND[0]: "held"}
     [revoked] = held.revoked
     assert (revoked.recipient_id, revoked.address, revoked.owner) == (
@@ -239,7 +239,7 @@ def test_hold_revokes_the_lease_of_a_recipient_being_delivered(q: Queue) -> None
     late = q.store.record([Outcome(claim, Disposition.DEFERRED, "451 x", now, now)], OWNER)
     assert late.result()[0].lease_lost, "the attempt's outcome is discarded"
     assert q.states(qid)[BOB[0]] == "held"
-    [(rid, disposition, reply)] = q.run(lambda c: admin.attempts_since(c, revoked))
+    [(rid, disposition, reply)] = q.run(lambda c: revoke.attempts_since(c, revoked))
     assert (rid, disposition, reply) == (claim.recipient_id, "deferred", "451 x")
 
 
@@ -248,7 +248,7 @@ def test_a_delivery_that_completed_after_its_lease_was_revoked_is_not_repeated(q
     releasing the message cannot send it a second time."""
     qid = q.add(message(BOB))
     [claim] = q.store.claim("postoffice", OWNER, 10).result()
-    q.run(lambda c: admin.hold(c, qid, time.time(), revoke=True))
+    q.run(lambda c: admin.hold(c, qid, time.time(), revoke_leases=True))
     now = time.time()
     late = q.store.record([Outcome(claim, Disposition.DELIVERED, "250 ok", now, now)], OWNER)
     [recorded] = late.result()
@@ -479,12 +479,27 @@ def test_check_passes_on_a_healthy_store_and_finds_planted_damage(q: Queue) -> N
 # --- the control command -------------------------------------------------------------------------
 def test_wake_control_command_wakes_one_connector_or_all() -> None:
     wakeup = Wakeup()
-    service = SimpleNamespace(connectors=Connectors(["postoffice", "smarthost"]), wakeup=wakeup)
+    cleared: list[tuple[list[str], str]] = []
+
+    def clear_down(names: list[str], by: str) -> list[str]:
+        cleared.append((names, by))
+        return names[-1:]
+
+    service = SimpleNamespace(
+        connectors=Connectors(["postoffice", "smarthost"]), wakeup=wakeup, clear_down=clear_down
+    )
     wake = ControlCommands(service).table()["wake"]  # type: ignore[arg-type]  # a stand-in
     po, smart = wakeup.generation("postoffice"), wakeup.generation("smarthost")
-    assert wake({"connector": "smarthost"}) == {"woken": ["smarthost"]}
+    assert wake({"connector": "smarthost"}) == {
+        "woken": ["smarthost"],
+        "down_cleared": ["smarthost"],
+    }
     assert (wakeup.generation("postoffice"), wakeup.generation("smarthost")) == (po, smart + 1)
-    assert wake({}) == {"woken": ["postoffice", "smarthost"]}
+    assert wake({"clear_down": False, "by": "x"})["woken"] == ["postoffice", "smarthost"]
     assert (wakeup.generation("postoffice"), wakeup.generation("smarthost")) == (po + 1, smart + 2)
+    assert cleared == [(["smarthost"], "mailgate ctl wake")], "only when asked to clear"
+    assert wake({"by": "mailgate queue retry"})["down_cleared"] == ["smarthost"]
+    assert cleared[-1] == (["postoffice", "smarthost"], "mailgate queue retry")
+    assert (wakeup.generation("postoffice"), wakeup.generation("smarthost")) == (po + 2, smart + 3)
     with pytest.raises(KeyError, match="no connector 'nope'"):
         wake({"connector": "nope"})

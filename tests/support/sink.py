@@ -64,6 +64,7 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self.sink.held("DATA")  # after the final ".": the message is here, unanswered
         reply = self.sink.scripted("DATA", None)
         if reply:
             return reply
@@ -126,7 +127,7 @@ class Sink:
             self.rules.append(Rule(command, reply, address, times))
 
     def hang(self, command: str) -> None:
-        """Make `command` (MAIL or RCPT) wait without replying until `release()`."""
+        """Make `command` (MAIL, RCPT or DATA) wait without replying until `release()`."""
         with self._lock:
             self._hung.add(command)
             self._released.clear()
