@@ -241,8 +241,10 @@ STORE_ERROR = _event(
 LEASE_LOST = _event(
     4002, "LeaseLost", C.QUEUE, S.WARNING, MIN,
     "{queue_id}: lease on <{recipient}> was lost before its outcome ({outcome}) was recorded",
-    "A thread took longer than the lease; another thread may have retried the recipient. "
-    "Postoffice delivery does not duplicate; a smarthost may see the message twice.",
+    "A thread took longer than the lease, and another thread may have retried the "
+    "recipient; or an administrator's command took the recipient from the thread (event "
+    "4020). Postoffice delivery does not duplicate; a smarthost may see the message twice "
+    "after an expired lease.",
     "Raise [queue] lease, or look for a slow destination.",
 )  # fmt: skip
 MESSAGE_DONE = _event(
