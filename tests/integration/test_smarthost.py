@@ -166,6 +166,20 @@ def test_an_untrusted_certificate_defers_instead_of_sending_in_clear(
         unverified.close()
 
 
+def recording() -> tuple[EventLog, list[tuple[int, dict[str, Any]]]]:
+    """An event log that keeps (id, fields) of every event in a list."""
+    events = EventLog()
+    seen: list[tuple[int, dict[str, Any]]] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            event, fields, _ = record.mailgate_event  # type: ignore[attr-defined]
+            seen.append((event.id, dict(fields)))
+
+    events.add_sink(Seen())
+    return events, seen
+
+
 def deliver_in_thread(session: Any) -> tuple[threading.Thread, list[Any]]:
     """Run one delivery in another thread, as an interchange thread would; its result (or
     exception) lands in the list."""
@@ -219,15 +233,7 @@ def test_cancel_leaves_a_message_being_handed_over_to_finish() -> None:
 def test_a_stall_abort_says_so_and_clear_down_forgets_the_marking() -> None:
     with Sink() as sink:
         sink.hang("MAIL")
-        events = EventLog()
-        seen: list[tuple[int, dict[str, Any]]] = []
-
-        class Seen(logging.Handler):
-            def emit(self, record: logging.LogRecord) -> None:
-                event, fields, _ = record.mailgate_event  # type: ignore[attr-defined]
-                seen.append((event.id, dict(fields)))
-
-        events.add_sink(Seen())
+        events, seen = recording()
         c = SmarthostConnector(
             SmarthostTarget(host="127.0.0.1", port=sink.port, helo="mx.test", down_for=3600),
             events,
@@ -249,3 +255,20 @@ def test_a_stall_abort_says_so_and_clear_down_forgets_the_marking() -> None:
         assert c.health.down_error() is None and c.clear_down("again") is False
         [result] = session.deliver([claim(queue_id="Q2")], BODY)
         assert result.disposition is Disposition.DELIVERED
+
+
+def test_after_clear_down_a_smarthost_still_down_is_reported_again() -> None:
+    sink = Sink()  # never started: connection refused
+    events, seen = recording()
+    target = SmarthostTarget(host="127.0.0.1", port=sink.port, helo="mx.test", down_for=3600)
+    c = SmarthostConnector(target, events)
+    session = c.open()
+    for _ in range(2):
+        with pytest.raises(TemporaryFailure, match=r"^451 4\.4\.1 smarthost 127"):
+            session.deliver([claim()], BODY)
+        assert c.health.down_error() is not None
+        with pytest.raises(TemporaryFailure, match="is down"):
+            session.deliver([claim()], BODY)
+        assert c.clear_down("mailgate queue retry") is True
+    assert c.clear_down("mailgate queue retry") is False, "not marked down now"
+    assert [event_id for event_id, _ in seen] == [2460, 2462, 2460, 2462], "said again"

@@ -66,6 +66,7 @@ class DestinationHealth:
         self._down_until = 0.0
         self._last_error = ""
         self._down = False
+        self._cleared = False  # an administrator cleared the marking: report a failure anew
 
     def down_error(self) -> str | None:
         with self._lock:
@@ -76,15 +77,15 @@ class DestinationHealth:
     def failed(self, error: str) -> bool:
         """Record a connection failure; True if this marks the host down (newly)."""
         with self._lock:
-            newly = not self._down
-            self._down, self._last_error = True, error
+            newly = not self._down or self._cleared
+            self._down, self._last_error, self._cleared = True, error, False
             self._down_until = time.monotonic() + self._down_for
             return newly
 
     def succeeded(self) -> bool:
         """Record a working connection; True if the host was down until now."""
         with self._lock:
-            was, self._down = self._down, False
+            was, self._down, self._cleared = self._down, False, False
             return was
 
     def clear(self) -> str | None:
@@ -93,7 +94,7 @@ class DestinationHealth:
         with self._lock:
             if not self._down or time.monotonic() >= self._down_until:
                 return None
-            self._down_until = 0.0
+            self._down_until, self._cleared = 0.0, True
             return self._last_error
 
 

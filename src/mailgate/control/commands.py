@@ -1,9 +1,11 @@
 """The control commands, as plain functions over lock-free views of a running service.
 
-Each returns JSON-ready data. None of them takes a lock a worker could hold or
-waits on a worker: reading thread states, flipping pause flags, setting stop and
-recycle flags, swapping level tables. Queue counts use the control thread's own
-read-only connection (readers never wait for the writer in WAL mode).
+Each returns JSON-ready data. None of them waits on a worker or takes a lock a
+worker could hold across I/O: reading thread states, flipping pause flags, setting
+stop and recycle flags, swapping level tables; `cancel` takes the in-flight
+registry's and a session's locks, which workers hold only for a few assignments.
+Queue counts use the control thread's own read-only connection (readers never wait
+for the writer in WAL mode).
 """
 
 from __future__ import annotations
