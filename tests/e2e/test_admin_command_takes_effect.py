@@ -231,3 +231,30 @@ def test_a_postoffice_delivery_that_linked_the_file_is_reported_delivered(
         assert ok(mg.cli("queue", "check")).strip().endswith(": ok")
     finally:
         mg.close()
+
+
+def test_hold_of_a_message_leased_by_a_killed_service_takes_effect(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """The service died (SIGKILL) holding the lease: no one can cancel the attempt, and
+    no one needs to. The hold takes effect and says so; a restarted service leaves the
+    message held until it is released, then delivers it once."""
+    mg = Mailgate(tmp_path, config=config(sink.port))
+    mg.add_mailbox("MS:NET1/PO1/ALICE")
+    mg.start("--single-process")
+    try:
+        stuck = hung(mg, sink, "stuck")
+        mg.kill()
+        out = ok(mg.cli("queue", "hold", stuck))
+        assert "1 recipient(s) held; the lease of smarthost-1 was revoked (no service is " in out
+        assert revoked_event(mg, stuck, "hold")["fields"]["fate"] == "orphaned"
+        sink.release()
+        mg.start("--single-process")
+        send(mg, OTHER, "control")
+        sink.wait_messages(1)
+        assert state(mg, stuck) == "held" and subjects(sink) == ["control"]
+        ok(mg.cli("queue", "release", stuck))
+        wait_for(lambda: state(mg, stuck) == "delivered", 10, what="the released message")
+        assert sorted(subjects(sink)) == ["control", "stuck"]
+    finally:
+        mg.close()
