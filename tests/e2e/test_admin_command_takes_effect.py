@@ -4,7 +4,7 @@
 thread's lease, cancels the attempt in flight (or discards its outcome when it returns),
 says what it did, and writes an event naming the thread; nothing reaches a destination
 twice because of it. The smarthost hangs for real (an aiosmtpd sink that does not answer
-MAIL until released); the postoffice delivery is held at a fault point just before (or
+MAIL until released); the postoffice delivery is blocked at a fault point just before (or
 just after) it links the file into the mailbox.
 """
 
@@ -154,22 +154,26 @@ def test_delete_or_bounce_of_a_message_being_delivered_takes_effect(
 
 
 def paused_at(tmp_path: Path, point: str) -> tuple[Mailgate, Path]:
-    faults = tmp_path / "faults"
-    faults.mkdir()
+    """A service whose first postoffice delivery blocks at fault `point` while `gate` exists."""
+    gate = tmp_path / "gate"
+    gate.touch()
     mg = Mailgate(tmp_path, config=config(1))  # no smarthost in these tests
     mg.add_mailbox("MS:NET1/PO1/BOB")
-    env = {"MAILGATE_FAULTS": f"{point}=pause:1", "MAILGATE_FAULTS_DIR": str(faults)}
+    env = {"MAILGATE_FAULTS": f"{point}=block:1", "MAILGATE_FAULTS_GATE": str(gate)}
     mg.start("--single-process", env=env)
-    return mg, faults
+    return mg, gate
 
 
 def command_during_pause(
-    mg: Mailgate, faults: Path, point: str, *args: str
+    mg: Mailgate, gate: Path, point: str, *args: str
 ) -> tuple[str, subprocess.CompletedProcess[str]]:
-    """Run `mailgate queue ARGS QUEUE-ID` while a postoffice delivery to BOB is paused at
+    """Run `mailgate queue ARGS QUEUE-ID` while a postoffice delivery to BOB is blocked at
     `point`; let the delivery go on once the service has been told to cancel it."""
     queue_id = send(mg, BOB, "local")
-    wait_for(lambda: (faults / f"{point}.paused").exists(), 15, what=f"the pause at {point}")
+    # Before the link the file is written in tmp/; after it, it is in new/.
+    sub = "tmp" if point == "postoffice.link" else "new"
+    box = mg.mailbox_dir("NET1", "PO1", "BOB") / sub
+    wait_for(lambda: list(box.iterdir()), 15, what=f"the delivery to reach {point}")
     where = ("--config", str(mg.config_path), "--data-dir", str(mg.data_dir))
     proc = subprocess.Popen(
         mg.command("queue", *args, queue_id, *where),
@@ -178,15 +182,15 @@ def command_during_pause(
     try:
         wait_for(lambda: mg.events(2463), 15, what="the service cancelling the attempt")
     finally:
-        (faults / f"{point}.release").touch()
+        gate.unlink()
     stdout, stderr = proc.communicate(timeout=30)
     return queue_id, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def test_hold_during_a_postoffice_delivery_cancels_it_before_the_mailbox(tmp_path: Path) -> None:
-    mg, faults = paused_at(tmp_path, "postoffice.link")
+    mg, gate = paused_at(tmp_path, "postoffice.link")
     try:
-        local, result = command_during_pause(mg, faults, "postoffice.link", "hold")
+        local, result = command_during_pause(mg, gate, "postoffice.link", "hold")
         out = ok(result)
         assert re.search(r"1 recipient\(s\) held; an attempt in progress on postoffice-\d "
                          r"was cancelled", out), out  # fmt: skip
@@ -210,9 +214,9 @@ def test_a_postoffice_delivery_that_linked_the_file_is_reported_delivered(
 ) -> None:
     """The attempt in flight had already put the file in the mailbox: that is a delivery
     that happened. The command says so, the queue records it, and nothing is repeated."""
-    mg, faults = paused_at(tmp_path, "postoffice.linked")
+    mg, gate = paused_at(tmp_path, "postoffice.linked")
     try:
-        local, result = command_during_pause(mg, faults, "postoffice.linked", command)
+        local, result = command_during_pause(mg, gate, "postoffice.linked", command)
         out = ok(result)
         assert f"<{BOB}> was already delivered by an attempt in progress on postoffice-" in out
         assert "(250 2.0.0 delivered to MS:NET1/PO1/BOB)" in out, out

@@ -4,10 +4,12 @@
 
 Each entry is `point=action[:count]`; `count` limits how many times the fault
 fires (default: every time). Actions: `raise` (InjectedFault), `hang` (block the
-calling thread until the process ends), `spin` (burn CPU forever), `exit`
-(raise FaultExit, which a thread body treats as "return now, silently"), `pause`
-(block until a test releases it: see `pause`). A point that is not named
-costs one dictionary lookup. Used by the test suite; never enable in production.
+calling thread until the process ends), `block` (block it while the file named by
+MAILGATE_FAULTS_GATE exists: a test arms it by creating the file and releases it by
+removing it; while there is no file it neither fires nor counts), `spin` (burn
+CPU forever), `exit` (raise FaultExit, which a thread body treats as "return now,
+silently"). A point that is not named costs one dictionary lookup. Used by the test
+suite; never enable in production.
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 
 ENV = "MAILGATE_FAULTS"
-DIR_ENV = "MAILGATE_FAULTS_DIR"
-PAUSE_LIMIT = 120.0
+GATE_ENV = "MAILGATE_FAULTS_GATE"
 
 
 class InjectedFault(RuntimeError):
@@ -37,7 +37,7 @@ class _Faults:
         for entry in filter(None, (part.strip() for part in spec.split(","))):
             point, _, action = entry.partition("=")
             action, _, count = action.partition(":")
-            if action not in ("raise", "hang", "spin", "exit", "pause"):
+            if action not in ("raise", "hang", "block", "spin", "exit"):
                 raise ValueError(f"{ENV}: unknown fault action {action!r} in {entry!r}")
             self._points[point] = (action, [int(count) if count else None])
 
@@ -46,6 +46,8 @@ class _Faults:
         if entry is None:
             return None
         action, remaining = entry
+        if action == "block" and not _gate_closed():
+            return None
         with self._lock:
             left = remaining[0]
             if left is not None:
@@ -53,6 +55,11 @@ class _Faults:
                     return None
                 remaining[0] = left - 1
         return action
+
+
+def _gate_closed() -> bool:
+    gate = os.environ.get(GATE_ENV, "")
+    return bool(gate) and os.path.exists(gate)
 
 
 _active = _Faults(os.environ.get(ENV, ""))
@@ -75,20 +82,9 @@ def check(point: str) -> None:
         raise FaultExit(point)
     if action == "hang":
         threading.Event().wait()
-    if action == "pause":
-        pause(point)
+    if action == "block":
+        while _gate_closed():
+            time.sleep(0.02)
     if action == "spin":
         while True:
             time.monotonic()
-
-
-def pause(point: str) -> None:
-    """Block the calling thread until the file `<point>.release` appears in the directory
-    named by MAILGATE_FAULTS_DIR (at most PAUSE_LIMIT seconds). `<point>.paused` is created
-    there first, so a test in another process knows the thread got here."""
-    folder = Path(os.environ.get(DIR_ENV, "."))
-    (folder / f"{point}.paused").touch()
-    release = folder / f"{point}.release"
-    deadline = time.monotonic() + PAUSE_LIMIT
-    while not release.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
