@@ -241,20 +241,23 @@ class PostofficeSession:
         faults.check("postoffice.linked")  # tests: in new/, the outcome not yet recorded
         return f"250 2.0.0 delivered to {mailbox}"
 
-    def _link(self, queue_id: str, box: _Box, tmp_name: str, name: str) -> None:
-        """Put the written file in new/: the moment of delivery, unless it was cancelled."""
+    def _link(self, queue_id: str, box: _Box, tmp_name: str, name: str) -> bool:
+        """Put the written file in new/: the moment of delivery, unless it was cancelled.
+        False if an earlier attempt had already linked it (exactly one copy)."""
         with self._lock:
             if self._cancelled == queue_id:
                 raise TemporaryFailure(CANCELLED_REPLY)
             self._linking = True
+        linked = True
         try:
             os.link(tmp_name, name, src_dir_fd=box.tmp, dst_dir_fd=box.new, follow_symlinks=False)
         except FileExistsError:
-            pass  # an earlier attempt already linked it: exactly one copy
+            linked = False
         finally:
             with self._lock:
                 self._linking = False
         self._linked = queue_id
+        return linked
 
     def _check_quota(self, claim: Claim, mailbox: PostofficeAddress) -> None:
         info = self.c.postoffice.info(mailbox)
