@@ -33,6 +33,7 @@ from mailgate.control.server import ControlServer, bind_control, socket_path
 from mailgate.dsn.generate import BounceGenerator
 from mailgate.errors import AlreadyRunning, ConfigError, PortInUse, StoreError, StoreInUse
 from mailgate.interchange.connector import Connector
+from mailgate.interchange.inflight import InFlight
 from mailgate.interchange.scheduler import Scheduler
 from mailgate.interchange.state import Connectors
 from mailgate.interchange.wakeup import (
@@ -191,6 +192,8 @@ class Service:
         self.wakeup_socket: socket.socket | None = None
         self.scheduler: Scheduler | None = None
         self.interchange_threads: list[str] = []
+        self.delivery_connectors: dict[str, Connector] = {}
+        self.in_flight = InFlight()  # what each interchange thread delivers right now
 
     # --- start -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -309,6 +312,7 @@ class Service:
         sup.spawn("scheduler", "scheduler", self.scheduler)
         sv = config.supervise
         for connector, threads, batch in self._connectors():
+            self.delivery_connectors[connector.name] = connector
             body = InterchangeThread(
                 connector,
                 self.store,
@@ -321,6 +325,7 @@ class Service:
                 recycle_after=sv.recycle_after,
                 recycle_every=sv.recycle_every,
                 counters=self.counters,
+                in_flight=self.in_flight,
             )
             for n in range(1, threads + 1):
                 name = f"{connector.name}-{n}"
@@ -341,6 +346,16 @@ class Service:
         """A stalled interchange thread's leases go back to the queue for others to retry."""
         owner = lease_owner(self.config.service.hostname, handle.name, handle.generation)
         self.store.release_leases(owner)  # not waited for: the monitor must never block
+
+    def clear_down(self, names: list[str], by: str) -> list[str]:
+        """An administrator wants delivery now: the named connectors forget that their
+        destination was down (a smarthost marked down after a failure). The names cleared."""
+        cleared = []
+        for name in names:
+            clear = getattr(self.delivery_connectors.get(name), "clear_down", None)
+            if clear is not None and clear(by):
+                cleared.append(name)
+        return cleared
 
     def threads_summary(self, connector: str | None = None) -> str:
         views = self.supervisor.statistics().threads

@@ -196,7 +196,7 @@ def test_undeliverable_bounce_goes_to_the_postmaster_once(tmp_path: Path, sink: 
 
 def test_pickup_file_is_relayed_and_removed(relay: Mailgate, sink: Sink) -> None:
     outbox = relay.data_dir / "postoffice" / "NET1" / "PO1" / "outbox"
-    outbox.mkdir()
+    assert outbox.is_dir(), "created with the postoffice"
     (outbox / "msg1.eml").write_bytes(
         b"X-Sender: MS:NET1/PO1/ALICE\nX-Receiver: far@elsewhere.org\n"
         b"Subject: from a legacy app\nTo: far@elsewhere.org\n\nhello from pickup\n"
@@ -211,7 +211,7 @@ def test_pickup_file_is_relayed_and_removed(relay: Mailgate, sink: Sink) -> None
 
 def test_unparseable_pickup_file_goes_to_badmail(relay: Mailgate, sink: Sink) -> None:
     outbox = relay.data_dir / "postoffice" / "NET1" / "PO1" / "outbox"
-    outbox.mkdir()
+    assert outbox.is_dir(), "created with the postoffice"
     (outbox / "junk.txt").write_bytes(b"this is not a message at all\n")
     badmail = relay.data_dir / "badmail"
     wait_for(lambda: badmail.exists() and len(list(badmail.iterdir())) == 2, 10, what="badmail")

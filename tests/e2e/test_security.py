@@ -233,7 +233,7 @@ def test_open_relay_attempts_through_pickup_do_not_leave(secure: Mailgate, sink:
     """Pickup is a local submission and may relay; but an address whose domain is local never
     turns into a relay through %, !, quoting or source routes: it fails and bounces."""
     outbox = secure.data_dir / "postoffice" / "NET1" / "PO1" / "outbox"
-    outbox.mkdir()
+    assert outbox.is_dir(), "created with the postoffice"
     local_hacks = [a for a in RELAY_ATTEMPTS if a.endswith("@po1.net1.example.test")]
     lines = "".join(f"X-Receiver: <{a}>\n" for a in local_hacks)
     (outbox / "hack.eml").write_text(f"X-Sender: {ALICE}\n{lines}Subject: hack\n\nx\n")

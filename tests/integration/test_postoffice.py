@@ -218,3 +218,25 @@ def test_mailbox_cli_refuses_traversal(tmp_path: Path) -> None:
     assert "MS:N/P/USER" in listed.stdout
     assert mailbox("remove", "MS:N/P/USER").returncode == 0
     assert mailbox("list").stdout == ""
+
+
+def test_outbox_is_created_with_the_postoffice_and_a_symlink_there_is_refused(
+    po: Postoffice, tmp_path: Path
+) -> None:
+    outbox = po.root / "LOCAL" / "MAIN" / "outbox"
+    assert outbox.is_dir() and not outbox.is_symlink()
+    assert po.outbox("LOCAL", "MAIN").waiting == 0
+    (outbox / "one.eml").write_bytes(b"x")
+    (outbox / ".work").mkdir()
+    os.symlink("/etc/passwd", outbox / "link.eml")
+    assert po.outbox("LOCAL", "MAIN").waiting == 1, "regular files only, as pickup takes them"
+    assert po.outbox("LOCAL", "NOPE").waiting is None
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (po.root / "LOCAL" / "OTHER").mkdir()
+    os.symlink(elsewhere, po.root / "LOCAL" / "OTHER" / "outbox")
+    with pytest.raises(OSError):
+        po.add(PostofficeAddress("LOCAL", "OTHER", "BOB"))
+    assert list(elsewhere.iterdir()) == [] and not (po.root / "LOCAL" / "OTHER" / "BOB").exists()
+    assert po.outbox("LOCAL", "OTHER").waiting is None, "a symlinked outbox is not followed"

@@ -18,7 +18,7 @@ from mailgate.dsn.generate import BounceGenerator, BounceResult
 from mailgate.interchange.state import Connectors
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import Disposition, NewMessage, NewRecipient, Outcome, new_queue_id
-from mailgate.queue import admin, history
+from mailgate.queue import admin, history, revoke
 from mailgate.queue.backend import Connection
 from mailgate.queue.commit import DirectWriter
 from mailgate.queue.retry import RetryPolicy
@@ -217,8 +217,71 @@ def test_an_expired_lease_is_free_and_its_late_outcome_is_lost(q: Queue) -> None
     row = q.db.execute("SELECT state, released, lease_owner FROM recipients").fetchone()
     assert row == ("held", 1, None), "flagged: the old thread may have delivered it"
     now = time.time()
-    late = q.store.record([Outcome(claim, Disposition.DELIVERED, "250", now, now)], OWNER)
+    late = q.store.record([Outcome(claim, Disposition.DEFERRED, "451", now, now)], OWNER)
     assert late.result()[0].lease_lost and q.states(qid) == {BOB[0]: "held"}
+
+
+# --- an administrator's command takes effect on a recipient being delivered ----------------------
+def test_hold_revokes_the_lease_of_a_recipient_being_delivered(q: Queue) -> None:
+    qid = q.add(message(BOB, FRIEND))
+    [claim] = q.store.claim("postoffice", OWNER, 10).result()
+    held = q.run(lambda c: admin.hold(c, qid, time.time(), revoke_leases=True))
+    assert held.count == 2 and q.states(qid) == {BOB[0]: "held", FRIEND[0]: "held"}
+    [revoked] = held.revoked
+    assert (revoked.recipient_id, revoked.address, revoked.owner) == (
+        claim.recipient_id, BOB[0], OWNER,
+    )  # fmt: skip
+    assert revoked.thread == "postoffice-1" and revoked.queue_id == qid
+    row = q.db.execute("SELECT released, lease_owner FROM recipients WHERE address = ?", (BOB[0],))
+    assert row.fetchone() == (1, None), "flagged: the attempt in flight may still deliver it"
+
+    now = time.time()
+    late = q.store.record([Outcome(claim, Disposition.DEFERRED, "451 x", now, now)], OWNER)
+    assert late.result()[0].lease_lost, "the attempt's outcome is discarded"
+    assert q.states(qid)[BOB[0]] == "held"
+    [(rid, disposition, reply)] = q.run(lambda c: revoke.attempts_since(c, revoked))
+    assert (rid, disposition, reply) == (claim.recipient_id, "deferred", "451 x")
+
+
+def test_a_delivery_that_completed_after_its_lease_was_revoked_is_not_repeated(q: Queue) -> None:
+    """The attempt in flight delivered after all: the recipient is delivered, not held, so
+    releasing the message cannot send it a second time."""
+    qid = q.add(message(BOB))
+    [claim] = q.store.claim("postoffice", OWNER, 10).result()
+    q.run(lambda c: admin.hold(c, qid, time.time(), revoke_leases=True))
+    now = time.time()
+    late = q.store.record([Outcome(claim, Disposition.DELIVERED, "250 ok", now, now)], OWNER)
+    [recorded] = late.result()
+    assert not recorded.lease_lost and recorded.message_done
+    assert q.states(qid) == {BOB[0]: "delivered"}
+    assert q.run(lambda c: admin.release(c, qid, time.time())).count == 0
+
+
+def test_take_over_freezes_a_message_being_delivered_for_delete_or_return(q: Queue) -> None:
+    qid = q.add(message(BOB, FRIEND))
+    idle = q.add(message(BOB))
+    assert q.run(lambda c: admin.take_over(c, idle, time.time())) == (), "no lease: no change"
+    assert q.states(idle) == {BOB[0]: "queued"}
+    [claim] = q.store.claim("smarthost", OWNER, 10).result()
+    [revoked] = q.run(lambda c: admin.take_over(c, qid.lower(), time.time()))
+    assert revoked.address == FRIEND[0]
+    assert q.states(qid) == {BOB[0]: "held", FRIEND[0]: "held"}, "nothing else is claimed"
+    result = q.run(lambda c: admin.return_to_sender(c, qid, time.time(), q.generator))
+    assert result.closed == 2 and result.finished
+    now = time.time()
+    late = q.store.record([Outcome(claim, Disposition.DELIVERED, "250 ok", now, now)], OWNER)
+    assert late.result()[0].lease_lost, "too late: the message was returned"
+
+
+def test_a_late_outcome_for_a_deleted_message_leaves_no_orphan(q: Queue) -> None:
+    qid = q.add(message(FRIEND))
+    [claim] = q.store.claim("smarthost", OWNER, 10).result()
+    q.run(lambda c: admin.take_over(c, qid, time.time()))
+    q.run(lambda c: admin.delete(c, qid, time.time()))
+    now = time.time()
+    late = q.store.record([Outcome(claim, Disposition.DEFERRED, "451", now, now)], OWNER)
+    assert late.result()[0].lease_lost
+    assert history.check_store(q.db, time.time()) == [], "no attempt row without its recipient"
 
 
 # --- delete and return ---------------------------------------------------------------------------
@@ -416,12 +479,27 @@ def test_check_passes_on_a_healthy_store_and_finds_planted_damage(q: Queue) -> N
 # --- the control command -------------------------------------------------------------------------
 def test_wake_control_command_wakes_one_connector_or_all() -> None:
     wakeup = Wakeup()
-    service = SimpleNamespace(connectors=Connectors(["postoffice", "smarthost"]), wakeup=wakeup)
+    cleared: list[tuple[list[str], str]] = []
+
+    def clear_down(names: list[str], by: str) -> list[str]:
+        cleared.append((names, by))
+        return names[-1:]
+
+    service = SimpleNamespace(
+        connectors=Connectors(["postoffice", "smarthost"]), wakeup=wakeup, clear_down=clear_down
+    )
     wake = ControlCommands(service).table()["wake"]  # type: ignore[arg-type]  # a stand-in
     po, smart = wakeup.generation("postoffice"), wakeup.generation("smarthost")
-    assert wake({"connector": "smarthost"}) == {"woken": ["smarthost"]}
+    assert wake({"connector": "smarthost"}) == {
+        "woken": ["smarthost"],
+        "down_cleared": ["smarthost"],
+    }
     assert (wakeup.generation("postoffice"), wakeup.generation("smarthost")) == (po, smart + 1)
-    assert wake({}) == {"woken": ["postoffice", "smarthost"]}
+    assert wake({"clear_down": False, "by": "x"})["woken"] == ["postoffice", "smarthost"]
     assert (wakeup.generation("postoffice"), wakeup.generation("smarthost")) == (po + 1, smart + 2)
+    assert cleared == [(["smarthost"], "mailgate ctl wake")], "only when asked to clear"
+    assert wake({"by": "mailgate queue retry"})["down_cleared"] == ["smarthost"]
+    assert cleared[-1] == (["postoffice", "smarthost"], "mailgate queue retry")
+    assert (wakeup.generation("postoffice"), wakeup.generation("smarthost")) == (po + 2, smart + 3)
     with pytest.raises(KeyError, match="no connector 'nope'"):
         wake({"connector": "nope"})

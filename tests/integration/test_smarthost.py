@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
 from mailgate.errors import TemporaryFailure
+from mailgate.interchange.inflight import CANCELLED_REPLY
 from mailgate.model import Claim, Disposition
 from mailgate.observe.events import EventLog
+from tests.support.process import wait_for
 from tests.support.sink import Sink
 
 BODY = b"Subject: hi\r\n\r\nhello\r\n"
@@ -159,3 +164,111 @@ def test_an_untrusted_certificate_defers_instead_of_sending_in_clear(
         unverified = connector(sink, host="localhost", verify=False).open()
         assert unverified.deliver([claim()], BODY)[0].disposition is Disposition.DELIVERED
         unverified.close()
+
+
+def recording() -> tuple[EventLog, list[tuple[int, dict[str, Any]]]]:
+    """An event log that keeps (id, fields) of every event in a list."""
+    events = EventLog()
+    seen: list[tuple[int, dict[str, Any]]] = []
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            event, fields, _ = record.mailgate_event  # type: ignore[attr-defined]
+            seen.append((event.id, dict(fields)))
+
+    events.add_sink(Seen())
+    return events, seen
+
+
+def deliver_in_thread(session: Any) -> tuple[threading.Thread, list[Any]]:
+    """Run one delivery in another thread, as an interchange thread would; its result (or
+    exception) lands in the list."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(session.deliver([claim()], BODY))
+        except Exception as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_cancel_breaks_a_hung_attempt_without_marking_the_smarthost_down() -> None:
+    with Sink() as sink:
+        sink.hang("MAIL")
+        c = connector(sink)
+        session = c.open()
+        thread, out = deliver_in_thread(session)
+        wait_for(lambda: sink.hanging == 1, 10, what="the hung MAIL")
+        assert session.cancel("OTHER") == "not started yet: skipped", "another message"
+        assert session.cancel("Q1") == "its smarthost connection was broken"
+        thread.join(10)
+        [failure] = out
+        assert isinstance(failure, TemporaryFailure) and failure.reply == CANCELLED_REPLY
+        assert c.health.down_error() is None, "the administrator cancelled; the host is fine"
+        sink.release()
+        [result] = session.deliver([claim(queue_id="Q2")], BODY)
+        assert result.disposition is Disposition.DELIVERED
+        assert len(sink.messages) == 1
+
+
+def test_cancel_leaves_a_message_being_handed_over_to_finish() -> None:
+    """Once the whole message was sent, breaking the connection could make the smarthost
+    deliver it twice (it may keep it, and the message would be sent again): left alone."""
+    with Sink() as sink:
+        sink.hang("DATA")
+        session = connector(sink).open()
+        thread, out = deliver_in_thread(session)
+        wait_for(lambda: sink.hanging == 1, 10, what="the unanswered end of DATA")
+        assert session.cancel("Q1") == "the message is being handed over (DATA): left to finish"
+        sink.release()
+        thread.join(10)
+        [[result]] = out
+        assert result.disposition is Disposition.DELIVERED and len(sink.messages) == 1
+
+
+def test_a_stall_abort_says_so_and_clear_down_forgets_the_marking() -> None:
+    with Sink() as sink:
+        sink.hang("MAIL")
+        events, seen = recording()
+        c = SmarthostConnector(
+            SmarthostTarget(host="127.0.0.1", port=sink.port, helo="mx.test", down_for=3600),
+            events,
+        )
+        session = c.open()
+        thread, out = deliver_in_thread(session)
+        wait_for(lambda: sink.hanging == 1, 10, what="the hung MAIL")
+        session.abort()  # what the supervisor does to a stalled thread
+        thread.join(10)
+        [failure] = out
+        assert isinstance(failure, TemporaryFailure)
+        assert "mailgate aborted the stalled connection" in failure.reply
+        [(event_id, fields)] = seen
+        assert event_id == 2460 and "mailgate aborted the stalled connection" in fields["error"]
+        assert c.health.down_error() is not None
+        sink.release()
+        assert c.clear_down("mailgate ctl wake") is True
+        assert seen[-1][0] == 2462 and seen[-1][1]["by"] == "mailgate ctl wake"
+        assert c.health.down_error() is None and c.clear_down("again") is False
+        [result] = session.deliver([claim(queue_id="Q2")], BODY)
+        assert result.disposition is Disposition.DELIVERED
+
+
+def test_after_clear_down_a_smarthost_still_down_is_reported_again() -> None:
+    sink = Sink()  # never started: connection refused
+    events, seen = recording()
+    target = SmarthostTarget(host="127.0.0.1", port=sink.port, helo="mx.test", down_for=3600)
+    c = SmarthostConnector(target, events)
+    session = c.open()
+    for _ in range(2):
+        with pytest.raises(TemporaryFailure, match=r"^451 4\.4\.1 smarthost 127"):
+            session.deliver([claim()], BODY)
+        assert c.health.down_error() is not None
+        with pytest.raises(TemporaryFailure, match="is down"):
+            session.deliver([claim()], BODY)
+        assert c.clear_down("mailgate queue retry") is True
+    assert c.clear_down("mailgate queue retry") is False, "not marked down now"
+    assert [event_id for event_id, _ in seen] == [2460, 2462, 2460, 2462], "said again"

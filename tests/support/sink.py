@@ -4,11 +4,13 @@ Built on aiosmtpd's Controller (a test server in the test process, as aiosmtpd's
 Mailman's own suites do). Script replies per command and address, optionally for a
 limited number of times: `sink.fail("RCPT", "550 5.1.1 no such user", address="bad@x")`,
 `sink.fail("DATA", "451 4.3.0 try later", times=1)`. Counts connections, so tests can
-see connection reuse.
+see connection reuse. `sink.hang("MAIL")` makes that command wait without a reply until
+`sink.release()` (a smarthost that hangs mid-session, then comes back).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ class _Handler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        await self.sink.held("MAIL")
         reply = self.sink.scripted("MAIL", address)
         if reply:
             return reply
@@ -53,6 +56,7 @@ class _Handler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        await self.sink.held("RCPT")
         reply = self.sink.scripted("RCPT", address)
         if reply:
             return reply
@@ -60,6 +64,7 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        await self.sink.held("DATA")  # after the final ".": the message is here, unanswered
         reply = self.sink.scripted("DATA", None)
         if reply:
             return reply
@@ -109,6 +114,9 @@ class Sink:
         self.messages: list[Received] = []
         self.connections = 0
         self.rules: list[Rule] = []
+        self.hanging = 0  # sessions waiting in a hung command now
+        self._hung: set[str] = set()
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._controller: _Controller | None = None
 
@@ -117,6 +125,29 @@ class Sink:
     ) -> None:
         with self._lock:
             self.rules.append(Rule(command, reply, address, times))
+
+    def hang(self, command: str) -> None:
+        """Make `command` (MAIL, RCPT or DATA) wait without replying until `release()`."""
+        with self._lock:
+            self._hung.add(command)
+            self._released.clear()
+
+    def release(self) -> None:
+        with self._lock:
+            self._hung.clear()
+            self._released.set()
+
+    async def held(self, command: str) -> None:
+        with self._lock:
+            if command not in self._hung:
+                return
+            self.hanging += 1
+        try:
+            while not self._released.is_set():
+                await asyncio.sleep(0.02)
+        finally:
+            with self._lock:
+                self.hanging -= 1
 
     def scripted(self, command: str, address: str | None) -> str | None:
         with self._lock:
@@ -161,6 +192,7 @@ class Sink:
         return self
 
     def stop(self) -> None:
+        self.release()  # no handler may outlive the server
         if self._controller is not None:
             self._controller.stop()
             self._controller = None

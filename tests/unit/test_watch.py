@@ -49,3 +49,15 @@ def test_recent_delivery_and_fresh_work_do_not_stall() -> None:
     assert run(watch, 114, DUE, done=105) == []
     assert run(watch, 116, DUE, done=105) == [], "work seen due again at 108"
     assert run(watch, 119, DUE, done=105) == [(True, 11)]
+
+
+def test_no_stall_is_reported_with_nothing_due() -> None:
+    """Issue point 9: right after stalled threads released their work and it was deferred
+    again, nothing is due; the clock keeps running but no warning says "0 recipient(s) due"."""
+    watch = ConnectorWatch(stall_after=10)
+    run(watch, 100, DUE)
+    run(watch, 108, NONE)  # the stalled thread's recipients deferred for a long backoff
+    assert run(watch, 111, NONE) == []
+    assert run(watch, 115, NONE) == []
+    assert watch.stalled() == []
+    assert run(watch, 116, DUE) == [(True, 16)], "due again, still no completion: a stall"

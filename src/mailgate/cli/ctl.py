@@ -131,6 +131,12 @@ _simple("pause", "Stop delivery for a connector (all if none is named); receivin
 _simple("resume", "Resume delivery for a connector (all if none is named).", True)
 _simple("reload", "Re-read the configuration file; a bad file keeps the running one.")
 _simple("refresh", "Recycle every interchange thread now (fresh threads, fresh context).")
+_simple(
+    "wake",
+    "Wake a connector's threads (all if none is named) and make it forget that its "
+    "destination was down (`[smarthost] down_for`): what is due is tried at once.",
+    True,
+)
 _simple("stop", "Stop the service (as SIGTERM does).")
 _simple("health", "Whether the service is healthy, and why not.")
 

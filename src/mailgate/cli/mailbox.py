@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import click
@@ -42,15 +43,23 @@ def add(address: str, config_path: Path | None, data_dir: Path | None) -> None:
 @mailbox.command("list")
 @config_options
 def list_(config_path: Path | None, data_dir: Path | None) -> None:
-    """List mailboxes with their SMTP addresses, message counts and sizes."""
+    """List mailboxes with their SMTP addresses, message counts and sizes; after each
+    postoffice's mailboxes, its outbox (where programs drop files to send) and how many
+    files wait in it."""
     config = get_config(config_path, data_dir)
     po = bootstrap.postoffice(config)
-    for address in po.mailboxes():
-        try:
-            info = po.info(address)
-        except AddressError:
-            continue
-        click.echo(f"{address}\t{po.map.to_smtp(address)}\t{info.messages}\t{info.size}")
+    for (net, office), group in itertools.groupby(po.mailboxes(), lambda a: (a.net, a.po)):
+        for address in group:
+            try:
+                info = po.info(address)
+            except AddressError:
+                continue
+            click.echo(f"{address}\t{po.map.to_smtp(address)}\t{info.messages}\t{info.size}")
+        outbox = po.outbox(net, office)
+        if outbox.waiting is None:
+            click.echo(f"MS:{net}/{office}\toutbox\t-\tmissing (mailbox add creates it)")
+        else:
+            click.echo(f"MS:{net}/{office}\toutbox\t{outbox.path}/\t{outbox.waiting} waiting")
 
 
 @mailbox.command("remove")

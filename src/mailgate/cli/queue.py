@@ -7,10 +7,12 @@ DirectWriter; SQLite serialises it with the running service's commits, waiting u
 busy timeout), then writes its event and, if a service runs, nudges delivery over the
 control socket (`wake`) so the change is acted on at once.
 
-A recipient being delivered at that moment (leased by a running thread) is never changed
-under the thread's feet: hold, delete and bounce of such a message are refused, naming
-the lease owner, with exit status 75 (EX_TEMPFAIL: try again when the attempt is over);
-`hold --all` leaves such recipients alone and says how many it skipped.
+An administrator's command always takes effect: hold, delete and bounce of a message
+being delivered right now take it from the thread delivering it (its lease is revoked),
+ask the running service to cancel that attempt, and say what became of it (cli/inflight.py,
+event 4020). `hold --all` still leaves recipients being delivered alone and says how many
+it skipped. `retry` and `release` also make the connector forget that its destination was
+down (Postfix's `postqueue -f` likewise clears its dead-destination cache).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, TypeVar
 import click
 
 from mailgate import bootstrap
+from mailgate.cli import inflight
 from mailgate.cli.common import config_options, get_config
 from mailgate.cli.events import local_time, printable
 from mailgate.cli.track import open_queue
@@ -120,9 +123,12 @@ def _emit(config: Config, *items: tuple[catalog.EventType, dict[str, Any]]) -> N
         events.close()
 
 
-def _nudge(config: Config, connectors: tuple[str, ...] = ()) -> None:
-    """Tell a running service that work may be due; nothing if no service runs."""
-    args = {"connector": connectors[0]} if len(connectors) == 1 else {}  # else: every one
+def _nudge(config: Config, connectors: tuple[str, ...] = (), by: str | None = None) -> None:
+    """Tell a running service that work may be due; nothing if no service runs. With `by`
+    (the command, for event 2462), the connectors also forget that their destination was
+    down: the administrator wants delivery tried now."""
+    args: dict[str, Any] = {"connector": connectors[0]} if len(connectors) == 1 else {}
+    args.update({"clear_down": by is not None, "by": by})
     try:
         request(socket_path(config.data_dir), "wake", args, timeout=NUDGE_TIMEOUT)
     except (OSError, ValueError):
@@ -554,11 +560,14 @@ def _changed(
     event: catalog.EventType,
     connector: str | None,
     as_json: bool,
-    nudge: bool,
+    nudge: str | None,
+    fates: list[inflight.Fate] | None = None,
 ) -> None:
     scope = _scope(result.queue_id, connector)
-    if result.count or result.queue_id is None:
-        fields: dict[str, Any] = {"scope": scope, "count": result.count}
+    fates = fates or []
+    count = result.count - inflight.delivered(fates)  # those were delivered, not changed
+    if count or result.queue_id is None:
+        fields: dict[str, Any] = {"scope": scope, "count": count}
         if result.queue_id is not None:
             fields["queue_id"] = result.queue_id
         if connector is not None:
@@ -566,19 +575,20 @@ def _changed(
         if result.skipped:
             fields["skipped"] = result.skipped
         _emit(config, (event, fields))
-    if nudge and result.count:
-        _nudge(config, result.connectors)
+    if nudge is not None and result.count:
+        _nudge(config, result.connectors, by=nudge)
     if as_json:
-        _dump(
-            {
-                "queue_id": result.queue_id,
-                "connector": connector,
-                verb: result.count,
-                "skipped_active": result.skipped,
-            }
-        )
+        item: dict[str, Any] = {
+            "queue_id": result.queue_id,
+            "connector": connector,
+            verb: count,
+            "skipped_active": result.skipped,
+        }
+        if fates:
+            item["revoked"] = inflight.as_json(fates)
+        _dump(item)
         return
-    text = f"{scope}: {result.count} recipient(s) {verb}"
+    text = f"{scope}: {count} recipient(s) {verb}" + inflight.describe(fates, "hold")
     if result.skipped:
         text += f"; {result.skipped} being delivered now left alone"
     click.echo(text)
@@ -605,9 +615,13 @@ def retry(
     """Make deferred (and queued) recipients due now: delivery tries them at once."""
     _target(queue_id, all_)
     config = get_config(config_path, data_dir)
+    # The connectors forget a down marking before the recipients become due, so that none
+    # is deferred at once in between, and again after (see _nudge).
+    by = "mailgate queue retry"
+    _nudge(config, () if connector is None else (connector,), by=by)
     now = time.time()
     result = _write(config, "retry", lambda c: admin.retry(c, queue_id, now, connector))
-    _changed(config, result, "retried", catalog.QUEUE_RETRIED, connector, as_json, True)
+    _changed(config, result, "retried", catalog.QUEUE_RETRIED, connector, as_json, by)
 
 
 @queue_group.command()
@@ -623,13 +637,19 @@ def hold(
 ) -> None:
     """Hold queued and deferred recipients: no delivery until `queue release`.
 
-    A message with a recipient being delivered right now is refused (exit 75) naming
-    the thread; with --all, such recipients are left alone and counted."""
+    For one message, a recipient being delivered right now is held too: its attempt is
+    cancelled (or, if it already delivered, the recipient counts as delivered), and the
+    reply says which. With --all, such recipients are left alone and counted."""
     _target(queue_id, all_)
     config = get_config(config_path, data_dir)
     now = time.time()
-    result = _write(config, "hold", lambda c: admin.hold(c, queue_id, now, connector))
-    _changed(config, result, "held", catalog.MESSAGE_HELD, connector, as_json, False)
+    revoke = queue_id is not None
+    result = _write(
+        config, "hold", lambda c: admin.hold(c, queue_id, now, connector, revoke_leases=revoke)
+    )
+    fates = inflight.cancel_attempts(config, result.revoked)
+    inflight.report(config, fates, "hold")
+    _changed(config, result, "held", catalog.MESSAGE_HELD, connector, as_json, None, fates)
 
 
 @queue_group.command()
@@ -650,7 +670,8 @@ def release(
     config = get_config(config_path, data_dir)
     now = time.time()
     result = _write(config, "release", lambda c: admin.release(c, queue_id, now, connector))
-    _changed(config, result, "released", catalog.MESSAGE_RELEASED, connector, as_json, True)
+    by = "mailgate queue release"
+    _changed(config, result, "released", catalog.MESSAGE_RELEASED, connector, as_json, by)
 
 
 def _finished(
@@ -668,7 +689,7 @@ def _finished(
     finally:
         events.close()
     if isinstance(result.done, BounceResult) and result.done.bounce_id is not None:
-        _nudge(config)
+        _nudge(config)  # a bounce is due: no reason to forget a down destination
 
 
 @queue_group.command()
@@ -683,10 +704,12 @@ def _finished(
 def delete(
     queue_id: str, ndr: bool, as_json: bool, config_path: Path | None, data_dir: Path | None
 ) -> None:
-    """Remove a message: its recipients, attempts and body. Refused (exit 75) while one
-    of its recipients is being delivered."""
+    """Remove a message: its recipients, attempts and body. A recipient being delivered
+    right now is taken from its thread first, and the reply says what became of the
+    attempt (cancelled, or already delivered)."""
     config = get_config(config_path, data_dir)
     on_done = bootstrap.bounce_generator(config) if ndr else None
+    fates = _take_over(config, queue_id, "delete")
     now = time.time()
     result = _write(
         config, "delete", lambda c: admin.delete(c, queue_id, now, ndr=ndr, on_done=on_done)
@@ -699,12 +722,22 @@ def delete(
         report = _report(result.done)
     _finished(config, result, catalog.MESSAGE_DELETED, {"open": result.closed, "report": report})
     if as_json:
-        _dump(_finished_json(result, "deleted"))
+        _dump(_finished_json(result, "deleted", fates))
     else:
         click.echo(
             f"{result.queue_id}: deleted ({result.closed} recipient(s) not yet final); "
-            f"report: {report}"
+            f"report: {report}" + inflight.describe(fates, "delete")
         )
+
+
+def _take_over(config: Config, queue_id: str, command: str) -> list[inflight.Fate]:
+    """Before a delete or return: if the message is being delivered, hold it, take it from
+    its threads, and learn (and report, event 4020) what their attempts came to."""
+    now = time.time()
+    revoked = _write(config, command, lambda c: admin.take_over(c, queue_id, now))
+    fates = inflight.cancel_attempts(config, revoked)
+    inflight.report(config, fates, command)
+    return fates
 
 
 @queue_group.command("bounce")
@@ -713,27 +746,35 @@ def delete(
 @config_options
 def bounce_(queue_id: str, as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
     """Return a message to its sender: open recipients are bounced (554 5.7.0) and a
-    non-delivery report is queued. Refused (exit 75) while a recipient is being delivered."""
+    non-delivery report is queued. A recipient being delivered right now is taken from
+    its thread first: one its attempt delivered after all is not reported as failed."""
     config = get_config(config_path, data_dir)
     on_done = bootstrap.bounce_generator(config)
+    fates = _take_over(config, queue_id, "bounce")
     now = time.time()
-    result = _write(config, "bounce", lambda c: admin.return_to_sender(c, queue_id, now, on_done))
+    try:
+        result = _write(
+            config, "bounce", lambda c: admin.return_to_sender(c, queue_id, now, on_done)
+        )
+    except click.ClickException as exc:  # e.g. nothing left to return: say why
+        raise type(exc)(exc.message + inflight.describe(fates, "bounce")) from None
     report = _report(result.done)
     _finished(config, result, catalog.MESSAGE_RETURNED, {"count": result.closed, "report": report})
     if as_json:
-        _dump(_finished_json(result, "returned"))
+        _dump(_finished_json(result, "returned", fates))
     else:
         click.echo(
             f"{result.queue_id}: returned to the sender, {result.closed} recipient(s) bounced; "
-            f"report: {report}"
+            f"report: {report}" + inflight.describe(fates, "bounce")
         )
 
 
-def _finished_json(result: admin.Finished, verb: str) -> dict[str, Any]:
+def _finished_json(result: admin.Finished, verb: str, fates: list[inflight.Fate]) -> dict[str, Any]:
     done = result.done if isinstance(result.done, BounceResult) else None
     return {
         "queue_id": result.queue_id,
         verb: True,
+        "revoked": inflight.as_json(fates),
         "recipients_closed": result.closed,
         "bounce_id": None if done is None else done.bounce_id,
         "bounce_to": None if done is None else done.recipient,

@@ -9,6 +9,10 @@ outcome the thread fsyncs every `new/` it touched (`flush`). When the queue says
 an earlier attempt may have succeeded (`redelivery`), `cur/` is searched too, in
 case the reader already moved the message.
 
+An administrator's command on a message being delivered cancels the attempt
+(`cancel`, from the control thread): the delivery stops before its next link into
+a mailbox; a link already made is a delivery that happened, and is reported so.
+
 Errors: no mailbox (or a symlink where a directory should be) is a permanent
 failure, event 2375; a disk error or an exceeded quota is temporary, event
 2376, so a full mailbox defers instead of bouncing. The quota is checked against
@@ -29,6 +33,7 @@ from typing import NoReturn
 
 from mailgate.errors import AddressError, PermanentFailure, TemporaryFailure
 from mailgate.interchange.connector import Result
+from mailgate.interchange.inflight import CANCELLED_REPLY
 from mailgate.model import Claim, Disposition
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
@@ -36,6 +41,7 @@ from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
 from mailgate.postoffice.quota import MaildirSize
 from mailgate.postoffice.tree import Postoffice, open_dir
+from mailgate.testing import faults
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
@@ -116,9 +122,43 @@ class PostofficeSession:
         self._boxes: dict[PostofficeAddress, _Box] = {}
         self._dirty: dict[int, _Box] = {}  # boxes whose new/ needs an fsync, by id()
         self._retired: list[_Box] = []  # no longer cached, closed at the next flush
+        # What `cancel` (another thread) needs to know; the lock orders it against a link.
+        self._lock = threading.Lock()
+        self._current: str | None = None
+        self._done: str | None = None
+        self._linked: str | None = None
+        self._linking = False
+        self._cancelled: str | None = None
 
     def deliver(self, claims: Sequence[Claim], body: bytes) -> list[Result]:
         """Deliver to each recipient's mailbox; each recipient fails or succeeds on its own."""
+        queue_id = claims[0].queue_id
+        with self._lock:
+            if self._cancelled != queue_id:
+                self._cancelled = None  # a late cancel for a message delivered before
+            self._current = queue_id
+        try:
+            return self._deliver_each(claims, body)
+        finally:
+            with self._lock:
+                self._current, self._done = None, queue_id
+
+    def cancel(self, queue_id: str) -> str:
+        """Stop the delivery of `queue_id` before its next link (called from the control
+        thread); how it stops."""
+        with self._lock:
+            if self._current != queue_id and self._done == queue_id:
+                return "already attempted; its outcome is being recorded"
+            self._cancelled = queue_id
+            if self._current != queue_id:
+                return "not started yet: skipped"
+            if self._linking:
+                return "being linked into the mailbox: left to finish"
+            if self._linked == queue_id:
+                return "already linked into a mailbox; stops before any other"
+            return "stops before it writes into the mailbox"
+
+    def _deliver_each(self, claims: Sequence[Claim], body: bytes) -> list[Result]:
         results = []
         for claim in claims:
             try:
@@ -208,13 +248,9 @@ class PostofficeSession:
                 self._check_quota(claim, mailbox, size.usage().bytes)
             tmp_name = f"{name}.{self.suffix}"
             _write_file(box.tmp, tmp_name, content)
-            linked = True
             try:
-                os.link(
-                    tmp_name, name, src_dir_fd=box.tmp, dst_dir_fd=box.new, follow_symlinks=False
-                )
-            except FileExistsError:
-                linked = False  # an earlier attempt already linked it: exactly one copy
+                faults.check("postoffice.link")  # tests: a delivery in flight, not yet in new/
+                linked = self._link(claim.queue_id, box, tmp_name, name)
             finally:
                 os.unlink(tmp_name, dir_fd=box.tmp)
             if size is not None and linked:
@@ -223,7 +259,26 @@ class PostofficeSession:
             if size is not None:
                 size.close()
         self._dirty[id(box)] = box
+        faults.check("postoffice.linked")  # tests: in new/, the outcome not yet recorded
         return f"250 2.0.0 delivered to {mailbox}"
+
+    def _link(self, queue_id: str, box: _Box, tmp_name: str, name: str) -> bool:
+        """Put the written file in new/: the moment of delivery, unless it was cancelled.
+        False if an earlier attempt had already linked it (exactly one copy)."""
+        with self._lock:
+            if self._cancelled == queue_id:
+                raise TemporaryFailure(CANCELLED_REPLY)
+            self._linking = True
+        linked = True
+        try:
+            os.link(tmp_name, name, src_dir_fd=box.tmp, dst_dir_fd=box.new, follow_symlinks=False)
+        except FileExistsError:
+            linked = False
+        finally:
+            with self._lock:
+                self._linking = False
+        self._linked = queue_id
+        return linked
 
     def _check_quota(self, claim: Claim, mailbox: PostofficeAddress, used: int) -> None:
         if used >= self.c.quota:

@@ -7,7 +7,12 @@ All recipients of one message go in one transaction. Replies map per
 recipient: 2xx delivered, 4xx deferred, 5xx failed; the remote reply is kept
 verbatim. Connection and TLS errors are temporary, and they mark the smarthost
 down for `down_for` seconds, during which new attempts are deferred at once
-rather than hammering a dead host (events 2460/2461).
+rather than hammering a dead host (events 2460/2461); an administrator's "try
+now" (`queue retry`, `ctl wake`) clears that marking (event 2462). A connection
+the supervisor aborted because its thread stalled says so in event 2460. An
+administrator's command on a message being delivered cancels its attempt
+(`cancel`): the connection is broken, unless the message is being handed over
+(DATA), where breaking it could make the smarthost deliver it twice.
 
 Security: STARTTLS none/opportunistic/required with certificate verification
 (and an optional CA file); AUTH only with a password read from a file, never
@@ -30,6 +35,7 @@ from pathlib import Path
 from mailgate.connectors.lines import LIMIT, break_long_lines
 from mailgate.errors import TemporaryFailure
 from mailgate.interchange.connector import Result
+from mailgate.interchange.inflight import CANCELLED_REPLY
 from mailgate.model import Claim, Disposition
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
@@ -62,6 +68,7 @@ class DestinationHealth:
         self._down_until = 0.0
         self._last_error = ""
         self._down = False
+        self._cleared = False  # an administrator cleared the marking: report a failure anew
 
     def down_error(self) -> str | None:
         with self._lock:
@@ -72,16 +79,25 @@ class DestinationHealth:
     def failed(self, error: str) -> bool:
         """Record a connection failure; True if this marks the host down (newly)."""
         with self._lock:
-            newly = not self._down
-            self._down, self._last_error = True, error
+            newly = not self._down or self._cleared
+            self._down, self._last_error, self._cleared = True, error, False
             self._down_until = time.monotonic() + self._down_for
             return newly
 
     def succeeded(self) -> bool:
         """Record a working connection; True if the host was down until now."""
         with self._lock:
-            was, self._down = self._down, False
+            was, self._down, self._cleared = self._down, False, False
             return was
+
+    def clear(self) -> str | None:
+        """Forget a down marking (an administrator wants delivery now); the error that had
+        marked the host down, or None if it was not marked down."""
+        with self._lock:
+            if not self._down or time.monotonic() >= self._down_until:
+                return None
+            self._down_until, self._cleared = 0.0, True
+            return self._last_error
 
 
 def _disposition(code: int) -> Disposition:
@@ -108,6 +124,18 @@ class SmarthostConnector:
     def open(self) -> SmarthostSession:
         return SmarthostSession(self)
 
+    def clear_down(self, by: str) -> bool:
+        """Try the smarthost at once again, if it was marked down; True if it was."""
+        error = self.health.clear()
+        if error is None:
+            return False
+        t = self.target
+        self.events.emit(
+            catalog.SMARTHOST_DOWN_CLEARED,
+            connector=self.name, host=t.host, port=t.port, by=by, error=error,
+        )  # fmt: skip
+        return True
+
 
 class SmarthostSession:
     """One thread's connection to the smarthost, opened lazily and reused."""
@@ -118,28 +146,65 @@ class SmarthostSession:
         self.conn: smtplib.SMTP | None = None
         self._connecting: smtplib.SMTP | None = None
         self.connections = 0
+        # Set from other threads (the supervisor's, the control thread's): the message being
+        # delivered, since when, whether it is being handed over (DATA), whether the
+        # supervisor aborted the attempt, and which message an administrator cancelled.
+        self._lock = threading.Lock()  # orders `cancel` against the start of DATA; no I/O
+        self._current: str | None = None
+        self._started = 0.0
+        self._handing_over = False
+        self._stall_aborted = False
+        self._cancelled: str | None = None
+        self._done: str | None = None
 
     def deliver(self, claims: Sequence[Claim], body: bytes) -> list[Result]:
+        queue_id = claims[0].queue_id
+        with self._lock:
+            if self._cancelled != queue_id:
+                self._cancelled = None  # a late cancel for a message delivered before
+            self._current, self._started, self._stall_aborted = queue_id, time.monotonic(), False
+        try:
+            return self._deliver(claims, body, queue_id)
+        finally:
+            with self._lock:
+                self._current, self._done, self._handing_over = None, queue_id, False
+
+    def _deliver(self, claims: Sequence[Claim], body: bytes, queue_id: str) -> list[Result]:
         down = self.c.health.down_error()
         if down is not None:
             raise TemporaryFailure(f"451 4.4.1 smarthost {self.t.name} is down: {down}")
         for attempt in (1, 2):
+            self._check_cancelled(queue_id)
             reused = self.conn is not None
             try:
                 conn = self._connection()
-                return self._transaction(conn, claims, body)
+                return self._transaction(conn, claims, body, queue_id)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()
-                if reused and attempt == 1 and not getattr(exc, "after_data", False):
+                self._check_cancelled(queue_id)
+                retry = not getattr(exc, "after_data", False) and not self._stall_aborted
+                if reused and attempt == 1 and retry:
                     continue  # an idle connection the server closed: one fresh try
                 raise self._unreachable(exc) from exc
             except (OSError, smtplib.SMTPException) as exc:
                 self._drop()
+                self._check_cancelled(queue_id)
                 raise self._unreachable(exc) from exc
         raise AssertionError("unreachable")
 
+    def _check_cancelled(self, queue_id: str) -> None:
+        """An administrator's command took this message: stop, without marking the host down."""
+        if self._cancelled == queue_id:
+            raise TemporaryFailure(CANCELLED_REPLY)
+
     def _unreachable(self, exc: BaseException) -> TemporaryFailure:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self._stall_aborted:  # the connection did not fail by itself: we broke it
+            waited = time.monotonic() - self._started
+            error = (
+                f"mailgate aborted the stalled connection after {waited:.0f}s without "
+                f"progress ({error})"
+            )
         if self.c.health.failed(error):
             self.c.events.emit(
                 catalog.SMARTHOST_FAILED,
@@ -202,7 +267,7 @@ class SmarthostSession:
             raise smtplib.SMTPException(f"cannot read password file: {exc.strerror}") from None
 
     def _transaction(
-        self, conn: smtplib.SMTP, claims: Sequence[Claim], body: bytes
+        self, conn: smtplib.SMTP, claims: Sequence[Claim], body: bytes, queue_id: str
     ) -> list[Result]:
         remote = self.t.host
         message: bytes | str
@@ -225,6 +290,9 @@ class SmarthostSession:
         if not accepted:
             conn.rset()
             return [r for r in results if r is not None]
+        with self._lock:  # from here on, a cancel no longer breaks the connection
+            self._check_cancelled(queue_id)
+            self._handing_over = True
         try:
             code, message = conn.data(body)
         except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
@@ -266,6 +334,23 @@ class SmarthostSession:
 
     def abort(self) -> None:
         """Break a blocked send or receive (called from the supervisor's thread on a stall)."""
+        self._stall_aborted = True
+        self._shutdown()
+
+    def cancel(self, queue_id: str) -> str:
+        """Stop the attempt on `queue_id` (called from the control thread); how it stops."""
+        with self._lock:
+            if self._current == queue_id and self._handing_over:
+                return "the message is being handed over (DATA): left to finish"
+            if self._current != queue_id and self._done == queue_id:
+                return "already attempted; its outcome is being recorded"
+            self._cancelled = queue_id
+            if self._current != queue_id:
+                return "not started yet: skipped"
+        self._shutdown()
+        return "its smarthost connection was broken"
+
+    def _shutdown(self) -> None:
         conn = self.conn or self._connecting
         sock = getattr(conn, "sock", None) if conn is not None else None
         if sock is not None:

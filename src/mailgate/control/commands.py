@@ -1,9 +1,11 @@
 """The control commands, as plain functions over lock-free views of a running service.
 
-Each returns JSON-ready data. None of them takes a lock a worker could hold or
-waits on a worker: reading thread states, flipping pause flags, setting stop and
-recycle flags, swapping level tables. Queue counts use the control thread's own
-read-only connection (readers never wait for the writer in WAL mode).
+Each returns JSON-ready data. None of them waits on a worker or takes a lock a
+worker could hold across I/O: reading thread states, flipping pause flags, setting
+stop and recycle flags, swapping level tables; `cancel` takes the in-flight
+registry's and a session's locks, which workers hold only for a few assignments.
+Queue counts use the control thread's own read-only connection (readers never wait
+for the writer in WAL mode).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from mailgate import __version__
 from mailgate.config.schema import Config
 from mailgate.control.server import Command
+from mailgate.observe import catalog
 from mailgate.observe.catalog import Category, Level
 from mailgate.queue.store import QueueCounts, QueueReader
 from mailgate.supervise.supervisor import ThreadView
@@ -98,6 +101,7 @@ class ControlCommands:
             "pause": lambda args: self._pause(args, True),
             "resume": lambda args: self._pause(args, False),
             "wake": self.wake,
+            "cancel": self.cancel,
             "reload": self.reload,
             "refresh": self.refresh,
             "stop": self.stop,
@@ -172,16 +176,37 @@ class ControlCommands:
 
     def wake(self, args: dict[str, Any]) -> dict[str, Any]:
         """Wake a connector's idle threads (all connectors' if none is named): the queue
-        changed under them (`mailgate queue retry`, `release`, ...) and work may be due."""
+        changed under them (`mailgate queue retry`, `release`, ...) and work may be due.
+
+        An administrator wants it tried now, as Postfix's `postqueue -f` clears its dead
+        destination cache: unless `clear_down` is false, each connector also forgets that
+        its destination was down (`by` names who asked, for event 2462)."""
         name = args.get("connector")
         connectors = self.service.connectors
+        if name is not None and name not in connectors.by_name:
+            raise KeyError(f"no connector {name!r}; known: {connectors.names()}")
+        names = connectors.names() if name is None else [name]
+        cleared: list[str] = []
+        if args.get("clear_down", True):
+            cleared = self.service.clear_down(names, str(args.get("by") or "mailgate ctl wake"))
         if name is None:
             self.service.wakeup.notify_all()
-            return {"woken": connectors.names()}
-        if name not in connectors.by_name:
-            raise KeyError(f"no connector {name!r}; known: {connectors.names()}")
-        self.service.wakeup.notify(name)
-        return {"woken": [name]}
+        else:
+            self.service.wakeup.notify(name)
+        return {"woken": names, "down_cleared": cleared}
+
+    def cancel(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Stop the attempts on one message whose leases an administrator's command revoked
+        (`queue_id`, and the lease `owners` it took them from); see interchange/inflight.py."""
+        queue_id, owners = args.get("queue_id"), args.get("owners")
+        if not isinstance(queue_id, str) or not isinstance(owners, list):
+            raise ValueError("give queue_id (a string) and owners (a list of lease owners)")
+        found = self.service.in_flight.cancel(queue_id, [str(o) for o in owners[:1000]])
+        for item in found:
+            self.service.events.emit(
+                catalog.ATTEMPT_CANCELLED, thread=item.thread, queue_id=queue_id, how=item.how
+            )
+        return {"cancelled": [{"thread": c.thread, "owner": c.owner, "how": c.how} for c in found]}
 
     def reload(self, args: dict[str, Any]) -> dict[str, Any]:
         """Reload from the file, or (from a master) apply the configuration it validated."""

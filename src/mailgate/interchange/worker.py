@@ -25,6 +25,7 @@ from mailgate.dsn.generate import report_bounce
 from mailgate.errors import PermanentFailure, TemporaryFailure
 from mailgate.headers import received_count
 from mailgate.interchange.connector import Connector, ConnectorSession, Result
+from mailgate.interchange.inflight import CANCELLED_REPLY, InFlight
 from mailgate.interchange.state import ConnectorState
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import Claim, Disposition, Outcome, RecipientState
@@ -64,8 +65,10 @@ class InterchangeThread:
         recycle_after: int = 0,
         recycle_every: float = 0.0,
         counters: Counters | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self.connector = connector
+        self.in_flight = in_flight or InFlight()  # what an administrator's command may cancel
         self.store = store
         self.wakeup = wakeup
         self.events = events
@@ -172,13 +175,29 @@ class InterchangeThread:
         claims: Sequence[Claim],
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        # Claims come ordered by message: each message's recipients go in one call.
-        for queue_id, group in itertools.groupby(claims, key=lambda c: c.queue_id):
-            recipients = list(group)
-            handle.busy(queue_id, recipients[0].address, recipients[0].connector)
-            outcomes += self._deliver_message(session, recipients, reader.body(queue_id))
-            handle.progress()
-        return self._flush(session, outcomes)
+        owner = lease_owner(self.hostname, handle.name, handle.generation)
+        with self.in_flight.batch(owner, handle.name, session, (c.queue_id for c in claims)):
+            # Claims come ordered by message: each message's recipients go in one call.
+            for queue_id, group in itertools.groupby(claims, key=lambda c: c.queue_id):
+                recipients = list(group)
+                handle.busy(queue_id, recipients[0].address, recipients[0].connector)
+                outcomes += self._attempt(owner, session, recipients, reader)
+                handle.progress()
+            return self._flush(session, outcomes)
+
+    def _attempt(
+        self, owner: str, session: ConnectorSession, claims: list[Claim], reader: QueueReader
+    ) -> list[Outcome]:
+        """One message's delivery, unless an administrator's command cancelled it first
+        (its lease is revoked: the outcome says so and is not recorded)."""
+        queue_id = claims[0].queue_id
+        if not self.in_flight.enter(owner, queue_id):
+            now = time.time()
+            return [Outcome(c, Disposition.DEFERRED, CANCELLED_REPLY, now, now) for c in claims]
+        try:
+            return self._deliver_message(session, claims, reader.body(queue_id))
+        finally:
+            self.in_flight.leave(owner)
 
     def _deliver_message(
         self, session: ConnectorSession, claims: list[Claim], body: bytes | None

@@ -2,7 +2,7 @@
 
 Status merges the master's own threads with the last heartbeat of every worker, whose
 threads' CPU seconds the master re-reads from /proc/<pid>/task/<tid>/stat. Commands
-for workers (pause, resume, refresh, wake, loglevel, dump) go over each worker's channel
+for workers (pause, resume, refresh, wake, cancel, loglevel, dump) go over each worker's channel
 with a one-second answer deadline, so control still answers when a worker does not.
 """
 
@@ -45,6 +45,7 @@ class MasterCommands:
             "resume": lambda args: self._relay("resume", args, "interchange"),
             "refresh": lambda args: self._relay("refresh", args, "interchange"),
             "wake": lambda args: self._relay("wake", args, "interchange"),
+            "cancel": lambda args: self._relay("cancel", args, "interchange"),
             "reload": self.reload,
             "stop": self.stop,
             "dump": self.dump,

@@ -275,8 +275,10 @@ STORE_ERROR = _event(
 LEASE_LOST = _event(
     4002, "LeaseLost", C.QUEUE, S.WARNING, MIN,
     "{queue_id}: lease on <{recipient}> was lost before its outcome ({outcome}) was recorded",
-    "A thread took longer than the lease; another thread may have retried the recipient. "
-    "Postoffice delivery does not duplicate; a smarthost may see the message twice.",
+    "A thread took longer than the lease, and another thread may have retried the "
+    "recipient; or an administrator's command took the recipient from the thread (event "
+    "4020). Postoffice delivery does not duplicate; a smarthost may see the message twice "
+    "after an expired lease.",
     "Raise [queue] lease, or look for a slow destination.",
 )  # fmt: skip
 MESSAGE_DONE = _event(
@@ -296,7 +298,9 @@ MESSAGE_HELD = _event(
     4010, "MessageHeld", C.QUEUE, S.INFO, MIN,
     "{scope}: {count} recipient(s) held by the administrator",
     "`mailgate queue hold` set waiting recipients aside: no thread delivers them until "
-    "they are released. Recipients being delivered at that moment were left alone.",
+    "they are released. For one message, a recipient being delivered at that moment is "
+    "held too (event 4020 says what became of the attempt); `hold --all` leaves such "
+    "recipients alone and counts them.",
     "Release them with `mailgate queue release` (or delete or bounce them).",
 )  # fmt: skip
 MESSAGE_RELEASED = _event(
@@ -330,7 +334,32 @@ QUEUE_RETRIED = _event(
     "None.",
 )  # fmt: skip
 
+LEASE_REVOKED = _event(
+    4020, "LeaseRevoked", C.QUEUE, S.WARNING, MIN,
+    "{queue_id}: `mailgate queue {command}` took <{recipient}> from {thread}, which was "
+    "delivering it; {fate_text}",
+    "An administrator's command on a message being delivered took effect at once: the "
+    "thread's lease was revoked and its attempt cancelled, or its outcome discarded when it "
+    "returns. `fate` is cancelled, delivered (the attempt had already delivered it, which "
+    "the queue records, so it is never sent again), ended (the attempt ended otherwise "
+    "and its outcome was discarded), running (still running when the command gave up "
+    "waiting; a delivery it completes is still recorded as delivered) or orphaned (no "
+    "service runs to hold the lease).",
+    "None; for fate delivered, the message reached its destination.",
+)  # fmt: skip
+
 # --- Interchange ---------------------------------------------------------------------------------
+ATTEMPT_CANCELLED = _event(
+    2463, "AttemptCancelled", C.INTERCHANGE, S.INFO, MIN,
+    "{thread}: cancelling its attempt on {queue_id} ({how}): an administrator's command "
+    "revoked its lease",
+    "`mailgate queue hold|delete|bounce` asked the running service to stop delivering a "
+    "message whose lease it revoked. A smarthost connection is broken (unless the message "
+    "is being handed over with DATA: then it finishes, as breaking it could make the "
+    "smarthost deliver it twice); a postoffice delivery stops before its next write into "
+    "a mailbox; a message not yet started in the thread's batch is skipped.",
+    "None.",
+)  # fmt: skip
 SENT = _event(
     2448, "Sent", C.SENT, S.INFO, MAX,
     "{queue_id}: delivered to <{recipient}> via {connector}: {reply} "
@@ -445,6 +474,15 @@ SMARTHOST_FAILED = _event(
     "The connection to the smarthost failed. Its recipients are deferred, and for a "
     "while new ones are deferred at once instead of hammering a dead host.",
     "Check that the smarthost is up and reachable from this host.",
+)  # fmt: skip
+SMARTHOST_DOWN_CLEARED = _event(
+    2462, "SmarthostDownCleared", C.INTERCHANGE, S.INFO, MIN,
+    "smarthost {host}:{port} ({connector}) no longer treated as down ({by}); it was down "
+    "after: {error}",
+    "An administrator asked for delivery now (`mailgate queue retry`, `mailgate ctl wake`): "
+    "the connector forgot that the smarthost was unreachable, so the next attempts go to "
+    "it at once instead of being deferred for the rest of [smarthost] down_for.",
+    "None; if the smarthost is still down, the next attempt says so (event 2460).",
 )  # fmt: skip
 SMARTHOST_RECOVERED = _event(
     2461, "SmarthostRecovered", C.INTERCHANGE, S.INFO, MIN,

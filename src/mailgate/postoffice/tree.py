@@ -1,9 +1,12 @@
-"""The postoffice tree: `<root>/NET/PO/MAILBOX/{tmp,new,cur}`, one Maildir per mailbox.
+"""The postoffice tree: `<root>/NET/PO/MAILBOX/{tmp,new,cur}`, one Maildir per mailbox,
+and `<root>/NET/PO/outbox/`, where the postoffice's programs drop files to send (pickup).
 
 Every path below the root is opened one component at a time relative to its
 parent's file descriptor with O_NOFOLLOW, so a symlink planted anywhere in the
-tree (a mailbox pointing at /etc, say) is refused instead of followed. Names
-reaching this module were validated by `address.validate_name`.
+tree (a mailbox or an outbox pointing at /etc, say) is refused instead of
+followed. Names reaching this module were validated by `address.validate_name`;
+the outbox's lower-case name can never be a mailbox's. Directories are created
+owner-only (0700): whoever can write an outbox can send mail through mailgate.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from mailgate.postoffice.address import AddressMap, PostofficeAddress, validate_
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAILDIR_SUBDIRS = ("tmp", "new", "cur")
+OUTBOX = "outbox"
 TRASH = ".removed"
 
 
@@ -30,6 +34,16 @@ class MailboxInfo:
     address: PostofficeAddress
     messages: int
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxInfo:
+    """A postoffice's outbox: its path, and the files waiting in it (None: no outbox)."""
+
+    net: str
+    po: str
+    path: Path
+    waiting: int | None
 
 
 def open_dir(name: str, parent_fd: int) -> int:
@@ -86,7 +100,8 @@ class Postoffice:
         return True
 
     def add(self, address: PostofficeAddress) -> bool:
-        """Create the mailbox (and its network and postoffice); False if it already existed."""
+        """Create the mailbox (and its network, postoffice and the postoffice's outbox);
+        False if the mailbox already existed. OSError if any of it is not a real directory."""
         with self._root_fd() as fd:
             opened: list[int] = []
             created = False
@@ -96,6 +111,9 @@ class Postoffice:
                     if part in MAILDIR_SUBDIRS:
                         created |= _mkdir(part, opened[-1])
                         continue
+                    if part == address.mailbox:  # `current` is the postoffice
+                        _mkdir(OUTBOX, current)
+                        os.close(open_dir(OUTBOX, current))  # a symlink there is refused
                     created |= _mkdir(part, current)
                     current = open_dir(part, current)
                     opened.append(current)
@@ -152,6 +170,31 @@ class Postoffice:
         except OSError as exc:
             raise AddressError(f"{address}: no such mailbox ({exc.strerror})") from None
         return MailboxInfo(address, count, size)
+
+    def outbox(self, net: str, po: str) -> OutboxInfo:
+        """A postoffice's outbox and how many files wait in it (regular files whose name does
+        not start with '.', as pickup takes them); `waiting` is None if there is none."""
+        path = self.root / net / po / OUTBOX
+        try:
+            with self._root_fd() as fd:
+                opened: list[int] = []
+                try:
+                    current = fd
+                    for part in (net, po, OUTBOX):
+                        current = open_dir(part, current)
+                        opened.append(current)
+                    with os.scandir(current) as entries:
+                        waiting = sum(
+                            1
+                            for e in entries
+                            if not e.name.startswith(".") and e.is_file(follow_symlinks=False)
+                        )
+                finally:
+                    for each in reversed(opened):
+                        os.close(each)
+        except OSError:
+            return OutboxInfo(net, po, path, None)
+        return OutboxInfo(net, po, path, waiting)
 
     def mailboxes(self) -> list[PostofficeAddress]:
         """Every mailbox in the tree, sorted; entries with invalid names are skipped."""

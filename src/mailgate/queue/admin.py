@@ -5,15 +5,18 @@ The command-line tool runs each command as one of these functions in one transac
 its own (a DirectWriter), whether the service runs or not: a command changes everything
 it names or nothing. Only portable SQL is used.
 
-The active-recipient rule: a recipient leased by a running thread (state `active`, lease
-not yet expired) is never changed under that thread's feet. A command on one message
-that would change such a recipient (hold, delete, bounce) is refused as a whole with
-`LeaseHeld`, naming the lease owner and when the lease ends, and changes nothing; the
-administrator tries again once the attempt is over (it records its outcome, or its
-lease expires). Bulk commands (`hold --all`) leave leased recipients alone and report
-how many they skipped. A lease past its expiry is free, as the scheduler's lease expiry
-treats it: such a recipient is handled like a queued one and marked `released`, since
-the thread that held it may have delivered it.
+A recipient being delivered (state `active`, its lease not yet expired) is taken from
+its thread first, never changed under its feet: `hold(revoke=True)` and `take_over`
+revoke the live leases of one message (revoke.py: the recipients become held, the
+thread's outcome is discarded unless it is a delivery that happened), and the command
+then asks the running service to cancel the attempts. Delete and bounce of such a
+message first `take_over` (hold) it, learn what the attempts in flight came to, then
+finish it in a second transaction, so a report never claims a delivered recipient
+failed. The operations themselves still refuse, with `LeaseHeld`, to change a recipient
+whose lease is live. Bulk commands (`hold --all`) leave leased recipients alone and
+report how many they skipped. A lease past its expiry is free, as the scheduler's lease
+expiry treats it: such a recipient is handled like a queued one and marked `released`,
+since the thread that held it may have delivered it.
 
 Delete with a report and return-to-sender mark the open recipients bounced and then
 finish the message through `ops.finish_if_done`, so the store's `on_done` hook (the
@@ -30,6 +33,7 @@ from typing import Any
 from mailgate.errors import MailgateError
 from mailgate.queue import ops
 from mailgate.queue.backend import Connection
+from mailgate.queue.revoke import Revoked, revoke
 
 DELETED_REPLY = "554 5.7.0 deleted by the administrator"
 RETURNED_REPLY = "554 5.7.0 returned by the administrator"
@@ -71,12 +75,14 @@ class LeaseHeld(AdminError):
 @dataclass(frozen=True, slots=True)
 class Changed:
     """What a hold, release or retry changed: recipients, the connectors they belong to
-    (empty for a bulk change over every connector), and leased recipients left alone."""
+    (empty for a bulk change over every connector), leased recipients left alone, and
+    those taken from the thread delivering them (counted in `count`)."""
 
     queue_id: str | None
     count: int
     connectors: tuple[str, ...]
     skipped: int = 0
+    revoked: tuple[Revoked, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +146,23 @@ def _apply(
 
 
 def hold(
-    conn: Connection, queue_id: str | None, now: float, connector: str | None = None
+    conn: Connection,
+    queue_id: str | None,
+    now: float,
+    connector: str | None = None,
+    *,
+    revoke_leases: bool = False,
 ) -> Changed:
     """Hold the waiting recipients of one message (or of every message): no thread claims
-    a held recipient until it is released. Quarantined recipients stay quarantined."""
+    a held recipient until it is released. Quarantined recipients stay quarantined.
+
+    For one message, with `revoke_leases`, recipients being delivered are held too, taken
+    from their threads (`Changed.revoked`); without, such a message is refused."""
+    revoked: tuple[Revoked, ...] = ()
     if queue_id is not None:
         queue_id = resolve(conn, queue_id)
+        if revoke_leases:
+            revoked = revoke(conn, queue_id, now, connector)
         refuse_leased(conn, queue_id, now, connector)
     where, params = _scope(queue_id, connector)
     count, connectors = _apply(
@@ -165,7 +182,21 @@ def hold(
             [now, *params],
         ).fetchone()
         skipped = int(row[0])
-    return Changed(queue_id, count, connectors, skipped)
+    if revoked:
+        count += len(revoked)
+        connectors = tuple(sorted({*connectors, *(r.connector for r in revoked)}))
+    return Changed(queue_id, count, connectors, skipped, revoked)
+
+
+def take_over(conn: Connection, queue_id: str, now: float) -> tuple[Revoked, ...]:
+    """Before a delete or return of a message being delivered: hold all of it (nothing
+    else is claimed meanwhile) and revoke its live leases. Changes nothing, and returns
+    nothing, if no recipient of it is leased."""
+    queue_id = resolve(conn, queue_id)
+    revoked = revoke(conn, queue_id, now)
+    if revoked:
+        hold(conn, queue_id, now)
+    return revoked
 
 
 def release(

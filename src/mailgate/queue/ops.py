@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate.model import Claim, Disposition, MessageKind, NewMessage, Outcome, RecipientState
+from mailgate.queue import revoke
 from mailgate.queue.backend import Connection
 from mailgate.queue.retry import RetryPolicy
 from mailgate.testing import faults
@@ -169,19 +170,21 @@ def record_outcomes(
                 owner,
             ),
         )
-        conn.execute(
-            "INSERT INTO attempts (recipient_id, message_id, started_at, finished_at, "
-            "disposition, reply) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                outcome.claim.recipient_id,
-                outcome.claim.queue_id,
-                outcome.started_at,
-                outcome.finished_at,
-                outcome.disposition.value,
-                outcome.reply,
-            ),
-        )
-        lost = cur.rowcount == 0
+        # A lost lease loses the outcome, unless it is a delivery that happened (revoke.py).
+        lost = cur.rowcount == 0 and not revoke.settle_late_delivery(conn, outcome, now)
+        if not lost or revoke.recipient_exists(conn, outcome.claim.recipient_id):
+            conn.execute(
+                "INSERT INTO attempts (recipient_id, message_id, started_at, finished_at, "
+                "disposition, reply) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    outcome.claim.recipient_id,
+                    outcome.claim.queue_id,
+                    outcome.started_at,
+                    outcome.finished_at,
+                    outcome.disposition.value,
+                    outcome.reply,
+                ),
+            )
         if not lost and state.final:
             touched[outcome.claim.queue_id] = None
         results.append(Recorded(outcome, state, reply, retry_at, lost))

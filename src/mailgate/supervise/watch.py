@@ -7,7 +7,8 @@ while mail waits was in the system we replace. The clock starts when work is
 first seen due after the last completion; short gaps with nothing due (between
 retries) do not reset it, a full `stall_after` with nothing due does. The
 warning repeats every `stall_after` until a completion (or a pause, or a long
-empty spell) clears it, then one "recovered" is reported.
+empty spell) clears it, then one "recovered" is reported. It is only ever
+reported while something is due: "0 recipient(s) due" is never a stall.
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ class ConnectorWatch:
             if track.first_due is None:
                 continue
             quiet = now - max(completed, track.first_due)
-            if quiet > self.stall_after and (
-                track.stalled_since is None or now - track.last_warned >= self.stall_after
+            # With nothing due right now (say, stalled threads' work released and deferred
+            # again) nothing waits on the connector: the clock runs on, but no warning.
+            if (
+                load.due
+                and quiet > self.stall_after
+                and (track.stalled_since is None or now - track.last_warned >= self.stall_after)
             ):
                 track.stalled_since = track.stalled_since or now - quiet
                 track.last_warned = now

@@ -1,0 +1,171 @@
+"""`mailgate queue hold|delete|bounce` on a message being delivered: cancel, then say how.
+
+The command's transaction has already revoked the leases (queue/revoke.py): the command
+has taken effect. Here the running service is asked over its control socket (`cancel`)
+to stop those attempts, and the command waits briefly for each attempt's row in the
+queue (its outcome is discarded, but what it came to is recorded as an attempt), then
+says what became of it, in its reply and in event 4020. If no service answers, or an
+attempt does not end within the wait, nothing is undone: the outcome is discarded when
+it comes, and a delivery it completes while the recipient is held is recorded as
+delivered, so it is never sent again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mailgate import bootstrap
+from mailgate.cli.track import open_queue
+from mailgate.config.schema import Config
+from mailgate.control.server import request, socket_path
+from mailgate.interchange.inflight import CANCELLED_REPLY
+from mailgate.observe import catalog
+from mailgate.queue.revoke import Revoked, attempts_since
+
+CANCEL_WAIT = 5.0  # an attempt told to stop ends within milliseconds; a wedged one is not awaited
+GONE_WAIT = 1.0  # no thread works on it any more: its outcome is being recorded, or it died
+POLL = 0.05
+ASK_TIMEOUT = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fate:
+    """What became of the attempt in progress on a revoked recipient."""
+
+    revoked: Revoked
+    fate: str  # cancelled | delivered | ended | running | orphaned
+    reply: str | None
+    waited: float
+
+    def text(self, command: str) -> str:
+        on = f"an attempt in progress on {self.revoked.thread}"
+        match self.fate:
+            case "cancelled":
+                return f"{on} was cancelled"
+            case "delivered":
+                return (
+                    f"<{self.revoked.address}> was already delivered by {on} ({self.reply}); "
+                    "the queue records it delivered"
+                )
+            case "ended":
+                return f"{on} ended ({self.reply}); its outcome was discarded"
+            case "running" if command == "hold":
+                return (
+                    f"{on} did not end within {self.waited:.0f}s; its outcome will be discarded "
+                    "(a delivery it still completes is recorded as delivered, never repeated)"
+                )
+            case "running":
+                return (
+                    f"{on} did not end within {self.waited:.0f}s; its outcome will be "
+                    "discarded, but its destination may still receive the message"
+                )
+        return f"the lease of {self.revoked.thread} was revoked (no service is running)"
+
+
+def cancel_attempts(config: Config, revoked: Sequence[Revoked]) -> list[Fate]:
+    """Ask the service to stop the attempts on `revoked` (one message), and learn their fate."""
+    if not revoked:
+        return []
+    found = _ask(config, revoked[0].queue_id, sorted({r.owner for r in revoked}))
+    if found is None:
+        return [Fate(r, "orphaned", None, 0.0) for r in revoked]
+    wait = CANCEL_WAIT if found else GONE_WAIT
+    seen = _wait_for_attempts(config, revoked, wait)
+    return [_fate(r, seen.get(r.recipient_id), wait) for r in revoked]
+
+
+def _ask(config: Config, queue_id: str, owners: list[str]) -> list[dict[str, Any]] | None:
+    """The threads that were told to stop (empty: none works on it); None if no service runs."""
+    try:
+        answer = request(
+            socket_path(config.data_dir),
+            "cancel",
+            {"queue_id": queue_id, "owners": owners},
+            timeout=ASK_TIMEOUT,
+        )
+    except (OSError, ValueError):
+        return None
+    except RuntimeError:  # the service runs but could not act on it: just wait a little
+        return []
+    if not isinstance(answer, dict):
+        return []
+    # From a master: one answer per interchange worker process.
+    answers = [answer] if "cancelled" in answer else list(answer.values())
+    return [item for a in answers if isinstance(a, dict) for item in a.get("cancelled", [])]
+
+
+def _wait_for_attempts(
+    config: Config, revoked: Sequence[Revoked], wait: float
+) -> dict[int, tuple[str, str]]:
+    seen: dict[int, tuple[str, str]] = {}
+    deadline = time.monotonic() + wait
+    with open_queue(config.queue_path) as conn:
+        if conn is None:
+            return seen
+        while True:
+            for item in revoked:
+                if item.recipient_id not in seen:
+                    rows = attempts_since(conn, item)
+                    if rows:
+                        seen[item.recipient_id] = (rows[0][1], rows[0][2])
+            if len(seen) == len(revoked) or time.monotonic() >= deadline:
+                return seen
+            time.sleep(POLL)  # a poll with a deadline: the queue is the only witness
+
+
+def _fate(revoked: Revoked, attempt: tuple[str, str] | None, wait: float) -> Fate:
+    if attempt is None:
+        return Fate(revoked, "running", None, wait)
+    disposition, reply = attempt
+    if disposition == "delivered":
+        return Fate(revoked, "delivered", reply, wait)
+    if reply == CANCELLED_REPLY:
+        return Fate(revoked, "cancelled", reply, wait)
+    return Fate(revoked, "ended", reply, wait)
+
+
+def report(config: Config, fates: Sequence[Fate], command: str) -> None:
+    """Event 4020 for each recipient taken from its thread."""
+    if not fates:
+        return
+    events = bootstrap.open_events(config, stderr=False)
+    try:
+        for f in fates:
+            events.emit(
+                catalog.LEASE_REVOKED,
+                queue_id=f.revoked.queue_id,
+                command=command,
+                recipient=f.revoked.address,
+                connector=f.revoked.connector,
+                thread=f.revoked.thread,
+                fate=f.fate,
+                fate_text=f.text(command),
+                reply=f.reply,
+            )
+    finally:
+        events.close()
+
+
+def describe(fates: Sequence[Fate], command: str) -> str:
+    """The fates, to append to the command's reply ("" if it took nothing from a thread)."""
+    return "".join(f"; {f.text(command)}" for f in fates)
+
+
+def as_json(fates: Sequence[Fate]) -> list[dict[str, Any]]:
+    return [
+        {
+            "recipient": f.revoked.address,
+            "connector": f.revoked.connector,
+            "thread": f.revoked.thread,
+            "fate": f.fate,
+            "reply": f.reply,
+        }
+        for f in fates
+    ]
+
+
+def delivered(fates: Sequence[Fate]) -> int:
+    return sum(1 for f in fates if f.fate == "delivered")
