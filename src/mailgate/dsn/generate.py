@@ -20,6 +20,7 @@ from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Connection
 from mailgate.queue.ops import insert_message
+from mailgate.testing import faults
 
 Route = Callable[[str], str | None]
 """Maps an address to the connector that delivers it, or None when no route serves it."""
@@ -73,6 +74,7 @@ class BounceGenerator:
         if connector is None:
             return BounceResult(queue_id, names, dropped=f"no route to {target}")
         bounce_id = new_queue_id(now)
+        faults.check("dsn.build")  # tests: a report that cannot be built
         raw = build_bounce(
             queue_id=queue_id,
             bounce_id=bounce_id,
@@ -120,6 +122,7 @@ class BounceGenerator:
         if not waiting or connector is None:
             return None
         warning_id = new_queue_id(now)
+        faults.check("dsn.build")
         raw = build_bounce(
             queue_id=queue_id, bounce_id=warning_id, sender=row[0], hostname=self.hostname,
             arrival=row[1], now=now, failed=waiting, original=bytes(row[3]), delayed=True,

@@ -187,7 +187,7 @@ class InterchangeThread:
         try:
             if body is None:
                 raise LookupError(f"body of {claims[0].queue_id} is missing from the queue")
-            faults.check("interchange.deliver")
+            faults.check("interchange.deliver", claims[0].address)
             hops = received_count(body)
             if hops > self.max_received:
                 raise PermanentFailure(
