@@ -154,3 +154,32 @@ def test_lease_that_runs_out_on_every_attempt_is_capped(tmp_path: Path) -> None:
         assert any("lease expiry" in e["message"] for e in mg.events(4000))
     finally:
         mg.close()
+
+
+def test_service_killed_on_every_attempt_is_quarantined_but_clean_stops_do_not_count(
+    tmp_path: Path,
+) -> None:
+    extra = '[queue]\nmax_internal_failures = 3\n[supervise]\nstall_after = "120s"\n'
+    mg = poisoned(tmp_path, extra.replace("[queue]", '[queue]\nretry_min = "1s"'))
+    config = mg.config_path.read_text().replace('stop_timeout = "10s"', 'stop_timeout = "2s"')
+    mg.config_path.write_text(config)
+    faults = {"MAILGATE_FAULTS": f"interchange.deliver[{POISON}]=hang"}
+    try:
+        poison_id = send(mg, ALICE, [POISON], b"Subject: poison\r\n\r\nkills the service\r\n")
+        for _ in range(2):  # a stop that gives up on the hung thread is still a clean stop
+            wait_for(lambda: busy_on(mg, POISON), 20, 0.1, "an attempt on POISON")
+            assert mg.stop() != 0, "the hung thread outlived the stop deadline"
+            mg.start(env=faults)
+        for _ in range(3):  # the whole service dies mid-attempt
+            wait_for(lambda: busy_on(mg, POISON), 20, 0.1, "an attempt on POISON")
+            mg.kill()
+            mg.start(env=faults)
+        [quarantined] = mg.wait_events(2446, timeout=20)
+        assert quarantined["fields"]["queue_id"] == poison_id
+        assert quarantined["fields"]["failures"] == 3, "only the three deaths counted"
+        accepted = send_many(mg.port, 20, ALICE, clients=1)
+        assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE")
+        assert status(mg)["queues"]["postoffice"]["quarantined"] == 1
+        assert any("ended without stopping" in e["message"] for e in mg.events(4000))
+    finally:
+        mg.close()

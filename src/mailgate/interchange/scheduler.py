@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from mailgate.dsn.generate import BounceResult, report_bounce
+from mailgate.interchange.ended import report_ended
 from mailgate.interchange.state import Connectors
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.observe import catalog
@@ -71,9 +72,10 @@ class Scheduler:
             reader.close()
 
     def _expire(self) -> None:
-        count = self.store.expire_leases().result(STORE_WAIT)
-        if count:
-            self.events.emit(catalog.LEASES_RELEASED, count=count, why="after lease expiry")
+        """Leases that ran out end their attempts (counted: see queue/leases.py)."""
+        ended = self.store.end_leases("its lease ran out", expired_only=True).result(STORE_WAIT)
+        if ended.count:
+            report_ended(self.events, ended, "after lease expiry")
             self.wakeup.notify(*self.connectors.names())
 
     def _wake_and_watch(self, reader: QueueReader) -> None:

@@ -36,12 +36,13 @@ from typing import Any
 
 from mailgate import __version__
 from mailgate.bootstrap import (
+    end_dead_leases,
     install_excepthooks,
     make_supervisor,
     needs_restart,
     open_events,
     receive_settings,
-    release_all_leases,
+    release_leases_at_start,
     start_event_store,
 )
 from mailgate.config.schema import Config, parse_hostport
@@ -95,7 +96,7 @@ class Master:
         try:
             self.config.postoffice_root.mkdir(parents=True, exist_ok=True)
             self.backend.initialize()
-            release_all_leases(self.backend, self.events)
+            release_leases_at_start(self.backend, self.events, self.config, self.lock)
             host, port = parse_hostport(self.config.smtp.listen)
             self.reservation = bind(host, port, reuse_port=True, listen=False)
             bound_host, bound_port = self.reservation.getsockname()[:2]
@@ -305,7 +306,8 @@ class Master:
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         prefix = f"{self.config.service.hostname}:{worker.pid}:"
         try:
-            release_all_leases(self.backend, self.events, prefix, f"held by dead {worker.name}")
+            why, reason = f"held by dead {worker.name}", "its worker process died"
+            end_dead_leases(self.backend, self.events, self.config, prefix, why, reason)
         except StoreError as exc:  # the scheduler's lease expiry still recovers them later
             self.events.emit(catalog.STORE_ERROR, operation="release dead worker", error=str(exc))
         worker.recent.append(now)

@@ -228,7 +228,10 @@ LEASES_RELEASED = _event(
     4000, "LeasesReleased", C.QUEUE, S.WARNING, MIN,
     "released {count} lease(s) {why}; their recipients will be retried",
     "Recipients held by a thread or process that ended without recording an outcome "
-    "were put back in the queue; postoffice delivery checks for an earlier copy first.",
+    "were put back in the queue; postoffice delivery checks for an earlier copy first. "
+    "Each such attempt counts as an internal failure of its recipient (not at a start "
+    "after a clean stop): at [queue] max_internal_failures it is quarantined (2446), past "
+    "[queue] max_lifetime it is bounced (2401).",
     "None; frequent releases point at crashes or stalls worth looking into.",
 )  # fmt: skip
 STORE_ERROR = _event(
@@ -350,7 +353,8 @@ PROCESSING_FAILED = _event(
 QUARANTINED = _event(
     2446, "MessageQuarantined", C.INTERCHANGE, S.ERROR, MIN,
     "{queue_id}: recipient <{recipient}> quarantined after {failures} internal failures",
-    "A poison message: it failed by internal error too often and is set aside so it "
+    "A poison message: it failed by internal error, or its attempts ended without an "
+    "outcome (a delivery that hangs or kills its worker), too often; it is set aside so it "
     "cannot block other mail. It is kept, not lost.",
     "Inspect the message; delete, bounce or release it with the queue commands.",
 )  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 
 from mailgate.model import Claim, Disposition, MessageKind, NewMessage, Outcome, RecipientState
 from mailgate.queue.backend import Connection
-from mailgate.queue.retry import RetryPolicy
+from mailgate.queue.retry import RetryPolicy, expired_reply
 from mailgate.testing import faults
 
 OnDone = Callable[[Connection, str, float], Any]
@@ -72,18 +72,26 @@ _CLAIM_COLUMNS = (
 def claim(
     conn: Connection, connector: str, owner: str, limit: int, now: float, lease: float
 ) -> list[Claim]:
-    """Lease up to `limit` due recipients of `connector` to `owner`, oldest due first."""
-    rows = conn.execute(
-        "UPDATE recipients SET state = 'active', lease_owner = ?, lease_until = ?, "
-        "attempts = attempts + 1, updated_at = ? WHERE id IN ("
-        " SELECT id FROM recipients WHERE connector = ? AND state IN ('queued', 'deferred')"
-        " AND due_at <= ? ORDER BY due_at LIMIT ?) RETURNING id",
-        (owner, now + lease, now, connector, now, limit),
+    """Lease up to `limit` due recipients of `connector` to `owner`, oldest due first.
+
+    A suspect, a recipient whose last attempt ended without an outcome (it may have hung
+    or killed its thread), is claimed alone with its message, never in a batch of other
+    mail: if it ends its worker again, only it is counted for that (queue/leases.py)."""
+    due = conn.execute(
+        "SELECT id, message_id, released * internal_failures FROM recipients "
+        "WHERE connector = ? AND state IN ('queued', 'deferred') AND due_at <= ? "
+        "ORDER BY due_at LIMIT ?",
+        (connector, now, limit),
     ).fetchall()
-    if not rows:
+    if not due:
         return []
-    ids = [row[0] for row in rows]
+    ids = _without_suspects_mixed_in(due)
     marks = ",".join("?" * len(ids))
+    conn.execute(
+        "UPDATE recipients SET state = 'active', lease_owner = ?, lease_until = ?, "
+        f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks})",
+        (owner, now + lease, now, *ids),
+    )
     found = conn.execute(
         f"SELECT {_CLAIM_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id "
         f"WHERE r.id IN ({marks}) ORDER BY r.message_id, r.id",
@@ -105,6 +113,17 @@ def claim(
         )
         for row in found
     ]
+
+
+def _without_suspects_mixed_in(due: Sequence[Any]) -> list[int]:
+    """Ids to claim of (id, message id, suspect) rows in due order: the first suspect's
+    message alone if it comes first, else everything due before the first suspect."""
+    first = next((n for n, row in enumerate(due) if row[2]), None)
+    if first is None:
+        return [row[0] for row in due]
+    if first == 0:
+        return [row[0] for row in due if row[1] == due[0][1]]
+    return [row[0] for row in due[:first]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +152,7 @@ def _next_state(
             return RecipientState.QUARANTINED, reply, None
         case _:
             if policy.expired(claim_.received_at, now):
-                expired = f"message expired in queue; last error: {reply}"
-                return RecipientState.BOUNCED, expired, None
+                return RecipientState.BOUNCED, expired_reply(reply), None
             return RecipientState.DEFERRED, reply, now + policy.delay(claim_.attempts)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from mailgate.model import Claim, NewMessage, Outcome
-from mailgate.queue import ops
+from mailgate.queue import leases, ops
 from mailgate.queue.backend import Backend, Connection
 from mailgate.queue.retry import RetryPolicy
 
@@ -103,6 +103,31 @@ class QueueStore:
         now = self._clock()
         return self._writer.submit(
             "release-leases", lambda c: ops.release_leases(c, now, owner_prefix)
+        )
+
+    def end_leases(
+        self, reason: str, owner_prefix: str | None = None, *, expired_only: bool = False
+    ) -> Future[leases.LeasesEnded]:
+        """End leases without an outcome, counting each as an internal failure: the ones
+        that ran out (`expired_only`) or one owner's (a stalled or dead thread's)."""
+        now, limit, policy, on_done = (
+            self._clock(),
+            self.max_internal_failures,
+            self.policy,
+            self.on_done,
+        )
+        return self._writer.submit(
+            "end-leases",
+            lambda c: leases.end_leases(
+                c,
+                now,
+                reason,
+                max_internal=limit,
+                policy=policy,
+                on_done=on_done,
+                owner_prefix=owner_prefix,
+                expired_only=expired_only,
+            ),
         )
 
     def purge_done(self, older_than: float) -> Future[int]:

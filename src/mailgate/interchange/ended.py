@@ -1,0 +1,40 @@
+"""Events for attempts that ended without an outcome (see queue/leases.py).
+
+One place for everyone who ends leases: the scheduler (leases that ran out), a
+thread starting again after its earlier life died, the stall hook, the master for
+a dead worker, a start after the service died. 4000 says how many and why; each
+recipient set aside gets 2446 (quarantined) or 2401 (bounced: expired), and each
+report queued for a finished message 2117. Never raises.
+"""
+
+from __future__ import annotations
+
+from mailgate.dsn.generate import report_bounce
+from mailgate.model import RecipientState
+from mailgate.observe import catalog
+from mailgate.observe.events import EventLog
+from mailgate.queue.leases import LeasesEnded
+
+
+def report_ended(events: EventLog, result: LeasesEnded, why: str) -> None:
+    if result.count:
+        events.emit(catalog.LEASES_RELEASED, count=result.count, why=why)
+    for item in result.ended:
+        if item.state is RecipientState.QUARANTINED:
+            events.emit(
+                catalog.QUARANTINED,
+                queue_id=item.queue_id,
+                recipient=item.address,
+                failures=item.failures,
+            )
+        else:
+            events.emit(
+                catalog.BOUNCED,
+                queue_id=item.queue_id,
+                recipient=item.address,
+                connector=item.connector,
+                reply=item.reply,
+            )
+    for queue_id, done in result.done:
+        events.emit(catalog.MESSAGE_DONE, queue_id=queue_id)
+        report_bounce(events, done)

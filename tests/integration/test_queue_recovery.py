@@ -1,0 +1,172 @@
+"""The queue's recovery paths on a real SQLite file: attempts that end without an outcome
+(Q151791), suspects claimed alone, and their query plans."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailgate.dsn.generate import BounceGenerator, BounceResult
+from mailgate.model import Disposition, NewMessage, NewRecipient, Outcome, new_queue_id
+from mailgate.queue import ops
+from mailgate.queue.commit import DirectWriter
+from mailgate.queue.retry import RetryPolicy
+from mailgate.queue.sqlite import SqliteBackend
+from mailgate.queue.store import QueueStore
+
+OWNER = "node:1:postoffice-1:1:"
+
+
+def message(*rcpts: str, at: float | None = None, sender: str = "s@example.org") -> NewMessage:
+    now = time.time() if at is None else at
+    return NewMessage(
+        queue_id=new_queue_id(now),
+        sender=sender,
+        recipients=tuple(NewRecipient(r, "postoffice") for r in rcpts),
+        body=b"Subject: x\r\n\r\nbody\r\n",
+        received_at=now,
+        client="test [127.0.0.1]",
+    )
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> SqliteBackend:
+    backend = SqliteBackend(tmp_path / "queue.db")
+    backend.initialize()
+    return backend
+
+
+@pytest.fixture
+def store(backend: SqliteBackend) -> Iterator[QueueStore]:
+    writer = DirectWriter(backend)
+    store = QueueStore(
+        backend, writer, policy=RetryPolicy(60, 600, 3600), lease=30, max_internal_failures=3
+    )
+    store.on_done = BounceGenerator("mx.test", "postmaster@mx.test", lambda a: "postoffice")
+    yield store
+    writer.close()
+
+
+def rows(backend: SqliteBackend, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
+    db = sqlite3.connect(backend.path)
+    try:
+        return db.execute(sql, params).fetchall()
+    finally:
+        db.close()
+
+
+def test_each_attempt_without_an_outcome_counts_and_the_limit_quarantines(
+    store: QueueStore, backend: SqliteBackend
+) -> None:
+    store.enqueue(message("a@x.test")).result(0)
+    for attempt in (1, 2, 3):
+        [claim] = store.claim("postoffice", OWNER, 10).result(0)
+        assert claim.internal_failures == attempt - 1
+        ended = store.end_leases("its worker process died", "node:1:").result(0)
+        assert ended.count == 1
+        if attempt < 3:
+            assert ended.requeued == 1 and not ended.ended
+            [(state, due, released)] = rows(
+                backend, "SELECT state, due_at, released FROM recipients"
+            )
+            assert state == "queued" and released == 1 and due <= time.time(), "due again at once"
+    [item] = ended.ended
+    assert (item.state.value, item.failures, item.address) == ("quarantined", 3, "a@x.test")
+    assert store.claim("postoffice", OWNER, 10).result(0) == [], "never attempted again"
+    attempts = rows(backend, "SELECT disposition, reply FROM attempts ORDER BY id")
+    assert len(attempts) == 3 and {d for d, _ in attempts} == {"internal-error"}
+    assert "without an outcome: its worker process died" in attempts[0][1]
+
+
+def test_only_expired_leases_end_when_asked_and_other_owners_are_untouched(
+    store: QueueStore, backend: SqliteBackend
+) -> None:
+    store.enqueue(message("a@x.test")).result(0)
+    store.enqueue(message("b@x.test")).result(0)
+    store.claim("postoffice", OWNER, 1).result(0)
+    store.claim("postoffice", "node:1:postoffice-10:1:", 1).result(0)
+    assert store.end_leases("its lease ran out", expired_only=True).result(0).count == 0
+    db = sqlite3.connect(backend.path)
+    db.execute("UPDATE recipients SET lease_until = 0 WHERE lease_owner = ?", (OWNER,))
+    db.commit()
+    db.close()
+    assert store.end_leases("its lease ran out", expired_only=True).result(0).count == 1
+    assert store.end_leases("its thread died", "node:1:postoffice-1:").result(0).count == 0
+    assert store.end_leases("its thread died", "node:1:postoffice-10:").result(0).count == 1
+
+
+def test_an_attempt_without_an_outcome_past_the_lifetime_bounces_with_a_report(
+    store: QueueStore, backend: SqliteBackend
+) -> None:
+    old = message("a@x.test", at=time.time() - 7200)  # the policy's lifetime is 3600 s
+    store.enqueue(old).result(0)
+    store.claim("postoffice", OWNER, 10).result(0)
+    ended = store.end_leases("its lease ran out", OWNER).result(0)
+    [item] = ended.ended
+    assert item.state.value == "bounced" and item.reply.startswith("554 5.4.7 ")
+    [(queue_id, report)] = ended.done
+    assert queue_id == old.queue_id
+    assert isinstance(report, BounceResult) and report.recipient == "s@example.org"
+    assert rows(backend, "SELECT done_at IS NOT NULL FROM messages WHERE id = ?", (old.queue_id,))
+
+
+def test_a_clean_start_gives_leases_back_without_counting(
+    store: QueueStore, backend: SqliteBackend
+) -> None:
+    store.enqueue(message("a@x.test")).result(0)
+    store.claim("postoffice", OWNER, 10).result(0)
+    writer = DirectWriter(backend)
+    assert writer.submit("r", lambda c: ops.release_leases(c, time.time())).result() == 1
+    writer.close()
+    [claim] = store.claim("postoffice", OWNER, 10).result(0)
+    assert claim.internal_failures == 0 and claim.redelivery
+
+
+def test_a_suspect_is_claimed_alone_and_never_mixed_into_a_batch(store: QueueStore) -> None:
+    first, suspect, other = (
+        message("a@x.test"),
+        message("s1@x.test", "s2@x.test"),
+        message("c@x.test"),
+    )
+    for msg in (first, suspect, other):
+        store.enqueue(msg).result(0)
+    claims = store.claim("postoffice", OWNER, 10).result(0)
+    assert len(claims) == 4
+    now = time.time()
+    store.record(
+        [
+            Outcome(c, Disposition.DEFERRED, "451 later", now, now)
+            for c in claims
+            if c.queue_id != suspect.queue_id
+        ],
+        OWNER,
+    ).result(0)
+    store.end_leases("its worker process died", OWNER).result(0)  # the suspect's two recipients
+    conn = sqlite3.connect(store.backend.path)
+    conn.execute("UPDATE recipients SET due_at = CASE WHEN address = 'a@x.test' THEN 1 ELSE 2 END")
+    conn.commit()
+    conn.close()
+    batch = store.claim("postoffice", OWNER, 10).result(0)
+    assert [c.address for c in batch] == ["a@x.test"], "mail due before a suspect goes without it"
+    batch = store.claim("postoffice", OWNER, 10).result(0)
+    assert {c.address for c in batch} == {"s1@x.test", "s2@x.test"}, "the suspect, alone"
+    batch = store.claim("postoffice", OWNER, 10).result(0)
+    assert [c.address for c in batch] == ["c@x.test"]
+
+
+def test_lease_ending_queries_walk_indexes(backend: SqliteBackend) -> None:
+    db = sqlite3.connect(backend.path)
+    select = (
+        "EXPLAIN QUERY PLAN SELECT r.id FROM recipients r JOIN messages m "
+        "ON m.id = r.message_id WHERE r.state = 'active'"
+    )
+    for extra, params in (("", ()), (" AND r.lease_until < ?", (0,)),
+                          (" AND substr(r.lease_owner, 1, ?) = ?", (3, "x:1"))):  # fmt: skip
+        plan = " ".join(str(row[3]) for row in db.execute(select + extra, params))
+        assert "recipients_lease" in plan, plan
+    db.close()
