@@ -293,6 +293,7 @@ class Service:
             stall_after=config.supervise.stall_after,
             threads_summary=self.threads_summary,
             delay_warning=config.dsn.delay_warning,
+            counters=self.counters,
         )
         sup.spawn("scheduler", "scheduler", self.scheduler)
         sv = config.supervise

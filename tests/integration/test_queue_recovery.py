@@ -13,7 +13,7 @@ import pytest
 
 from mailgate.dsn.generate import BounceGenerator, BounceResult
 from mailgate.model import Disposition, NewMessage, NewRecipient, Outcome, new_queue_id
-from mailgate.queue import ops
+from mailgate.queue import expiry, ops
 from mailgate.queue.commit import DirectWriter
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
@@ -170,3 +170,58 @@ def test_lease_ending_queries_walk_indexes(backend: SqliteBackend) -> None:
         plan = " ".join(str(row[3]) for row in db.execute(select + extra, params))
         assert "recipients_lease" in plan, plan
     db.close()
+
+
+def test_expiry_bounces_waiting_recipients_nobody_attempts_and_walks_past_parked_ones(
+    store: QueueStore, backend: SqliteBackend
+) -> None:
+    old = time.time() - 7200  # the policy's lifetime is 3600 s
+    parked = [message(f"h{n}@x.test", at=old + n) for n in range(3)]
+    waiting = message("w1@x.test", "w2@x.test", at=old + 10)
+    young = message("y@x.test")
+    for msg in (*parked, waiting, young):
+        store.enqueue(msg).result(0)
+    db = sqlite3.connect(backend.path)
+    db.execute("UPDATE recipients SET state = 'held' WHERE address LIKE 'h%'")
+    db.commit()
+    db.close()
+    writer = DirectWriter(backend)
+    cursor, expired, done = None, [], []
+    for _ in range(3):  # walks of two messages: the held ones never block the walk
+        found = writer.submit(
+            "x",
+            lambda c, at=cursor: expiry.expire_waiting(c, time.time(), 3600, at, store.on_done, 2),
+        ).result()
+        cursor, expired, done = found.cursor, expired + list(found.expired), done + list(found.done)
+    writer.close()
+    assert sorted(e.address for e in expired) == ["w1@x.test", "w2@x.test"]
+    assert all(e.reply == "554 5.4.7 message expired in queue; last error: never attempted"
+               for e in expired)  # fmt: skip
+    [(queue_id, report)] = done
+    assert queue_id == waiting.queue_id and isinstance(report, BounceResult)
+    states = dict(
+        rows(backend, "SELECT address, state FROM recipients WHERE address NOT LIKE 'b%'")
+    )
+    assert states["y@x.test"] == "queued" and states["h0@x.test"] == "held"
+
+
+def test_expiry_walks_an_index_of_open_messages_even_in_an_older_queue_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    SqliteBackend(path).initialize()
+    db = sqlite3.connect(path)
+    db.execute("DROP INDEX messages_open")  # a queue file from before the index
+    db.commit()
+    db.close()
+    SqliteBackend(path).initialize()  # upgraded in place
+    db = sqlite3.connect(path)
+    plan = " ".join(
+        str(row[3])
+        for row in db.execute(
+            "EXPLAIN QUERY PLAN SELECT id, received_at FROM messages WHERE done_at IS NULL "
+            "AND received_at <= ? AND (received_at > ? OR (received_at = ? AND id > ?)) "
+            "ORDER BY received_at, id LIMIT ?",
+            (0, 0, 0, "", 10),
+        )
+    )
+    db.close()
+    assert "messages_open" in plan and "TEMP B-TREE" not in plan, plan

@@ -2,24 +2,36 @@
 
 One place for everyone who ends leases: the scheduler (leases that ran out), a
 thread starting again after its earlier life died, the stall hook, the master for
-a dead worker, a start after the service died. 4000 says how many and why; each
-recipient set aside gets 2446 (quarantined) or 2401 (bounced: expired), and each
-report queued for a finished message 2117. Never raises.
+a dead worker, a start after the service died; and the scheduler's expiry of
+recipients never claimed. 4000 says how many leases and why; each recipient set
+aside gets 2446 (quarantined) or 2401 (bounced: expired), and each report queued for
+a finished message 2117. Never raises.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 from mailgate.dsn.generate import report_bounce
 from mailgate.model import RecipientState
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
-from mailgate.queue.leases import LeasesEnded
+from mailgate.queue.leases import Ended, LeasesEnded
 
 
 def report_ended(events: EventLog, result: LeasesEnded, why: str) -> None:
     if result.count:
         events.emit(catalog.LEASES_RELEASED, count=result.count, why=why)
-    for item in result.ended:
+    report_set_aside(events, result.ended, result.done)
+
+
+def report_set_aside(
+    events: EventLog, ended: Sequence[Ended], done: Sequence[tuple[str, Any]]
+) -> None:
+    """Events for recipients quarantined or bounced outside an attempt, and the reports
+    queued for the messages that finished."""
+    for item in ended:
         if item.state is RecipientState.QUARANTINED:
             events.emit(
                 catalog.QUARANTINED,
@@ -35,6 +47,6 @@ def report_ended(events: EventLog, result: LeasesEnded, why: str) -> None:
                 connector=item.connector,
                 reply=item.reply,
             )
-    for queue_id, done in result.done:
+    for queue_id, extra in done:
         events.emit(catalog.MESSAGE_DONE, queue_id=queue_id)
-        report_bounce(events, done)
+        report_bounce(events, extra)

@@ -1,8 +1,9 @@
 """The scheduler thread: lease expiry, wake-ups, the connector stall watch, purging.
 
-Every second it releases leases that ran out (a thread or process died holding
-them), wakes the threads of any connector whose earliest waiting recipient is
-due, and asks the stall watch whether a connector has due mail but completes no
+Every second it ends leases that ran out (a thread or process died holding
+them), expires recipients past the maximum lifetime that no attempt ends (never
+claimed: queue/expiry.py), wakes the threads of any connector whose earliest
+waiting recipient is due, and asks the stall watch whether a connector has due mail but completes no
 attempts (events 5006/5007, repeated until it clears). Every few minutes it
 purges finished messages older than keep_done. All of it is indexed queries;
 nothing scans the queue.
@@ -14,11 +15,13 @@ import time
 from collections.abc import Callable
 
 from mailgate.dsn.generate import BounceResult, report_bounce
-from mailgate.interchange.ended import report_ended
+from mailgate.interchange.ended import report_ended, report_set_aside
 from mailgate.interchange.state import Connectors
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.observe import catalog
+from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
+from mailgate.queue.expiry import Cursor
 from mailgate.queue.store import QueueReader, QueueStore
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.watch import ConnectorWatch, Load
@@ -41,8 +44,11 @@ class Scheduler:
         stall_after: float,
         threads_summary: Callable[[str], str] = lambda connector: "",
         delay_warning: float = 0.0,
+        counters: Counters | None = None,
     ) -> None:
         self.delay_warning = delay_warning
+        self.counters = counters or Counters()
+        self._expiry_cursor: Cursor | None = None
         self.store = store
         self.wakeup = wakeup
         self.events = events
@@ -59,6 +65,7 @@ class Scheduler:
             while not handle.wait(TICK):
                 handle.busy()
                 self._expire()
+                self._expire_waiting()
                 self._wake_and_watch(reader)
                 if self.delay_warning and time.monotonic() >= next_warning:
                     self._warn_delayed()
@@ -70,6 +77,18 @@ class Scheduler:
                 handle.idle()
         finally:
             reader.close()
+
+    def _expire_waiting(self) -> None:
+        """Recipients nobody attempts expire too: one bounded walk per tick."""
+        found = self.store.expire_waiting(self._expiry_cursor).result(STORE_WAIT)
+        self._expiry_cursor = found.cursor
+        if not found.expired:
+            return
+        report_set_aside(self.events, found.expired, found.done)
+        for item in found.expired:
+            self.counters.add("mailgate_expired_total", connector=item.connector)
+        if found.done:
+            self.wakeup.notify(*self.connectors.names())  # the reports are due now
 
     def _expire(self) -> None:
         """Leases that ran out end their attempts (counted: see queue/leases.py)."""

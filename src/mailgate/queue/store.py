@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from mailgate.model import Claim, NewMessage, Outcome
-from mailgate.queue import leases, ops
+from mailgate.queue import expiry, leases, ops
 from mailgate.queue.backend import Backend, Connection
 from mailgate.queue.retry import RetryPolicy
 
@@ -128,6 +128,13 @@ class QueueStore:
                 owner_prefix=owner_prefix,
                 expired_only=expired_only,
             ),
+        )
+
+    def expire_waiting(self, cursor: expiry.Cursor | None) -> Future[expiry.ExpiryPass]:
+        """Bounce waiting recipients of messages past the lifetime (one bounded walk)."""
+        now, lifetime, on_done = self._clock(), self.policy.lifetime, self.on_done
+        return self._writer.submit(
+            "expire-waiting", lambda c: expiry.expire_waiting(c, now, lifetime, cursor, on_done)
         )
 
     def purge_done(self, older_than: float) -> Future[int]:
