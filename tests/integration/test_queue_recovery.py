@@ -14,6 +14,7 @@ import pytest
 from mailgate.dsn.generate import BounceGenerator, BounceResult
 from mailgate.model import Disposition, NewMessage, NewRecipient, Outcome, new_queue_id
 from mailgate.queue import expiry, ops
+from mailgate.queue.backend import Connection
 from mailgate.queue.commit import DirectWriter
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
@@ -225,3 +226,44 @@ def test_expiry_walks_an_index_of_open_messages_even_in_an_older_queue_file(tmp_
     )
     db.close()
     assert "messages_open" in plan and "TEMP B-TREE" not in plan, plan
+
+
+def half_a_report_then_a_bug(conn: Connection, queue_id: str, now: float) -> Any:
+    """An on_done hook that queues part of a report, then fails like a bug."""
+    ops.insert_message(conn, message("s@example.org", sender=""))
+    raise ZeroDivisionError("a bug in the report")
+
+
+def test_a_report_that_cannot_be_built_still_records_the_outcome_and_keeps_the_message(
+    store: QueueStore, backend: SqliteBackend
+) -> None:
+    store.on_done = half_a_report_then_a_bug
+    msg = message("a@x.test", "b@x.test")
+    store.enqueue(msg).result(0)
+    claims = store.claim("postoffice", OWNER, 10).result(0)
+    now = time.time()
+    outcomes = [
+        Outcome(claims[0], Disposition.DELIVERED, "250 ok", now, now),
+        Outcome(claims[1], Disposition.FAILED, "550 no", now, now),
+    ]
+    recorded = store.record(outcomes, OWNER).result(0)
+    assert [r.state.value for r in recorded] == ["delivered", "bounced"]
+    failure = recorded[0].done
+    assert isinstance(failure, ops.ReportFailed) and not recorded[0].message_done
+    assert failure.failed == ("b@x.test",) and "ZeroDivisionError" in failure.error
+    states = dict(rows(backend, "SELECT address, state FROM recipients"))
+    assert states == {"a@x.test": "delivered", "b@x.test": "quarantined"}, "nothing half-done"
+    assert rows(backend, "SELECT COUNT(*), MAX(done_at) FROM messages") == [(1, None)]
+    assert rows(backend, "SELECT COUNT(*) FROM bodies") == [(1,)], "the body is kept"
+    assert store.claim("postoffice", OWNER, 10).result(0) == [], "and nothing redelivered"
+
+
+def test_a_delay_warning_that_cannot_be_built_is_given_up(
+    store: QueueStore, backend: SqliteBackend
+) -> None:
+    store.delay_warner = half_a_report_then_a_bug
+    store.enqueue(message("a@x.test", at=time.time() - 100)).result(0)
+    [failure] = store.warn_delayed(10).result(0)
+    assert isinstance(failure, ops.ReportFailed) and failure.delayed
+    assert rows(backend, "SELECT COUNT(*), MAX(delay_warned) FROM messages") == [(1, 1)]
+    assert store.warn_delayed(10).result(0) == [], "not retried"

@@ -19,7 +19,7 @@ from mailgate.model import MessageKind, NewMessage, NewRecipient, new_queue_id
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Connection
-from mailgate.queue.ops import insert_message
+from mailgate.queue.ops import ReportFailed, insert_message
 from mailgate.testing import faults
 
 Route = Callable[[str], str | None]
@@ -153,7 +153,11 @@ class BounceGenerator:
 
 
 def report_bounce(events: EventLog, result: object) -> None:
-    """Events for a bounce that finishing a message queued (2117) or could not (2118)."""
+    """Events for a bounce that finishing a message queued (2117) or could not (2118),
+    or a report that could not be built (2120, 2121)."""
+    if isinstance(result, ReportFailed):
+        _report_failed(events, result)
+        return
     if not isinstance(result, BounceResult):
         return
     failed = ", ".join(f"<{a}>" for a in result.failed)
@@ -178,3 +182,11 @@ def report_bounce(events: EventLog, result: object) -> None:
         events.emit(
             catalog.NDR_DROPPED, queue_id=result.queue_id, failed=failed, reason=result.dropped
         )
+
+
+def _report_failed(events: EventLog, result: ReportFailed) -> None:
+    if result.delayed:
+        events.emit(catalog.DELAY_WARNING_FAILED, queue_id=result.queue_id, error=result.error)
+        return
+    failed = ", ".join(f"<{a}>" for a in result.failed) or "none"
+    events.emit(catalog.NDR_FAILED, queue_id=result.queue_id, failed=failed, error=result.error)

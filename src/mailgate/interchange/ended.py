@@ -18,6 +18,7 @@ from mailgate.model import RecipientState
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.leases import Ended, LeasesEnded
+from mailgate.queue.ops import ReportFailed
 
 
 def report_ended(events: EventLog, result: LeasesEnded, why: str) -> None:
@@ -48,5 +49,6 @@ def report_set_aside(
                 reply=item.reply,
             )
     for queue_id, extra in done:
-        events.emit(catalog.MESSAGE_DONE, queue_id=queue_id)
+        if not isinstance(extra, ReportFailed):  # else it is kept: its report is owed
+            events.emit(catalog.MESSAGE_DONE, queue_id=queue_id)
         report_bounce(events, extra)

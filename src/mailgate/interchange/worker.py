@@ -278,4 +278,4 @@ class InterchangeThread:
                 )
             if item.message_done:
                 self.events.emit(catalog.MESSAGE_DONE, queue_id=claim.queue_id)
-                report_bounce(self.events, item.done)
+            report_bounce(self.events, item.done)  # or the report that could not be built

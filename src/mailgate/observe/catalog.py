@@ -384,6 +384,25 @@ NDR_DROPPED = _event(
     "Make sure [dsn] postmaster is a deliverable address.",
 )  # fmt: skip
 
+NDR_FAILED = _event(
+    2120, "NdrFailed", C.NDR, S.ERROR, MIN,
+    "{queue_id}: the non-delivery report for {failed} could not be built: {error}; the "
+    "message is kept and those recipients quarantined",
+    "Building a report raised (a bug). The outcome of the delivery attempt was still "
+    "recorded (nothing is delivered again), but the report the sender is owed was not "
+    "queued: the message is kept, its bounced recipients quarantined, so the notification "
+    "is not lost.",
+    "Report the error. Once it is fixed, `mailgate queue bounce ID` sends the report; "
+    "`mailgate queue delete ID` drops the message.",
+)  # fmt: skip
+DELAY_WARNING_FAILED = _event(
+    2121, "DelayWarningFailed", C.NDR, S.WARNING, MIN,
+    "{queue_id}: the delay warning could not be built: {error}; none will be sent",
+    "Building a delay warning raised (a bug). The message is still retried as before; "
+    "its sender just gets no warning.",
+    "Report the error.",
+)  # fmt: skip
+
 # --- Pickup --------------------------------------------------------------------------------------
 PICKED_UP = _event(
     2444, "PickedUp", C.RECEIVE, S.INFO, MED,

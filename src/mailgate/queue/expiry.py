@@ -19,7 +19,7 @@ from typing import Any
 from mailgate.model import RecipientState
 from mailgate.queue.backend import Connection
 from mailgate.queue.leases import Ended
-from mailgate.queue.ops import OnDone, finish_if_done
+from mailgate.queue.ops import OnDone, finish_or_keep
 from mailgate.queue.retry import expired_reply
 
 Cursor = tuple[float, str]
@@ -57,8 +57,8 @@ def expire_waiting(
         bounced = _bounce_waiting(conn, queue_id, now)
         if bounced:
             expired += bounced
-            finished, extra = finish_if_done(conn, queue_id, now, on_done)
-            if finished:
+            finished, extra = finish_or_keep(conn, queue_id, now, on_done)
+            if finished or extra is not None:
                 done.append((queue_id, extra))
     last = (float(messages[-1][1]), str(messages[-1][0])) if len(messages) == limit else None
     return ExpiryPass(tuple(expired), tuple(done), last)

@@ -19,7 +19,7 @@ from typing import Any
 
 from mailgate.model import Disposition, RecipientState
 from mailgate.queue.backend import Connection
-from mailgate.queue.ops import OnDone, finish_if_done
+from mailgate.queue.ops import OnDone, finish_or_keep
 from mailgate.queue.retry import RetryPolicy, expired_reply
 
 _CHUNK = 500  # ids per IN (...) list: well under every backend's parameter limit
@@ -96,8 +96,8 @@ def end_leases(
     _requeue(conn, requeue, ended_reply, now)
     done = []
     for queue_id in dict.fromkeys(e.queue_id for e in ended if e.state is RecipientState.BOUNCED):
-        finished, extra = finish_if_done(conn, queue_id, now, on_done)
-        if finished:
+        finished, extra = finish_or_keep(conn, queue_id, now, on_done)
+        if finished or extra is not None:
             done.append((queue_id, extra))
     return LeasesEnded(len(requeue), tuple(ended), tuple(done))
 

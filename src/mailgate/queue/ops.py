@@ -6,7 +6,9 @@ portable SQL is used. Transitions of a leased recipient are guarded by its lease
 owner: a thread whose lease expired cannot overwrite another thread's outcome.
 When the last recipient of a message reaches a final state, the `on_done` hook
 runs in the same transaction (it queues the bounce, if one is owed) and then the
-body is deleted: a bounce is never lost between "failed" and "reported".
+body is deleted: a bounce is never lost between "failed" and "reported". If the
+hook raises while an outcome is recorded, the outcome still is, and the message is
+kept for the administrator with its report owed (ReportFailed).
 """
 
 from __future__ import annotations
@@ -203,22 +205,57 @@ def record_outcomes(
         if not lost and state.final:
             touched[outcome.claim.queue_id] = None
         results.append(Recorded(outcome, state, reply, retry_at, lost))
-    finished: dict[str, Any] = {}
+    finished: dict[str, tuple[bool, Any]] = {}
     for queue_id in touched:
-        done, extra = finish_if_done(conn, queue_id, now, on_done)
-        if done:
-            finished[queue_id] = extra
+        done, extra = finish_or_keep(conn, queue_id, now, on_done)
+        if done or extra is not None:
+            finished[queue_id] = (done, extra)
     first: set[str] = set()
     final = []
     for r in results:
         queue_id = r.outcome.claim.queue_id
         is_first = queue_id in finished and queue_id not in first
         first.add(queue_id)
-        extra = finished.get(queue_id) if is_first else None
-        final.append(
-            Recorded(r.outcome, r.state, r.reply, r.retry_at, r.lease_lost, is_first, extra)
-        )
+        done, extra = finished[queue_id] if is_first else (False, None)
+        final.append(Recorded(r.outcome, r.state, r.reply, r.retry_at, r.lease_lost, done, extra))
     return final
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFailed:
+    """A report owed could not be built (a bug: `on_done` or the delay warner raised).
+
+    For a finished message, its bounced recipients were quarantined instead and its body
+    kept: the administrator sends the report later (`mailgate queue bounce`) rather than
+    the sender never hearing of it (Postfix keeps such a message in its queue too). For a
+    delay warning (`delayed`), the warning is given up: the message is still retried."""
+
+    queue_id: str
+    failed: tuple[str, ...]
+    error: str
+    delayed: bool = False
+
+
+def finish_or_keep(
+    conn: Connection, queue_id: str, now: float, on_done: OnDone | None
+) -> tuple[bool, Any]:
+    """finish_if_done, but a report that cannot be built never fails the record (nor kills
+    the thread that recorded, whose batch would then be delivered again): the message is
+    kept, its bounced recipients quarantined, and a ReportFailed returned."""
+    conn.execute("SAVEPOINT finish")
+    try:
+        result = finish_if_done(conn, queue_id, now, on_done)
+    except Exception as exc:  # whatever a bug in the report raises: one message, one event
+        conn.execute("ROLLBACK TO SAVEPOINT finish")
+        conn.execute("RELEASE SAVEPOINT finish")
+        kept = conn.execute(
+            "UPDATE recipients SET state = 'quarantined', updated_at = ? "
+            "WHERE message_id = ? AND state = 'bounced' RETURNING address",
+            (now, queue_id),
+        ).fetchall()
+        return False, ReportFailed(queue_id, tuple(str(row[0]) for row in kept), repr(exc))
+    conn.execute("RELEASE SAVEPOINT finish")
+    return result
 
 
 def finish_if_done(
@@ -254,7 +291,22 @@ def warn_delayed(
             (before, limit),
         ).fetchall()
     ]
-    return [result for queue_id in ids if (result := warn(conn, queue_id, now)) is not None]
+    return [result for queue_id in ids if (result := _warn_one(conn, queue_id, now, warn))]
+
+
+def _warn_one(conn: Connection, queue_id: str, now: float, warn: OnDone) -> Any:
+    """One delay warning; one that cannot be built is given up, never retried (it is a
+    courtesy; retrying a bug every minute would only repeat it), and never raises."""
+    conn.execute("SAVEPOINT warn")
+    try:
+        result = warn(conn, queue_id, now)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO SAVEPOINT warn")
+        conn.execute("RELEASE SAVEPOINT warn")
+        conn.execute("UPDATE messages SET delay_warned = 1 WHERE id = ?", (queue_id,))
+        return ReportFailed(queue_id, (), repr(exc), delayed=True)
+    conn.execute("RELEASE SAVEPOINT warn")
+    return result
 
 
 def expire_leases(conn: Connection, now: float) -> int:
