@@ -294,6 +294,8 @@ class Service:
             threads_summary=self.threads_summary,
             delay_warning=config.dsn.delay_warning,
             counters=self.counters,
+            route=lambda address: self.policy.route(address).connector,
+            known_connectors=lambda: self.config.connectors,
         )
         sup.spawn("scheduler", "scheduler", self.scheduler)
         sv = config.supervise

@@ -80,13 +80,15 @@ def test_restart_with_new_routes_reroutes_what_waited(tmp_path: Path) -> None:
 
 
 def test_reload_whose_routes_drop_the_smarthost_bounces_what_waited(tmp_path: Path) -> None:
-    mg = Mailgate(tmp_path, config=DEFAULT_CONFIG + FAST)
+    # In the file, not `--smarthost` (which adds its catch-all route to every reload).
+    config = DEFAULT_CONFIG + FAST + f'host = "127.0.0.1"\nport = {free_port()}\n'
+    mg = Mailgate(tmp_path, config=config)
     mg.add_mailbox("MS:NET1/PO1/ALICE")
-    mg.start("--smarthost", f"127.0.0.1:{free_port()}")
+    mg.start()
     try:
         queue_id = deferred_at_a_dead_smarthost(mg, [FAR])
         only_local = '\n[[route]]\nmatch = "MS:*/*/*"\nconnector = "postoffice"\n'
-        mg.config_path.write_text(DEFAULT_CONFIG + FAST + only_local)
+        mg.config_path.write_text(config + only_local)
         assert mg.proc is not None
         mg.proc.send_signal(signal.SIGHUP)
         mg.wait_events(1101)
@@ -96,6 +98,7 @@ def test_reload_whose_routes_drop_the_smarthost_bounces_what_waited(tmp_path: Pa
         [report] = wait_for(lambda: bounces(mg), 15, what="the report to the sender")
         assert str(report_blocks(report)[0]["Final-Recipient"]) == f"rfc822; {FAR}"
         with smtplib.SMTP("127.0.0.1", mg.port, timeout=10) as client:
+            client.ehlo("client.test")
             client.mail(ALICE)
             assert client.rcpt(FAR)[0] == 554, "new mail for it is refused at RCPT"
     finally:

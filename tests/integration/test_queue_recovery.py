@@ -1,5 +1,7 @@
-"""The queue's recovery paths on a real SQLite file: attempts that end without an outcome
-(Q151791), suspects claimed alone, and their query plans."""
+"""The queue's recovery paths on a real SQLite file, with their query plans: attempts that
+end without an outcome (Q151791) and suspects claimed alone, expiry of recipients nobody
+attempts (Q237182), reports that cannot be built (Q175965), and waiting mail of a
+connector the configuration no longer has (Q243701)."""
 
 from __future__ import annotations
 
@@ -267,3 +269,56 @@ def test_a_delay_warning_that_cannot_be_built_is_given_up(
     assert isinstance(failure, ops.ReportFailed) and failure.delayed
     assert rows(backend, "SELECT COUNT(*), MAX(delay_warned) FROM messages") == [(1, 1)]
     assert store.warn_delayed(10).result(0) == [], "not retried"
+
+
+def test_waiting_mail_of_a_vanished_connector_is_routed_again_or_bounced(
+    store: QueueStore, backend: SqliteBackend
+) -> None:
+    gone = NewMessage(
+        queue_id=new_queue_id(),
+        sender="s@example.org",
+        recipients=(
+            NewRecipient("local@x.test", "smarthost"),
+            NewRecipient("far@elsewhere.org", "smarthost"),
+            NewRecipient("held@elsewhere.org", "smarthost"),
+        ),
+        body=b"Subject: x\r\n\r\nbody\r\n",
+        received_at=time.time(),
+        client="test",
+    )
+    store.enqueue(gone).result(0)
+    store.enqueue(message("kept@x.test")).result(0)
+    db = sqlite3.connect(backend.path)
+    db.execute("UPDATE recipients SET state = 'held' WHERE address = 'held@elsewhere.org'")
+    db.commit()
+    db.close()
+
+    def route(address: str) -> str | None:
+        return "postoffice" if address.endswith("@x.test") else None
+
+    [result] = store.reroute_vanished({"postoffice"}, route).result(0)
+    assert result.connector == "smarthost" and result.moved == (("postoffice", 1),)
+    [bounced] = result.bounced
+    assert bounced.address == "far@elsewhere.org" and bounced.reply.startswith("554 5.4.4 ")
+    assert result.done == (), "the held recipient keeps the message open"
+    states = {
+        a: (c, s) for a, c, s in rows(backend, "SELECT address, connector, state FROM recipients")
+    }
+    assert states["local@x.test"] == ("postoffice", "queued")
+    assert states["far@elsewhere.org"] == ("smarthost", "bounced")
+    assert states["held@elsewhere.org"] == ("smarthost", "held"), "the administrator decides"
+    assert store.reroute_vanished({"postoffice"}, route).result(0) == [], "nothing left waiting"
+
+
+def test_finding_vanished_connectors_seeks_the_index_of_due_work(backend: SqliteBackend) -> None:
+    db = sqlite3.connect(backend.path)
+    plan = " ".join(
+        str(row[3])
+        for row in db.execute(
+            "EXPLAIN QUERY PLAN SELECT MIN(connector) FROM recipients "
+            "WHERE state IN ('queued', 'deferred') AND connector > ?",
+            ("",),
+        )
+    )
+    db.close()
+    assert "SEARCH recipients USING INDEX recipients_due (connector>?)" in plan, plan

@@ -2,7 +2,8 @@
 
 Every second it ends leases that ran out (a thread or process died holding
 them), expires recipients past the maximum lifetime that no attempt ends (never
-claimed: queue/expiry.py), wakes the threads of any connector whose earliest
+claimed: queue/expiry.py), routes again the waiting mail of connectors the
+configuration no longer has (queue/reroute.py), wakes the threads of any connector whose earliest
 waiting recipient is due, and asks the stall watch whether a connector has due mail but completes no
 attempts (events 5006/5007, repeated until it clears). Every few minutes it
 purges finished messages older than keep_done. All of it is indexed queries;
@@ -12,7 +13,7 @@ nothing scans the queue.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from mailgate.dsn.generate import BounceResult, report_bounce
 from mailgate.interchange.ended import report_ended, report_set_aside
@@ -22,6 +23,7 @@ from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.expiry import Cursor
+from mailgate.queue.reroute import Route
 from mailgate.queue.store import QueueReader, QueueStore
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.watch import ConnectorWatch, Load
@@ -45,7 +47,14 @@ class Scheduler:
         threads_summary: Callable[[str], str] = lambda connector: "",
         delay_warning: float = 0.0,
         counters: Counters | None = None,
+        route: Route | None = None,
+        known_connectors: Callable[[], Collection[str]] | None = None,
     ) -> None:
+        """`route` gives an address's connector by the current rules and
+        `known_connectors` the connectors of the current configuration (both follow a
+        reload): waiting mail of any other connector is routed again."""
+        self.route = route
+        self.known_connectors = known_connectors or connectors.names
         self.delay_warning = delay_warning
         self.counters = counters or Counters()
         self._expiry_cursor: Cursor | None = None
@@ -66,6 +75,7 @@ class Scheduler:
                 handle.busy()
                 self._expire()
                 self._expire_waiting()
+                self._reroute_vanished()
                 self._wake_and_watch(reader)
                 if self.delay_warning and time.monotonic() >= next_warning:
                     self._warn_delayed()
@@ -89,6 +99,27 @@ class Scheduler:
             self.counters.add("mailgate_expired_total", connector=item.connector)
         if found.done:
             self.wakeup.notify(*self.connectors.names())  # the reports are due now
+
+    def _reroute_vanished(self) -> None:
+        """Waiting mail of a connector the configuration no longer has: routed again by
+        the current rules, or bounced (Q243701); right after a start or a reload."""
+        if self.route is None:
+            return
+        known = self.known_connectors()
+        for result in self.store.reroute_vanished(known, self.route).result(STORE_WAIT):
+            moved = ", ".join(f"{count} to {name}" for name, count in result.moved) or "none"
+            self.events.emit(
+                catalog.RECIPIENTS_REROUTED,
+                connector=result.connector,
+                rerouted=result.rerouted,
+                moved=moved,
+                bounced=len(result.bounced),
+            )
+            report_set_aside(self.events, result.bounced, result.done)
+            for outcome, count in (("rerouted", result.rerouted), ("bounced", len(result.bounced))):
+                name = "mailgate_rerouted_total"
+                self.counters.add(name, count, connector=result.connector, outcome=outcome)
+            self.wakeup.notify(*self.connectors.names())
 
     def _expire(self) -> None:
         """Leases that ran out end their attempts (counted: see queue/leases.py)."""

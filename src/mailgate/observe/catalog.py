@@ -298,6 +298,18 @@ QUEUE_RETRIED = _event(
     "tries them now instead of waiting for their next retry time.",
     "None.",
 )  # fmt: skip
+RECIPIENTS_REROUTED = _event(
+    4040, "RecipientsRerouted", C.QUEUE, S.WARNING, MIN,
+    "connector {connector} is no longer configured: {rerouted} waiting recipient(s) "
+    "routed again ({moved}), {bounced} bounced",
+    "Mail was waiting for a connector the configuration (after a restart or a reload) no "
+    "longer has, so no thread would ever deliver it. Each recipient was routed again by "
+    "the current rules, or, when no rule routes it, bounced (554 5.4.4) with a report to "
+    "its sender (events 2401, 2117). Held and quarantined recipients are handled once "
+    "released.",
+    "None if the connector was removed on purpose; otherwise restore its configuration "
+    "(for instance `--smarthost`) before more mail bounces.",
+)  # fmt: skip
 
 # --- Interchange ---------------------------------------------------------------------------------
 SENT = _event(

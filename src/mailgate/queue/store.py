@@ -10,13 +10,13 @@ indexed queries.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from mailgate.model import Claim, NewMessage, Outcome
-from mailgate.queue import expiry, leases, ops
+from mailgate.queue import expiry, leases, ops, reroute
 from mailgate.queue.backend import Backend, Connection
 from mailgate.queue.retry import RetryPolicy
 
@@ -135,6 +135,15 @@ class QueueStore:
         now, lifetime, on_done = self._clock(), self.policy.lifetime, self.on_done
         return self._writer.submit(
             "expire-waiting", lambda c: expiry.expire_waiting(c, now, lifetime, cursor, on_done)
+        )
+
+    def reroute_vanished(
+        self, known: Collection[str], route: reroute.Route
+    ) -> Future[list[reroute.Rerouted]]:
+        """Re-route (or bounce) waiting recipients of connectors not in `known`."""
+        now, on_done, known = self._clock(), self.on_done, frozenset(known)
+        return self._writer.submit(
+            "reroute", lambda c: reroute.reroute_vanished(c, known, route, now, on_done)
         )
 
     def purge_done(self, older_than: float) -> Future[int]:
