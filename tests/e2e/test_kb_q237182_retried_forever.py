@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kb import ALICE, POISON, bounces, recipient_states, report_blocks, send
-from tests.support.process import DEFAULT_CONFIG, Mailgate, wait_for
+from tests.support.kb import ALICE, POISON, bounces, metric, recipient_states, report_blocks, send
+from tests.support.process import DEFAULT_CONFIG, Mailgate, free_port, wait_for
 from tests.support.sink import Sink
 
 FAR = "slow@elsewhere.org"
@@ -66,7 +66,8 @@ def test_temporary_failure_is_retried_then_bounced_at_max_lifetime(
 def test_recipient_never_claimed_expires(tmp_path: Path, sink: Sink) -> None:
     mg = Mailgate(tmp_path, config=config())
     mg.add_mailbox("MS:NET1/PO1/ALICE")
-    mg.start("--smarthost", f"127.0.0.1:{sink.port}")
+    admin = free_port()
+    mg.start("--smarthost", f"127.0.0.1:{sink.port}", "--admin-listen", f"127.0.0.1:{admin}")
     try:
         assert mg.cli("ctl", "pause", "smarthost").returncode == 0  # nobody claims it
         queue_id = send(mg, ALICE, [FAR], b"Subject: paused\r\n\r\nnever tried\r\n")
@@ -76,6 +77,8 @@ def test_recipient_never_claimed_expires(tmp_path: Path, sink: Sink) -> None:
         [bounced] = mg.wait_events(2401)
         assert bounced["fields"]["recipient"] == FAR and "expired" in bounced["message"]
         assert not mg.events(2400) and not sink.messages
+        wait_for(lambda: metric(admin, "mailgate_expired_total", connector="smarthost") == 1,
+                 5, 0.2, "the expiry counted")  # fmt: skip
     finally:
         mg.close()
 

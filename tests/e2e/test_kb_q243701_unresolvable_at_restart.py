@@ -13,7 +13,16 @@ import signal
 import smtplib
 from pathlib import Path
 
-from tests.support.kb import ALICE, BOB, bounces, queue, recipient_states, report_blocks, send
+from tests.support.kb import (
+    ALICE,
+    BOB,
+    bounces,
+    metric,
+    queue,
+    recipient_states,
+    report_blocks,
+    send,
+)
 from tests.support.process import DEFAULT_CONFIG, Mailgate, free_port, wait_for
 
 FAST = '\n[queue]\nretry_min = "1s"\nretry_max = "2s"\n\n[smarthost]\nthreads = 1\n'
@@ -38,7 +47,8 @@ def test_restart_without_the_smarthost_bounces_what_waited_for_it(tmp_path: Path
     try:
         queue_id = deferred_at_a_dead_smarthost(mg, [FAR])
         assert mg.stop() == 0
-        mg.start()  # the smarthost is gone from the configuration
+        admin = free_port()
+        mg.start("--admin-listen", f"127.0.0.1:{admin}")  # the smarthost is gone now
         [report] = wait_for(lambda: bounces(mg), 15, what="the report to the sender")
         [event] = rerouted(mg)
         assert event["fields"]["connector"] == "smarthost"
@@ -49,6 +59,8 @@ def test_restart_without_the_smarthost_bounces_what_waited_for_it(tmp_path: Path
         assert "no longer configured" in block["Diagnostic-Code"]
         assert recipient_states(mg, queue_id) == {FAR: "bounced"}
         assert not queue(mg, "list"), "nothing is left in the queue"
+        series = {"connector": "smarthost", "outcome": "bounced"}
+        wait_for(lambda: metric(admin, "mailgate_rerouted_total", **series) == 1, 5, 0.2, "count")
     finally:
         mg.close()
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kb import ALICE, POISON, busy_on, queue, send, status
+from tests.support.kb import ALICE, POISON, busy_on, metric, queue, send, status, status_text
 from tests.support.load import assert_exactly_once, send_many
-from tests.support.process import DEFAULT_CONFIG, Mailgate, wait_for
+from tests.support.process import DEFAULT_CONFIG, Mailgate, free_port, wait_for
 
 CONFIG = (
     DEFAULT_CONFIG
@@ -37,7 +37,9 @@ def test_poison_among_a_hundred_is_quarantined_and_deleted(tmp_path: Path, actio
     mg = Mailgate(tmp_path, config=CONFIG)
     mg.add_mailbox("MS:NET1/PO1/ALICE")
     mg.add_mailbox("MS:NET1/PO1/POISON")
-    mg.start(env={"MAILGATE_FAULTS": f"interchange.deliver[{POISON}]={action}"})
+    admin = free_port()
+    faults = {"MAILGATE_FAULTS": f"interchange.deliver[{POISON}]={action}"}
+    mg.start("--admin-listen", f"127.0.0.1:{admin}", env=faults)
     try:
         first = send_many(mg.port, 50, ALICE, clients=2, prefix="a")
         poison_id = send(mg, ALICE, [POISON], b"Subject: poison\r\n\r\npoison\r\n")
@@ -59,6 +61,13 @@ def test_poison_among_a_hundred_is_quarantined_and_deleted(tmp_path: Path, actio
             )  # fmt: skip
         queues = status(mg)["queues"]["postoffice"]
         assert queues["quarantined"] == 1 and queues["length"] == 1, queues
+        # What the administrator sees: the status line and the metric.
+        assert (
+            "queue postoffice: 1 waiting (queued 0, active 0, deferred 0, held 0, "
+            "quarantined 1)" in status_text(mg)
+        )
+        series = {"connector": "postoffice", "state": "quarantined"}
+        assert metric(admin, "mailgate_queue_recipients", **series) == 1
 
         assert queue(mg, "delete", poison_id)["deleted"] is True
         assert mg.cli("queue", "show", poison_id).returncode != 0
