@@ -291,7 +291,8 @@ def warn_delayed(
             (before, limit),
         ).fetchall()
     ]
-    return [result for queue_id in ids if (result := _warn_one(conn, queue_id, now, warn))]
+    results = (_warn_one(conn, queue_id, now, warn) for queue_id in ids)
+    return [result for result in results if result is not None]
 
 
 def _warn_one(conn: Connection, queue_id: str, now: float, warn: OnDone) -> Any:
