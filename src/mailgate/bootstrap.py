@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -33,6 +34,7 @@ from mailgate.control.server import ControlServer, bind_control, socket_path
 from mailgate.dsn.generate import BounceGenerator
 from mailgate.errors import AlreadyRunning, ConfigError, PortInUse, StoreError, StoreInUse
 from mailgate.interchange.connector import Connector
+from mailgate.interchange.ended import report_ended
 from mailgate.interchange.inflight import InFlight
 from mailgate.interchange.scheduler import Scheduler
 from mailgate.interchange.state import Connectors
@@ -52,6 +54,7 @@ from mailgate.postoffice.address import AddressMap
 from mailgate.postoffice.tree import Postoffice
 from mailgate.queue.backend import Backend
 from mailgate.queue.commit import Committer
+from mailgate.queue.leases import LeasesEnded
 from mailgate.queue.lock import DataDirLock
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
@@ -224,7 +227,7 @@ class Service:
         # Under a master, the master checked the store before starting any worker.
         self.backend.initialize(check=self.role == "all" and config.queue.check_at_start)
         if self.role == "all":
-            release_all_leases(self.backend, self.events)
+            release_leases_at_start(self.backend, self.events, config, self.lock)
             self.control_socket = bind_control(socket_path(config.data_dir))
             self.admin = open_admin(config.admin, lambda: ServiceView(self))  # bound now
         if self.role == "interchange":
@@ -308,6 +311,9 @@ class Service:
             stall_after=config.supervise.stall_after,
             threads_summary=self.threads_summary,
             delay_warning=config.dsn.delay_warning,
+            counters=self.counters,
+            route=lambda address: self.policy.route(address).connector,
+            known_connectors=lambda: self.config.connectors,
         )
         sup.spawn("scheduler", "scheduler", self.scheduler)
         sv = config.supervise
@@ -343,9 +349,18 @@ class Service:
             sup.spawn("pickup", "pickup", self._pickup())
 
     def _release_stalled(self, handle: ThreadHandle) -> None:
-        """A stalled interchange thread's leases go back to the queue for others to retry."""
+        """A stalled interchange thread's leases go back to the queue for others to retry;
+        its attempts ended without an outcome and count (a delivery that hangs every time
+        is quarantined, not retried forever)."""
         owner = lease_owner(self.config.service.hostname, handle.name, handle.generation)
-        self.store.release_leases(owner)  # not waited for: the monitor must never block
+        ending = self.store.end_leases("its thread stalled", owner)
+        why = f"held by stalled {handle.name}"
+
+        def reported(done: Future[LeasesEnded]) -> None:
+            if done.exception() is None:
+                report_ended(self.events, done.result(), why)
+
+        ending.add_done_callback(reported)  # not waited for: the monitor must never block
 
     def clear_down(self, names: list[str], by: str) -> list[str]:
         """An administrator wants delivery now: the named connectors forget that their
@@ -627,6 +642,51 @@ def needs_restart(old: Config, new: Config) -> list[str]:
         for name in type(old).model_fields
         if name not in live and getattr(old, name) != getattr(new, name)
     ]
+
+
+def release_leases_at_start(
+    backend: Backend, events: EventLog, config: Config, lock: DataDirLock
+) -> int:
+    """Give back the leases left in the store when this service starts (it holds the lock,
+    so their holders are gone). After a clean stop they were given back deliberately (a
+    stop that outlived its deadline left a wedged thread's, which stall detection had its
+    chance to count): no attempt is counted. After the service died (its PID was still in
+    the lock file) each lease is an attempt that ended without an outcome, and counts: a
+    message that crashes the whole service on every attempt is quarantined, not retried
+    forever (Exchange's poison message queue counts crashes the same way)."""
+    if lock.previous_pid is None:
+        return release_all_leases(backend, events)
+    return end_dead_leases(
+        backend,
+        events,
+        config,
+        None,
+        f"held when the service (pid {lock.previous_pid}) ended without stopping",
+        "the service ended without stopping",
+    )
+
+
+def end_dead_leases(
+    backend: Backend,
+    events: EventLog,
+    config: Config,
+    owner_prefix: str | None,
+    why: str,
+    reason: str,
+) -> int:
+    """End the leases of processes that died (one worker's, by owner prefix, or all):
+    each is an attempt without an outcome, counted; see queue/leases.py."""
+    from mailgate.queue.commit import DirectWriter
+
+    writer = DirectWriter(backend)
+    try:
+        store = queue_store(config, writer, backend)
+        store.on_done = bounce_generator(config)
+        ended = store.end_leases(reason, owner_prefix).result()
+    finally:
+        writer.close()
+    report_ended(events, ended, why)
+    return ended.count
 
 
 def release_all_leases(

@@ -1,4 +1,5 @@
-"""Issue 3 end to end: smarthost relay, retries, bounces, pickup, against a real scriptable sink."""
+"""Issue 3 end to end: smarthost relay, retries, bounces, pickup, against a real scriptable sink.
+(Permanent failures and mail loops: test_kb_q151791_resubmitted_forever.py.)"""
 
 from __future__ import annotations
 
@@ -90,20 +91,6 @@ def test_temporary_failure_is_retried_and_delivered_once(relay: Mailgate, sink: 
     assert relay.events(2448)[0]["fields"]["attempts"] == 2
 
 
-def test_permanent_failure_bounces_to_the_sender_mailbox(relay: Mailgate, sink: Sink) -> None:
-    sink.fail(
-        "RCPT", "550 5.1.1 <nobody@elsewhere.org>: no such user", address="nobody@elsewhere.org"
-    )
-    send(relay, ALICE, ["nobody@elsewhere.org"], b"Subject: doomed\r\nX-Tag: t1\r\n\r\nx\r\n")
-    [report] = wait_for(lambda: bounces(relay), 10, what="a bounce in ALICE")
-    assert failed_recipients(report) == ["rfc822; nobody@elsewhere.org"]
-    status = list(report.iter_parts())[1].get_payload()[1]
-    assert status["Status"] == "5.1.1"
-    assert "550 5.1.1 <nobody@elsewhere.org>: no such user" in status["Diagnostic-Code"]
-    assert "X-Tag: t1" in list(report.iter_parts())[2].get_content()
-    assert relay.wait_events(2117) and not sink.messages
-
-
 def test_mixed_recipients_end_right_with_one_bounce(relay: Mailgate, sink: Sink) -> None:
     sink.fail("RCPT", "550 5.1.1 rejected", address="bad@elsewhere.org")
     rcpts = [BOB, "ok@elsewhere.org", "bad@elsewhere.org"]
@@ -145,17 +132,6 @@ def test_relay_denied_outside_relay_networks(tmp_path: Path, sink: Sink) -> None
         assert mg.wait_events(3002)
     finally:
         mg.close()
-    assert sink.messages == []
-
-
-def test_mail_loop_is_bounced(relay: Mailgate, sink: Sink) -> None:
-    hops = b"".join(
-        b"Received: from hop%d by x; Mon, 1 Jan 2026 00:00:00 +0000\r\n" % n for n in range(31)
-    )
-    send(relay, ALICE, ["far@elsewhere.org"], hops + b"Subject: loop\r\n\r\nloop\r\n")
-    [report] = wait_for(lambda: bounces(relay), 10, what="a loop bounce")
-    status = list(report.iter_parts())[1].get_payload()[1]
-    assert status["Status"] == "5.4.6"
     assert sink.messages == []
 
 

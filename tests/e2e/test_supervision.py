@@ -1,5 +1,6 @@
 """Issue 4 end to end: every injected fault ends with the queue drained, the threads back,
-the right events, nothing lost and nothing duplicated; control answers and stop works."""
+the right events, nothing lost and nothing duplicated; control answers and stop works.
+(Rows of DESIGN.md section 5 have modules of their own: test_kb_q*.py.)"""
 
 from __future__ import annotations
 
@@ -68,7 +69,6 @@ def interchange_alive(mg: Mailgate) -> int:
 @pytest.mark.parametrize(
     ("faulty", "event"),
     [
-        ("interchange.context=raise:1", 2380),  # fails while building its context
         ("interchange.deliver=raise:3", 2450),  # raises mid-delivery
         ("interchange.loop=exit:2", 5001),  # ends silently
         ("wakeup.wait=raise:3", 2380),  # raises inside a critical section holding a lock
@@ -83,33 +83,6 @@ def test_fault_is_survived(faulty: Mailgate, event: int) -> None:
     wait_for(lambda: interchange_alive(faulty) == 2, 15, what="both interchange threads back")
     assert status(faulty)["queues"]["postoffice"]["length"] == 0
     assert not faulty.events(10003), "no thread used up its budget"
-
-
-def test_spinning_thread_is_detected_abandoned_and_replaced(tmp_path: Path) -> None:
-    mg = started(tmp_path, "interchange.deliver=spin:1")
-    try:
-        accepted = send_many(mg.port, 40, ALICE, clients=2)
-        stalled = wait_for(lambda: mg.events(5003), 15, what="ThreadStalled")
-        assert stalled[0]["fields"]["kind"] == "spinning on CPU", stalled[0]["fields"]
-        assert "faults.py" in stalled[0]["fields"]["stack"]
-        wait_for(lambda: mg.events(5004), 15, what="ThreadAbandoned")
-        assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE")
-        # Worker heartbeats reach the master once a second: poll the merged view.
-        wait_for(lambda: status(mg)["abandoned"] == 1, 10, what="abandoned count in status")
-        assert interchange_alive(mg) == 2, "a replacement runs beside the abandoned thread"
-    finally:
-        mg.close()
-
-
-def test_blocked_thread_is_detected_as_blocked(tmp_path: Path) -> None:
-    mg = started(tmp_path, "interchange.deliver=hang:1")
-    try:
-        accepted = send_many(mg.port, 20, ALICE, clients=1)
-        stalled = wait_for(lambda: mg.events(5003), 15, what="ThreadStalled")
-        assert stalled[0]["fields"]["kind"] == "blocked"
-        assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE")
-    finally:
-        mg.close()
 
 
 def test_control_answers_and_stop_works_with_every_worker_wedged(tmp_path: Path) -> None:
@@ -143,20 +116,6 @@ def test_control_answers_and_stop_works_with_every_worker_wedged(tmp_path: Path)
         assert code != 0, "threads left running: not a clean stop"
         incomplete = mg.events(1005)
         assert any("postoffice-1" in e["fields"]["threads"] for e in incomplete), incomplete
-    finally:
-        mg.close()
-
-
-def test_recycling_never_drops_or_duplicates(tmp_path: Path) -> None:
-    extra = "\n[supervise]\nrecycle_after = 50\n".replace("[supervise]\n", "")
-    config = DEFAULT_CONFIG + FAST.replace('stall_grace = "2s"', 'stall_grace = "2s"' + extra)
-    mg = Mailgate(tmp_path, config=config)
-    mg.add_mailbox("MS:NET1/PO1/ALICE")
-    mg.start()
-    try:
-        accepted = send_many(mg.port, 20_000, ALICE, clients=8)
-        assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE", timeout=120)
-        assert mg.wait_events(5002, count=20_000 // 50 // 2)
     finally:
         mg.close()
 

@@ -263,7 +263,11 @@ class QueueSettings(Section):
         description="Age after which a message still failing temporarily is bounced.",
     )
     max_internal_failures: int = Field(
-        3, ge=1, description="Internal errors on one recipient before it is quarantined."
+        3,
+        ge=1,
+        description="Internal errors on one recipient, or attempts of it that ended without "
+        "an outcome (its thread stalled or died, its lease ran out, its worker was killed), "
+        "before it is quarantined.",
     )
     keep_done: Duration = Field(
         "7d",

@@ -19,7 +19,8 @@ from mailgate.model import MessageKind, NewMessage, NewRecipient, new_queue_id
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Connection
-from mailgate.queue.ops import insert_message
+from mailgate.queue.ops import ReportFailed, insert_message
+from mailgate.testing import faults
 
 Route = Callable[[str], str | None]
 """Maps an address to the connector that delivers it, or None when no route serves it."""
@@ -73,6 +74,7 @@ class BounceGenerator:
         if connector is None:
             return BounceResult(queue_id, names, dropped=f"no route to {target}")
         bounce_id = new_queue_id(now)
+        faults.check("dsn.build")  # tests: a report that cannot be built
         raw = build_bounce(
             queue_id=queue_id,
             bounce_id=bounce_id,
@@ -120,6 +122,7 @@ class BounceGenerator:
         if not waiting or connector is None:
             return None
         warning_id = new_queue_id(now)
+        faults.check("dsn.build")
         raw = build_bounce(
             queue_id=queue_id, bounce_id=warning_id, sender=row[0], hostname=self.hostname,
             arrival=row[1], now=now, failed=waiting, original=bytes(row[3]), delayed=True,
@@ -150,7 +153,11 @@ class BounceGenerator:
 
 
 def report_bounce(events: EventLog, result: object) -> None:
-    """Events for a bounce that finishing a message queued (2117) or could not (2118)."""
+    """Events for a bounce that finishing a message queued (2117) or could not (2118),
+    or a report that could not be built (2120, 2121)."""
+    if isinstance(result, ReportFailed):
+        _report_failed(events, result)
+        return
     if not isinstance(result, BounceResult):
         return
     failed = ", ".join(f"<{a}>" for a in result.failed)
@@ -175,3 +182,11 @@ def report_bounce(events: EventLog, result: object) -> None:
         events.emit(
             catalog.NDR_DROPPED, queue_id=result.queue_id, failed=failed, reason=result.dropped
         )
+
+
+def _report_failed(events: EventLog, result: ReportFailed) -> None:
+    if result.delayed:
+        events.emit(catalog.DELAY_WARNING_FAILED, queue_id=result.queue_id, error=result.error)
+        return
+    failed = ", ".join(f"<{a}>" for a in result.failed) or "none"
+    events.emit(catalog.NDR_FAILED, queue_id=result.queue_id, failed=failed, error=result.error)

@@ -1,23 +1,29 @@
 """The scheduler thread: lease expiry, wake-ups, the connector stall watch, purging.
 
-Every second it releases leases that ran out (a thread or process died holding
-them), wakes the threads of any connector whose earliest waiting recipient is
-due, and asks the stall watch whether a connector has due mail but completes no
-attempts (events 5006/5007, repeated until it clears). Every few minutes it
-purges finished messages older than keep_done. All of it is indexed queries;
-nothing scans the queue.
-"""
+Every second it ends leases that ran out (a thread or process died holding
+them), expires recipients past the maximum lifetime that no attempt ends (never
+claimed: queue/expiry.py), routes again the waiting mail of connectors the
+configuration no longer has (queue/reroute.py), wakes the threads of any
+connector whose earliest waiting recipient is due, and asks the stall watch
+whether a connector has due mail but completes no attempts (events 5006/5007,
+repeated until it clears). Every few minutes it purges finished messages older
+than keep_done. All of it is indexed queries; nothing scans the queue."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from mailgate.dsn.generate import BounceResult, report_bounce
+from mailgate.interchange.ended import report_ended, report_set_aside
 from mailgate.interchange.state import Connectors
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.observe import catalog
+from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
+from mailgate.queue.expiry import Cursor, ExpiryPass
+from mailgate.queue.leases import LeasesEnded
+from mailgate.queue.reroute import Rerouted, Route
 from mailgate.queue.store import QueueReader, QueueStore
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.watch import ConnectorWatch, Load
@@ -40,8 +46,18 @@ class Scheduler:
         stall_after: float,
         threads_summary: Callable[[str], str] = lambda connector: "",
         delay_warning: float = 0.0,
+        counters: Counters | None = None,
+        route: Route | None = None,
+        known_connectors: Callable[[], Collection[str]] | None = None,
     ) -> None:
+        """`route` gives an address's connector by the current rules and
+        `known_connectors` the connectors of the current configuration (both follow a
+        reload): waiting mail of any other connector is routed again."""
+        self.route = route
+        self.known_connectors = known_connectors or connectors.names
         self.delay_warning = delay_warning
+        self.counters = counters or Counters()
+        self._expiry_cursor: Cursor | None = None
         self.store = store
         self.wakeup = wakeup
         self.events = events
@@ -57,7 +73,7 @@ class Scheduler:
         try:
             while not handle.wait(TICK):
                 handle.busy()
-                self._expire()
+                self._recover()
                 self._wake_and_watch(reader)
                 if self.delay_warning and time.monotonic() >= next_warning:
                     self._warn_delayed()
@@ -70,10 +86,50 @@ class Scheduler:
         finally:
             reader.close()
 
-    def _expire(self) -> None:
-        count = self.store.expire_leases().result(STORE_WAIT)
-        if count:
-            self.events.emit(catalog.LEASES_RELEASED, count=count, why="after lease expiry")
+    def _recover(self) -> None:
+        """Work no thread would ever finish, found again; the three share one commit."""
+        ending = self.store.end_leases("its lease ran out", expired_only=True)
+        expiring = self.store.expire_waiting(self._expiry_cursor)
+        known = self.known_connectors()
+        rerouting = self.store.reroute_vanished(known, self.route) if self.route else None
+        self._expire(ending.result(STORE_WAIT))
+        self._expire_waiting(expiring.result(STORE_WAIT))
+        if rerouting is not None:
+            self._reroute_vanished(rerouting.result(STORE_WAIT))
+
+    def _expire(self, ended: LeasesEnded) -> None:
+        """Leases that ran out ended their attempts (counted: see queue/leases.py)."""
+        if ended.count:
+            report_ended(self.events, ended, "after lease expiry")
+            self.wakeup.notify(*self.connectors.names())
+
+    def _expire_waiting(self, found: ExpiryPass) -> None:
+        """Recipients nobody attempts expire too: one bounded walk per tick."""
+        self._expiry_cursor = found.cursor
+        if not found.expired:
+            return
+        report_set_aside(self.events, found.expired, found.done)
+        for item in found.expired:
+            self.counters.add("mailgate_expired_total", connector=item.connector)
+        if found.done:
+            self.wakeup.notify(*self.connectors.names())  # the reports are due now
+
+    def _reroute_vanished(self, results: list[Rerouted]) -> None:
+        """Waiting mail of a connector the configuration no longer has was routed again
+        by the current rules, or bounced (Q243701); right after a start or a reload."""
+        for result in results:
+            moved = ", ".join(f"{count} to {name}" for name, count in result.moved) or "none"
+            self.events.emit(
+                catalog.RECIPIENTS_REROUTED,
+                connector=result.connector,
+                rerouted=result.rerouted,
+                moved=moved,
+                bounced=len(result.bounced),
+            )
+            report_set_aside(self.events, result.bounced, result.done)
+            for outcome, count in (("rerouted", result.rerouted), ("bounced", len(result.bounced))):
+                name = "mailgate_rerouted_total"
+                self.counters.add(name, count, connector=result.connector, outcome=outcome)
             self.wakeup.notify(*self.connectors.names())
 
     def _wake_and_watch(self, reader: QueueReader) -> None:

@@ -25,6 +25,7 @@ from mailgate.dsn.generate import report_bounce
 from mailgate.errors import PermanentFailure, TemporaryFailure
 from mailgate.headers import received_count
 from mailgate.interchange.connector import Connector, ConnectorSession, Result
+from mailgate.interchange.ended import report_ended
 from mailgate.interchange.inflight import CANCELLED_REPLY, InFlight
 from mailgate.interchange.state import ConnectorState
 from mailgate.interchange.wakeup import Wakeup
@@ -84,11 +85,9 @@ class InterchangeThread:
         owner = lease_owner(self.hostname, handle.name, handle.generation)
         # Leases earlier lives of this thread held (dead or abandoned) are ours to give back.
         previous = lease_owner(self.hostname, handle.name)
-        released = self.store.release_leases(previous).result(STORE_WAIT)
-        if released:
-            self.events.emit(
-                catalog.LEASES_RELEASED, count=released, why=f"left by {handle.name} before restart"
-            )
+        # An earlier life that died holding leases ended those attempts without an outcome.
+        ended = self.store.end_leases("its thread died", previous).result(STORE_WAIT)
+        report_ended(self.events, ended, f"left by {handle.name} before restart")
         faults.check("interchange.context")
         session = self.connector.open()
         handle.on_abort(getattr(session, "abort", None))
@@ -206,7 +205,7 @@ class InterchangeThread:
         try:
             if body is None:
                 raise LookupError(f"body of {claims[0].queue_id} is missing from the queue")
-            faults.check("interchange.deliver")
+            faults.check("interchange.deliver", claims[0].address)
             hops = received_count(body)
             if hops > self.max_received:
                 raise PermanentFailure(
@@ -298,4 +297,4 @@ class InterchangeThread:
                 )
             if item.message_done:
                 self.events.emit(catalog.MESSAGE_DONE, queue_id=claim.queue_id)
-                report_bounce(self.events, item.done)
+            report_bounce(self.events, item.done)  # or the report that could not be built

@@ -39,13 +39,14 @@ from mailgate import __version__
 from mailgate.bootstrap import (
     ReloadState,
     emit_port_in_use,
+    end_dead_leases,
     install_excepthooks,
     make_supervisor,
     needs_restart,
     open_events,
     read_new_config,
     receive_settings,
-    release_all_leases,
+    release_leases_at_start,
     start_event_store,
 )
 from mailgate.config.schema import Config
@@ -102,7 +103,7 @@ class Master:
             self.config.postoffice_root.mkdir(parents=True, exist_ok=True)
             # A damaged page stops the start, before any worker runs on it (Q159305).
             self.backend.initialize(check=self.config.queue.check_at_start)
-            release_all_leases(self.backend, self.events)
+            release_leases_at_start(self.backend, self.events, self.config, self.lock)
             self._open_listeners()  # PortInUse names the instance that holds a port
             self.control_socket = bind_control(socket_path(self.config.data_dir))
             self.admin = open_admin(self.config.admin, lambda: MasterView(self))  # bound now
@@ -331,7 +332,8 @@ class Master:
             how += f": {worker.last_words}"
         prefix = f"{self.config.service.hostname}:{worker.pid}:"
         try:
-            release_all_leases(self.backend, self.events, prefix, f"held by dead {worker.name}")
+            why, reason = f"held by dead {worker.name}", "its worker process died"
+            end_dead_leases(self.backend, self.events, self.config, prefix, why, reason)
         except StoreError as exc:  # the scheduler's lease expiry still recovers them later
             self.events.emit(catalog.STORE_ERROR, operation="release dead worker", error=str(exc))
         worker.recent.append(now)

@@ -262,7 +262,10 @@ LEASES_RELEASED = _event(
     4000, "LeasesReleased", C.QUEUE, S.WARNING, MIN,
     "released {count} lease(s) {why}; their recipients will be retried",
     "Recipients held by a thread or process that ended without recording an outcome "
-    "were put back in the queue; postoffice delivery checks for an earlier copy first.",
+    "were put back in the queue; postoffice delivery checks for an earlier copy first. "
+    "Each such attempt counts as an internal failure of its recipient (not at a start "
+    "after a clean stop): at [queue] max_internal_failures it is quarantined (2446), past "
+    "[queue] max_lifetime it is bounced (2401).",
     "None; frequent releases point at crashes or stalls worth looking into.",
 )  # fmt: skip
 STORE_ERROR = _event(
@@ -332,6 +335,18 @@ QUEUE_RETRIED = _event(
     "`mailgate queue retry` made queued and deferred recipients due at once; delivery "
     "tries them now instead of waiting for their next retry time.",
     "None.",
+)  # fmt: skip
+RECIPIENTS_REROUTED = _event(
+    4040, "RecipientsRerouted", C.QUEUE, S.WARNING, MIN,
+    "connector {connector} is no longer configured: {rerouted} waiting recipient(s) "
+    "routed again ({moved}), {bounced} bounced",
+    "Mail was waiting for a connector the configuration (after a restart or a reload) no "
+    "longer has, so no thread would ever deliver it. Each recipient was routed again by "
+    "the current rules, or, when no rule routes it, bounced (554 5.4.4) with a report to "
+    "its sender (events 2401, 2117). Held and quarantined recipients are handled once "
+    "released.",
+    "None if the connector was removed on purpose; otherwise restore its configuration "
+    "(for instance `--smarthost`) before more mail bounces.",
 )  # fmt: skip
 
 LEASE_REVOKED = _event(
@@ -413,7 +428,8 @@ PROCESSING_FAILED = _event(
 QUARANTINED = _event(
     2446, "MessageQuarantined", C.INTERCHANGE, S.ERROR, MIN,
     "{queue_id}: recipient <{recipient}> quarantined after {failures} internal failures",
-    "A poison message: it failed by internal error too often and is set aside so it "
+    "A poison message: it failed by internal error, or its attempts ended without an "
+    "outcome (a delivery that hangs or kills its worker), too often; it is set aside so it "
     "cannot block other mail. It is kept, not lost.",
     "Inspect the message; delete, bounce or release it with the queue commands.",
 )  # fmt: skip
@@ -441,6 +457,25 @@ NDR_DROPPED = _event(
     "itself a bounce), a double bounce to the postmaster failed, or no route reaches the "
     "postmaster.",
     "Make sure [dsn] postmaster is a deliverable address.",
+)  # fmt: skip
+
+NDR_FAILED = _event(
+    2120, "NdrFailed", C.NDR, S.ERROR, MIN,
+    "{queue_id}: the non-delivery report for {failed} could not be built: {error}; the "
+    "message is kept and those recipients quarantined",
+    "Building a report raised (a bug). The outcome of the delivery attempt was still "
+    "recorded (nothing is delivered again), but the report the sender is owed was not "
+    "queued: the message is kept, its bounced recipients quarantined, so the notification "
+    "is not lost.",
+    "Report the error. Once it is fixed, `mailgate queue bounce ID` sends the report; "
+    "`mailgate queue delete ID` drops the message.",
+)  # fmt: skip
+DELAY_WARNING_FAILED = _event(
+    2121, "DelayWarningFailed", C.NDR, S.WARNING, MIN,
+    "{queue_id}: the delay warning could not be built: {error}; none will be sent",
+    "Building a delay warning raised (a bug). The message is still retried as before; "
+    "its sender just gets no warning.",
+    "Report the error.",
 )  # fmt: skip
 
 # --- Pickup --------------------------------------------------------------------------------------

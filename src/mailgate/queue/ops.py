@@ -6,7 +6,9 @@ portable SQL is used. Transitions of a leased recipient are guarded by its lease
 owner: a thread whose lease expired cannot overwrite another thread's outcome.
 When the last recipient of a message reaches a final state, the `on_done` hook
 runs in the same transaction (it queues the bounce, if one is owed) and then the
-body is deleted: a bounce is never lost between "failed" and "reported".
+body is deleted: a bounce is never lost between "failed" and "reported". If the
+hook raises while an outcome is recorded, the outcome still is, and the message is
+kept for the administrator with its report owed (ReportFailed).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from mailgate.model import Claim, Disposition, MessageKind, NewMessage, Outcome, RecipientState
 from mailgate.queue import revoke
 from mailgate.queue.backend import Connection
-from mailgate.queue.retry import RetryPolicy
+from mailgate.queue.retry import RetryPolicy, expired_reply
 from mailgate.testing import faults
 
 OnDone = Callable[[Connection, str, float], Any]
@@ -73,18 +75,26 @@ _CLAIM_COLUMNS = (
 def claim(
     conn: Connection, connector: str, owner: str, limit: int, now: float, lease: float
 ) -> list[Claim]:
-    """Lease up to `limit` due recipients of `connector` to `owner`, oldest due first."""
-    rows = conn.execute(
-        "UPDATE recipients SET state = 'active', lease_owner = ?, lease_until = ?, "
-        "attempts = attempts + 1, updated_at = ? WHERE id IN ("
-        " SELECT id FROM recipients WHERE connector = ? AND state IN ('queued', 'deferred')"
-        " AND due_at <= ? ORDER BY due_at LIMIT ?) RETURNING id",
-        (owner, now + lease, now, connector, now, limit),
+    """Lease up to `limit` due recipients of `connector` to `owner`, oldest due first.
+
+    A suspect, a recipient whose last attempt ended without an outcome (it may have hung
+    or killed its thread), is claimed alone with its message, never in a batch of other
+    mail: if it ends its worker again, only it is counted for that (queue/leases.py)."""
+    due = conn.execute(
+        "SELECT id, message_id, released * internal_failures FROM recipients "
+        "WHERE connector = ? AND state IN ('queued', 'deferred') AND due_at <= ? "
+        "ORDER BY due_at LIMIT ?",
+        (connector, now, limit),
     ).fetchall()
-    if not rows:
+    if not due:
         return []
-    ids = [row[0] for row in rows]
+    ids = _without_suspects_mixed_in(due)
     marks = ",".join("?" * len(ids))
+    conn.execute(
+        "UPDATE recipients SET state = 'active', lease_owner = ?, lease_until = ?, "
+        f"attempts = attempts + 1, updated_at = ? WHERE id IN ({marks})",
+        (owner, now + lease, now, *ids),
+    )
     found = conn.execute(
         f"SELECT {_CLAIM_COLUMNS} FROM recipients r JOIN messages m ON m.id = r.message_id "
         f"WHERE r.id IN ({marks}) ORDER BY r.message_id, r.id",
@@ -106,6 +116,17 @@ def claim(
         )
         for row in found
     ]
+
+
+def _without_suspects_mixed_in(due: Sequence[Any]) -> list[int]:
+    """Ids to claim of (id, message id, suspect) rows in due order: the first suspect's
+    message alone if it comes first, else everything due before the first suspect."""
+    first = next((n for n, row in enumerate(due) if row[2]), None)
+    if first is None:
+        return [row[0] for row in due]
+    if first == 0:
+        return [row[0] for row in due if row[1] == due[0][1]]
+    return [row[0] for row in due[:first]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +155,7 @@ def _next_state(
             return RecipientState.QUARANTINED, reply, None
         case _:
             if policy.expired(claim_.received_at, now):
-                expired = f"message expired in queue; last error: {reply}"
-                return RecipientState.BOUNCED, expired, None
+                return RecipientState.BOUNCED, expired_reply(reply), None
             return RecipientState.DEFERRED, reply, now + policy.delay(claim_.attempts)
 
 
@@ -188,22 +208,57 @@ def record_outcomes(
         if not lost and state.final:
             touched[outcome.claim.queue_id] = None
         results.append(Recorded(outcome, state, reply, retry_at, lost))
-    finished: dict[str, Any] = {}
+    finished: dict[str, tuple[bool, Any]] = {}
     for queue_id in touched:
-        done, extra = finish_if_done(conn, queue_id, now, on_done)
-        if done:
-            finished[queue_id] = extra
+        done, extra = finish_or_keep(conn, queue_id, now, on_done)
+        if done or extra is not None:
+            finished[queue_id] = (done, extra)
     first: set[str] = set()
     final = []
     for r in results:
         queue_id = r.outcome.claim.queue_id
         is_first = queue_id in finished and queue_id not in first
         first.add(queue_id)
-        extra = finished.get(queue_id) if is_first else None
-        final.append(
-            Recorded(r.outcome, r.state, r.reply, r.retry_at, r.lease_lost, is_first, extra)
-        )
+        done, extra = finished[queue_id] if is_first else (False, None)
+        final.append(Recorded(r.outcome, r.state, r.reply, r.retry_at, r.lease_lost, done, extra))
     return final
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFailed:
+    """A report owed could not be built (a bug: `on_done` or the delay warner raised).
+
+    For a finished message, its bounced recipients were quarantined instead and its body
+    kept: the administrator sends the report later (`mailgate queue bounce`) rather than
+    the sender never hearing of it (Postfix keeps such a message in its queue too). For a
+    delay warning (`delayed`), the warning is given up: the message is still retried."""
+
+    queue_id: str
+    failed: tuple[str, ...]
+    error: str
+    delayed: bool = False
+
+
+def finish_or_keep(
+    conn: Connection, queue_id: str, now: float, on_done: OnDone | None
+) -> tuple[bool, Any]:
+    """finish_if_done, but a report that cannot be built never fails the record (nor kills
+    the thread that recorded, whose batch would then be delivered again): the message is
+    kept, its bounced recipients quarantined, and a ReportFailed returned."""
+    conn.execute("SAVEPOINT finish")
+    try:
+        result = finish_if_done(conn, queue_id, now, on_done)
+    except Exception as exc:  # whatever a bug in the report raises: one message, one event
+        conn.execute("ROLLBACK TO SAVEPOINT finish")
+        conn.execute("RELEASE SAVEPOINT finish")
+        kept = conn.execute(
+            "UPDATE recipients SET state = 'quarantined', updated_at = ? "
+            "WHERE message_id = ? AND state = 'bounced' RETURNING address",
+            (now, queue_id),
+        ).fetchall()
+        return False, ReportFailed(queue_id, tuple(str(row[0]) for row in kept), repr(exc))
+    conn.execute("RELEASE SAVEPOINT finish")
+    return result
 
 
 def finish_if_done(
@@ -239,7 +294,23 @@ def warn_delayed(
             (before, limit),
         ).fetchall()
     ]
-    return [result for queue_id in ids if (result := warn(conn, queue_id, now)) is not None]
+    results = (_warn_one(conn, queue_id, now, warn) for queue_id in ids)
+    return [result for result in results if result is not None]
+
+
+def _warn_one(conn: Connection, queue_id: str, now: float, warn: OnDone) -> Any:
+    """One delay warning; one that cannot be built is given up, never retried (it is a
+    courtesy; retrying a bug every minute would only repeat it), and never raises."""
+    conn.execute("SAVEPOINT warn")
+    try:
+        result = warn(conn, queue_id, now)
+    except Exception as exc:
+        conn.execute("ROLLBACK TO SAVEPOINT warn")
+        conn.execute("RELEASE SAVEPOINT warn")
+        conn.execute("UPDATE messages SET delay_warned = 1 WHERE id = ?", (queue_id,))
+        return ReportFailed(queue_id, (), repr(exc), delayed=True)
+    conn.execute("RELEASE SAVEPOINT warn")
+    return result
 
 
 def expire_leases(conn: Connection, now: float) -> int:

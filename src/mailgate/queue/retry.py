@@ -23,3 +23,9 @@ class RetryPolicy:
 
     def expired(self, received_at: float, now: float) -> bool:
         return now - received_at >= self.lifetime
+
+
+def expired_reply(last: str) -> str:
+    """The final reply of a recipient whose message outlived the maximum lifetime
+    (RFC 3463 X.4.7, delivery time expired), carrying the last thing that happened."""
+    return f"554 5.4.7 message expired in queue; last error: {last}"

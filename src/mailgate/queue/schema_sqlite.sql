@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS messages (
 -- A pickup file's identity: after a crash, a file already queued is recognised, not re-sent.
 CREATE INDEX IF NOT EXISTS messages_origin ON messages (origin) WHERE origin IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_done ON messages (done_at) WHERE done_at IS NOT NULL;
+-- The scheduler's expiry walks open messages oldest first (queue/expiry.py).
+CREATE INDEX IF NOT EXISTS messages_open ON messages (received_at, id) WHERE done_at IS NULL;
 CREATE TABLE IF NOT EXISTS bodies (
     message_id TEXT PRIMARY KEY REFERENCES messages (id),
     data       BLOB NOT NULL

@@ -10,13 +10,13 @@ indexed queries.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from mailgate.model import Claim, NewMessage, Outcome
-from mailgate.queue import ops
+from mailgate.queue import expiry, leases, ops, reroute
 from mailgate.queue.backend import Backend, Connection
 from mailgate.queue.retry import RetryPolicy
 
@@ -103,6 +103,47 @@ class QueueStore:
         now = self._clock()
         return self._writer.submit(
             "release-leases", lambda c: ops.release_leases(c, now, owner_prefix)
+        )
+
+    def end_leases(
+        self, reason: str, owner_prefix: str | None = None, *, expired_only: bool = False
+    ) -> Future[leases.LeasesEnded]:
+        """End leases without an outcome, counting each as an internal failure: the ones
+        that ran out (`expired_only`) or one owner's (a stalled or dead thread's)."""
+        now, limit, policy, on_done = (
+            self._clock(),
+            self.max_internal_failures,
+            self.policy,
+            self.on_done,
+        )
+        return self._writer.submit(
+            "end-leases",
+            lambda c: leases.end_leases(
+                c,
+                now,
+                reason,
+                max_internal=limit,
+                policy=policy,
+                on_done=on_done,
+                owner_prefix=owner_prefix,
+                expired_only=expired_only,
+            ),
+        )
+
+    def expire_waiting(self, cursor: expiry.Cursor | None) -> Future[expiry.ExpiryPass]:
+        """Bounce waiting recipients of messages past the lifetime (one bounded walk)."""
+        now, lifetime, on_done = self._clock(), self.policy.lifetime, self.on_done
+        return self._writer.submit(
+            "expire-waiting", lambda c: expiry.expire_waiting(c, now, lifetime, cursor, on_done)
+        )
+
+    def reroute_vanished(
+        self, known: Collection[str], route: reroute.Route
+    ) -> Future[list[reroute.Rerouted]]:
+        """Re-route (or bounce) waiting recipients of connectors not in `known`."""
+        now, on_done, known = self._clock(), self.on_done, frozenset(known)
+        return self._writer.submit(
+            "reroute", lambda c: reroute.reroute_vanished(c, known, route, now, on_done)
         )
 
     def purge_done(self, older_than: float) -> Future[int]:

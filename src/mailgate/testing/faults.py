@@ -1,15 +1,16 @@
 """Named fault points, off unless the environment variable MAILGATE_FAULTS enables them.
 
-    MAILGATE_FAULTS="interchange.deliver=raise:2,store.enqueue=raise"
+    MAILGATE_FAULTS="interchange.deliver=raise:2,interchange.deliver[bad@x.test]=hang"
 
 Each entry is `point=action[:count]`; `count` limits how many times the fault
-fires (default: every time). Actions: `raise` (InjectedFault), `hang` (block the
-calling thread until the process ends), `block` (block it while the file named by
-MAILGATE_FAULTS_GATE exists: a test arms it by creating the file and releases it by
-removing it; while there is no file it neither fires nor counts), `spin` (burn
-CPU forever), `exit` (raise FaultExit, which a thread body treats as "return now,
-silently"). A point that is not named costs one dictionary lookup. Used by the test
-suite; never enable in production.
+fires (default: every time). A point checked with a key (a recipient) can also be
+named `point[key]`, to fault one message among many. Actions: `raise`
+(InjectedFault), `hang` (block the calling thread until the process ends), `block`
+(block it while the file named by MAILGATE_FAULTS_GATE exists: a test arms it by
+creating the file and releases it by removing it; while there is no file it neither
+fires nor counts), `spin` (burn CPU forever), `exit` (raise FaultExit, which a thread
+body treats as "return now, silently"). With no fault named, a check costs one
+attribute test. Used by the test suite; never enable in production.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class _Faults:
             if action not in ("raise", "hang", "block", "spin", "exit"):
                 raise ValueError(f"{ENV}: unknown fault action {action!r} in {entry!r}")
             self._points[point] = (action, [int(count) if count else None])
+        self.enabled = bool(self._points)
 
     def fire(self, point: str) -> str | None:
         entry = self._points.get(point)
@@ -71,9 +73,13 @@ def configure(spec: str) -> None:
     _active = _Faults(spec)
 
 
-def check(point: str) -> None:
-    """Fire the fault at `point` if one is enabled."""
+def check(point: str, key: str | None = None) -> None:
+    """Fire the fault at `point` (or at `point[key]`) if one is enabled."""
+    if not _active.enabled:
+        return
     action = _active.fire(point)
+    if action is None and key is not None:
+        action = _active.fire(f"{point}[{key}]")
     if action is None:
         return
     if action == "raise":
