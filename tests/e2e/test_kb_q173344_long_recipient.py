@@ -10,8 +10,11 @@ test_hostile_input.py, assertions unchanged.
 from __future__ import annotations
 
 import email
+from collections.abc import Iterator
 from email import policy
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.test_hostile_input import (
     ALICE,
@@ -76,6 +79,12 @@ def test_overlong_command_address_and_data_line(mailgate: Mailgate) -> None:
     other = still_serves(mailgate, ALICE)
     assert len(files(mailgate, ALICE)) == 1, "the overlong message reached nobody"
     assert queued_ids(mailgate) == {qid, other}
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as sink:
+        yield sink
 
 
 def test_longest_addresses_are_relayed_reported_and_bounced_to(tmp_path: Path, sink: Sink) -> None:

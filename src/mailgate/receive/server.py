@@ -24,6 +24,9 @@ from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.testing import faults
 
+# The loop heart-beats this often: well under the smallest useful [supervise] stall_after
+# (1 s), so a turning loop is never taken for a wedged one.
+HEARTBEAT = 0.2
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
 
 
@@ -113,7 +116,7 @@ class SmtpListener:
                 handle.progress()  # a heartbeat: the loop is alive and turning
                 faults.check("receive.listener")  # tests: a crash of a serving listener
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), 1.0)
+                    await asyncio.wait_for(self._stop.wait(), HEARTBEAT)
         finally:
             for acceptor in acceptors:
                 acceptor.close()
