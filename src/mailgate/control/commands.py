@@ -22,7 +22,7 @@ from mailgate.config.schema import Config
 from mailgate.control.server import Command
 from mailgate.observe import catalog
 from mailgate.observe.catalog import Category, Level
-from mailgate.queue.store import QueueCounts, QueueReader
+from mailgate.queue.reader import QueueCounts, QueueReader
 from mailgate.supervise.supervisor import ThreadView
 
 if TYPE_CHECKING:

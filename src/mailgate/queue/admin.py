@@ -31,14 +31,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate.errors import MailgateError
-from mailgate.queue import ops
+from mailgate.model import RecipientState
+from mailgate.queue import history, ops, states
 from mailgate.queue.backend import Connection
 from mailgate.queue.revoke import Revoked, revoke
 
 DELETED_REPLY = "554 5.7.0 deleted by the administrator"
 RETURNED_REPLY = "554 5.7.0 returned by the administrator"
 
-_OPEN = "state NOT IN ('delivered', 'bounced')"
+_OPEN = f"state {states.OPEN}"
 _FREE_LEASE = "(state = 'active' AND lease_until < ?)"
 
 
@@ -99,12 +100,10 @@ class Finished:
 
 def resolve(conn: Connection, key: str) -> str:
     """The queue id `key` names (queue ids are upper-case hex; any case is accepted)."""
-    key = key.strip()
-    for candidate in dict.fromkeys((key, key.upper())):
-        row = conn.execute("SELECT id FROM messages WHERE id = ?", (candidate,)).fetchone()
-        if row is not None:
-            return str(row[0])
-    raise NoSuchMessage(key)
+    queue_id = history.message_id(conn, key)
+    if queue_id is None:
+        raise NoSuchMessage(key.strip())
+    return queue_id
 
 
 def refuse_leased(conn: Connection, queue_id: str, now: float, connector: str | None) -> None:
@@ -170,7 +169,7 @@ def hold(
         "UPDATE recipients SET state = 'held', "
         "released = CASE WHEN state = 'active' THEN 1 ELSE released END, "
         "lease_owner = NULL, lease_until = NULL, updated_at = ? "
-        f"WHERE (state IN ('queued', 'deferred') OR {_FREE_LEASE}){where}",
+        f"WHERE (state {states.WAITING} OR {_FREE_LEASE}){where}",
         [now, now, *params],
         queue_id,
         connector,
@@ -210,13 +209,13 @@ def release(
     """
     if queue_id is not None:
         queue_id = resolve(conn, queue_id)
-    states = "('held', 'quarantined')" if queue_id is not None else "('held')"
+    held = [RecipientState.HELD] + ([RecipientState.QUARANTINED] if queue_id is not None else [])
     where, params = _scope(queue_id, connector)
     count, connectors = _apply(
         conn,
         "UPDATE recipients SET state = 'queued', due_at = ?, "
         "internal_failures = CASE WHEN state = 'quarantined' THEN 0 ELSE internal_failures END, "
-        f"updated_at = ? WHERE state IN {states}{where}",
+        f"updated_at = ? WHERE state {states.sql_in(held)}{where}",
         [now, now, *params],
         queue_id,
         connector,
@@ -234,7 +233,7 @@ def retry(
     count, connectors = _apply(
         conn,
         "UPDATE recipients SET due_at = ?, updated_at = ? "
-        f"WHERE state IN ('queued', 'deferred') AND due_at > ?{where}",
+        f"WHERE state {states.WAITING} AND due_at > ?{where}",
         [now, now, now, *params],
         queue_id,
         connector,
