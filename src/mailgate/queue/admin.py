@@ -19,9 +19,10 @@ expiry treats it: such a recipient is handled like a queued one and marked `rele
 since the thread that held it may have delivered it.
 
 Delete with a report and return-to-sender mark the open recipients bounced and then
-finish the message through `ops.finish_if_done`, so the store's `on_done` hook (the
-BounceGenerator) queues the bounce in the same transaction, exactly as when a delivery
-fails permanently.
+finish the message through `ops.finish_if_done`, so the store's `on_done` hook
+(dsn_source.ReportQueue) queues the bounce in the same transaction, exactly as when a
+delivery fails permanently. The store (store.py) runs these for the command line and
+owns what their commits owe afterwards: the wake-ups and the report's events.
 """
 
 from __future__ import annotations
