@@ -7,7 +7,7 @@ again. A commit that queued a report, dropped one or could not build one says so
 run once the Future resolved with a result: never before the commit is durable, never
 for a write that failed. They run in the thread that resolved it (the commit thread,
 or the caller of a DirectWriter), so they are cheap and never block: a wake-up is a
-hint (the scheduler still finds due work), and an effect that raises costs event 2380,
+hint (the scheduler still finds due work), and an effect that raises costs event 4050,
 never the commit. Callers report nothing of this themselves.
 """
 
@@ -58,13 +58,16 @@ class Effects:
         self.wakeup = wakeup
         self.events = events
 
-    def follow(self, future: Future[T], aftermath: Callable[[T], Aftermath]) -> Future[T]:
-        """Run `aftermath(result)`'s effects once `future` has a result; returns `future`."""
+    def follow(
+        self, name: str, future: Future[T], aftermath: Callable[[T], Aftermath]
+    ) -> Future[T]:
+        """Run `aftermath(result)`'s effects once `future` (the write `name`) has a result;
+        returns `future`."""
         if self.wakeup is not None or self.events is not None:
-            future.add_done_callback(lambda done: self._after(done, aftermath))
+            future.add_done_callback(lambda done: self._after(name, done, aftermath))
         return future
 
-    def _after(self, future: Future[T], aftermath: Callable[[T], Aftermath]) -> None:
+    def _after(self, name: str, future: Future[T], aftermath: Callable[[T], Aftermath]) -> None:
         if future.cancelled() or future.exception() is not None:
             return
         try:
@@ -72,8 +75,8 @@ class Effects:
         except Exception as exc:  # a bug here must not end the thread that committed
             if self.events is not None:
                 self.events.emit(
-                    catalog.UNHANDLED_EXCEPTION,
-                    where="queue effects",
+                    catalog.QUEUE_EFFECT_FAILED,
+                    operation=name,
                     error=repr(exc),
                     traceback="".join(traceback.format_exception(exc)),
                 )

@@ -75,7 +75,7 @@ class QueueStore:
         aftermath: Callable[[T], Aftermath] | None = None,
     ) -> Future[T]:
         future = self._writer.submit(name, op)
-        return future if aftermath is None else self.effects.follow(future, aftermath)
+        return future if aftermath is None else self.effects.follow(name, future, aftermath)
 
     def enqueue(self, message: NewMessage) -> Future[Any]:
         """Queue a message; the future's value is the on_done result if it finished at once."""
