@@ -17,7 +17,8 @@ from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 from mailgate.model import Claim, NewMessage, Outcome
-from mailgate.queue import admin, effects, expiry, leases, ops, reroute
+from mailgate.queue import admin, expiry, leases, ops, reroute
+from mailgate.queue import effects as after
 from mailgate.queue.backend import Backend, Connection
 from mailgate.queue.dsn_source import ReportBuilder, ReportQueue
 from mailgate.queue.effects import Aftermath, Effects
@@ -81,7 +82,7 @@ class QueueStore:
         """Queue a message; the future's value is the on_done result if it finished at once."""
         on_done = self.on_done
         return self._submit(
-            "enqueue", lambda c: ops.insert_message(c, message, on_done), effects.enqueued(message)
+            "enqueue", lambda c: ops.insert_message(c, message, on_done), after.enqueued(message)
         )
 
     def claim(self, connector: str, owner: str, limit: int) -> Future[list[Claim]]:
@@ -100,7 +101,7 @@ class QueueStore:
         return self._submit(
             "record",
             lambda c: ops.record_outcomes(c, outcomes, owner, policy, limit, now, on_done),
-            effects.recorded(now),
+            after.recorded(now),
         )
 
     def warn_delayed(self, older_than: float) -> Future[list[Any]]:
@@ -113,7 +114,7 @@ class QueueStore:
         return self._submit(
             "warn-delayed",
             lambda c: ops.warn_delayed(c, now - older_than, now, warner),
-            effects.warned,
+            after.warned,
         )
 
     def origin_known(self, origin: str) -> Future[bool]:
@@ -152,7 +153,7 @@ class QueueStore:
                 owner_prefix=owner_prefix,
                 expired_only=expired_only,
             ),
-            effects.leases_ended,
+            after.leases_ended,
         )
 
     def expire_waiting(self, cursor: expiry.Cursor | None) -> Future[expiry.ExpiryPass]:
@@ -161,7 +162,7 @@ class QueueStore:
         return self._submit(
             "expire-waiting",
             lambda c: expiry.expire_waiting(c, now, lifetime, cursor, on_done),
-            effects.expired,
+            after.expired,
         )
 
     def reroute_vanished(
@@ -172,7 +173,7 @@ class QueueStore:
         return self._submit(
             "reroute",
             lambda c: reroute.reroute_vanished(c, known, route, now, on_done),
-            effects.rerouted,
+            after.rerouted,
         )
 
     def purge_done(self, older_than: float) -> Future[int]:
@@ -191,13 +192,13 @@ class QueueStore:
     def release(self, queue_id: str | None, connector: str | None = None) -> Future[admin.Changed]:
         now = self._clock()
         return self._submit(
-            "release", lambda c: admin.release(c, queue_id, now, connector), effects.changed
+            "release", lambda c: admin.release(c, queue_id, now, connector), after.changed
         )
 
     def retry(self, queue_id: str | None, connector: str | None = None) -> Future[admin.Changed]:
         now = self._clock()
         return self._submit(
-            "retry", lambda c: admin.retry(c, queue_id, now, connector), effects.changed
+            "retry", lambda c: admin.retry(c, queue_id, now, connector), after.changed
         )
 
     def take_over(self, queue_id: str) -> Future[tuple[Revoked, ...]]:
@@ -210,13 +211,13 @@ class QueueStore:
         return self._submit(
             "delete",
             lambda c: admin.delete(c, queue_id, now, ndr=ndr, on_done=on_done),
-            effects.finished,
+            after.finished,
         )
 
     def return_to_sender(self, queue_id: str) -> Future[admin.Finished]:
         now, on_done = self._clock(), self.on_done
         return self._submit(
-            "bounce", lambda c: admin.return_to_sender(c, queue_id, now, on_done), effects.finished
+            "bounce", lambda c: admin.return_to_sender(c, queue_id, now, on_done), after.finished
         )
 
     def reader(self) -> QueueReader:
