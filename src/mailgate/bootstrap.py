@@ -38,13 +38,6 @@ from mailgate.interchange.ended import report_ended
 from mailgate.interchange.inflight import InFlight
 from mailgate.interchange.scheduler import Scheduler
 from mailgate.interchange.state import Connectors
-from mailgate.interchange.wakeup import (
-    RemoteWakeup,
-    Wakeup,
-    WakeupListener,
-    bind_wakeup,
-    wakeup_path,
-)
 from mailgate.interchange.worker import InterchangeThread, lease_owner
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
@@ -54,11 +47,14 @@ from mailgate.postoffice.address import AddressMap
 from mailgate.postoffice.tree import Postoffice
 from mailgate.queue.backend import Backend
 from mailgate.queue.commit import Committer
+from mailgate.queue.effects import Effects
 from mailgate.queue.leases import LeasesEnded
 from mailgate.queue.lock import DataDirLock
+from mailgate.queue.reader import QueueReader
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
-from mailgate.queue.store import QueueReader, QueueStore, Writer
+from mailgate.queue.store import QueueStore, Writer
+from mailgate.queue.wakeup import RemoteWakeup, Wakeup, WakeupListener, bind_wakeup, wakeup_path
 from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.receive.pickup import Pickup, PickupSettings
 from mailgate.receive.server import SmtpListener
@@ -73,7 +69,6 @@ from mailgate.supervise.systemd import Notifier
 from mailgate.web.admin import AdminServer, open_admin
 from mailgate.web.view import ServiceView
 
-STORE_WAIT = 60.0
 MONITOR_SILENT = 5.0  # the monitor ticks every 0.2 s; silence this long means it is wedged
 
 
@@ -186,8 +181,8 @@ class Service:
             id(self.store): self.store,
             id(self.pickup_store): self.pickup_store,
         }.values():
-            store.on_done = bounces
-            store.delay_warner = bounces.warn_delayed
+            store.use_reports(bounces)
+            store.effects = Effects(self.wakeup, events)  # a commit wakes the work it made due
         self.event_store: EventStoreWriter | None = None
         self.listener: SmtpListener | None = None
         self.control_socket: socket.socket | None = None
@@ -238,7 +233,6 @@ class Service:
             receive_settings(config),
             self.store,
             self.policy,
-            self.wakeup,
             self.events,
             self.counters,
         )
@@ -496,7 +490,6 @@ class Service:
             self.pickup_store,
             self.policy,
             self.address_map,
-            self.wakeup,
             self.events,
             self.counters,
         )
@@ -681,7 +674,10 @@ def end_dead_leases(
     writer = DirectWriter(backend)
     try:
         store = queue_store(config, writer, backend)
-        store.on_done = bounce_generator(config)
+        store.use_reports(bounce_generator(config))
+        # Reports' events; no wake-up: only interchange threads hold leases, and those of a
+        # dead process claim the requeued work when they start again.
+        store.effects = Effects(events=events)
         ended = store.end_leases(reason, owner_prefix).result()
     finally:
         writer.close()

@@ -1,4 +1,6 @@
-"""Plain records that cross stage boundaries: envelopes, claims, outcomes.
+"""Plain records that cross stage boundaries: envelopes, claims, outcomes, and the
+queue's recipient states with their groupings (declared once: queue SQL, metrics,
+the control surface and the CLI all use these).
 
 Nothing here does I/O; every record is immutable so it can be handed between
 threads (the SMTP loop, the commit thread, interchange threads) without locks.
@@ -25,7 +27,16 @@ class RecipientState(enum.StrEnum):
 
     @property
     def final(self) -> bool:
-        return self in (RecipientState.DELIVERED, RecipientState.BOUNCED)
+        return self in FINAL_STATES
+
+
+FINAL_STATES: tuple[RecipientState, ...] = (RecipientState.DELIVERED, RecipientState.BOUNCED)
+"""Nothing more will happen to these recipients; a message whose recipients are all final
+is finished (its body dropped, its report queued)."""
+OPEN_STATES: tuple[RecipientState, ...] = tuple(s for s in RecipientState if s not in FINAL_STATES)
+"""Every other state: queued, active, deferred, held, quarantined (in that order)."""
+WAITING_STATES: tuple[RecipientState, ...] = (RecipientState.QUEUED, RecipientState.DEFERRED)
+"""Waiting for an attempt: claimable once due (the queue's due index holds exactly these)."""
 
 
 class Disposition(enum.StrEnum):

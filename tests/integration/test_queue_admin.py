@@ -16,14 +16,15 @@ import pytest
 from mailgate.control.commands import ControlCommands
 from mailgate.dsn.generate import BounceGenerator, BounceResult
 from mailgate.interchange.state import Connectors
-from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import Disposition, NewMessage, NewRecipient, Outcome, new_queue_id
-from mailgate.queue import admin, history, revoke
+from mailgate.queue import admin, check, listing, revoke
 from mailgate.queue.backend import Connection
 from mailgate.queue.commit import DirectWriter
+from mailgate.queue.dsn_source import ReportQueue
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueStore
+from mailgate.queue.wakeup import Wakeup
 
 T = TypeVar("T")
 OWNER = "mx.test:1:postoffice-1:1:"
@@ -59,7 +60,7 @@ class Queue:
         self.backend = SqliteBackend(path)
         self.backend.initialize()
         self.writer = DirectWriter(self.backend)
-        self.generator = BounceGenerator("mx.test", "postmaster@mx.test", route)
+        self.generator = ReportQueue(BounceGenerator("mx.test", "postmaster@mx.test", route))
         self.store = QueueStore(
             self.backend,
             self.writer,
@@ -281,7 +282,7 @@ def test_a_late_outcome_for_a_deleted_message_leaves_no_orphan(q: Queue) -> None
     now = time.time()
     late = q.store.record([Outcome(claim, Disposition.DEFERRED, "451", now, now)], OWNER)
     assert late.result()[0].lease_lost
-    assert history.check_store(q.db, time.time()) == [], "no attempt row without its recipient"
+    assert check.check_store(q.db, time.time()) == [], "no attempt row without its recipient"
 
 
 # --- delete and return ---------------------------------------------------------------------------
@@ -375,7 +376,7 @@ def test_list_filters_and_limit(q: Queue) -> None:
     q.store.record([Outcome(claim, Disposition.DELIVERED, "250", now, now)], OWNER).result()
 
     def ids(**kw: Any) -> list[str]:
-        return [m.queue_id for m in history.list_messages(q.db, **kw)]
+        return [m.queue_id for m in listing.list_messages(q.db, **kw)]
 
     assert ids() == [old, mid, new], "oldest first; the finished message is left out"
     assert ids(limit=2) == [old, mid]
@@ -389,7 +390,7 @@ def test_list_filters_and_limit(q: Queue) -> None:
     assert ids(sender="other@elsewhere.org") == [mid]
     assert ids(recipient=FRIEND[0]) == [old, mid]
     assert ids(recipient=BOB[0], state="held") == [new]
-    [first] = history.list_messages(q.db, limit=1)
+    [first] = listing.list_messages(q.db, limit=1)
     assert first.sender == SENDER and first.size > 0 and first.done_at is None
     by_address = {r.address: r for r in first.recipients}
     assert by_address[FRIEND[0]].state == "deferred"
@@ -407,10 +408,10 @@ def test_list_queries_walk_indexes(q: Queue) -> None:
                 plans.append(" ".join(str(row[3]) for row in plan))
             return q.db.execute(sql, params)
 
-    history.list_messages(Spy(), recipient="x@y")
-    history.list_messages(Spy(), state="deferred", connector="smarthost")
-    history.list_messages(Spy(), state="active")
-    history.list_messages(Spy())
+    listing.list_messages(Spy(), recipient="x@y")
+    listing.list_messages(Spy(), state="deferred", connector="smarthost")
+    listing.list_messages(Spy(), state="active")
+    listing.list_messages(Spy())
     by_address, due, lease, walk = plans
     assert "recipients_address" in by_address, by_address
     assert "recipients_due" in due, due
@@ -424,7 +425,7 @@ def test_summary_counts_by_age_bucket_and_state(q: Queue) -> None:
     q.add(message(FRIEND, at=now - 30 * 60))  # 30 minutes: the 40m bucket
     q.add(message(FRIEND, at=now - 2 * 86400))  # 2 days: 1280m+
     q.defer("smarthost")
-    shape = history.queue_shape(q.db, time.time())
+    shape = listing.queue_shape(q.db, time.time())
     assert list(shape) == ["postoffice", "smarthost"]
     assert shape["postoffice"].total == 1 and shape["postoffice"].ages["5m"] == 1
     smart = shape["smarthost"]
@@ -439,8 +440,8 @@ def test_check_passes_on_a_healthy_store_and_finds_planted_damage(q: Queue) -> N
     qid = q.add(message(BOB, FRIEND))
     q.defer("postoffice")
     now = time.time()
-    assert history.integrity_check(q.db) == []
-    assert history.check_store(q.db, now) == []
+    assert check.integrity_check(q.db) == []
+    assert check.check_store(q.db, now) == []
 
     q.db.execute(
         "INSERT INTO recipients (message_id, address, connector, state, due_at, updated_at) "
@@ -456,7 +457,7 @@ def test_check_passes_on_a_healthy_store_and_finds_planted_damage(q: Queue) -> N
     q.store.claim("smarthost", "gone:1:smarthost-1:1:", 10).result()
     q.db.execute("UPDATE recipients SET lease_until = ? WHERE state = 'active'", (now - 3600,))
 
-    found = {p.kind: p for p in history.check_store(q.db, time.time())}
+    found = {p.kind: p for p in check.check_store(q.db, time.time())}
     assert set(found) == {
         "orphan-recipients",
         "orphan-attempts",
@@ -471,8 +472,8 @@ def test_check_passes_on_a_healthy_store_and_finds_planted_damage(q: Queue) -> N
     assert found["expired-leases"].examples == (
         f"{qid} <{FRIEND[0]}> leased to gone:1:smarthost-1:1:",
     )
-    assert history.check_store(q.db, now, lease_grace=7200)  # still the other problems
-    kinds = {p.kind for p in history.check_store(q.db, now, lease_grace=7200)}
+    assert check.check_store(q.db, now, lease_grace=7200)  # still the other problems
+    kinds = {p.kind for p in check.check_store(q.db, now, lease_grace=7200)}
     assert "expired-leases" not in kinds, "a lease just past expiry is the scheduler's to release"
 
 

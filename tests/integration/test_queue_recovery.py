@@ -50,7 +50,7 @@ def store(backend: SqliteBackend) -> Iterator[QueueStore]:
     store = QueueStore(
         backend, writer, policy=RetryPolicy(60, 600, 3600), lease=30, max_internal_failures=3
     )
-    store.on_done = BounceGenerator("mx.test", "postmaster@mx.test", lambda a: "postoffice")
+    store.use_reports(BounceGenerator("mx.test", "postmaster@mx.test", lambda a: "postoffice"))
     yield store
     writer.close()
 

@@ -3,9 +3,11 @@
 Built on aiosmtpd's Controller (a test server in the test process, as aiosmtpd's and
 Mailman's own suites do). Script replies per command and address, optionally for a
 limited number of times: `sink.fail("RCPT", "550 5.1.1 no such user", address="bad@x")`,
-`sink.fail("DATA", "451 4.3.0 try later", times=1)`. Counts connections, so tests can
-see connection reuse. `sink.hang("MAIL")` makes that command wait without a reply until
-`sink.release()` (a smarthost that hangs mid-session, then comes back).
+`sink.fail("DATA", "451 4.3.0 try later", times=1)`; `sink.replied` records when each
+scripted reply was given (wall clock), so a test can time what follows it. Counts
+connections, so tests can see connection reuse. `sink.hang("MAIL")` makes that command
+wait without a reply until `sink.release()` (a smarthost that hangs mid-session, then
+comes back).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +31,16 @@ class Rule:
     reply: str
     address: str | None
     times: int | None
+
+
+@dataclass(frozen=True)
+class Replied:
+    """A scripted reply the sink gave, and when (time.time(), just before it is sent)."""
+
+    command: str
+    address: str | None
+    reply: str
+    at: float
 
 
 @dataclass
@@ -114,6 +127,7 @@ class Sink:
         self.messages: list[Received] = []
         self.connections = 0
         self.rules: list[Rule] = []
+        self.replied: list[Replied] = []
         self.hanging = 0  # sessions waiting in a hung command now
         self._hung: set[str] = set()
         self._released = threading.Event()
@@ -158,6 +172,7 @@ class Sink:
                     if rule.times <= 0:
                         continue
                     rule.times -= 1
+                self.replied.append(Replied(command, address, rule.reply, time.time()))
                 return rule.reply
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -67,3 +68,8 @@ def report_config_error(path: Path | None, exc: ConfigError) -> None:
     click.echo(f"mailgate: configuration {path or '(built-in)'} is invalid:", err=True)
     for key, reason in exc.problems:
         click.echo(f"  {key}: {reason}", err=True)
+
+
+def echo_json(value: Any) -> None:
+    """Print `value` as indented JSON (what --json prints); non-JSON values as strings."""
+    click.echo(json.dumps(value, ensure_ascii=False, default=str, indent=2))

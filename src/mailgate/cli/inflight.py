@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate import bootstrap
-from mailgate.cli.track import open_queue
+from mailgate.cli.reading import reading
 from mailgate.config.schema import Config
 from mailgate.control.server import request, socket_path
 from mailgate.interchange.inflight import CANCELLED_REPLY
 from mailgate.observe import catalog
-from mailgate.queue.revoke import Revoked, attempts_since
+from mailgate.queue.revoke import Revoked
 
 CANCEL_WAIT = 5.0  # an attempt told to stop ends within milliseconds; a wedged one is not awaited
 GONE_WAIT = 1.0  # no thread works on it any more: its outcome is being recorded, or it died
@@ -102,13 +102,13 @@ def _wait_for_attempts(
 ) -> dict[int, tuple[str, str]]:
     seen: dict[int, tuple[str, str]] = {}
     deadline = time.monotonic() + wait
-    with open_queue(config.queue_path) as conn:
-        if conn is None:
+    with reading(config) as queue:
+        if queue is None:
             return seen
         while True:
             for item in revoked:
                 if item.recipient_id not in seen:
-                    rows = attempts_since(conn, item)
+                    rows = queue.attempts_since(item)
                     if rows:
                         seen[item.recipient_id] = (rows[0][1], rows[0][2])
             if len(seen) == len(revoked) or time.monotonic() >= deadline:

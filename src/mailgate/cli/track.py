@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,30 +21,15 @@ import click
 
 from mailgate.cli.common import config_options, get_config
 from mailgate.cli.events import human_line, local_time, open_reader, printable
+from mailgate.cli.reading import reading
+from mailgate.model import WAITING_STATES
 from mailgate.observe.catalog import MESSAGE_RECEIVED, NDR_GENERATED, PICKED_UP
 from mailgate.observe.eventstore import EventReader, iso_time, store_path
-from mailgate.queue import history
-from mailgate.queue.history import MessageHistory
+from mailgate.queue.history import BounceRef, MessageHistory
+from mailgate.queue.reader import QueueReader
 
 MAX_MESSAGES = 20
 MAX_EVENTS = 1000
-
-
-@contextlib.contextmanager
-def open_queue(path: Path) -> Iterator[sqlite3.Connection | None]:
-    """The queue database, read-only; None if there is none (never created here)."""
-    if not path.is_file():
-        yield None
-        return
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
-        conn.execute("PRAGMA query_only=1")
-    except sqlite3.Error as exc:
-        raise click.ClickException(f"cannot read the queue {path}: {exc}") from None
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager
@@ -65,14 +49,8 @@ def _events_reader(path: Path) -> Iterator[EventReader | None]:
 def track(key: str, as_json: bool, config_path: Path | None, data_dir: Path | None) -> None:
     """Show the life of the message(s) KEY designates: queue id, Message-ID or address."""
     config = get_config(config_path, data_dir)
-    try:
-        with (
-            open_queue(config.queue_path) as conn,
-            _events_reader(store_path(config.log_dir)) as events,
-        ):
-            found = _collect(key, conn, events)
-    except sqlite3.Error as exc:
-        raise click.ClickException(f"cannot read: {exc}") from None
+    with reading(config) as queue, _events_reader(store_path(config.log_dir)) as events:
+        found = _collect(key, queue, events)
     if as_json:
         click.echo(json.dumps(found, ensure_ascii=False, default=str, indent=2))
     else:
@@ -88,20 +66,20 @@ def track(key: str, as_json: bool, config_path: Path | None, data_dir: Path | No
 
 
 def _collect(
-    key: str, conn: sqlite3.Connection | None, events: EventReader | None
+    key: str, queue: QueueReader | None, events: EventReader | None
 ) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
-    if conn is not None:
-        for queue_id in history.find(conn, key, MAX_MESSAGES):
-            message = history.message_history(conn, queue_id)
+    if queue is not None:
+        for queue_id in queue.find(key, MAX_MESSAGES):
+            message = queue.message_history(queue_id)
             if message is not None:
-                found.append(_as_dict(message, _stored_events(events, queue_id), conn))
+                found.append(_as_dict(message, _stored_events(events, queue_id), queue))
     if not found and events is not None:
         # Finished messages are purged from the queue after [queue] keep_done; the
         # event store may still remember them.
         stored = _stored_events(events, key.strip())
         if stored:
-            found.append(_from_events(key.strip(), stored, conn))
+            found.append(_from_events(key.strip(), stored, queue))
     return found
 
 
@@ -112,9 +90,9 @@ def _stored_events(events: EventReader | None, queue_id: str) -> list[dict[str, 
 
 
 def _bounces(
-    queued: tuple[history.BounceRef, ...],
+    queued: tuple[BounceRef, ...],
     stored: list[dict[str, Any]],
-    conn: sqlite3.Connection | None,
+    queue: QueueReader | None,
 ) -> list[dict[str, Any]]:
     """Bounces from the queue, completed by NDR events (which outlive purged messages)."""
     bounces: dict[str, dict[str, Any]] = {}
@@ -146,14 +124,14 @@ def _bounces(
             },
         )
         entry["failed"] = fields.get("failed")
-        if entry["state"] is None and conn is not None:
-            target = history.recipient_state(conn, bounce_id)
+        if entry["state"] is None and queue is not None:
+            target = queue.first_recipient(bounce_id)
             entry["state"] = None if target is None else target[1]
     return sorted(bounces.values(), key=lambda b: b["ts"])
 
 
 def _as_dict(
-    message: MessageHistory, stored: list[dict[str, Any]], conn: sqlite3.Connection | None
+    message: MessageHistory, stored: list[dict[str, Any]], queue: QueueReader | None
 ) -> dict[str, Any]:
     arrival = message.received_at
     return {
@@ -178,7 +156,7 @@ def _as_dict(
                 "attempts": r.attempts,
                 "last_reply": r.last_reply,
                 "remote_mta": r.remote_mta,
-                "due_at": r.due_at if r.state in ("queued", "deferred") else None,
+                "due_at": r.due_at if r.state in WAITING_STATES else None,
                 "updated_at": r.updated_at,
                 "history": [
                     {
@@ -195,13 +173,13 @@ def _as_dict(
             }
             for r in message.recipients
         ],
-        "bounces": _bounces(message.bounces, stored, conn),
+        "bounces": _bounces(message.bounces, stored, queue),
         "events": stored,
     }
 
 
 def _from_events(
-    queue_id: str, stored: list[dict[str, Any]], conn: sqlite3.Connection | None
+    queue_id: str, stored: list[dict[str, Any]], queue: QueueReader | None
 ) -> dict[str, Any]:
     """What the event store alone says of a message no longer in the queue."""
     received = next((e for e in stored if e["id"] in (MESSAGE_RECEIVED.id, PICKED_UP.id)), None)
@@ -221,7 +199,7 @@ def _from_events(
         "smtputf8": None,
         "done_at": None,
         "recipients": [],
-        "bounces": _bounces((), stored, conn),
+        "bounces": _bounces((), stored, queue),
         "events": stored,
     }
 

@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Any
 from mailgate import __version__
 from mailgate.config.schema import Config
 from mailgate.control.server import Command
+from mailgate.model import OPEN_STATES
 from mailgate.observe import catalog
 from mailgate.observe.catalog import Category, Level
-from mailgate.queue.store import QueueCounts, QueueReader
+from mailgate.queue.reader import QueueCounts, QueueReader
 from mailgate.supervise.supervisor import ThreadView
 
 if TYPE_CHECKING:
     from mailgate.bootstrap import Service
 
-STATES = ("queued", "active", "deferred", "held", "quarantined")
+STATES = tuple(s.value for s in OPEN_STATES)
 
 
 def thread_json(view: ThreadView, now: float) -> dict[str, Any]:

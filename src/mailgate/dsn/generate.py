@@ -1,10 +1,13 @@
-"""Queue the bounce a finished message owes, inside the transaction that finishes it.
+"""Decide and build the report a message owes, from plain data: no queue, no SQL.
 
-Runs as the queue's `on_done` hook, before the original body is deleted. Rules:
-- failed recipients of ordinary mail: one bounce to the envelope sender, naming
-  only them; none for the null sender (never bounce a bounce to its sender);
-- a bounce that could not be delivered goes to the postmaster once, as a
-  double bounce; a double bounce that fails is dropped with an event;
+The queue reads what a report needs into a `BounceSource` inside the transaction that
+finishes the message (queue/dsn_source.py), asks `BounceGenerator` for the report and
+queues what it returns in that same transaction; the queue's effects report the result
+after the commit (events 2117-2119). Rules:
+- failed recipients of ordinary mail: one bounce to the envelope sender, naming only
+  them; none for the null sender (never bounce a bounce to its sender);
+- a bounce that could not be delivered goes to the postmaster once, as a double bounce;
+  a double bounce that fails is dropped with an event;
 - a sender no route serves gets no bounce: the postmaster gets it instead.
 Building never raises on hostile content (see report.py).
 """
@@ -15,11 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailgate.dsn.report import FailedRecipient, build_bounce
-from mailgate.model import MessageKind, NewMessage, NewRecipient, new_queue_id
-from mailgate.observe import catalog
-from mailgate.observe.events import EventLog
-from mailgate.queue.backend import Connection
-from mailgate.queue.ops import ReportFailed, insert_message
+from mailgate.model import MessageKind, new_queue_id
 from mailgate.testing import faults
 
 Route = Callable[[str], str | None]
@@ -27,8 +26,31 @@ Route = Callable[[str], str | None]
 
 
 @dataclass(frozen=True, slots=True)
+class ReportedRecipient:
+    """A recipient a report names, with the last reply and remote MTA the queue holds."""
+
+    address: str
+    reply: str | None
+    remote_mta: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BounceSource:
+    """What the queue holds of a message a report is about: its envelope, its body (None
+    once dropped) and the recipients to report (failed, or for a warning still deferred)."""
+
+    queue_id: str
+    sender: str
+    received_at: float
+    kind: MessageKind
+    original: bytes | None
+    recipients: tuple[ReportedRecipient, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BounceResult:
-    """What finishing a message produced: a queued bounce, a deliberate drop, or nothing owed."""
+    """What finishing a message produced: a queued bounce (to `recipient`, delivered by
+    `connector`), a deliberate drop, or nothing owed."""
 
     queue_id: str
     failed: tuple[str, ...]
@@ -37,6 +59,16 @@ class BounceResult:
     kind: MessageKind | None = None
     dropped: str | None = None
     delayed: bool = False
+    connector: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The generator's answer: what to say about it, and the report's bytes to queue under
+    `result.bounce_id` (None when it is dropped)."""
+
+    result: BounceResult
+    body: bytes | None = None
 
 
 class BounceGenerator:
@@ -45,102 +77,68 @@ class BounceGenerator:
         self.postmaster = postmaster
         self.route = route
 
-    def __call__(self, conn: Connection, queue_id: str, now: float) -> BounceResult | None:
-        row = conn.execute(
-            "SELECT m.sender, m.received_at, m.kind, b.data FROM messages m "
-            "LEFT JOIN bodies b ON b.message_id = m.id WHERE m.id = ?",
-            (queue_id,),
-        ).fetchone()
-        failed = [
-            FailedRecipient(address, reply or "554 5.0.0 delivery failed", remote)
-            for address, reply, remote in conn.execute(
-                "SELECT address, last_reply, remote_mta FROM recipients "
-                "WHERE message_id = ? AND state = 'bounced' ORDER BY id",
-                (queue_id,),
-            ).fetchall()
-        ]
-        if row is None or not failed:
+    def bounce(self, source: BounceSource, now: float) -> Report | None:
+        """The non-delivery report for the failed recipients of a finished message."""
+        if not source.recipients:
             return None
-        sender, received_at, kind, body = row[0], row[1], MessageKind(row[2]), bytes(row[3] or b"")
+        failed = [
+            FailedRecipient(r.address, r.reply or "554 5.0.0 delivery failed", r.remote_mta)
+            for r in source.recipients
+        ]
         names = tuple(f.address for f in failed)
-        target, new_kind = self._target(sender, kind)
+        target, new_kind = self._target(source.sender, source.kind)
         if target is None:
+            kind = source.kind
             why = "a double bounce failed" if kind is MessageKind.DOUBLE_BOUNCE else "null sender"
-            return BounceResult(queue_id, names, dropped=why)
+            return Report(BounceResult(source.queue_id, names, dropped=why))
         connector = self.route(target)
         if connector is None and new_kind is MessageKind.BOUNCE:
             target, new_kind = self.postmaster, MessageKind.DOUBLE_BOUNCE
             connector = self.route(target)
         if connector is None:
-            return BounceResult(queue_id, names, dropped=f"no route to {target}")
+            return Report(BounceResult(source.queue_id, names, dropped=f"no route to {target}"))
         bounce_id = new_queue_id(now)
         faults.check("dsn.build")  # tests: a report that cannot be built
         raw = build_bounce(
-            queue_id=queue_id,
+            queue_id=source.queue_id,
             bounce_id=bounce_id,
             sender=target,
             hostname=self.hostname,
-            arrival=received_at,
+            arrival=source.received_at,
             now=now,
             failed=failed,
-            original=body,
+            original=source.original or b"",
         )
-        insert_message(
-            conn,
-            NewMessage(
-                queue_id=bounce_id,
-                sender="",
-                recipients=(NewRecipient(target, connector),),
-                body=raw,
-                received_at=now,
-                client=f"mailgate dsn for {queue_id}",
-                kind=new_kind,
-            ),
+        result = BounceResult(
+            source.queue_id, names, bounce_id, target, new_kind, connector=connector
         )
-        return BounceResult(queue_id, names, bounce_id, target, new_kind)
+        return Report(result, raw)
 
-    def warn_delayed(self, conn: Connection, queue_id: str, now: float) -> BounceResult | None:
-        """Queue a "still being retried" report (Action: delayed) for a message's deferred
-        recipients, once per message; never for bounces or the null sender."""
-        conn.execute("UPDATE messages SET delay_warned = 1 WHERE id = ?", (queue_id,))
-        row = conn.execute(
-            "SELECT m.sender, m.received_at, m.kind, b.data FROM messages m "
-            "JOIN bodies b ON b.message_id = m.id WHERE m.id = ?",
-            (queue_id,),
-        ).fetchone()
-        if row is None or not row[0] or MessageKind(row[2]) is not MessageKind.NORMAL:
+    def delay_warning(self, source: BounceSource, now: float) -> Report | None:
+        """A "still being retried" report (Action: delayed) for a message's deferred
+        recipients; never for bounces, the null sender, or a message without its body."""
+        if not source.sender or source.kind is not MessageKind.NORMAL or source.original is None:
             return None
         waiting = [
-            FailedRecipient(address, reply or "451 4.0.0 not yet delivered", remote)
-            for address, reply, remote in conn.execute(
-                "SELECT address, last_reply, remote_mta FROM recipients "
-                "WHERE message_id = ? AND state = 'deferred' ORDER BY id",
-                (queue_id,),
-            ).fetchall()
+            FailedRecipient(r.address, r.reply or "451 4.0.0 not yet delivered", r.remote_mta)
+            for r in source.recipients
         ]
-        connector = self.route(row[0])
+        connector = self.route(source.sender)
         if not waiting or connector is None:
             return None
         warning_id = new_queue_id(now)
         faults.check("dsn.build")
         raw = build_bounce(
-            queue_id=queue_id, bounce_id=warning_id, sender=row[0], hostname=self.hostname,
-            arrival=row[1], now=now, failed=waiting, original=bytes(row[3]), delayed=True,
+            queue_id=source.queue_id, bounce_id=warning_id, sender=source.sender,
+            hostname=self.hostname, arrival=source.received_at, now=now, failed=waiting,
+            original=source.original, delayed=True,
         )  # fmt: skip
-        insert_message(
-            conn,
-            NewMessage(
-                queue_id=warning_id,
-                sender="",
-                recipients=(NewRecipient(row[0], connector),),
-                body=raw,
-                received_at=now,
-                client=f"mailgate dsn for {queue_id}",
-                kind=MessageKind.BOUNCE,
-            ),
-        )
         names = tuple(w.address for w in waiting)
-        return BounceResult(queue_id, names, warning_id, row[0], MessageKind.BOUNCE, delayed=True)
+        result = BounceResult(
+            source.queue_id, names, warning_id, source.sender, MessageKind.BOUNCE,
+            delayed=True, connector=connector,
+        )  # fmt: skip
+        return Report(result, raw)
 
     def _target(self, sender: str, kind: MessageKind) -> tuple[str | None, MessageKind]:
         if kind is MessageKind.DOUBLE_BOUNCE:
@@ -150,43 +148,3 @@ class BounceGenerator:
         if not sender:
             return None, kind
         return sender, MessageKind.BOUNCE
-
-
-def report_bounce(events: EventLog, result: object) -> None:
-    """Events for a bounce that finishing a message queued (2117) or could not (2118),
-    or a report that could not be built (2120, 2121)."""
-    if isinstance(result, ReportFailed):
-        _report_failed(events, result)
-        return
-    if not isinstance(result, BounceResult):
-        return
-    failed = ", ".join(f"<{a}>" for a in result.failed)
-    if result.delayed:
-        events.emit(
-            catalog.NDR_DELAYED,
-            queue_id=result.queue_id,
-            bounce_id=result.bounce_id,
-            recipient=result.recipient,
-            failed=failed,
-        )
-    elif result.bounce_id is not None:
-        events.emit(
-            catalog.NDR_GENERATED,
-            queue_id=result.queue_id,
-            bounce_id=result.bounce_id,
-            kind=result.kind,
-            recipient=result.recipient,
-            failed=failed,
-        )
-    else:
-        events.emit(
-            catalog.NDR_DROPPED, queue_id=result.queue_id, failed=failed, reason=result.dropped
-        )
-
-
-def _report_failed(events: EventLog, result: ReportFailed) -> None:
-    if result.delayed:
-        events.emit(catalog.DELAY_WARNING_FAILED, queue_id=result.queue_id, error=result.error)
-        return
-    failed = ", ".join(f"<{a}>" for a in result.failed) or "none"
-    events.emit(catalog.NDR_FAILED, queue_id=result.queue_id, failed=failed, error=result.error)

@@ -4,8 +4,9 @@ One place for everyone who ends leases: the scheduler (leases that ran out), a
 thread starting again after its earlier life died, the stall hook, the master for
 a dead worker, a start after the service died; and the scheduler's expiry of
 recipients never claimed. 4000 says how many leases and why; each recipient set
-aside gets 2446 (quarantined) or 2401 (bounced: expired), and each report queued for
-a finished message 2117. Never raises.
+aside gets 2446 (quarantined) or 2401 (bounced: expired), and each message that
+finished 4003 (the report it owed the queue's commit reported: queue/effects.py).
+Never raises.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mailgate.dsn.generate import report_bounce
 from mailgate.model import RecipientState
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
@@ -51,4 +51,3 @@ def report_set_aside(
     for queue_id, extra in done:
         if not isinstance(extra, ReportFailed):  # else it is kept: its report is owed
             events.emit(catalog.MESSAGE_DONE, queue_id=queue_id)
-        report_bounce(events, extra)

@@ -4,7 +4,8 @@ Every second it ends leases that ran out (a thread or process died holding
 them), expires recipients past the maximum lifetime that no attempt ends (never
 claimed: queue/expiry.py), routes again the waiting mail of connectors the
 configuration no longer has (queue/reroute.py), wakes the threads of any
-connector whose earliest waiting recipient is due, and asks the stall watch
+connector with due work (work a commit made due the queue wakes at once: this
+finds what became due with time, a deferral's retry), and asks the stall watch
 whether a connector has due mail but completes no attempts (events 5006/5007,
 repeated until it clears). Every few minutes it purges finished messages older
 than keep_done. All of it is indexed queries; nothing scans the queue."""
@@ -14,24 +15,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 
-from mailgate.dsn.generate import BounceResult, report_bounce
 from mailgate.interchange.ended import report_ended, report_set_aside
 from mailgate.interchange.state import Connectors
-from mailgate.interchange.wakeup import Wakeup
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.expiry import Cursor, ExpiryPass
 from mailgate.queue.leases import LeasesEnded
+from mailgate.queue.reader import QueueReader
 from mailgate.queue.reroute import Rerouted, Route
-from mailgate.queue.store import QueueReader, QueueStore
+from mailgate.queue.store import STORE_WAIT, QueueStore
+from mailgate.queue.wakeup import Wakeup
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.watch import ConnectorWatch, Load
 
 TICK = 1.0
 WARN_EVERY = 60.0
 PURGE_EVERY = 300.0
-STORE_WAIT = 120.0
 
 
 class Scheduler:
@@ -99,9 +99,8 @@ class Scheduler:
 
     def _expire(self, ended: LeasesEnded) -> None:
         """Leases that ran out ended their attempts (counted: see queue/leases.py)."""
-        if ended.count:
+        if ended.count:  # the queue woke the connectors whose recipients are due again
             report_ended(self.events, ended, "after lease expiry")
-            self.wakeup.notify(*self.connectors.names())
 
     def _expire_waiting(self, found: ExpiryPass) -> None:
         """Recipients nobody attempts expire too: one bounded walk per tick."""
@@ -111,8 +110,6 @@ class Scheduler:
         report_set_aside(self.events, found.expired, found.done)
         for item in found.expired:
             self.counters.add("mailgate_expired_total", connector=item.connector)
-        if found.done:
-            self.wakeup.notify(*self.connectors.names())  # the reports are due now
 
     def _reroute_vanished(self, results: list[Rerouted]) -> None:
         """Waiting mail of a connector the configuration no longer has was routed again
@@ -130,7 +127,6 @@ class Scheduler:
             for outcome, count in (("rerouted", result.rerouted), ("bounced", len(result.bounced))):
                 name = "mailgate_rerouted_total"
                 self.counters.add(name, count, connector=result.connector, outcome=outcome)
-            self.wakeup.notify(*self.connectors.names())
 
     def _wake_and_watch(self, reader: QueueReader) -> None:
         now = time.time()
@@ -166,10 +162,9 @@ class Scheduler:
                 )
 
     def _warn_delayed(self) -> None:
-        for result in self.store.warn_delayed(self.delay_warning).result(STORE_WAIT):
-            report_bounce(self.events, result)
-            if isinstance(result, BounceResult) and result.recipient:
-                self.wakeup.notify(*self.connectors.names())
+        """Delay warnings are queued (and reported, and their connectors woken) by the
+        queue; waiting for the commit keeps one pass of them at a time."""
+        self.store.warn_delayed(self.delay_warning).result(STORE_WAIT)
 
     def _purge(self) -> None:
         count = self.store.purge_done(self.keep_done).result(STORE_WAIT)

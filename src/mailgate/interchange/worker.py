@@ -4,11 +4,12 @@ The loop, per batch: claim (a lease in the queue), deliver each recipient
 through the connector's per-thread session, flush the session (make the batch
 durable at the destination), then record every outcome in one queue commit
 (submitted just ahead of the next claim, so the two usually share it), and
-only then write events. A crash anywhere before the record leaves the
-leases to be released and the recipients retried; the postoffice connector
-makes such a retry idempotent. An unexpected exception in one delivery is an
-internal error for that recipient only (event 2450; quarantine after a few),
-never the end of the thread.
+only then write events (the reports that commit queued, and the wake-ups of
+their connectors, are the queue's own: queue/effects.py). A crash anywhere
+before the record leaves the leases to be released and the recipients retried;
+the postoffice connector makes such a retry idempotent. An unexpected exception
+in one delivery is an internal error for that recipient only (event 2450;
+quarantine after a few), never the end of the thread.
 """
 
 from __future__ import annotations
@@ -21,25 +22,24 @@ import traceback
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from mailgate.dsn.generate import report_bounce
 from mailgate.errors import PermanentFailure, TemporaryFailure
 from mailgate.headers import received_count
 from mailgate.interchange.connector import Connector, ConnectorSession, Result
 from mailgate.interchange.ended import report_ended
 from mailgate.interchange.inflight import CANCELLED_REPLY, InFlight
 from mailgate.interchange.state import ConnectorState
-from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import Claim, Disposition, Outcome, RecipientState
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.ops import Recorded
-from mailgate.queue.store import QueueReader, QueueStore
+from mailgate.queue.reader import QueueReader
+from mailgate.queue.store import STORE_WAIT, QueueStore
+from mailgate.queue.wakeup import Wakeup
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.testing import faults
 
 IDLE_WAIT = 5.0
-STORE_WAIT = 120.0
 
 
 def lease_owner(hostname: str, thread_name: str, generation: int | None = None) -> str:
@@ -295,6 +295,5 @@ class InterchangeThread:
                     recipient=claim.address,
                     failures=claim.internal_failures + 1,
                 )
-            if item.message_done:
+            if item.message_done:  # its report, if it owed one, the queue's commit reported
                 self.events.emit(catalog.MESSAGE_DONE, queue_id=claim.queue_id)
-            report_bounce(self.events, item.done)  # or the report that could not be built

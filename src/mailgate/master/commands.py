@@ -17,7 +17,7 @@ from mailgate.control.commands import ControlCommands, queue_table, thread_json
 from mailgate.control.server import Command
 from mailgate.observe.catalog import Category, Level
 from mailgate.observe.counters import merge
-from mailgate.queue.store import QueueReader
+from mailgate.queue.reader import QueueReader
 from mailgate.supervise.cpu import thread_cpu_seconds
 
 if TYPE_CHECKING:

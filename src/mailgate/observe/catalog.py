@@ -296,6 +296,14 @@ MESSAGES_PURGED = _event(
     "Records of finished messages past [queue] keep_done were removed.",
     "None.",
 )  # fmt: skip
+QUEUE_EFFECT_FAILED = _event(
+    4050, "QueueEffectFailed", C.QUEUE, S.ERROR, MIN,
+    "what the {operation} commit owed afterwards failed: {error}\n{traceback}",
+    "A wake-up or a report's event that a queue commit owed raised (a bug). The commit "
+    "itself stands and the thread that made it goes on: due work is still found by the "
+    "scheduler within a second, but an NDR event (2117-2121) may be missing.",
+    "Report the traceback.",
+)  # fmt: skip
 
 MESSAGE_HELD = _event(
     4010, "MessageHeld", C.QUEUE, S.INFO, MIN,

@@ -19,9 +19,10 @@ expiry treats it: such a recipient is handled like a queued one and marked `rele
 since the thread that held it may have delivered it.
 
 Delete with a report and return-to-sender mark the open recipients bounced and then
-finish the message through `ops.finish_if_done`, so the store's `on_done` hook (the
-BounceGenerator) queues the bounce in the same transaction, exactly as when a delivery
-fails permanently.
+finish the message through `ops.finish_if_done`, so the store's `on_done` hook
+(dsn_source.ReportQueue) queues the bounce in the same transaction, exactly as when a
+delivery fails permanently. The store (store.py) runs these for the command line and
+owns what their commits owe afterwards: the wake-ups and the report's events.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate.errors import MailgateError
-from mailgate.queue import ops
+from mailgate.model import RecipientState
+from mailgate.queue import history, ops, states
 from mailgate.queue.backend import Connection
 from mailgate.queue.revoke import Revoked, revoke
 
 DELETED_REPLY = "554 5.7.0 deleted by the administrator"
 RETURNED_REPLY = "554 5.7.0 returned by the administrator"
 
-_OPEN = "state NOT IN ('delivered', 'bounced')"
+_OPEN = f"state {states.OPEN}"
 _FREE_LEASE = "(state = 'active' AND lease_until < ?)"
 
 
@@ -99,12 +101,10 @@ class Finished:
 
 def resolve(conn: Connection, key: str) -> str:
     """The queue id `key` names (queue ids are upper-case hex; any case is accepted)."""
-    key = key.strip()
-    for candidate in dict.fromkeys((key, key.upper())):
-        row = conn.execute("SELECT id FROM messages WHERE id = ?", (candidate,)).fetchone()
-        if row is not None:
-            return str(row[0])
-    raise NoSuchMessage(key)
+    queue_id = history.message_id(conn, key)
+    if queue_id is None:
+        raise NoSuchMessage(key.strip())
+    return queue_id
 
 
 def refuse_leased(conn: Connection, queue_id: str, now: float, connector: str | None) -> None:
@@ -170,7 +170,7 @@ def hold(
         "UPDATE recipients SET state = 'held', "
         "released = CASE WHEN state = 'active' THEN 1 ELSE released END, "
         "lease_owner = NULL, lease_until = NULL, updated_at = ? "
-        f"WHERE (state IN ('queued', 'deferred') OR {_FREE_LEASE}){where}",
+        f"WHERE (state {states.WAITING} OR {_FREE_LEASE}){where}",
         [now, now, *params],
         queue_id,
         connector,
@@ -210,13 +210,13 @@ def release(
     """
     if queue_id is not None:
         queue_id = resolve(conn, queue_id)
-    states = "('held', 'quarantined')" if queue_id is not None else "('held')"
+    held = [RecipientState.HELD] + ([RecipientState.QUARANTINED] if queue_id is not None else [])
     where, params = _scope(queue_id, connector)
     count, connectors = _apply(
         conn,
         "UPDATE recipients SET state = 'queued', due_at = ?, "
         "internal_failures = CASE WHEN state = 'quarantined' THEN 0 ELSE internal_failures END, "
-        f"updated_at = ? WHERE state IN {states}{where}",
+        f"updated_at = ? WHERE state {states.sql_in(held)}{where}",
         [now, now, *params],
         queue_id,
         connector,
@@ -234,7 +234,7 @@ def retry(
     count, connectors = _apply(
         conn,
         "UPDATE recipients SET due_at = ?, updated_at = ? "
-        f"WHERE state IN ('queued', 'deferred') AND due_at > ?{where}",
+        f"WHERE state {states.WAITING} AND due_at > ?{where}",
         [now, now, now, *params],
         queue_id,
         connector,

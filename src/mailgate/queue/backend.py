@@ -1,7 +1,8 @@
 """The narrow interface between the queue and a SQL database.
 
-Write operations (ops.py) are plain functions over a `Connection` and use only
-portable SQL with `?` placeholders; a backend adapts placeholders and types.
+Every operation of the queue, writes (ops.py, admin.py, ...) and reads (reader.py and
+the modules it uses), is a plain function over a `Connection`, the one protocol, and
+uses only portable SQL with `?` placeholders; a backend adapts placeholders and types.
 SQLite is the first backend; PostgreSQL implements the same protocol.
 """
 
@@ -40,6 +41,11 @@ class Backend(Protocol):
     name: str
 
     def connect(self) -> Connection: ...
+
+    def connect_read_only(self) -> Connection | None:
+        """A connection that cannot write, for tools; None if the store does not exist
+        (a tool that only reads never creates it)."""
+        ...
 
     def initialize(self) -> None:
         """Create or upgrade the schema; raise StoreError with a clear reason if unusable."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate.model import RecipientState
+from mailgate.queue import states
 from mailgate.queue.backend import Connection
 from mailgate.queue.leases import Ended
 from mailgate.queue.ops import OnDone, finish_or_keep
@@ -67,7 +68,7 @@ def expire_waiting(
 def _bounce_waiting(conn: Connection, queue_id: str, now: float) -> list[Ended]:
     waiting = conn.execute(
         "SELECT id, address, connector, last_reply, internal_failures FROM recipients "
-        "WHERE message_id = ? AND state IN ('queued', 'deferred') ORDER BY id",
+        f"WHERE message_id = ? AND state {states.WAITING} ORDER BY id",
         (queue_id,),
     ).fetchall()
     ended = []

@@ -44,6 +44,7 @@ class LeasesEnded:
     requeued: int = 0
     ended: tuple[Ended, ...] = ()
     done: tuple[tuple[str, Any], ...] = ()  # (queue id, on_done result) of finished messages
+    due: tuple[str, ...] = ()  # the connectors of the requeued recipients (due at once)
 
     @property
     def count(self) -> int:
@@ -77,6 +78,7 @@ def end_leases(
     ).fetchall()
     ended_reply = f"451 4.3.0 attempt ended without an outcome: {reason}"
     requeue: list[int] = []
+    due: dict[str, None] = {}
     ended: list[Ended] = []
     for rid, queue_id, address, connector, before, claimed, received in rows:
         _attempt(conn, rid, queue_id, float(claimed), now, ended_reply)
@@ -93,13 +95,14 @@ def end_leases(
                                failures, reply))  # fmt: skip
         else:
             requeue.append(rid)
+            due[str(connector)] = None
     _requeue(conn, requeue, ended_reply, now)
     done = []
     for queue_id in dict.fromkeys(e.queue_id for e in ended if e.state is RecipientState.BOUNCED):
         finished, extra = finish_or_keep(conn, queue_id, now, on_done)
         if finished or extra is not None:
             done.append((queue_id, extra))
-    return LeasesEnded(len(requeue), tuple(ended), tuple(done))
+    return LeasesEnded(len(requeue), tuple(ended), tuple(done), tuple(due))
 
 
 def _attempt(conn: Connection, rid: int, queue_id: str, started: float, now: float,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate.model import Claim, Disposition, MessageKind, NewMessage, Outcome, RecipientState
-from mailgate.queue import revoke
+from mailgate.queue import revoke, states
 from mailgate.queue.backend import Connection
 from mailgate.queue.retry import RetryPolicy, expired_reply
 from mailgate.testing import faults
@@ -82,7 +82,7 @@ def claim(
     mail: if it ends its worker again, only it is counted for that (queue/leases.py)."""
     due = conn.execute(
         "SELECT id, message_id, released * internal_failures FROM recipients "
-        "WHERE connector = ? AND state IN ('queued', 'deferred') AND due_at <= ? "
+        f"WHERE connector = ? AND state {states.WAITING} AND due_at <= ? "
         "ORDER BY due_at LIMIT ?",
         (connector, now, limit),
     ).fetchall()
@@ -266,8 +266,7 @@ def finish_if_done(
 ) -> tuple[bool, Any]:
     """If no recipient of `queue_id` is still open: run on_done, drop the body, mark it done."""
     row = conn.execute(
-        "SELECT COUNT(*) FROM recipients WHERE message_id = ? "
-        "AND state NOT IN ('delivered', 'bounced')",
+        f"SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state {states.OPEN}",
         (queue_id,),
     ).fetchone()
     if row[0]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate.model import RecipientState
+from mailgate.queue import states
 from mailgate.queue.backend import Connection
 from mailgate.queue.leases import Ended
 from mailgate.queue.ops import OnDone, finish_or_keep
@@ -55,7 +56,7 @@ def reroute_vanished(
             continue
         rows = conn.execute(
             "SELECT id, message_id, address, internal_failures FROM recipients "
-            "WHERE connector = ? AND state IN ('queued', 'deferred') ORDER BY due_at LIMIT ?",
+            f"WHERE connector = ? AND state {states.WAITING} ORDER BY due_at LIMIT ?",
             (connector, limit),
         ).fetchall()
         results.append(_reroute(conn, connector, rows, known, route, now, on_done))
@@ -69,13 +70,12 @@ def _waiting_connectors(conn: Connection) -> Iterator[str]:
     """Each connector with waiting recipients, in order: a seek per connector on the
     index of due work, not a scan of the recipients."""
     row = conn.execute(
-        "SELECT MIN(connector) FROM recipients WHERE state IN ('queued', 'deferred')"
+        f"SELECT MIN(connector) FROM recipients WHERE state {states.WAITING}"
     ).fetchone()
     while row is not None and row[0] is not None:
         yield str(row[0])
         row = conn.execute(
-            "SELECT MIN(connector) FROM recipients WHERE state IN ('queued', 'deferred') "
-            "AND connector > ?",
+            f"SELECT MIN(connector) FROM recipients WHERE state {states.WAITING} AND connector > ?",
             (row[0],),
         ).fetchone()
 

@@ -13,16 +13,11 @@ attempt row is written even when its outcome is discarded). Only portable SQL is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from mailgate.model import Disposition, Outcome
 from mailgate.queue.backend import Connection
-
-
-class _Reader(Protocol):
-    def execute(self, sql: str, params: Sequence[Any] = (), /) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +88,7 @@ def recipient_exists(conn: Connection, recipient_id: int) -> bool:
     return row is not None
 
 
-def attempts_since(conn: _Reader, revoked: Revoked) -> list[tuple[int, str, str]]:
+def attempts_since(conn: Connection, revoked: Revoked) -> list[tuple[int, str, str]]:
     """Attempts on the revoked recipient recorded since its lease was revoked, oldest first:
     (recipient id, disposition, reply)."""
     rows = conn.execute(

@@ -41,9 +41,13 @@ CREATE TABLE IF NOT EXISTS recipients (
     remote_mta        TEXT,
     updated_at        DOUBLE PRECISION NOT NULL
 );
--- Claiming due work walks this partial index in due order: no sort, no scan.
+-- Claiming due work walks this partial index in due order: no sort, no scan. Its predicate
+-- is model.WAITING_STATES written out: the queries build theirs from the model
+-- (queue/states.py), and SQLite uses a partial index only when the query holds its
+-- predicate term for term (tests/unit/test_queue_states.py checks that both still match).
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients (connector, due_at)
     WHERE state IN ('queued', 'deferred');
+-- Leases (state active, RecipientState.ACTIVE), likewise checked.
 CREATE INDEX IF NOT EXISTS recipients_lease ON recipients (lease_until) WHERE state = 'active';
 CREATE INDEX IF NOT EXISTS recipients_message ON recipients (message_id);
 CREATE TABLE IF NOT EXISTS attempts (

@@ -62,13 +62,22 @@ class SqliteConnection:
         timeout: float = 30.0,
         durable: bool = True,
         lock_timeout: float | None = 30.0,
+        read_only: bool = False,
     ) -> None:
+        """With `read_only`, the file is opened read-only (it must exist) and every query
+        refused that would write; errors met while fetching rows are StoreError too."""
         self._path = path
         self._lock_path = path.with_name(path.name + "-writer")
         self._lock_fd: int | None = None
         self._locked = False
         self._lock_timeout = lock_timeout
+        self._read_only = read_only
         with translate_errors(f"open {path}"):
+            if read_only:
+                uri = f"{path.resolve().as_uri()}?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+                self._conn.execute("PRAGMA query_only=1")
+                return
             self._conn = sqlite3.connect(
                 path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
@@ -76,9 +85,10 @@ class SqliteConnection:
             self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor | _ReadCursor:
         with translate_errors("query"):
-            return self._conn.execute(sql, params)
+            cursor = self._conn.execute(sql, params)
+        return _ReadCursor(cursor) if self._read_only else cursor
 
     def executescript(self, script: str) -> None:
         with translate_errors("script"):
@@ -146,6 +156,26 @@ class SqliteConnection:
             self._locked = False
 
 
+class _ReadCursor:
+    """A cursor whose row fetches translate errors too: a damaged page may be met only
+    while stepping through the rows (`mailgate queue check` reports it, never crashes)."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def fetchone(self) -> Any:
+        with translate_errors("query"):
+            return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        with translate_errors("query"):
+            return self._cursor.fetchall()
+
+
 class SqliteBackend:
     """The embedded queue: one SQLite file, created on first use."""
 
@@ -165,6 +195,13 @@ class SqliteBackend:
 
     def connect(self) -> SqliteConnection:
         return SqliteConnection(self.path, durable=self.durable, lock_timeout=self.lock_timeout)
+
+    def connect_read_only(self) -> SqliteConnection | None:
+        """A read-only connection for tools, or None if there is no queue file (it is
+        never created here)."""
+        if not self.path.is_file():
+            return None
+        return SqliteConnection(self.path, timeout=10.0, read_only=True)
 
     def initialize(self, *, check: bool = False) -> None:
         """Create or upgrade the schema; with `check`, first verify every page (the

@@ -1,10 +1,12 @@
-"""The queue store: what stages call to enqueue, claim, record and read.
+"""The queue store: what stages and tools call to enqueue, claim, record, administer, read.
 
-Writes go through a writer (the group Committer inside the service, a
-DirectWriter in command-line tools) and return Futures that complete once the
-change is durable. Reads use a `QueueReader`, one per thread, opened inside
-that thread. Nothing here loads the whole queue: claims and reads are bounded,
-indexed queries.
+Writes go through a writer (the group Committer inside the service, a DirectWriter
+in command-line tools) and return Futures that complete once the change is durable.
+The store owns what a commit owes afterwards (queue/effects.py): the wake-ups of the
+connectors work became due for, and the events of the reports it queued; it runs
+them from the Future, after the commit and only if it succeeded, so no caller does.
+Reads use a `QueueReader` (reader.py), one per thread, opened inside that thread.
+Nothing here loads the whole queue: claims and reads are bounded, indexed queries.
 """
 
 from __future__ import annotations
@@ -12,27 +14,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from mailgate.model import Claim, NewMessage, Outcome
-from mailgate.queue import expiry, leases, ops, reroute
+from mailgate.queue import admin, expiry, leases, ops, reroute
+from mailgate.queue import effects as after
 from mailgate.queue.backend import Backend, Connection
+from mailgate.queue.dsn_source import ReportBuilder, ReportQueue
+from mailgate.queue.effects import Aftermath, Effects
+from mailgate.queue.reader import QueueReader
 from mailgate.queue.retry import RetryPolicy
+from mailgate.queue.revoke import Revoked
 
 T = TypeVar("T")
+STORE_WAIT = 120.0
+"""How long a stage waits for one of its writes to commit before it gives up. The commit
+thread is supervised: one stuck on the disk or the writer lock is reported long before."""
 
 
 class Writer(Protocol):
     def submit(self, name: str, op: Callable[[Connection], T]) -> Future[T]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class QueueCounts:
-    """Recipients per (connector, state) and the oldest waiting message's arrival time."""
-
-    by_state: dict[tuple[str, str], int]
-    oldest_waiting: dict[str, float]
 
 
 class QueueStore:
@@ -48,6 +49,7 @@ class QueueStore:
         max_internal_failures: int = 3,
         clock: Callable[[], float] = time.time,
         on_done: ops.OnDone | None = None,
+        effects: Effects | None = None,
     ) -> None:
         self.backend = backend
         self._writer = writer
@@ -55,13 +57,33 @@ class QueueStore:
         self.lease = lease
         self.max_internal_failures = max_internal_failures
         self._clock = clock
-        self.on_done = on_done  # set once at wiring time: queues bounces (dsn)
-        self.delay_warner: ops.OnDone | None = None  # likewise: delay warnings (dsn)
+        # Set once at wiring time (use_reports): queue the reports finished messages owe,
+        # and delay warnings; and what a commit owes afterwards.
+        self.on_done = on_done
+        self.delay_warner: ops.OnDone | None = None
+        self.effects = effects or Effects()
+
+    def use_reports(self, builder: ReportBuilder) -> None:
+        """Queue the reports `builder` (dsn.generate.BounceGenerator) builds: the bounces
+        of finished messages and the delay warnings, each in the commit that owes it."""
+        reports = ReportQueue(builder)
+        self.on_done, self.delay_warner = reports, reports.warn_delayed
+
+    def _submit(
+        self,
+        name: str,
+        op: Callable[[Connection], T],
+        aftermath: Callable[[T], Aftermath] | None = None,
+    ) -> Future[T]:
+        future = self._writer.submit(name, op)
+        return future if aftermath is None else self.effects.follow(name, future, aftermath)
 
     def enqueue(self, message: NewMessage) -> Future[Any]:
         """Queue a message; the future's value is the on_done result if it finished at once."""
         on_done = self.on_done
-        return self._writer.submit("enqueue", lambda c: ops.insert_message(c, message, on_done))
+        return self._submit(
+            "enqueue", lambda c: ops.insert_message(c, message, on_done), after.enqueued(message)
+        )
 
     def claim(self, connector: str, owner: str, limit: int) -> Future[list[Claim]]:
         now, lease = self._clock(), self.lease
@@ -76,9 +98,10 @@ class QueueStore:
             self.max_internal_failures,
             self.on_done,
         )
-        return self._writer.submit(
+        return self._submit(
             "record",
             lambda c: ops.record_outcomes(c, outcomes, owner, policy, limit, now, on_done),
+            after.recorded(now),
         )
 
     def warn_delayed(self, older_than: float) -> Future[list[Any]]:
@@ -88,8 +111,10 @@ class QueueStore:
             done: Future[list[Any]] = Future()
             done.set_result([])
             return done
-        return self._writer.submit(
-            "warn-delayed", lambda c: ops.warn_delayed(c, now - older_than, now, warner)
+        return self._submit(
+            "warn-delayed",
+            lambda c: ops.warn_delayed(c, now - older_than, now, warner),
+            after.warned,
         )
 
     def origin_known(self, origin: str) -> Future[bool]:
@@ -97,12 +122,12 @@ class QueueStore:
 
     def expire_leases(self) -> Future[int]:
         now = self._clock()
-        return self._writer.submit("expire-leases", lambda c: ops.expire_leases(c, now))
+        return self._submit("expire-leases", lambda c: ops.expire_leases(c, now), _all_due_if_any)
 
     def release_leases(self, owner_prefix: str | None = None) -> Future[int]:
         now = self._clock()
-        return self._writer.submit(
-            "release-leases", lambda c: ops.release_leases(c, now, owner_prefix)
+        return self._submit(
+            "release-leases", lambda c: ops.release_leases(c, now, owner_prefix), _all_due_if_any
         )
 
     def end_leases(
@@ -116,7 +141,7 @@ class QueueStore:
             self.policy,
             self.on_done,
         )
-        return self._writer.submit(
+        return self._submit(
             "end-leases",
             lambda c: leases.end_leases(
                 c,
@@ -128,13 +153,16 @@ class QueueStore:
                 owner_prefix=owner_prefix,
                 expired_only=expired_only,
             ),
+            after.leases_ended,
         )
 
     def expire_waiting(self, cursor: expiry.Cursor | None) -> Future[expiry.ExpiryPass]:
         """Bounce waiting recipients of messages past the lifetime (one bounded walk)."""
         now, lifetime, on_done = self._clock(), self.policy.lifetime, self.on_done
-        return self._writer.submit(
-            "expire-waiting", lambda c: expiry.expire_waiting(c, now, lifetime, cursor, on_done)
+        return self._submit(
+            "expire-waiting",
+            lambda c: expiry.expire_waiting(c, now, lifetime, cursor, on_done),
+            after.expired,
         )
 
     def reroute_vanished(
@@ -142,82 +170,61 @@ class QueueStore:
     ) -> Future[list[reroute.Rerouted]]:
         """Re-route (or bounce) waiting recipients of connectors not in `known`."""
         now, on_done, known = self._clock(), self.on_done, frozenset(known)
-        return self._writer.submit(
-            "reroute", lambda c: reroute.reroute_vanished(c, known, route, now, on_done)
+        return self._submit(
+            "reroute",
+            lambda c: reroute.reroute_vanished(c, known, route, now, on_done),
+            after.rerouted,
         )
 
     def purge_done(self, older_than: float) -> Future[int]:
         before = self._clock() - older_than
         return self._writer.submit("purge", lambda c: ops.purge_done(c, before))
 
+    # --- the administrator's commands (queue/admin.py), each one transaction -------------------
+    def hold(
+        self, queue_id: str | None, connector: str | None = None, *, revoke_leases: bool = False
+    ) -> Future[admin.Changed]:
+        now = self._clock()
+        return self._submit(
+            "hold", lambda c: admin.hold(c, queue_id, now, connector, revoke_leases=revoke_leases)
+        )
+
+    def release(self, queue_id: str | None, connector: str | None = None) -> Future[admin.Changed]:
+        now = self._clock()
+        return self._submit(
+            "release", lambda c: admin.release(c, queue_id, now, connector), after.changed
+        )
+
+    def retry(self, queue_id: str | None, connector: str | None = None) -> Future[admin.Changed]:
+        now = self._clock()
+        return self._submit(
+            "retry", lambda c: admin.retry(c, queue_id, now, connector), after.changed
+        )
+
+    def take_over(self, queue_id: str) -> Future[tuple[Revoked, ...]]:
+        now = self._clock()
+        return self._submit("take-over", lambda c: admin.take_over(c, queue_id, now))
+
+    def delete(self, queue_id: str, *, ndr: bool = False) -> Future[admin.Finished]:
+        """Remove a message; with `ndr`, first bounce its open recipients and queue the report."""
+        now, on_done = self._clock(), self.on_done if ndr else None
+        return self._submit(
+            "delete",
+            lambda c: admin.delete(c, queue_id, now, ndr=ndr, on_done=on_done),
+            after.finished,
+        )
+
+    def return_to_sender(self, queue_id: str) -> Future[admin.Finished]:
+        now, on_done = self._clock(), self.on_done
+        return self._submit(
+            "bounce", lambda c: admin.return_to_sender(c, queue_id, now, on_done), after.finished
+        )
+
     def reader(self) -> QueueReader:
         """A reader with its own connection; call from the thread that will use it."""
         return QueueReader(self.backend.connect(), self._clock)
 
 
-class QueueReader:
-    """Read-only queries on one connection, owned by one thread."""
-
-    def __init__(self, conn: Connection, clock: Callable[[], float] = time.time) -> None:
-        self._conn = conn
-        self._clock = clock
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def body(self, queue_id: str) -> bytes | None:
-        row = self._conn.execute(
-            "SELECT data FROM bodies WHERE message_id = ?", (queue_id,)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def next_due(self, connector: str) -> float | None:
-        """When the earliest waiting recipient of `connector` is due (index lookup)."""
-        row = self._conn.execute(
-            "SELECT MIN(due_at) FROM recipients WHERE connector = ? "
-            "AND state IN ('queued', 'deferred')",
-            (connector,),
-        ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
-
-    def due_load(self, connector: str, now: float) -> tuple[int, float | None]:
-        """Recipients of `connector` due now or in flight, and the oldest one's arrival time."""
-        row = self._conn.execute(
-            "SELECT COUNT(*), MIN(m.received_at) FROM recipients r "
-            "JOIN messages m ON m.id = r.message_id WHERE r.connector = ? "
-            "AND r.state IN ('queued', 'deferred') AND r.due_at <= ?",
-            (connector, now),
-        ).fetchone()
-        active = self._conn.execute(
-            "SELECT COUNT(*), MIN(m.received_at) FROM recipients r "
-            "JOIN messages m ON m.id = r.message_id WHERE r.state = 'active' AND r.connector = ?",
-            (connector,),
-        ).fetchone()
-        oldest = [float(x) for x in (row[1], active[1]) if x is not None]
-        return int(row[0]) + int(active[0]), (min(oldest) if oldest else None)
-
-    def counts(self) -> QueueCounts:
-        by_state: dict[tuple[str, str], int] = {}
-        for connector, state, count in self._conn.execute(
-            "SELECT connector, state, COUNT(*) FROM recipients "
-            "WHERE state NOT IN ('delivered', 'bounced') GROUP BY connector, state"
-        ).fetchall():
-            by_state[(connector, state)] = count
-        oldest: dict[str, float] = {}
-        for connector, received in self._conn.execute(
-            "SELECT r.connector, MIN(m.received_at) FROM recipients r "
-            "JOIN messages m ON m.id = r.message_id "
-            "WHERE r.state NOT IN ('delivered', 'bounced') GROUP BY r.connector"
-        ).fetchall():
-            oldest[connector] = float(received)
-        return QueueCounts(by_state, oldest)
-
-    def recipient_states(self, queue_id: str) -> list[tuple[str, str, str | None]]:
-        return [
-            (row[0], row[1], row[2])
-            for row in self._conn.execute(
-                "SELECT address, state, last_reply FROM recipients WHERE message_id = ? "
-                "ORDER BY id",
-                (queue_id,),
-            ).fetchall()
-        ]
+def _all_due_if_any(count: int) -> Aftermath:
+    """Leases put back in the queue make work due, on any connector."""
+    return Aftermath(everything=count > 0)

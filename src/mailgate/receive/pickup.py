@@ -27,22 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailgate.dsn.generate import report_bounce
 from mailgate.errors import StoreError
-from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap
-from mailgate.queue.store import QueueStore
+from mailgate.queue.store import STORE_WAIT, QueueStore
 from mailgate.receive.pickup_parse import PickupError, parse_pickup
 from mailgate.route.policy import RecipientPolicy
 from mailgate.supervise.handle import ThreadHandle
 
 OUTBOX = "outbox"
 WORK = ".work"
-STORE_WAIT = 120.0
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -76,7 +73,6 @@ class Pickup:
         store: QueueStore,
         policy: RecipientPolicy,
         address_map: AddressMap,
-        wakeup: Wakeup,
         events: EventLog,
         counters: Counters | None = None,
     ) -> None:
@@ -87,7 +83,6 @@ class Pickup:
         self.store = store
         self.policy = policy
         self.map = address_map
-        self.wakeup = wakeup
         self.events = events
 
     def __call__(self, handle: ThreadHandle) -> None:
@@ -198,7 +193,7 @@ class Pickup:
         queued = 0
         for item in taken:
             try:
-                bounce = item.future.result(STORE_WAIT)
+                item.future.result(STORE_WAIT)
             except (StoreError, TimeoutError) as exc:
                 self._put_back(item, str(exc))
                 continue
@@ -207,8 +202,7 @@ class Pickup:
             message = item.message
             self.counters.add("mailgate_messages_received_total", source="pickup")
             self.counters.add("mailgate_bytes_received_total", len(message.body), source="pickup")
-            self.wakeup.notify(*{r.connector for r in message.recipients})
-            self.events.emit(
+            self.events.emit(  # the commit woke the connectors and reported any bounce
                 catalog.PICKED_UP,
                 queue_id=item.queue_id,
                 file=item.original,
@@ -217,7 +211,6 @@ class Pickup:
                 recipients=len(message.recipients),
                 size=len(message.body),
             )
-            report_bounce(self.events, bounce)
         return queued
 
     def _put_back(self, item: _Taken, error: str) -> None:

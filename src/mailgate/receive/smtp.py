@@ -26,7 +26,6 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailgate.errors import StoreError
-from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
@@ -78,14 +77,12 @@ class ReceiveHandler:
         settings: ReceiveSettings,
         store: QueueStore,
         policy: RecipientPolicy,
-        wakeup: Wakeup,
         events: EventLog,
         counters: Counters | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.policy = policy
-        self.wakeup = wakeup
         self.events = events
         self.counters = counters or Counters()
         self.committing = 0
@@ -258,8 +255,7 @@ class ReceiveHandler:
         )
         reply = await self._make_durable(message)
         if reply is not None:
-            return reply
-        self.wakeup.notify(*{r.connector for r in message.recipients})
+            return reply  # the commit woke the connectors the message is for (queue/effects.py)
         self.counters.add("mailgate_messages_received_total", source="smtp")
         self.counters.add("mailgate_bytes_received_total", len(message.body), source="smtp")
         self.events.emit(

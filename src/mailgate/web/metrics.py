@@ -23,9 +23,10 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from mailgate.model import OPEN_STATES
 from mailgate.observe.counters import LATENCY_BUCKETS
 
-STATES = ("queued", "active", "deferred", "held", "quarantined")
+STATES = tuple(s.value for s in OPEN_STATES)  # the queue gauges' `state` label values
 SOURCES = ("smtp", "pickup")
 OUTCOMES = ("delivered", "deferred", "bounced", "quarantined")
 LATENCY = "mailgate_delivery_latency_seconds"

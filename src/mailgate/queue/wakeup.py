@@ -1,10 +1,12 @@
-"""In-process wake-ups: a receiver tells a connector's idle threads that work arrived.
+"""Wake-ups: a commit that made work due tells the connector's idle threads at once.
 
-A generation counter per connector, and a condition per connector on one lock: a
-waiter passes the generation it last saw and returns as soon as it changes, so a
-notification between two waits is never lost. A new message wakes one idle thread
-of its connector, not all of them (each woken thread claims, and claims cost a
-commit). Waits are always bounded; the queue is the truth, a wake-up is a hint.
+The queue's effects (effects.py) notify after each such commit; interchange threads
+wait here between claims. A generation counter per connector, and a condition per
+connector on one lock: a waiter passes the generation it last saw and returns as soon
+as it changes, so a notification between two waits is never lost. New work wakes one
+idle thread of its connector, not all of them (each woken thread claims, and claims
+cost a commit). In a receive process the notification also goes as a datagram to the
+interchange process. Waits are always bounded; the queue is the truth, a wake-up a hint.
 """
 
 from __future__ import annotations

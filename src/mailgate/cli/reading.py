@@ -1,0 +1,36 @@
+"""Reading the queue from a command: read-only, whether the service runs or not.
+
+The queue is opened through its one read path (queue/reader.py) on a read-only
+connection: a command that only reads never creates the queue (no file: None) and
+cannot change it. A queue that cannot be read is a clear message naming its file,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import click
+
+from mailgate.config.schema import Config
+from mailgate.errors import StoreError
+from mailgate.queue.reader import QueueReader, open_reader
+from mailgate.queue.sqlite import SqliteBackend
+
+
+@contextlib.contextmanager
+def reading(config: Config) -> Iterator[QueueReader | None]:
+    """A reader of `config`'s queue, or None if there is none yet."""
+    path = config.queue_path
+    try:
+        reader = open_reader(SqliteBackend(path))
+    except StoreError as exc:
+        raise click.ClickException(f"cannot read the queue {path}: {exc}") from None
+    try:
+        yield reader
+    except StoreError as exc:
+        raise click.ClickException(f"cannot read the queue {path}: {exc}") from None
+    finally:
+        if reader is not None:
+            reader.close()
