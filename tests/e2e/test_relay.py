@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import smtplib
-import time
 from collections.abc import Iterator
 from email import policy
 from pathlib import Path
@@ -99,7 +98,19 @@ def test_mixed_recipients_end_right_with_one_bounce(relay: Mailgate, sink: Sink)
     assert failed_recipients(report) == ["rfc822; bad@elsewhere.org"]
     assert [m.recipients for m in sink.messages] == [["ok@elsewhere.org"]]
     assert len(relay.delivered("NET1", "PO1", "BOB")) == 1
-    time.sleep(0.5)  # a second bounce would have arrived by now (not a synchronisation)
+    # A bounce is queued in the commit that finishes the message (4003): once the message
+    # and its bounce are both done, every bounce it will ever have is in the mailbox.
+    [received] = wait_for(lambda: relay.events(3000), 5, what="MessageReceived")
+    original = received["fields"]["queue_id"]
+    [ndr] = wait_for(lambda: relay.events(2117), 10, what="NdrGenerated")
+    assert ndr["fields"]["queue_id"] == original
+    done = {original, ndr["fields"]["bounce_id"]}
+    wait_for(
+        lambda: done <= {e["fields"]["queue_id"] for e in relay.events(4003)},
+        10,
+        what="the message and its bounce done",
+    )
+    assert len(relay.events(2117)) == 1
     assert len(bounces(relay)) == 1
 
 
