@@ -212,7 +212,8 @@ def test_expiry_walks_an_index_of_open_messages_even_in_an_older_queue_file(tmp_
     path = tmp_path / "old.db"
     SqliteBackend(path).initialize()
     db = sqlite3.connect(path)
-    db.execute("DROP INDEX messages_open")  # a queue file from before the index
+    db.execute("DROP INDEX messages_open")  # a queue file from before the index,
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")  # which said schema 1
     db.commit()
     db.close()
     SqliteBackend(path).initialize()  # upgraded in place
