@@ -1,10 +1,9 @@
-"""Queue administration on a real SQLite file: every admin op, in one transaction each,
-the active-recipient rule, the read queries of `mailgate queue`, and the integrity check
-finding planted damage."""
+"""Queue administration on both stores (a real SQLite file, a PostgreSQL schema): every
+admin op, in one transaction each, the active-recipient rule, the read queries of
+`mailgate queue`, and the integrity check finding planted damage."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,8 +21,8 @@ from mailgate.queue import admin, history, revoke
 from mailgate.queue.backend import Connection
 from mailgate.queue.commit import DirectWriter
 from mailgate.queue.retry import RetryPolicy
-from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueStore
+from tests.support.stores import AnyBackend
 
 T = TypeVar("T")
 OWNER = "mx.test:1:postoffice-1:1:"
@@ -53,11 +52,10 @@ FRIEND = ("friend@elsewhere.org", "smarthost")
 
 
 class Queue:
-    """A store on a real file, written the way `mailgate queue` writes: a DirectWriter."""
+    """A real store, written the way `mailgate queue` writes: a DirectWriter."""
 
-    def __init__(self, path: Path) -> None:
-        self.backend = SqliteBackend(path)
-        self.backend.initialize()
+    def __init__(self, backend: AnyBackend) -> None:
+        self.backend = backend
         self.writer = DirectWriter(self.backend)
         self.generator = BounceGenerator("mx.test", "postmaster@mx.test", route)
         self.store = QueueStore(
@@ -67,7 +65,7 @@ class Queue:
             lease=30,
             on_done=self.generator,
         )
-        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db = backend.connect()  # autocommit: each statement on its own
 
     def run(self, op: Callable[[Connection], T]) -> T:
         return self.writer.submit("admin", op).result()
@@ -101,8 +99,8 @@ class Queue:
 
 
 @pytest.fixture
-def q(tmp_path: Path) -> Iterator[Queue]:
-    queue = Queue(tmp_path / "queue.db")
+def q(queue_backend: AnyBackend) -> Iterator[Queue]:
+    queue = Queue(queue_backend)
     yield queue
     queue.close()
 
@@ -397,6 +395,7 @@ def test_list_filters_and_limit(q: Queue) -> None:
     assert by_address[BOB[0]].state == "active" and by_address[BOB[0]].lease_owner == OWNER
 
 
+@pytest.mark.sqlite_only
 def test_list_queries_walk_indexes(q: Queue) -> None:
     plans: list[str] = []
 
@@ -435,6 +434,10 @@ def test_summary_counts_by_age_bucket_and_state(q: Queue) -> None:
     assert smart.states["queued"] == 0 and smart.states["held"] == 0
 
 
+@pytest.mark.xfail_on_postgres(
+    reason="history.integrity_check runs SQLite's PRAGMA quick_check; on PostgreSQL it "
+    "should return [] (the server checks its own pages) and `queue check` say so"
+)
 def test_check_passes_on_a_healthy_store_and_finds_planted_damage(q: Queue) -> None:
     qid = q.add(message(BOB, FRIEND))
     q.defer("postoffice")
@@ -446,7 +449,7 @@ def test_check_passes_on_a_healthy_store_and_finds_planted_damage(q: Queue) -> N
         "INSERT INTO recipients (message_id, address, connector, state, due_at, updated_at) "
         "VALUES ('GHOST', 'lost@x.test', 'postoffice', 'queued', 0, 0)"
     )
-    q.db.execute("INSERT INTO bodies (message_id, data) VALUES ('NOBODY', x'00')")
+    q.db.execute("INSERT INTO bodies (message_id, data) VALUES ('NOBODY', ?)", (b"\x00",))
     q.db.execute(
         "INSERT INTO attempts (recipient_id, message_id, started_at, finished_at, disposition, "
         "reply) VALUES (9999, 'GHOST', 0, 0, 'deferred', '451')"
