@@ -146,7 +146,8 @@ def test_a_suspect_is_claimed_alone_and_never_mixed_into_a_batch(store: QueueSto
         OWNER,
     ).result(0)
     store.end_leases("its worker process died", OWNER).result(0)  # the suspect's two recipients
-    sql(store.backend, "UPDATE recipients SET due_at = CASE WHEN address = 'a@x.test' THEN 1 ELSE 2 END")  # fmt: skip
+    due = "UPDATE recipients SET due_at = CASE WHEN address = 'a@x.test' THEN 1 ELSE 2 END"
+    sql(store.backend, due)
     batch = store.claim("postoffice", OWNER, 10).result(0)
     assert [c.address for c in batch] == ["a@x.test"], "mail due before a suspect goes without it"
     batch = store.claim("postoffice", OWNER, 10).result(0)
