@@ -290,3 +290,27 @@ def test_a_command_gives_up_on_a_writer_lock_held_too_long(backend: SqliteBacken
         waiter.close()
     finally:
         holder.close()
+
+
+@pytest.mark.sqlite_only
+def test_a_begin_that_fails_fails_its_batch_at_once(backend: SqliteBackend) -> None:
+    """A batch whose BEGIN fails (here: the writer lock held past the committer's
+    lock_timeout; on PostgreSQL: no connection to be had) fails every caller in it at once,
+    so a receiver answers 451 now, not when its own deadline runs out."""
+    holder = backend.connect()
+    holder.begin()
+    committer = Committer(SqliteBackend(backend.path, lock_timeout=0.2), EventLog())
+    handle = ThreadHandle("commit", "commit", None)
+    thread = threading.Thread(target=committer.run, args=(lambda: handle.stopping, handle.progress))
+    thread.start()
+    try:
+        store = QueueStore(backend, committer)
+        with pytest.raises(StoreError, match="held by another writer"):
+            store.enqueue(message("a@x.test")).result(5)
+        holder.rollback()
+        store.enqueue(message("b@x.test")).result(5)  # and the next batch goes through
+    finally:
+        holder.close()
+        handle.stop_event.set()
+        committer.wake()
+        thread.join(10)
