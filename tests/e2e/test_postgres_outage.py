@@ -84,7 +84,7 @@ def test_database_gone_means_451_and_a_retry_succeeds_once_it_is_back(
         code, text = send(mg.port, 2)
         assert code == 451, (code, text)
         assert time.monotonic() - started < 30, "the client is answered, not left waiting"
-        assert mg.healthy() or mg.proc is not None and mg.proc.poll() is None, "still running"
+        assert mg.healthy() or (mg.proc is not None and mg.proc.poll() is None), "still running"
         assert any("not permitted to log in" in e["fields"]["error"] for e in mg.events(4001))
 
         outage(name, on=False)
