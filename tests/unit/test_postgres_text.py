@@ -24,7 +24,7 @@ def test_placeholders_outside_literals_only_and_percent_signs_kept() -> None:
         (
             "postgresql://mg@db/mail?password=s3cret&sslmode=require",
             "postgresql://mg@db/mail?password=***&sslmode=require",
-        ),  # fmt: skip
+        ),
         ("postgresql://mg@db/mail", "postgresql://mg@db/mail"),
         ("postgres://a:b:c@[::1]:5432/x", "postgres://a:***@[::1]:5432/x"),
     ],
