@@ -11,6 +11,8 @@ import pytest
 from tests.support.process import Mailgate
 from tests.support.tools import require
 
+pytest_plugins = ("tests.support.stores",)  # queue_backend: every store test on both stores
+
 
 @pytest.fixture
 def mailgate(tmp_path: Path) -> Iterator[Mailgate]:

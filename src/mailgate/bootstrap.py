@@ -50,9 +50,9 @@ from mailgate.queue.commit import Committer
 from mailgate.queue.effects import Effects
 from mailgate.queue.leases import LeasesEnded
 from mailgate.queue.lock import DataDirLock
+from mailgate.queue.open import open_backend
 from mailgate.queue.reader import QueueReader
 from mailgate.queue.retry import RetryPolicy
-from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueStore, Writer
 from mailgate.queue.wakeup import RemoteWakeup, Wakeup, WakeupListener, bind_wakeup, wakeup_path
 from mailgate.receive.listeners import Listeners, open_listeners
@@ -143,8 +143,8 @@ class Service:
         # on SQLite's single write lock.
         # The group committers wait for the writer lock as long as it takes (lock_timeout
         # None): the supervisor reports a commit thread stuck there, with its stack.
-        self.backend = SqliteBackend(
-            config.queue_path, durable=role != "interchange", lock_timeout=None
+        self.backend = open_backend(
+            config.queue, config.data_dir, durable=role != "interchange", lock_timeout=None
         )
         self.committer = Committer(self.backend, events, max_batch=config.queue.commit_batch)
         self.store = queue_store(config, self.committer, self.backend)
@@ -153,7 +153,7 @@ class Service:
         self.pickup_committer: Committer | None = None
         self.pickup_store = self.store
         if not self.backend.durable:
-            durable = SqliteBackend(config.queue_path, lock_timeout=None)
+            durable = open_backend(config.queue, config.data_dir, lock_timeout=None)
             self.pickup_committer = Committer(durable, events, max_batch=config.queue.commit_batch)
             self.pickup_store = queue_store(config, self.pickup_committer, durable)
         self.wakeup: Wakeup = (

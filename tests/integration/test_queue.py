@@ -1,4 +1,5 @@
-"""The queue on a real SQLite file: group commit, claims, outcomes, leases, query plans."""
+"""The queue on both stores (a real SQLite file, a PostgreSQL schema): group commit, claims,
+outcomes, leases; and SQLite's own query plans, writer lock and fsync levels."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueStore
 from mailgate.supervise.handle import ThreadHandle
+from tests.support.stores import AnyBackend
 
 OWNER = "test:1:t1:"
 
@@ -38,14 +40,12 @@ def message(*rcpts: str, connector: str = "postoffice", at: float | None = None)
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> SqliteBackend:
-    backend = SqliteBackend(tmp_path / "queue.db")
-    backend.initialize()
-    return backend
+def backend(queue_backend: AnyBackend) -> AnyBackend:
+    return queue_backend
 
 
 @pytest.fixture
-def committer(backend: SqliteBackend) -> Iterator[Committer]:
+def committer(backend: AnyBackend) -> Iterator[Committer]:
     committer = Committer(backend, EventLog())
     handle = ThreadHandle("commit", "commit", None)
     thread = threading.Thread(target=committer.run, args=(lambda: handle.stopping, handle.progress))
@@ -58,7 +58,7 @@ def committer(backend: SqliteBackend) -> Iterator[Committer]:
 
 
 @pytest.fixture
-def store(backend: SqliteBackend, committer: Committer) -> QueueStore:
+def store(backend: AnyBackend, committer: Committer) -> QueueStore:
     return QueueStore(backend, committer, policy=RetryPolicy(60, 600, 3600), lease=30)
 
 
@@ -84,7 +84,7 @@ def test_concurrent_enqueues_share_commits(store: QueueStore, committer: Committ
     assert stats.largest_batch > 1
 
 
-def test_claim_record_and_finish(store: QueueStore, backend: SqliteBackend) -> None:
+def test_claim_record_and_finish(store: QueueStore, backend: AnyBackend) -> None:
     msg = message("a@x.test", "b@x.test")
     store.enqueue(msg).result(10)
     claims = store.claim("postoffice", OWNER, 10).result(10)
@@ -123,7 +123,7 @@ def test_expired_message_bounces_instead_of_deferring(store: QueueStore) -> None
     assert item[0].state.value == "bounced" and "expired" in item[0].reply
 
 
-def test_internal_errors_quarantine(store: QueueStore, backend: SqliteBackend) -> None:
+def test_internal_errors_quarantine(store: QueueStore, backend: AnyBackend) -> None:
     store.enqueue(message("a@x.test")).result(10)
     for attempt in range(1, 4):
         conn = backend.connect()
@@ -136,7 +136,7 @@ def test_internal_errors_quarantine(store: QueueStore, backend: SqliteBackend) -
         assert state == ("quarantined" if attempt == 3 else "deferred")
 
 
-def test_lease_expiry_and_lost_lease(store: QueueStore, backend: SqliteBackend) -> None:
+def test_lease_expiry_and_lost_lease(store: QueueStore, backend: AnyBackend) -> None:
     store.enqueue(message("a@x.test")).result(10)
     claim = store.claim("postoffice", OWNER, 10).result(10)[0]
     conn = backend.connect()
@@ -159,7 +159,7 @@ def test_release_by_owner_prefix(store: QueueStore) -> None:
 
 
 def test_failed_operation_leaves_nothing_and_others_commit(
-    store: QueueStore, committer: Committer, backend: SqliteBackend
+    store: QueueStore, committer: Committer, backend: AnyBackend
 ) -> None:
     good = message("a@x.test")
     bad = replace(message("b@x.test"), recipients=(NewRecipient("b@x.test", "postoffice"),) * 1)
@@ -175,6 +175,7 @@ def test_failed_operation_leaves_nothing_and_others_commit(
     conn.close()
 
 
+@pytest.mark.sqlite_only
 def test_claim_and_lease_queries_use_indexes(backend: SqliteBackend) -> None:
     db = sqlite3.connect(backend.path)
     claim_plan = " ".join(
@@ -230,6 +231,7 @@ def test_only_processes_that_accept_mail_wait_for_fsync(tmp_path: Path) -> None:
         pickup.close()
 
 
+@pytest.mark.sqlite_only
 def test_writers_queue_on_the_writer_lock_and_every_ending_releases_it(
     backend: SqliteBackend,
 ) -> None:
@@ -271,6 +273,7 @@ def test_writers_queue_on_the_writer_lock_and_every_ending_releases_it(
         second.close()
 
 
+@pytest.mark.sqlite_only
 def test_a_command_gives_up_on_a_writer_lock_held_too_long(backend: SqliteBackend) -> None:
     """The CLI and the master poll with a deadline; a wedged writer cannot hang them."""
     holder = backend.connect()
@@ -287,3 +290,27 @@ def test_a_command_gives_up_on_a_writer_lock_held_too_long(backend: SqliteBacken
         waiter.close()
     finally:
         holder.close()
+
+
+@pytest.mark.sqlite_only
+def test_a_begin_that_fails_fails_its_batch_at_once(backend: SqliteBackend) -> None:
+    """A batch whose BEGIN fails (here: the writer lock held past the committer's
+    lock_timeout; on PostgreSQL: no connection to be had) fails every caller in it at once,
+    so a receiver answers 451 now, not when its own deadline runs out."""
+    holder = backend.connect()
+    holder.begin()
+    committer = Committer(SqliteBackend(backend.path, lock_timeout=0.2), EventLog())
+    handle = ThreadHandle("commit", "commit", None)
+    thread = threading.Thread(target=committer.run, args=(lambda: handle.stopping, handle.progress))
+    thread.start()
+    try:
+        store = QueueStore(backend, committer)
+        with pytest.raises(StoreError, match="held by another writer"):
+            store.enqueue(message("a@x.test")).result(5)
+        holder.rollback()
+        store.enqueue(message("b@x.test")).result(5)  # and the next batch goes through
+    finally:
+        holder.close()
+        handle.stop_event.set()
+        committer.wake()
+        thread.join(10)

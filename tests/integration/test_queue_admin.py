@@ -1,13 +1,11 @@
-"""Queue administration on a real SQLite file: every admin op, in one transaction each,
-the active-recipient rule, the read queries of `mailgate queue`, and the integrity check
-finding planted damage."""
+"""Queue administration on both stores (a real SQLite file, a PostgreSQL schema): every
+admin op, in one transaction each, the active-recipient rule, the read queries of
+`mailgate queue`, and the integrity check finding planted damage."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
@@ -22,9 +20,9 @@ from mailgate.queue.backend import Connection
 from mailgate.queue.commit import DirectWriter
 from mailgate.queue.dsn_source import ReportQueue
 from mailgate.queue.retry import RetryPolicy
-from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueStore
 from mailgate.queue.wakeup import Wakeup
+from tests.support.stores import AnyBackend
 
 T = TypeVar("T")
 OWNER = "mx.test:1:postoffice-1:1:"
@@ -54,11 +52,10 @@ FRIEND = ("friend@elsewhere.org", "smarthost")
 
 
 class Queue:
-    """A store on a real file, written the way `mailgate queue` writes: a DirectWriter."""
+    """A real store, written the way `mailgate queue` writes: a DirectWriter."""
 
-    def __init__(self, path: Path) -> None:
-        self.backend = SqliteBackend(path)
-        self.backend.initialize()
+    def __init__(self, backend: AnyBackend) -> None:
+        self.backend = backend
         self.writer = DirectWriter(self.backend)
         self.generator = ReportQueue(BounceGenerator("mx.test", "postmaster@mx.test", route))
         self.store = QueueStore(
@@ -68,7 +65,7 @@ class Queue:
             lease=30,
             on_done=self.generator,
         )
-        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db = backend.connect()  # autocommit: each statement on its own
 
     def run(self, op: Callable[[Connection], T]) -> T:
         return self.writer.submit("admin", op).result()
@@ -102,8 +99,8 @@ class Queue:
 
 
 @pytest.fixture
-def q(tmp_path: Path) -> Iterator[Queue]:
-    queue = Queue(tmp_path / "queue.db")
+def q(queue_backend: AnyBackend) -> Iterator[Queue]:
+    queue = Queue(queue_backend)
     yield queue
     queue.close()
 
@@ -398,6 +395,7 @@ def test_list_filters_and_limit(q: Queue) -> None:
     assert by_address[BOB[0]].state == "active" and by_address[BOB[0]].lease_owner == OWNER
 
 
+@pytest.mark.sqlite_only
 def test_list_queries_walk_indexes(q: Queue) -> None:
     plans: list[str] = []
 
@@ -447,7 +445,7 @@ def test_check_passes_on_a_healthy_store_and_finds_planted_damage(q: Queue) -> N
         "INSERT INTO recipients (message_id, address, connector, state, due_at, updated_at) "
         "VALUES ('GHOST', 'lost@x.test', 'postoffice', 'queued', 0, 0)"
     )
-    q.db.execute("INSERT INTO bodies (message_id, data) VALUES ('NOBODY', x'00')")
+    q.db.execute("INSERT INTO bodies (message_id, data) VALUES ('NOBODY', ?)", (b"\x00",))
     q.db.execute(
         "INSERT INTO attempts (recipient_id, message_id, started_at, finished_at, disposition, "
         "reply) VALUES (9999, 'GHOST', 0, 0, 'deferred', '451')"

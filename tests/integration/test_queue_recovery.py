@@ -1,4 +1,4 @@
-"""The queue's recovery paths on a real SQLite file, with their query plans: attempts that
+"""The queue's recovery paths on both stores, with SQLite's query plans: attempts that
 end without an outcome (Q151791) and suspects claimed alone, expiry of recipients nobody
 attempts (Q237182), reports that cannot be built (Q175965), and waiting mail of a
 connector the configuration no longer has (Q243701)."""
@@ -21,6 +21,7 @@ from mailgate.queue.commit import DirectWriter
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueStore
+from tests.support.stores import AnyBackend, sql
 
 OWNER = "node:1:postoffice-1:1:"
 
@@ -38,14 +39,12 @@ def message(*rcpts: str, at: float | None = None, sender: str = "s@example.org")
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> SqliteBackend:
-    backend = SqliteBackend(tmp_path / "queue.db")
-    backend.initialize()
-    return backend
+def backend(queue_backend: AnyBackend) -> AnyBackend:
+    return queue_backend
 
 
 @pytest.fixture
-def store(backend: SqliteBackend) -> Iterator[QueueStore]:
+def store(backend: AnyBackend) -> Iterator[QueueStore]:
     writer = DirectWriter(backend)
     store = QueueStore(
         backend, writer, policy=RetryPolicy(60, 600, 3600), lease=30, max_internal_failures=3
@@ -55,16 +54,12 @@ def store(backend: SqliteBackend) -> Iterator[QueueStore]:
     writer.close()
 
 
-def rows(backend: SqliteBackend, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
-    db = sqlite3.connect(backend.path)
-    try:
-        return db.execute(sql, params).fetchall()
-    finally:
-        db.close()
+def rows(backend: AnyBackend, statement: str, params: tuple[object, ...] = ()) -> list[Any]:
+    return sql(backend, statement, params)
 
 
 def test_each_attempt_without_an_outcome_counts_and_the_limit_quarantines(
-    store: QueueStore, backend: SqliteBackend
+    store: QueueStore, backend: AnyBackend
 ) -> None:
     store.enqueue(message("a@x.test")).result(0)
     for attempt in (1, 2, 3):
@@ -87,24 +82,21 @@ def test_each_attempt_without_an_outcome_counts_and_the_limit_quarantines(
 
 
 def test_only_expired_leases_end_when_asked_and_other_owners_are_untouched(
-    store: QueueStore, backend: SqliteBackend
+    store: QueueStore, backend: AnyBackend
 ) -> None:
     store.enqueue(message("a@x.test")).result(0)
     store.enqueue(message("b@x.test")).result(0)
     store.claim("postoffice", OWNER, 1).result(0)
     store.claim("postoffice", "node:1:postoffice-10:1:", 1).result(0)
     assert store.end_leases("its lease ran out", expired_only=True).result(0).count == 0
-    db = sqlite3.connect(backend.path)
-    db.execute("UPDATE recipients SET lease_until = 0 WHERE lease_owner = ?", (OWNER,))
-    db.commit()
-    db.close()
+    sql(backend, "UPDATE recipients SET lease_until = 0 WHERE lease_owner = ?", (OWNER,))
     assert store.end_leases("its lease ran out", expired_only=True).result(0).count == 1
     assert store.end_leases("its thread died", "node:1:postoffice-1:").result(0).count == 0
     assert store.end_leases("its thread died", "node:1:postoffice-10:").result(0).count == 1
 
 
 def test_an_attempt_without_an_outcome_past_the_lifetime_bounces_with_a_report(
-    store: QueueStore, backend: SqliteBackend
+    store: QueueStore, backend: AnyBackend
 ) -> None:
     old = message("a@x.test", at=time.time() - 7200)  # the policy's lifetime is 3600 s
     store.enqueue(old).result(0)
@@ -119,7 +111,7 @@ def test_an_attempt_without_an_outcome_past_the_lifetime_bounces_with_a_report(
 
 
 def test_a_clean_start_gives_leases_back_without_counting(
-    store: QueueStore, backend: SqliteBackend
+    store: QueueStore, backend: AnyBackend
 ) -> None:
     store.enqueue(message("a@x.test")).result(0)
     store.claim("postoffice", OWNER, 10).result(0)
@@ -150,10 +142,8 @@ def test_a_suspect_is_claimed_alone_and_never_mixed_into_a_batch(store: QueueSto
         OWNER,
     ).result(0)
     store.end_leases("its worker process died", OWNER).result(0)  # the suspect's two recipients
-    conn = sqlite3.connect(store.backend.path)
-    conn.execute("UPDATE recipients SET due_at = CASE WHEN address = 'a@x.test' THEN 1 ELSE 2 END")
-    conn.commit()
-    conn.close()
+    due = "UPDATE recipients SET due_at = CASE WHEN address = 'a@x.test' THEN 1 ELSE 2 END"
+    sql(store.backend, due)
     batch = store.claim("postoffice", OWNER, 10).result(0)
     assert [c.address for c in batch] == ["a@x.test"], "mail due before a suspect goes without it"
     batch = store.claim("postoffice", OWNER, 10).result(0)
@@ -162,6 +152,7 @@ def test_a_suspect_is_claimed_alone_and_never_mixed_into_a_batch(store: QueueSto
     assert [c.address for c in batch] == ["c@x.test"]
 
 
+@pytest.mark.sqlite_only
 def test_lease_ending_queries_walk_indexes(backend: SqliteBackend) -> None:
     db = sqlite3.connect(backend.path)
     select = (
@@ -176,7 +167,7 @@ def test_lease_ending_queries_walk_indexes(backend: SqliteBackend) -> None:
 
 
 def test_expiry_bounces_waiting_recipients_nobody_attempts_and_walks_past_parked_ones(
-    store: QueueStore, backend: SqliteBackend
+    store: QueueStore, backend: AnyBackend
 ) -> None:
     old = time.time() - 7200  # the policy's lifetime is 3600 s
     parked = [message(f"h{n}@x.test", at=old + n) for n in range(3)]
@@ -184,10 +175,7 @@ def test_expiry_bounces_waiting_recipients_nobody_attempts_and_walks_past_parked
     young = message("y@x.test")
     for msg in (*parked, waiting, young):
         store.enqueue(msg).result(0)
-    db = sqlite3.connect(backend.path)
-    db.execute("UPDATE recipients SET state = 'held' WHERE address LIKE 'h%'")
-    db.commit()
-    db.close()
+    sql(backend, "UPDATE recipients SET state = 'held' WHERE address LIKE 'h%'")
     writer = DirectWriter(backend)
     cursor, expired, done = None, [], []
     for _ in range(3):  # walks of two messages: the held ones never block the walk
@@ -212,7 +200,8 @@ def test_expiry_walks_an_index_of_open_messages_even_in_an_older_queue_file(tmp_
     path = tmp_path / "old.db"
     SqliteBackend(path).initialize()
     db = sqlite3.connect(path)
-    db.execute("DROP INDEX messages_open")  # a queue file from before the index
+    db.execute("DROP INDEX messages_open")  # a queue file from before the index,
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")  # which said schema 1
     db.commit()
     db.close()
     SqliteBackend(path).initialize()  # upgraded in place
@@ -237,7 +226,7 @@ def half_a_report_then_a_bug(conn: Connection, queue_id: str, now: float) -> Any
 
 
 def test_a_report_that_cannot_be_built_still_records_the_outcome_and_keeps_the_message(
-    store: QueueStore, backend: SqliteBackend
+    store: QueueStore, backend: AnyBackend
 ) -> None:
     store.on_done = half_a_report_then_a_bug
     msg = message("a@x.test", "b@x.test")
@@ -261,7 +250,7 @@ def test_a_report_that_cannot_be_built_still_records_the_outcome_and_keeps_the_m
 
 
 def test_a_delay_warning_that_cannot_be_built_is_given_up(
-    store: QueueStore, backend: SqliteBackend
+    store: QueueStore, backend: AnyBackend
 ) -> None:
     store.delay_warner = half_a_report_then_a_bug
     store.enqueue(message("a@x.test", at=time.time() - 100)).result(0)
@@ -272,7 +261,7 @@ def test_a_delay_warning_that_cannot_be_built_is_given_up(
 
 
 def test_waiting_mail_of_a_vanished_connector_is_routed_again_or_bounced(
-    store: QueueStore, backend: SqliteBackend
+    store: QueueStore, backend: AnyBackend
 ) -> None:
     gone = NewMessage(
         queue_id=new_queue_id(),
@@ -288,10 +277,7 @@ def test_waiting_mail_of_a_vanished_connector_is_routed_again_or_bounced(
     )
     store.enqueue(gone).result(0)
     store.enqueue(message("kept@x.test")).result(0)
-    db = sqlite3.connect(backend.path)
-    db.execute("UPDATE recipients SET state = 'held' WHERE address = 'held@elsewhere.org'")
-    db.commit()
-    db.close()
+    sql(backend, "UPDATE recipients SET state = 'held' WHERE address = 'held@elsewhere.org'")
 
     def route(address: str) -> str | None:
         return "postoffice" if address.endswith("@x.test") else None
@@ -310,6 +296,7 @@ def test_waiting_mail_of_a_vanished_connector_is_routed_again_or_bounced(
     assert store.reroute_vanished({"postoffice"}, route).result(0) == [], "nothing left waiting"
 
 
+@pytest.mark.sqlite_only
 def test_finding_vanished_connectors_seeks_the_index_of_due_work(backend: SqliteBackend) -> None:
     db = sqlite3.connect(backend.path)
     plan = " ".join(

@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from importlib import resources
 
 from mailgate.model import FINAL_STATES, OPEN_STATES, WAITING_STATES, RecipientState
 from mailgate.queue import states
+from mailgate.queue.backend import SQLITE
+from mailgate.queue.schema import INDEXES, tables
 
 
 def schema() -> str:
-    return resources.files("mailgate.queue").joinpath("schema_sqlite.sql").read_text()
+    """The SQLite schema, as the first migration creates it."""
+    return "".join(f"{s};\n" for s in [*tables(SQLITE), *INDEXES])
 
 
 def index_predicate(name: str) -> str:
     found = re.search(
         rf"CREATE INDEX IF NOT EXISTS {name} ON \w+ \([^)]*\)\s+WHERE (.+?);", schema(), re.S
     )
-    assert found, f"no partial index {name} in schema_sqlite.sql"
+    assert found, f"no partial index {name} in queue/schema.py"
     return " ".join(found.group(1).split())
 
 

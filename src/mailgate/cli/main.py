@@ -10,6 +10,7 @@ import click
 from mailgate import __version__
 from mailgate.cli.common import config_loader, config_options, get_config, report_config_error
 from mailgate.cli.ctl import ctl
+from mailgate.cli.db import db_group
 from mailgate.cli.events import events
 from mailgate.cli.mailbox import mailbox
 from mailgate.cli.queue import queue_group
@@ -121,6 +122,7 @@ cli.add_command(track)
 cli.add_command(ctl)
 cli.add_command(queue_group)
 cli.add_command(top)
+cli.add_command(db_group)
 
 
 def main() -> None:

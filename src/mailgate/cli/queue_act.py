@@ -39,7 +39,7 @@ from mailgate.observe.events import EventLog
 from mailgate.queue import admin
 from mailgate.queue.commit import DirectWriter
 from mailgate.queue.effects import Effects
-from mailgate.queue.sqlite import SqliteBackend
+from mailgate.queue.open import open_backend
 from mailgate.queue.store import QueueStore
 
 T = TypeVar("T")
@@ -99,9 +99,9 @@ class _Session:
 @contextlib.contextmanager
 def _session(config: Config, by: str | None = None) -> Iterator[_Session]:
     path = config.queue_path
-    if not path.is_file():
+    if not config.queue.url and not path.is_file():
         raise click.ClickException(f"no queue at {path} (no service has run on this data dir)")
-    backend = SqliteBackend(path)
+    backend = open_backend(config.queue, config.data_dir)
     try:
         writer = DirectWriter(backend)
     except StoreError as exc:

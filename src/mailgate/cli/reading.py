@@ -15,16 +15,17 @@ import click
 
 from mailgate.config.schema import Config
 from mailgate.errors import StoreError
+from mailgate.queue.open import open_backend
+from mailgate.queue.postgres import redact
 from mailgate.queue.reader import QueueReader, open_reader
-from mailgate.queue.sqlite import SqliteBackend
 
 
 @contextlib.contextmanager
 def reading(config: Config) -> Iterator[QueueReader | None]:
     """A reader of `config`'s queue, or None if there is none yet."""
-    path = config.queue_path
+    path = redact(config.queue.url) if config.queue.url else str(config.queue_path)
     try:
-        reader = open_reader(SqliteBackend(path))
+        reader = open_reader(open_backend(config.queue, config.data_dir, lock_timeout=30.0))
     except StoreError as exc:
         raise click.ClickException(f"cannot read the queue {path}: {exc}") from None
     try:

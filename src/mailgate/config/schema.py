@@ -243,8 +243,36 @@ class SmtpSettings(Section):
         return self
 
 
+def _queue_url(value: str) -> str:
+    # The URL may hold a password: the reason never repeats the value.
+    if value and not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql://USER@HOST:PORT/DATABASE URL, or empty")
+    return value
+
+
 class QueueSettings(Section):
-    path: str = Field("", description="SQLite queue file; empty means <data_dir>/queue/queue.db.")
+    path: str = Field(
+        "",
+        description="SQLite queue file; empty means <data_dir>/queue/queue.db. Not used when "
+        "`url` names a PostgreSQL queue.",
+    )
+    url: Annotated[str, AfterValidator(_queue_url)] = Field(
+        "",
+        description="PostgreSQL queue shared by several nodes, as "
+        "`postgresql://USER@HOST:PORT/DATABASE` (libpq URL; parameters such as "
+        "`?sslmode=verify-full` allowed); empty means the SQLite file `path`. A password is "
+        "better kept in ~/.pgpass or a `passfile=` parameter; one written here is redacted "
+        "in every message. Create or upgrade its schema with `mailgate db upgrade` "
+        "(docs/nodes.md).",
+    )
+    pool_size: int = Field(
+        4,
+        ge=1,
+        le=100,
+        description="Most PostgreSQL connections each mailgate process opens. A connection "
+        "is taken for one transaction or one read and given back at once; each process "
+        "needs one for its committer and one or two for reads (docs/nodes.md).",
+    )
     lease: Duration = Field(
         "5m",
         validate_default=True,
@@ -284,6 +312,10 @@ class QueueSettings(Section):
         "do. Costs about 0.1 s per 100 MB of queue from the page cache, 1 s cold; turn it "
         "off only where a huge queue must start at once.",
     )
+
+    def sqlite_path(self, data_dir: Path) -> Path:
+        """The SQLite queue file, for a data directory."""
+        return Path(self.path) if self.path else data_dir / "queue" / "queue.db"
 
     @model_validator(mode="after")
     def _retry_order(self) -> QueueSettings:
@@ -558,7 +590,7 @@ class Config(Section):
 
     @property
     def queue_path(self) -> Path:
-        return Path(self.queue.path) if self.queue.path else self.data_dir / "queue" / "queue.db"
+        return self.queue.sqlite_path(self.data_dir)
 
     @property
     def log_dir(self) -> Path:

@@ -57,7 +57,7 @@ from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config
 from mailgate.observe.eventstore import EventStoreWriter
 from mailgate.queue.lock import DataDirLock
-from mailgate.queue.sqlite import SqliteBackend
+from mailgate.queue.open import open_backend
 from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.security.passwords import CredentialsError
 from mailgate.supervise.handle import ThreadHandle
@@ -77,7 +77,7 @@ class Master:
         self.events = events
         self.source = source
         self.lock = DataDirLock(config.data_dir, config.queue_path)  # and the store's
-        self.backend = SqliteBackend(config.queue_path)
+        self.backend = open_backend(config.queue, config.data_dir)
         self.stopping = False
         self.failure: str | None = None
         self.reloads = ReloadState()

@@ -371,6 +371,25 @@ LEASE_REVOKED = _event(
     "None; for fate delivered, the message reached its destination.",
 )  # fmt: skip
 
+QUEUE_SCHEMA_UPGRADED = _event(
+    4060, "QueueSchemaUpgraded", C.QUEUE, S.INFO, MIN,
+    "the queue {store} was upgraded from schema {old} to {new} by `mailgate db upgrade`",
+    "The queue's tables were created or brought to the schema this mailgate needs, in one "
+    "transaction (docs/nodes.md). A SQLite file is also upgraded in place at start; a "
+    "PostgreSQL store only by this command.",
+    "None. With several nodes on one PostgreSQL store, start the new mailgate on each of "
+    "them now.",
+)  # fmt: skip
+QUEUE_MOVED = _event(
+    4061, "QueueMoved", C.QUEUE, S.INFO, MIN,
+    "the queue {source} was moved into {target}: {messages} messages ({open} open), "
+    "{recipients} recipients, {attempts} attempts, {leases} lease(s) given back",
+    "`mailgate db migrate-from-sqlite` copied a single node's SQLite queue into the "
+    "PostgreSQL store in one transaction and marked the file moved, so no service starts "
+    "on it again.",
+    "Run that node with the PostgreSQL [queue] url from now on.",
+)  # fmt: skip
+
 # --- Interchange ---------------------------------------------------------------------------------
 ATTEMPT_CANCELLED = _event(
     2463, "AttemptCancelled", C.INTERCHANGE, S.INFO, MIN,

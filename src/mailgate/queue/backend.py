@@ -3,13 +3,28 @@
 Every operation of the queue, writes (ops.py, admin.py, ...) and reads (reader.py and
 the modules it uses), is a plain function over a `Connection`, the one protocol, and
 uses only portable SQL with `?` placeholders; a backend adapts placeholders and types.
-SQLite is the first backend; PostgreSQL implements the same protocol.
+SQLite (sqlite.py) and PostgreSQL (postgres.py) implement the same protocol. Where
+the two must differ, the connection's `dialect` says so, and the query adds the
+clause only one of them knows (FOR UPDATE SKIP LOCKED): the SQL stays in queue/.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What a store's SQL can say beyond the portable subset."""
+
+    name: str
+    skip_locked: bool  # SELECT ... FOR UPDATE SKIP LOCKED: claims never wait on each other
+
+
+SQLITE = Dialect("sqlite", skip_locked=False)  # one writer at a time: nothing to skip
+POSTGRES = Dialect("postgres", skip_locked=True)
 
 
 class Cursor(Protocol):
@@ -23,6 +38,8 @@ class Cursor(Protocol):
 
 class Connection(Protocol):
     """One database connection, used by one thread only."""
+
+    dialect: Dialect
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
 
@@ -39,6 +56,7 @@ class Backend(Protocol):
     """Opens connections; each thread opens its own, inside the thread."""
 
     name: str
+    dialect: Dialect
 
     def connect(self) -> Connection: ...
 

@@ -149,8 +149,8 @@ class Committer:
             conn.rollback()
             error = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
             self._events.emit(catalog.STORE_ERROR, operation="commit", error=str(exc))
-            for job in batch:
-                if job.future.running():
+            for job in batch:  # a BEGIN that failed left them pending: fail those too
+                if job.future.running() or job.future.set_running_or_notify_cancel():
                     job.future.set_exception(error)
             return False
         self._last_commit = time.monotonic() - started

@@ -79,11 +79,14 @@ def claim(
 
     A suspect, a recipient whose last attempt ended without an outcome (it may have hung
     or killed its thread), is claimed alone with its message, never in a batch of other
-    mail: if it ends its worker again, only it is counted for that (queue/leases.py)."""
+    mail: if it ends its worker again, only it is counted for that (queue/leases.py).
+    Where the store has several writers at once (PostgreSQL), the rows are locked as they
+    are found and rows another claim holds are skipped, so claims never wait on each other."""
     due = conn.execute(
         "SELECT id, message_id, released * internal_failures FROM recipients "
         f"WHERE connector = ? AND state {states.WAITING} AND due_at <= ? "
-        "ORDER BY due_at LIMIT ?",
+        "ORDER BY due_at, id LIMIT ?"
+        + (" FOR UPDATE SKIP LOCKED" if conn.dialect.skip_locked else ""),
         (connector, now, limit),
     ).fetchall()
     if not due:

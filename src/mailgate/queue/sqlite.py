@@ -6,6 +6,8 @@ StoreError here, with `full` set for a full disk, so callers answer 452 not 451.
 A file that is not a SQLite database is reported at start with its path, and so
 is one with a damaged page (`initialize(check=True)` runs SQLite's quick_check,
 Q159305): the service refuses to start on it rather than fail thread after thread.
+An older schema is upgraded in place at start (queue/migrations.py), a newer one or a
+file whose messages were moved to PostgreSQL is refused.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from mailgate.errors import StoreError
-
-SCHEMA_VERSION = "1"
+from mailgate.queue import migrations
+from mailgate.queue.backend import SQLITE
+from mailgate.queue.migrations import SchemaStatus, Step
 
 
 @contextlib.contextmanager
@@ -54,6 +56,8 @@ class SqliteConnection:
     master, the CLI) polls and gives up with StoreError after `lock_timeout`
     seconds, so a wedged writer cannot hang an administrator's command.
     """
+
+    dialect = SQLITE
 
     def __init__(
         self,
@@ -180,6 +184,7 @@ class SqliteBackend:
     """The embedded queue: one SQLite file, created on first use."""
 
     name = "sqlite"
+    dialect = SQLITE
 
     def __init__(
         self, path: Path, *, durable: bool = True, lock_timeout: float | None = 30.0
@@ -193,6 +198,11 @@ class SqliteBackend:
         self.durable = durable
         self.lock_timeout = lock_timeout
 
+    @property
+    def where(self) -> str:
+        """The store, as messages name it."""
+        return f"file {self.path}"
+
     def connect(self) -> SqliteConnection:
         return SqliteConnection(self.path, durable=self.durable, lock_timeout=self.lock_timeout)
 
@@ -203,33 +213,58 @@ class SqliteBackend:
             return None
         return SqliteConnection(self.path, timeout=10.0, read_only=True)
 
+    def close(self) -> None:
+        """Nothing to release: each connection is closed by its thread."""
+
     def initialize(self, *, check: bool = False) -> None:
-        """Create or upgrade the schema; with `check`, first verify every page (the
-        process that opens the store for the service does, once per start)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        schema = resources.files("mailgate.queue").joinpath("schema_sqlite.sql").read_text()
-        conn = self.connect()
+        """Create the schema or upgrade an older one in place (SQLite is upgraded at start:
+        one machine, nothing to administer); refuse a newer one, a moved file, a file that
+        is not a queue. With `check`, first verify every page (the process that opens the
+        store for the service does, once per start)."""
+        self.upgrade(check=check)
+
+    def schema_status(self) -> SchemaStatus:
+        if not self.path.exists():
+            return SchemaStatus(None)
+        conn = self._open()
         try:
-            try:
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-            except StoreError as exc:
-                raise StoreError(f"queue file {self.path} is not usable: {exc}") from exc
-            if check:
-                self._check(conn)
-            conn.executescript(schema)
-            _add_columns(conn)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
-                )
-            elif row[0] != SCHEMA_VERSION:
-                raise StoreError(
-                    f"queue file {self.path} has schema {row[0]}, this mailgate knows "
-                    f"{SCHEMA_VERSION}"
-                )
+            return migrations.status(conn)
         finally:
             conn.close()
+
+    def upgrade(self, *, check: bool = False) -> tuple[SchemaStatus, tuple[Step, ...]]:
+        """Apply pending migrations: (status before, steps applied)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = self._open()
+        try:
+            if check:
+                self._check(conn)
+            moved = self.moved_to(conn)
+            if moved is not None:
+                raise StoreError(
+                    f"queue file {self.path} was moved to {moved}; its messages are there "
+                    "now. Run the service with that [queue] url, or move the file away to "
+                    "start a new queue here"
+                )
+            return migrations.upgrade(conn, self.where)
+        finally:
+            conn.close()
+
+    def moved_to(self, conn: SqliteConnection) -> str | None:
+        """Where `mailgate db migrate-from-sqlite` moved this file's messages, if it did."""
+        if not migrations.status(conn).found:
+            return None
+        row = conn.execute("SELECT value FROM meta WHERE key = 'moved_to'").fetchone()
+        return None if row is None else str(row[0])
+
+    def _open(self) -> SqliteConnection:
+        conn = self.connect()
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except StoreError as exc:
+            conn.close()
+            raise StoreError(f"queue file {self.path} is not usable: {exc}") from exc
+        return conn
 
     def _check(self, conn: SqliteConnection) -> None:
         # quick_check reads every page and checks each b-tree's structure, but not that
@@ -244,27 +279,3 @@ class SqliteBackend:
                 f"queue file {self.path} is damaged ({'; '.join(found)}); the service will "
                 "not run on it: `mailgate queue check` says what to do"
             )
-
-
-# Columns added after the first release of schema 1: (table, column, declaration, indexes).
-ADDED_COLUMNS = [
-    (
-        "messages",
-        "delay_warned",
-        "INTEGER NOT NULL DEFAULT 0",
-        [
-            "CREATE INDEX IF NOT EXISTS messages_waiting ON messages (received_at) "
-            "WHERE done_at IS NULL AND delay_warned = 0"
-        ],
-    ),
-]
-
-
-def _add_columns(conn: SqliteConnection) -> None:
-    """Bring an older queue file up to date, in place (ALTER TABLE ... ADD COLUMN)."""
-    for table, column, declaration, indexes in ADDED_COLUMNS:
-        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}
-        if column not in present:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-        for statement in indexes:
-            conn.execute(statement)

@@ -2,7 +2,7 @@
 
 `sql_in(WAITING_STATES)` is `IN ('queued', 'deferred')`. Literals, not bound parameters:
 SQLite uses a partial index only when the query's WHERE clause holds the index's own
-predicate term for term, and the due index of schema_sqlite.sql is declared on exactly
+predicate term for term, and the due index of queue/schema.py is declared on exactly
 this text (tests/unit/test_queue_states.py checks that they still match). The values
 are the model's enum values, never input from outside, so nothing can be injected here.
 """
