@@ -5,12 +5,14 @@ Mailman's own suites do). Script replies per command and address, optionally for
 limited number of times: `sink.fail("RCPT", "550 5.1.1 no such user", address="bad@x")`,
 `sink.fail("DATA", "451 4.3.0 try later", times=1)`. Counts connections, so tests can
 see connection reuse. `sink.hang("MAIL")` makes that command wait without a reply until
-`sink.release()` (a smarthost that hangs mid-session, then comes back).
+`sink.release()` (a smarthost that hangs mid-session, then comes back). `host` puts it on
+another loopback address (127.0.0.2 ...), for mail hosts that DNS cannot give ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -87,7 +89,7 @@ class _Controller(Controller):  # type: ignore[misc]
         if sink.tls is not None:
             extra["tls_context"] = sink.tls
         super().__init__(
-            _Handler(sink), hostname="127.0.0.1", port=port, enable_SMTPUTF8=sink.smtputf8,
+            _Handler(sink), hostname=sink.host, port=port, enable_SMTPUTF8=sink.smtputf8,
             server_hostname="sink.test", ready_timeout=10, **extra,
         )  # fmt: skip
         self.sink = sink
@@ -105,7 +107,9 @@ class Sink:
         smtputf8: bool = True,
         auth: tuple[str, str] | None = None,
         tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host  # any 127.0.0.0/8 address is loopback on Linux (MX tests use several)
         self.port = port or free_port()
         self.tls = tls  # offered with STARTTLS
         self.smtputf8 = smtputf8
@@ -205,15 +209,17 @@ class Sink:
 
 
 class HangingServer:
-    """Accepts TCP connections on loopback and never says a word (a wedged smarthost)."""
+    """Accepts TCP connections on loopback and never says a word (a wedged smarthost);
+    with a `greeting`, says only that (a "421 busy" mail host) and keeps the line open."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, host: str = "127.0.0.1", greeting: bytes = b"") -> None:
         import socket
 
         self.port = port
+        self.greeting = greeting
         self.accepted = 0
         self._clients: list[socket.socket] = []
-        self._sock = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self._sock = socket.create_server((host, port), reuse_port=False)
         self._sock.settimeout(0.2)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -227,6 +233,9 @@ class HangingServer:
                 continue
             self._clients.append(client)
             self.accepted += 1
+            if self.greeting:
+                with contextlib.suppress(OSError):
+                    client.sendall(self.greeting)
 
     def stop(self) -> None:
         self._stop.set()

@@ -68,6 +68,15 @@ class ConnectionLost(smtplib.SMTPServerDisconnected):
         self.replies = list(replies)
 
 
+class TlsFailed(smtplib.SMTPException):
+    """STARTTLS was offered and tried, and did not give a TLS session (a refusal, a failed
+    handshake or certificate check); the connection is unusable."""
+
+
+def error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 @dataclass(frozen=True, slots=True)
 class ClientSettings:
     helo: str
@@ -120,7 +129,10 @@ def secure(conn: smtplib.SMTP, settings: ClientSettings) -> None:
         if settings.starttls == "required":
             raise smtplib.SMTPNotSupportedError("STARTTLS required but not offered")
         return
-    conn.starttls(context=tls_context(settings))
+    try:
+        conn.starttls(context=tls_context(settings))
+    except OSError as exc:  # smtplib's errors are OSErrors too: a 454, a lost connection
+        raise TlsFailed(f"STARTTLS failed: {error_text(exc)}") from exc
     code, message = conn.ehlo(settings.helo)
     if code != 250:
         raise smtplib.SMTPHeloError(code, message)

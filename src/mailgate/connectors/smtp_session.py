@@ -27,6 +27,7 @@ from mailgate.connectors.client import (
     ClientSettings,
     ConnectionLost,
     Reply,
+    error_text,
     mail_options,
     open_client,
     quit_and_close,
@@ -84,10 +85,6 @@ class DestinationHealth:
                 return None
             self._down_until, self._cleared = 0.0, True
             return self._last_error
-
-
-def error_text(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class ClientSession:
