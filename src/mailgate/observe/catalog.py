@@ -734,3 +734,13 @@ UNSAFE_PATH = _event(
     "A name or a symlink would have led outside the postoffice root; nothing was written.",
     "Remove the symlink or fix the name; look for who planted it.",
 )  # fmt: skip
+POSTOFFICE_OWNER_REFUSED = _event(
+    6010, "PostofficeOwnerRefused", C.POSTOFFICE, S.ERROR, MIN,
+    "files created in the postoffice cannot be given to {owner}: {reason}; deliveries to "
+    "mailboxes will defer",
+    "[postoffice] owner or group names another user or group than the service's, and the "
+    "service may not give files away (only root may, or a member of the group for the "
+    "group alone). Every delivery into a mailbox would fail, so each defers (event 2376).",
+    "Run the service as root (it gives the files away at once), or empty [postoffice] "
+    "owner and group and run the service as the mailbox owner.",
+)  # fmt: skip
