@@ -168,6 +168,6 @@ def test_a_service_that_may_not_give_files_away_says_so_and_defers() -> None:
         "deferred: 451 4.3.0 mailbox MS:LOCAL/MAIN/ALICE unavailable: cannot give it to root:root"
         in done.stdout
     )
-    assert "mailgate runs as uid 65534" in done.stdout
+    assert "mailgate runs as uid 65534 without CAP_CHOWN" in done.stdout
     assert "events: [6010, 2376]" in done.stdout
     assert leftovers == [], "no half-made file left"

@@ -331,7 +331,7 @@ class PostofficeSettings(Section):
         "postoffice, outbox and mailbox directories, delivered messages, maildirsize), as "
         "Postfix's virtual_uid_maps: a user name of this system; empty means the user the "
         "service runs as. Set it to the user your Maildir reader serves mail as (Dovecot "
-        "refuses mail owned by root); giving files away needs the service to run as root.",
+        "refuses mail owned by root); giving files away needs root or CAP_CHOWN.",
     )
     group: Annotated[str, AfterValidator(_group)] = Field(
         "",

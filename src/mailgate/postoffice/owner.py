@@ -8,7 +8,7 @@ fchown and fchmod, never by path: a name swapped for a symlink after it was crea
 cannot redirect the change. Directories get the file mode with search (x) added where
 read is: 0600 → 0700, 0640 → 0750, 0660 → 0770. The default (the service's own user and
 group, 0600) changes nothing, and costs no system call. Giving files to another user
-needs root (CAP_CHOWN); `problem()` says when this process lacks it, and `apply` then
+needs root or CAP_CHOWN; `problem()` says when this process lacks it, and `apply` then
 fails with a PermissionError that says so.
 """
 
@@ -20,6 +20,7 @@ import pwd
 from dataclasses import dataclass
 
 MODES = {"0600": 0o600, "0640": 0o640, "0660": 0o660}
+CAP_CHOWN = 0  # linux/capability.h
 
 
 def user_id(name: str) -> int:
@@ -65,19 +66,37 @@ class Ownership:
         if self.default:
             return
         try:
+            # The mode first, while the file is still ours: after fchown, changing it would
+            # need CAP_FOWNER too.
+            os.fchmod(fd, self.dir_mode if directory else self.file_mode)
             if self.uid != -1 or self.gid != -1:
                 os.fchown(fd, self.uid, self.gid)
-            os.fchmod(fd, self.dir_mode if directory else self.file_mode)
         except PermissionError as exc:
             why = self.problem() or "permission denied"
             raise PermissionError(exc.errno, f"cannot give it to {self.label}: {why}") from None
 
     def problem(self) -> str | None:
         """Why this process cannot give files to the owner and group, or None."""
-        if os.geteuid() == 0:
+        if can_chown():
             return None
         if self.uid not in (-1, os.geteuid()):
-            return f"mailgate runs as uid {os.geteuid()}, and only root may give files away"
+            return (
+                f"mailgate runs as uid {os.geteuid()} without CAP_CHOWN, and only root may "
+                "give files away"
+            )
         if self.gid not in (-1, os.getegid(), *os.getgroups()):
             return f"mailgate (uid {os.geteuid()}) is not a member of gid {self.gid}"
         return None
+
+
+def can_chown() -> bool:
+    """Whether this process may give files to any user (root, or CAP_CHOWN, as systemd's
+    AmbientCapabilities= grants it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << CAP_CHOWN))
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0
