@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from mailgate.connectors.limits import Limits
 from mailgate.connectors.mx import MxConnector, MxSession
 from mailgate.connectors.resolve import DnsSettings
 from mailgate.errors import TemporaryFailure
@@ -306,3 +307,27 @@ def test_cancel_breaks_the_connection_to_the_host(net: Net) -> None:
     sink.release()
     [result] = session.deliver([claim("x@a.test", 2, "Q2")], BODY)
     assert result.disposition is D.DELIVERED
+
+
+def test_a_host_at_its_limit_defers_rather_than_passing_to_the_next(net: Net) -> None:
+    two_hosts(net)
+    first, second = net.sink(H2), net.sink(H3)
+    first.hang("MAIL")
+    connector = MxConnector(
+        "mx.test", net.events, port=net.port, limits=Limits(connections=1, wait=0),
+        dns=DnsSettings(nameservers=(net.dns.host,), port=net.dns.port),
+    )  # fmt: skip
+    busy, other = connector.open(), connector.open()
+    net.stack.callback(busy.close)
+    net.stack.callback(other.close)
+    net.dns.mx("elsewhere.org", (10, "mx1.a.test"), (20, "mx2.a.test"))
+    thread, out = deliver_in_thread(busy)  # r@elsewhere.org, by mx1.a.test, hung in MAIL
+    wait_for(lambda: first.hanging == 1, 10, what="the hung MAIL")
+    [result] = other.deliver([claim("x@a.test", 2, "Q2")], BODY)
+    assert result.disposition is D.DEFERRED
+    assert result.reply.startswith("451 4.4.5 mx1.a.test: limit of 1 connection(s) open")
+    assert second.connections == 0, "the limit spares the provider: no detour to mx2"
+    assert 2488 in net.ids()
+    first.release()
+    thread.join(10)
+    assert out and out[0][0].disposition is D.DELIVERED

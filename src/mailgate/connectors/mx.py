@@ -1,21 +1,20 @@
 """connectors.mx: deliver straight to each recipient domain's mail hosts, as an internet MTA does.
 
-A message's recipients are grouped by domain, one transaction per domain. The hosts come
-from connectors.resolve, best first, and are tried in turn within one attempt, at most
-`max_addresses` addresses in all: a host that refuses the connection, does not answer,
-greets with 4xx or 5xx, fails EHLO or TLS, or goes away before the message was taken is
-passed over (event 2486); recipients a host answered 4xx (MAIL, RCPT or DATA) go to the
-next one too; a 5xx is final for the recipients it concerns. Recipients no host took are
-deferred with the last reply. A connection lost after the whole message was sent defers
-without another host (it may have been delivered). A null MX bounces at once with 556
-5.1.10 (event 2484), a domain that does not exist or has no host address with 5.1.2 or
-5.4.4 (2485); a failed lookup defers (2483). TLS is opportunistic by default, as Postfix's
-`smtp_tls_security_level = may`: STARTTLS when offered, no certificate check, and a failed
-handshake is retried without TLS (2487); `verify` checks the MX name and never falls back.
-Connections stay open per mail host between messages (reset with RSET), at most
-KEEP_OPEN per thread and `idle_for` seconds, handed between threads under the limits
-(connectors.limits; the destination is the host's name). DNS cannot carry ports: `port`
-(25) is every host's. Security: EHLO gives the configured name, never a DNS answer.
+Recipients are grouped by domain, one transaction per domain. Its hosts (connectors.resolve,
+best first) are tried in turn within one attempt, at most `max_addresses` addresses: one
+that refuses the connection, stays silent, greets with 4xx/5xx, fails EHLO or TLS, or goes
+away before taking the message is passed over (event 2486), and recipients a host answers
+4xx go to the next; a 5xx is final for the recipients it concerns, and so is a host's limit
+(deferred, 2488: it spares that host's provider). Recipients no host took are deferred with
+the last reply; a connection lost after the whole message defers with no other host (it may
+have been delivered). Null MX bounces at once with 556 5.1.10 (2484), a missing domain or
+host address with 5.1.2/5.4.4 (2485); a failed lookup defers (2483). TLS is opportunistic
+by default (Postfix's `smtp_tls_security_level = may`): STARTTLS when offered, no
+certificate check, a failed handshake retried in plain text (2487); `verify` checks the MX
+name and never falls back. Connections stay open per mail host between messages (RSET
+before reuse), at most KEEP_OPEN per thread for `idle_for` seconds, handed between threads
+under the limits (connectors.limits; destination: the host's name). DNS carries no ports:
+`port` (25) is every host's. Security: EHLO gives the configured name, never a DNS answer.
 """
 
 from __future__ import annotations
@@ -179,8 +178,8 @@ class MxSession(ClientSession):
         for attempt in (1, 2):
             reused = False
             try:
+                self._wait_for_rate(host.name, queue_id)
                 with self._using():
-                    self._wait_for_rate(host.name, queue_id)
                     conn, reused = self._connection(host, address, queue_id)
                     sent = self._send(
                         conn, claims, body, lmtp=False, remote=host.name, kind="mail host"
@@ -207,7 +206,11 @@ class MxSession(ClientSession):
             except TemporaryFailure as exc:
                 self._drop(host.name)
                 self._check_cancelled(queue_id)  # an administrator's cancel ends it all
-                raise _Passed(exc.reply) from exc  # a limit of this host: the next may do
+                # A limit of this host: deferred, not sent to the next one, which is most
+                # often the same provider's, and the limit is there to spare it.
+                for index in pending:
+                    todo.results[index] = Result(Disposition.DEFERRED, exc.reply, host.name)
+                return True
             except (OSError, smtplib.SMTPException) as exc:
                 self._drop(host.name)
                 self._check_cancelled(queue_id)
