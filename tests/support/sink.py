@@ -3,7 +3,8 @@
 Built on aiosmtpd's Controller (a test server in the test process, as aiosmtpd's and
 Mailman's own suites do). Script replies per command and address, optionally for a
 limited number of times: `sink.fail("RCPT", "550 5.1.1 no such user", address="bad@x")`,
-`sink.fail("DATA", "451 4.3.0 try later", times=1)`. Counts connections, so tests can
+`sink.fail("DATA", "451 4.3.0 try later", times=1)`; `sink.drop("DATA")` closes the
+connection after the message instead of answering. Counts connections, so tests can
 see connection reuse. `sink.hang("MAIL")` makes that command wait without a reply until
 `sink.release()` (a smarthost that hangs mid-session, then comes back). `host` puts it on
 another loopback address (127.0.0.2 ...), for mail hosts that DNS cannot give ports.
@@ -22,6 +23,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.process import free_port, wait_for
+
+DROP = "(drop the connection)"
 
 
 @dataclass
@@ -67,6 +70,9 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         await self.sink.held("DATA")  # after the final ".": the message is here, unanswered
+        if self.sink.scripted("DATA", None, drop=True):
+            server.transport.abort()  # gone without a reply: the message may be delivered
+            return ""
         reply = self.sink.scripted("DATA", None)
         if reply:
             return reply
@@ -153,10 +159,18 @@ class Sink:
             with self._lock:
                 self.hanging -= 1
 
-    def scripted(self, command: str, address: str | None) -> str | None:
+    def drop(self, command: str, *, times: int | None = None) -> None:
+        """Close the connection instead of answering `command` (DATA: after the message)."""
+        self.fail(command, DROP, times=times)
+
+    def scripted(self, command: str, address: str | None, *, drop: bool = False) -> str | None:
+        """The scripted reply to `command`, if any; with `drop`, only a drop (and the other
+        rules are left alone), else anything but a drop."""
         with self._lock:
             for rule in self.rules:
                 if rule.command != command or (rule.address and rule.address != address):
+                    continue
+                if (rule.reply == DROP) != drop:
                     continue
                 if rule.times is not None:
                     if rule.times <= 0:
