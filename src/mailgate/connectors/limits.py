@@ -91,7 +91,7 @@ class DestinationStatistics:
 @dataclass(slots=True)
 class _Destination:
     open: int = 0
-    idle: list[Slot[object]] = field(default_factory=list)  # longest idle first
+    idle: list[Slot[object]] = field(default_factory=list)  # most recently paused last
     waiting: int = 0
     bucket: TokenBucket | None = None
 
@@ -118,7 +118,7 @@ class Destinations(Generic[T]):
             dest = self._dests.setdefault(destination, _Destination())
             while True:
                 if dest.idle:
-                    old = dest.idle.pop(0)
+                    old = dest.idle.pop()  # the freshest: the least likely to have timed out
                     old._state = _State.TAKEN
                     slot: Slot[T] = Slot(destination, old.conn, old.messages)  # type: ignore[arg-type]
                     old.conn = None
