@@ -71,8 +71,9 @@ def test_each_recipient_gets_its_own_reply_after_data() -> None:
     assert message.recipients == ["a@x.org", "b@x.org"] and message.content == BODY
 
 
-def test_data_refused_applies_to_every_accepted_recipient() -> None:
-    with LmtpSink() as sink:
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_data_refused_applies_to_every_accepted_recipient(pipelining: bool) -> None:
+    with LmtpSink(pipelining=pipelining) as sink:
         sink.fail("RCPT", "550 5.1.1 unknown", address="gone@x.org")
         sink.fail("DATA-COMMAND", "554 5.3.0 not now, not ever", times=1)
         session = connector(sink).open()
