@@ -44,6 +44,7 @@ from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
 from mailgate.observe.eventstore import EventStoreWriter, attach_event_store
 from mailgate.postoffice.address import AddressMap
+from mailgate.postoffice.owner import Ownership
 from mailgate.postoffice.tree import Postoffice
 from mailgate.queue.backend import Backend
 from mailgate.queue.commit import Committer
@@ -78,7 +79,9 @@ def address_map(config: Config) -> AddressMap:
 
 
 def postoffice(config: Config) -> Postoffice:
-    return Postoffice(config.postoffice_root, address_map(config))
+    po = config.postoffice
+    ownership = Ownership.of(po.owner, po.group, po.mode)  # of what mailgate creates there
+    return Postoffice(config.postoffice_root, address_map(config), ownership)
 
 
 def open_events(config: Config, *, stderr: bool | None = None) -> EventLog:
@@ -166,7 +169,7 @@ class Service:
         self.connectors = Connectors(config.connectors)
         self.counters = Counters()
         self.address_map = address_map(config)
-        self.postoffice = Postoffice(config.postoffice_root, self.address_map)
+        self.postoffice = postoffice(config)
         self.router = Router(config.routes, self.address_map)
         self.policy = RecipientPolicy(
             self.router,

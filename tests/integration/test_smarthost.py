@@ -272,3 +272,17 @@ def test_after_clear_down_a_smarthost_still_down_is_reported_again() -> None:
         assert c.clear_down("mailgate queue retry") is True
     assert c.clear_down("mailgate queue retry") is False, "not marked down now"
     assert [event_id for event_id, _ in seen] == [2460, 2462, 2460, 2462], "said again"
+
+
+def test_rcpt_refusals_stand_when_the_connection_is_lost_after_data() -> None:
+    """A recipient refused at RCPT keeps its 5xx when the smarthost goes away after the
+    message was sent; only the accepted ones, whose fate is unknown, are deferred."""
+    with Sink() as sink:
+        sink.fail("RCPT", "550 5.1.1 unknown", address="gone@x.org")
+        sink.drop("DATA", times=1)
+        session = connector(sink).open()
+        results = session.deliver([claim("ok@x.org", 1), claim("gone@x.org", 2)], BODY)
+        session.close()
+    assert [r.disposition for r in results] == [Disposition.DEFERRED, Disposition.FAILED]
+    assert results[1].reply == "550 5.1.1 unknown"
+    assert results[0].reply.startswith("451 4.4.1 smarthost 127.0.0.1:")

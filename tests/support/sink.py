@@ -4,15 +4,18 @@ Built on aiosmtpd's Controller (a test server in the test process, as aiosmtpd's
 Mailman's own suites do). Script replies per command and address, optionally for a
 limited number of times: `sink.fail("RCPT", "550 5.1.1 no such user", address="bad@x")`,
 `sink.fail("DATA", "451 4.3.0 try later", times=1)`; `sink.replied` records when each
-scripted reply was given (wall clock), so a test can time what follows it. Counts
+scripted reply was given (wall clock), so a test can time what follows it.
+`sink.drop("DATA")` closes the connection after the message instead of answering. Counts
 connections, so tests can see connection reuse. `sink.hang("MAIL")` makes that command
 wait without a reply until `sink.release()` (a smarthost that hangs mid-session, then
-comes back).
+comes back). `host` puts it on another loopback address (127.0.0.2 ...), for mail hosts
+that DNS cannot give ports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import threading
 import time
@@ -23,6 +26,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.process import free_port, wait_for
+
+DROP = "(drop the connection)"
 
 
 @dataclass
@@ -78,6 +83,9 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         await self.sink.held("DATA")  # after the final ".": the message is here, unanswered
+        if self.sink.scripted("DATA", None, drop=True):
+            server.transport.abort()  # gone without a reply: the message may be delivered
+            return ""
         reply = self.sink.scripted("DATA", None)
         if reply:
             return reply
@@ -100,7 +108,7 @@ class _Controller(Controller):  # type: ignore[misc]
         if sink.tls is not None:
             extra["tls_context"] = sink.tls
         super().__init__(
-            _Handler(sink), hostname="127.0.0.1", port=port, enable_SMTPUTF8=sink.smtputf8,
+            _Handler(sink), hostname=sink.host, port=port, enable_SMTPUTF8=sink.smtputf8,
             server_hostname="sink.test", ready_timeout=10, **extra,
         )  # fmt: skip
         self.sink = sink
@@ -118,7 +126,9 @@ class Sink:
         smtputf8: bool = True,
         auth: tuple[str, str] | None = None,
         tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        self.host = host  # any 127.0.0.0/8 address is loopback on Linux (MX tests use several)
         self.port = port or free_port()
         self.tls = tls  # offered with STARTTLS
         self.smtputf8 = smtputf8
@@ -163,10 +173,18 @@ class Sink:
             with self._lock:
                 self.hanging -= 1
 
-    def scripted(self, command: str, address: str | None) -> str | None:
+    def drop(self, command: str, *, times: int | None = None) -> None:
+        """Close the connection instead of answering `command` (DATA: after the message)."""
+        self.fail(command, DROP, times=times)
+
+    def scripted(self, command: str, address: str | None, *, drop: bool = False) -> str | None:
+        """The scripted reply to `command`, if any; with `drop`, only a drop (and the other
+        rules are left alone), else anything but a drop."""
         with self._lock:
             for rule in self.rules:
                 if rule.command != command or (rule.address and rule.address != address):
+                    continue
+                if (rule.reply == DROP) != drop:
                     continue
                 if rule.times is not None:
                     if rule.times <= 0:
@@ -220,15 +238,17 @@ class Sink:
 
 
 class HangingServer:
-    """Accepts TCP connections on loopback and never says a word (a wedged smarthost)."""
+    """Accepts TCP connections on loopback and never says a word (a wedged smarthost);
+    with a `greeting`, says only that (a "421 busy" mail host) and keeps the line open."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, *, host: str = "127.0.0.1", greeting: bytes = b"") -> None:
         import socket
 
         self.port = port
+        self.greeting = greeting
         self.accepted = 0
         self._clients: list[socket.socket] = []
-        self._sock = socket.create_server(("127.0.0.1", port), reuse_port=False)
+        self._sock = socket.create_server((host, port), reuse_port=False)
         self._sock.settimeout(0.2)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -242,6 +262,9 @@ class HangingServer:
                 continue
             self._clients.append(client)
             self.accepted += 1
+            if self.greeting:
+                with contextlib.suppress(OSError):
+                    client.sendall(self.greeting)
 
     def stop(self) -> None:
         self._stop.set()

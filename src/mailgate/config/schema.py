@@ -15,6 +15,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from mailgate.config.units import Duration, Size
+from mailgate.postoffice.owner import group_id, user_id
 from mailgate.route.patterns import parse_pattern
 
 # Enumerations are Literal types, declared once: validation, the tuples below and the
@@ -26,6 +27,7 @@ Category = Literal[
     "Sent", "NDR", "Supervision", "Postoffice", "Control",
 ]  # fmt: skip
 StartTls = Literal["none", "opportunistic", "required"]
+PostofficeMode = Literal["0600", "0640", "0660"]
 KNOWN_CONNECTORS: tuple[str, ...] = get_args(ConnectorName)
 RELAY_CONNECTORS = ("smarthost",)  # connectors that carry mail off this host
 LEVELS: tuple[str, ...] = get_args(Level)
@@ -101,6 +103,18 @@ def _domain(value: str) -> str:
     if not value or len(value) > 253 or any(not label or len(label) > 63 for label in labels):
         raise ValueError(f"{value!r} is not a domain name")
     return value.lower()
+
+
+def _user(value: str) -> str:
+    if value:
+        user_id(value)
+    return value
+
+
+def _group(value: str) -> str:
+    if value:
+        group_id(value)
+    return value
 
 
 HostPort = Annotated[str, AfterValidator(_hostport)]
@@ -342,6 +356,27 @@ class PostofficeSettings(Section):
         description="Bytes a mailbox may hold before deliveries defer; 0 means no quota. The "
         "size is kept in each mailbox's Maildir++ `maildirsize` file (which Dovecot and "
         "Courier read and update too), so a delivery never lists the mailbox.",
+    )
+    owner: Annotated[str, AfterValidator(_user)] = Field(
+        "",
+        description="User who owns what mailgate creates in the postoffice (network, "
+        "postoffice, outbox and mailbox directories, delivered messages, maildirsize), as "
+        "Postfix's virtual_uid_maps: a user name of this system; empty means the user the "
+        "service runs as. Set it to the user your Maildir reader serves mail as (Dovecot "
+        "refuses mail owned by root); giving files away needs root or CAP_CHOWN.",
+    )
+    group: Annotated[str, AfterValidator(_group)] = Field(
+        "",
+        description="Group of what mailgate creates in the postoffice, as Postfix's "
+        "virtual_gid_maps: a group name of this system; empty means the service's own.",
+    )
+    mode: PostofficeMode = Field(
+        "0600",
+        description="Permissions of the files mailgate creates in the postoffice: "
+        '"0600" the owner alone, "0640" the group may read, "0660" the group may read and '
+        "write (programs sharing the mailboxes and outboxes through the group). "
+        "Directories get the same with search added where read is: 0700, 0750, 0770. "
+        "Anyone who may write an outbox may send mail through mailgate.",
     )
     threads: int = Field(
         1,

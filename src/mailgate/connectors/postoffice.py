@@ -18,7 +18,8 @@ failure, event 2375; a disk error or an exceeded quota is temporary, event
 2376, so a full mailbox defers instead of bouncing. The quota is checked against
 the mailbox's Maildir++ `maildirsize` (postoffice/quota.py), never by listing it.
 Paths are opened relative to directory descriptors with O_NOFOLLOW: nothing
-outside the root is reachable.
+outside the root is reachable. A delivered file gets `[postoffice] owner`, `group` and
+`mode` (postoffice/owner.py) through its descriptor before its first byte is written.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
+from mailgate.postoffice.owner import Ownership
 from mailgate.postoffice.quota import MaildirSize
 from mailgate.postoffice.tree import Postoffice, open_dir
 from mailgate.testing import faults
@@ -78,6 +80,12 @@ class PostofficeConnector:
         self.hostname = hostname
         self.quota = quota
         self.counters = counters
+        self.ownership = postoffice.ownership  # of delivered files and maildirsize
+        problem = self.ownership.problem()
+        if problem is not None:
+            events.emit(
+                catalog.POSTOFFICE_OWNER_REFUSED, owner=self.ownership.label, reason=problem
+            )
 
     def quota_scanned(self) -> None:
         """A mailbox was listed to rebuild its maildirsize (rare: see postoffice/quota.py)."""
@@ -242,12 +250,14 @@ class PostofficeSession:
             return "250 2.0.0 already in mailbox (earlier attempt completed)"
         size = None
         if self.c.quota:
-            size = MaildirSize(box.box, box.tmp, self.c.quota, self.suffix, self.c.quota_scanned)
+            size = MaildirSize(
+                box.box, box.tmp, self.c.quota, self.suffix, self.c.quota_scanned, self.c.ownership
+            )
         try:
             if size is not None:
                 self._check_quota(claim, mailbox, size.usage().bytes)
             tmp_name = f"{name}.{self.suffix}"
-            _write_file(box.tmp, tmp_name, content)
+            _write_file(box.tmp, tmp_name, content, self.c.ownership)
             try:
                 faults.check("postoffice.link")  # tests: a delivery in flight, not yet in new/
                 linked = self._link(claim.queue_id, box, tmp_name, name)
@@ -332,13 +342,14 @@ class PostofficeSession:
         self._boxes, self._dirty, self._retired = {}, {}, []
 
 
-def _write_file(dir_fd: int, name: str, content: bytes) -> None:
+def _write_file(dir_fd: int, name: str, content: bytes, ownership: Ownership) -> None:
     try:
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
     except FileExistsError:  # a leftover of a crashed attempt by this same thread id
         os.unlink(name, dir_fd=dir_fd)
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
     try:
+        ownership.apply(fd)  # before a byte is written, on the descriptor: never a path
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view) :]

@@ -553,6 +553,82 @@ SMARTHOST_RECOVERED = _event(
     "None.",
 )  # fmt: skip
 
+# --- LMTP and direct (MX) delivery ---------------------------------------------------------------
+LMTP_FAILED = _event(
+    2480, "LmtpUnreachable", C.INTERCHANGE, S.WARNING, MIN,
+    "LMTP server {address} ({connector}) unreachable: {error}; new attempts deferred for "
+    "{down_for}s",
+    "The connection to the LMTP server (Dovecot, Cyrus) failed, or it went away during a "
+    "transaction. Its recipients are deferred, and for a while new ones are deferred at "
+    "once instead of hammering a dead server.",
+    "Check that the LMTP server runs and listens on that address or socket, and that "
+    "mailgate may connect to it (a Unix socket's mode and owner).",
+)  # fmt: skip
+LMTP_RECOVERED = _event(
+    2481, "LmtpRecovered", C.INTERCHANGE, S.INFO, MIN,
+    "LMTP server {address} ({connector}) reachable again",
+    "A connection to an LMTP server previously marked unreachable succeeded.",
+    "None.",
+)  # fmt: skip
+LMTP_DOWN_CLEARED = _event(
+    2482, "LmtpDownCleared", C.INTERCHANGE, S.INFO, MIN,
+    "LMTP server {address} ({connector}) no longer treated as down ({by}); it was down "
+    "after: {error}",
+    "An administrator asked for delivery now: the connector forgot that the LMTP server "
+    "was unreachable, so the next attempts go to it at once.",
+    "None; if the server is still down, the next attempt says so (event 2480).",
+)  # fmt: skip
+MX_LOOKUP_FAILED = _event(
+    2483, "MxLookupFailed", C.INTERCHANGE, S.WARNING, MIN,
+    "{queue_id}: DNS lookup of the mail hosts of {domain} failed: {error}; {count} "
+    "recipient(s) deferred",
+    "The resolver did not answer, or answered SERVFAIL, for the domain's MX records or "
+    "its mail hosts' addresses. That may pass: the recipients are retried.",
+    "Check the resolver ([dns] nameservers, or /etc/resolv.conf) and the domain's DNS "
+    "(`dig MX domain`).",
+)  # fmt: skip
+NULL_MX = _event(
+    2484, "NullMx", C.INTERCHANGE, S.INFO, MED,
+    "{queue_id}: {domain} accepts no mail (null MX, RFC 7505); {count} recipient(s) bounce",
+    "The domain publishes a single MX record \"0 .\": it declares that it accepts no mail. "
+    "Its recipients bounce at once with 556 5.1.10, without a retry.",
+    "None; the sender has a wrong address.",
+)  # fmt: skip
+MAIL_DOMAIN_NOT_FOUND = _event(
+    2485, "MailDomainNotFound", C.INTERCHANGE, S.INFO, MED,
+    "{queue_id}: {domain} has no mail host: {error}; {count} recipient(s) bounce",
+    "The domain does not exist (NXDOMAIN), or neither it nor any of its MX hosts has an "
+    "address. Its recipients bounce at once.",
+    "None; the sender has a wrong address. If the domain should exist, check its DNS.",
+)  # fmt: skip
+MX_HOST_FAILED = _event(
+    2486, "MxHostFailed", C.INTERCHANGE, S.INFO, MED,
+    "{queue_id}: mail host {host} [{address}] of {domain} failed: {error}; {next}",
+    "A mail host of the domain refused the connection, did not answer, greeted with an "
+    "error or failed during the transaction before the message was taken. The next host "
+    "in preference order is tried in the same attempt; after the last, the recipients "
+    "are deferred.",
+    "None if another host took the message; if every host fails, check this host's "
+    "outbound port 25 (providers often block it) and the hosts' replies.",
+)  # fmt: skip
+TLS_FALLBACK = _event(
+    2487, "TlsFallback", C.INTERCHANGE, S.WARNING, MED,
+    "{queue_id}: STARTTLS with {host} [{address}] failed: {error}; the message goes "
+    "without TLS (opportunistic)",
+    "The mail host offered STARTTLS but the TLS handshake failed. As Postfix's "
+    "`smtp_tls_security_level = may` does, mailgate delivers without TLS rather than not "
+    "at all; only without certificate verification, which makes TLS opportunistic.",
+    "None; set the connector's starttls to \"required\" where TLS must not be skipped.",
+)  # fmt: skip
+DESTINATION_LIMITED = _event(
+    2488, "DestinationLimited", C.INTERCHANGE, S.INFO, MED,
+    "{queue_id}: {destination} ({connector}) at its limit of {limit} for {wait}s; deferred",
+    "The connector's per-destination limit (connections open at once, or messages a "
+    "second) kept this delivery waiting longer than it may wait; its recipients are "
+    "deferred and retried later.",
+    "None if it is rare; if it is frequent, fewer threads or a higher limit.",
+)  # fmt: skip
+
 # --- Supervision ---------------------------------------------------------------------------------
 THREAD_STARTED = _event(
     5000, "ThreadStarted", C.SUPERVISION, S.INFO, MAX,
@@ -684,4 +760,14 @@ UNSAFE_PATH = _event(
     "refused path {path} below the postoffice root: {reason}",
     "A name or a symlink would have led outside the postoffice root; nothing was written.",
     "Remove the symlink or fix the name; look for who planted it.",
+)  # fmt: skip
+POSTOFFICE_OWNER_REFUSED = _event(
+    6010, "PostofficeOwnerRefused", C.POSTOFFICE, S.ERROR, MIN,
+    "files created in the postoffice cannot be given to {owner}: {reason}; deliveries to "
+    "mailboxes will defer",
+    "[postoffice] owner or group names another user or group than the service's, and the "
+    "service may not give files away (only root may, or a member of the group for the "
+    "group alone). Every delivery into a mailbox would fail, so each defers (event 2376).",
+    "Run the service as root (it gives the files away at once), or empty [postoffice] "
+    "owner and group and run the service as the mailbox owner.",
 )  # fmt: skip

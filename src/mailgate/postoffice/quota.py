@@ -12,7 +12,8 @@ reader may have deleted mail without writing its line). Past 5120 bytes the file
 rewritten to its sum, without a listing. Rewrites go through tmp/ and rename(), so a
 reader never sees half a file; a line appended by another writer meanwhile may be lost,
 which the specification accepts (the figure is advisory; the next rebuild corrects it).
-Files are opened relative to the mailbox's descriptor with O_NOFOLLOW.
+Files are opened relative to the mailbox's descriptor with O_NOFOLLOW; a rewritten file
+gets the postoffice's owner and mode (postoffice/owner.py) through its descriptor.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mailgate.postoffice.owner import Ownership
 from mailgate.postoffice.tree import open_dir
 
 NAME = "maildirsize"
@@ -44,12 +46,20 @@ class MaildirSize:
     """One delivery's view of a mailbox's maildirsize: `usage()`, then `add()`, `close()`."""
 
     def __init__(
-        self, box: int, tmp: int, limit: int, suffix: str, on_scan: Callable[[], None]
+        self,
+        box: int,
+        tmp: int,
+        limit: int,
+        suffix: str,
+        on_scan: Callable[[], None],
+        ownership: Ownership | None = None,
     ) -> None:
         """`box` and `tmp` are descriptors of the mailbox and its tmp/; `suffix` makes the
-        temporary name unique to the thread; `on_scan` counts listings (a metric)."""
+        temporary name unique to the thread; `on_scan` counts listings (a metric);
+        `ownership` is the owner and mode a rewritten file gets."""
         self._box, self._tmp, self._limit = box, tmp, limit
         self._suffix, self._on_scan = suffix, on_scan
+        self._ownership = ownership or Ownership()
         self._fd: int | None = None
         self._definition = f"{limit}S"
         self._length = 0
@@ -120,6 +130,7 @@ class MaildirSize:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(name, flags, 0o600, dir_fd=self._tmp)
         try:
+            self._ownership.apply(fd)
             os.write(fd, content)
         finally:
             os.close(fd)

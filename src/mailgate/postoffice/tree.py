@@ -6,7 +6,9 @@ parent's file descriptor with O_NOFOLLOW, so a symlink planted anywhere in the
 tree (a mailbox or an outbox pointing at /etc, say) is refused instead of
 followed. Names reaching this module were validated by `address.validate_name`;
 the outbox's lower-case name can never be a mailbox's. Directories are created
-owner-only (0700): whoever can write an outbox can send mail through mailgate.
+owner-only (0700) by default: whoever can write an outbox can send mail through mailgate.
+`[postoffice] owner`, `group` and `mode` (postoffice/owner.py) give each directory this
+module creates its owner and mode through its descriptor, opened O_NOFOLLOW.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from mailgate.errors import AddressError
 from mailgate.postoffice.address import AddressMap, PostofficeAddress, validate_name
+from mailgate.postoffice.owner import Ownership
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 MAILDIR_SUBDIRS = ("tmp", "new", "cur")
@@ -58,9 +61,12 @@ def fsync_dir(fd: int) -> None:
 class Postoffice:
     """Administers and opens mailboxes below one root directory."""
 
-    def __init__(self, root: Path, address_map: AddressMap) -> None:
+    def __init__(
+        self, root: Path, address_map: AddressMap, ownership: Ownership | None = None
+    ) -> None:
         self.root = root
         self.map = address_map
+        self.ownership = ownership or Ownership()  # of what is created below the root
 
     @contextlib.contextmanager
     def _root_fd(self) -> Iterator[int]:
@@ -107,14 +113,15 @@ class Postoffice:
             created = False
             try:
                 current = fd
+                owned = self.ownership
                 for part in (address.net, address.po, address.mailbox, *MAILDIR_SUBDIRS):
                     if part in MAILDIR_SUBDIRS:
-                        created |= _mkdir(part, opened[-1])
+                        created |= _mkdir(part, opened[-1], owned)
                         continue
                     if part == address.mailbox:  # `current` is the postoffice
-                        _mkdir(OUTBOX, current)
+                        _mkdir(OUTBOX, current, owned)
                         os.close(open_dir(OUTBOX, current))  # a symlink there is refused
-                    created |= _mkdir(part, current)
+                    created |= _mkdir(part, current, owned)
                     current = open_dir(part, current)
                     opened.append(current)
                 for each in opened:
@@ -218,11 +225,19 @@ class Postoffice:
         return sorted(found)
 
 
-def _mkdir(name: str, parent_fd: int) -> bool:
+def _mkdir(name: str, parent_fd: int, ownership: Ownership) -> bool:
+    """Create a directory, with its configured owner and mode; False if it existed (it is
+    left as it is)."""
     try:
         os.mkdir(name, mode=0o700, dir_fd=parent_fd)
     except FileExistsError:
         return False
+    if not ownership.default:
+        fd = open_dir(name, parent_fd)  # O_NOFOLLOW: never a symlink put in its place
+        try:
+            ownership.apply(fd, directory=True)
+        finally:
+            os.close(fd)
     return True
 
 
