@@ -41,7 +41,7 @@ from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
 from mailgate.postoffice.quota import MaildirSize
 from mailgate.postoffice.tree import Postoffice, open_dir
-from mailgate.testing import faults
+from mailgate.supervise import faults
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}

@@ -20,7 +20,7 @@ from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Connection
 from mailgate.queue.ops import ReportFailed, insert_message
-from mailgate.testing import faults
+from mailgate.supervise import faults
 
 Route = Callable[[str], str | None]
 """Maps an address to the connector that delivers it, or None when no route serves it."""

@@ -35,8 +35,8 @@ from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.ops import Recorded
 from mailgate.queue.store import QueueReader, QueueStore
+from mailgate.supervise import faults
 from mailgate.supervise.handle import ThreadHandle
-from mailgate.testing import faults
 
 IDLE_WAIT = 5.0
 STORE_WAIT = 120.0

@@ -21,8 +21,8 @@ import time
 from mailgate.receive.accept import Acceptor
 from mailgate.receive.session import MailgateSMTP
 from mailgate.receive.smtp import ReceiveHandler
+from mailgate.supervise import faults
 from mailgate.supervise.handle import ThreadHandle
-from mailgate.testing import faults
 
 # The loop heart-beats this often: well under the smallest useful [supervise] stall_after
 # (1 s), so a turning loop is never taken for a wedged one.
