@@ -60,8 +60,8 @@ from mailgate.queue.lock import DataDirLock
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.security.passwords import CredentialsError
+from mailgate.supervise.budget import RestartBudget
 from mailgate.supervise.handle import ThreadHandle
-from mailgate.supervise.supervisor import BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_STRUCTURAL
 from mailgate.supervise.systemd import Notifier
 from mailgate.web.admin import AdminServer, open_admin
 from mailgate.web.view import MasterView
@@ -85,7 +85,10 @@ class Master:
         count = config.processes.receive or os.cpu_count() or 1
         specs = [WorkerSpec("receive", f"receive-{n}") for n in range(1, count + 1)]
         specs.append(WorkerSpec("interchange", "interchange-1"))
-        self.workers = [WorkerProcess(spec) for spec in specs]
+        sv = config.supervise
+        self.workers = [
+            WorkerProcess(spec, RestartBudget(sv.max_restarts, sv.restart_window)) for spec in specs
+        ]
         self.listeners: Listeners | None = None  # open for the life of the master
         self.control_socket: socket.socket | None = None
         self.admin: AdminServer | None = None
@@ -336,26 +339,21 @@ class Master:
             end_dead_leases(self.backend, self.events, self.config, prefix, why, reason)
         except StoreError as exc:  # the scheduler's lease expiry still recovers them later
             self.events.emit(catalog.STORE_ERROR, operation="release dead worker", error=str(exc))
-        worker.recent.append(now)
-        window = self.config.supervise.restart_window
-        while worker.recent and now - worker.recent[0] > window:
-            worker.recent.popleft()
-        if len(worker.recent) > self.config.supervise.max_restarts:
+        if not worker.budget.spend(now):
             worker.failed = True
             self.events.emit(
                 catalog.WORKER_FAILED,
                 worker=worker.name,
                 role=worker.spec.role,
-                restarts=len(worker.recent),
-                window=int(window),
+                restarts=worker.budget.used,
+                window=int(worker.budget.window),
             )
             # Without this worker the service cannot do its job: end it, non-zero (Q151431).
             why = f": {worker.last_words}" if worker.last_words else ""
             self.fail(f"worker {worker.name} failed{why}", fatal=True)
             return
-        structural = worker.heartbeats == 0  # died before it ever reported: back off longer
-        base = BACKOFF_STRUCTURAL if structural else BACKOFF_FIRST
-        backoff = min(BACKOFF_MAX, base * 2 ** (len(worker.recent) - 1))
+        # One that died before it ever reported backs off longer (a structural problem).
+        backoff = worker.budget.backoff(structural=worker.heartbeats == 0)
         worker.restarts += 1
         worker.restart_at = now + backoff
         self.events.emit(
