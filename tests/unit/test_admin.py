@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from mailgate.config import parse_config
 from mailgate.errors import ConfigError
 from mailgate.master.commands import MasterCommands
-from mailgate.observe.counters import LATENCY_BUCKETS, Counters
+from mailgate.observe.counters import Counters
+from mailgate.observe.metrics import LATENCY_BUCKETS
 from mailgate.web.metrics import parse_key, render
 
 

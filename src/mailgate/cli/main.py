@@ -96,12 +96,17 @@ def check_config(file: Path) -> None:
     show_default=True,
 )
 def docs(write: bool, directory: Path) -> None:
-    """Check (or --write) docs generated from the code: configuration.md and events.md."""
+    """Check (or --write) docs generated from the code: configuration, events, metrics."""
     from mailgate.config.reference import render_reference
-    from mailgate.observe.reference import render_events
+    from mailgate.observe.reference import render_events, render_metrics
 
     stale = []
-    for name, text in (("configuration.md", render_reference()), ("events.md", render_events())):
+    generated = {
+        "configuration.md": render_reference(),
+        "events.md": render_events(),
+        "metrics.md": render_metrics(),
+    }
+    for name, text in generated.items():
         path = directory / name
         if write:
             directory.mkdir(parents=True, exist_ok=True)

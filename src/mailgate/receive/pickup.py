@@ -31,7 +31,7 @@ from mailgate.dsn.generate import report_bounce
 from mailgate.errors import StoreError
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
-from mailgate.observe import catalog
+from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap
@@ -205,8 +205,8 @@ class Pickup:
             item.work.unlink(missing_ok=True)
             queued += 1
             message = item.message
-            self.counters.add("mailgate_messages_received_total", source="pickup")
-            self.counters.add("mailgate_bytes_received_total", len(message.body), source="pickup")
+            self.counters.add(metrics.MESSAGES_RECEIVED, source="pickup")
+            self.counters.add(metrics.BYTES_RECEIVED, len(message.body), source="pickup")
             self.wakeup.notify(*{r.connector for r in message.recipients})
             self.events.emit(
                 catalog.PICKED_UP,

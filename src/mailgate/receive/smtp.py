@@ -28,7 +28,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from mailgate.errors import StoreError
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
-from mailgate.observe import catalog
+from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.store import QueueStore
@@ -119,7 +119,7 @@ class ReceiveHandler:
     def admit(self, ip: str) -> str | None:
         refusal = self.limits.acquire(ip)
         if refusal is not None:
-            self.counters.add("mailgate_smtp_sessions_refused_total")
+            self.counters.add(metrics.SMTP_SESSIONS_REFUSED)
             self.events.emit(catalog.SESSION_REFUSED, client=f"[{ip}]", reply=refusal)
         return refusal
 
@@ -147,7 +147,7 @@ class ReceiveHandler:
             self.events.emit(catalog.AUTH_SUCCEEDED, user=user, client=client)
             return AuthResult(success=True, handled=False, auth_data=user)
         self.failed_auths.failed(ip)
-        self.counters.add("mailgate_smtp_auth_failures_total")
+        self.counters.add(metrics.SMTP_AUTH_FAILURES)
         self.events.emit(catalog.AUTH_FAILED, user=user, client=client, why="invalid credentials")
         return AuthResult(success=False, handled=False)
 
@@ -199,7 +199,7 @@ class ReceiveHandler:
             address, client_ip(session), authenticated=bool(session.authenticated)
         )
         if not verdict.accepted:
-            self.counters.add("mailgate_smtp_recipients_rejected_total")
+            self.counters.add(metrics.SMTP_RECIPIENTS_REJECTED)
             event = catalog.RELAY_DENIED if verdict.relay_denied else catalog.INVALID_RECIPIENT
             self.events.emit(
                 event, recipient=address, client=client_name(session), reply=verdict.reply
@@ -226,7 +226,7 @@ class ReceiveHandler:
             max_header_size=self.settings.max_header_size,
         )
         if problem:
-            self.counters.add("mailgate_messages_refused_total")
+            self.counters.add(metrics.MESSAGES_REFUSED)
             self.events.emit(catalog.MESSAGE_REFUSED, client=client, sender=sender, reply=problem)
             return problem
         now = time.time()
@@ -260,8 +260,8 @@ class ReceiveHandler:
         if reply is not None:
             return reply
         self.wakeup.notify(*{r.connector for r in message.recipients})
-        self.counters.add("mailgate_messages_received_total", source="smtp")
-        self.counters.add("mailgate_bytes_received_total", len(message.body), source="smtp")
+        self.counters.add(metrics.MESSAGES_RECEIVED, source="smtp")
+        self.counters.add(metrics.BYTES_RECEIVED, len(message.body), source="smtp")
         self.events.emit(
             catalog.MESSAGE_RECEIVED,
             queue_id=queue_id,
