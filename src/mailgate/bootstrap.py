@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from mailgate import __version__
-from mailgate.config.schema import RELAY_CONNECTORS, Config
+from mailgate.config.schema import RELAY_CONNECTORS, Config, SmtpSettings
 from mailgate.connectors.postoffice import PostofficeConnector
 from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
 from mailgate.control.commands import ControlCommands
@@ -60,9 +61,9 @@ from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueReader, QueueStore, Writer
 from mailgate.receive.listeners import Listeners, open_listeners
-from mailgate.receive.pickup import Pickup, PickupSettings
+from mailgate.receive.pickup import Pickup
 from mailgate.receive.server import SmtpListener
-from mailgate.receive.smtp import ReceiveHandler, ReceiveSettings
+from mailgate.receive.smtp import ReceiveHandler
 from mailgate.receive.tls import server_context
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
 from mailgate.route.router import Router
@@ -234,20 +235,24 @@ class Service:
             self.wakeup_socket = bind_wakeup(wakeup_path(config.data_dir))
         if not self.receives:
             return
+        tls, credentials = smtp_secrets(config.smtp)
         handler = ReceiveHandler(
-            receive_settings(config),
+            config.smtp,
             self.store,
             self.policy,
             self.wakeup,
             self.events,
             self.counters,
+            hostname=config.service.hostname,
+            tls=tls,
+            credentials=credentials,
         )
         listeners = self.listeners or open_listeners(config.smtp)  # PortInUse names the holder
         self.listener = SmtpListener(
             handler,
             listeners.smtp,
             tls_sock=listeners.implicit_tls,
-            tls_context=handler.settings.tls,
+            tls_context=handler.tls,
         )
 
     def _start_threads(self) -> None:
@@ -482,23 +487,18 @@ class Service:
 
     def _pickup(self) -> Pickup:
         config = self.config
-        pickup = config.pickup
         return Pickup(
             config.postoffice_root,
             config.badmail_dir,
-            PickupSettings(
-                interval=pickup.interval,
-                settle=pickup.settle,
-                batch=pickup.batch,
-                max_size=config.smtp.max_message_size,
-                hostname=config.service.hostname,
-            ),
+            config.pickup,
             self.pickup_store,
             self.policy,
             self.address_map,
             self.wakeup,
             self.events,
             self.counters,
+            max_size=config.smtp.max_message_size,
+            hostname=config.service.hostname,
         )
 
     # --- stop ------------------------------------------------------------------------------------
@@ -591,30 +591,11 @@ def make_supervisor(
     )
 
 
-def receive_settings(config: Config) -> ReceiveSettings:
-    """What the SMTP receiver needs of the configuration; TLS and credential files are read
-    here, so a bad certificate or credentials file is an error at start."""
-    smtp = config.smtp
-    return ReceiveSettings(
-        hostname=config.service.hostname,
-        max_message_size=smtp.max_message_size,
-        max_recipients=smtp.max_recipients,
-        timeout=smtp.timeout,
-        commit_timeout=smtp.commit_timeout,
-        reject_8bit_headers=smtp.reject_8bit_headers,
-        max_errors=smtp.max_errors,
-        max_commands=smtp.max_commands,
-        max_header_size=smtp.max_header_size,
-        max_line_length=smtp.max_line_length,
-        max_sessions=smtp.max_sessions,
-        max_sessions_per_ip=smtp.max_sessions_per_ip,
-        tls=server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None,
-        require_tls=smtp.require_tls,
-        credentials=_credentials(smtp.auth_users),
-        auth_insecure=smtp.auth_insecure,
-        auth_failures=smtp.auth_failures,
-        auth_window=smtp.auth_window,
-    )
+def smtp_secrets(smtp: SmtpSettings) -> tuple[ssl.SSLContext | None, Credentials | None]:
+    """The TLS context and AUTH credentials of [smtp], read now: a bad certificate or
+    credentials file is an error at start."""
+    tls = server_context(smtp.tls_cert, smtp.tls_key) if smtp.tls_cert else None
+    return tls, _credentials(smtp.auth_users)
 
 
 def _credentials(path: str) -> Credentials | None:

@@ -45,8 +45,8 @@ from mailgate.bootstrap import (
     needs_restart,
     open_events,
     read_new_config,
-    receive_settings,
     release_leases_at_start,
+    smtp_secrets,
     start_event_store,
 )
 from mailgate.config.schema import Config
@@ -110,7 +110,7 @@ class Master:
             self._open_listeners()  # PortInUse names the instance that holds a port
             self.control_socket = bind_control(socket_path(self.config.data_dir))
             self.admin = open_admin(self.config.admin, lambda: MasterView(self))  # bound now
-            receive_settings(self.config)  # a bad certificate or credentials file fails here
+            smtp_secrets(self.config.smtp)  # a bad certificate or credentials file fails here
         except BaseException:
             if self.listeners is not None:
                 self.listeners.close()

@@ -20,11 +20,11 @@ import asyncio
 import ssl
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailgate.config.schema import SmtpSettings
 from mailgate.errors import StoreError
 from mailgate.interchange.wakeup import Wakeup
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
@@ -40,28 +40,6 @@ from mailgate.route.policy import RecipientPolicy
 from mailgate.security.passwords import Credentials
 
 
-@dataclass(frozen=True, slots=True)
-class ReceiveSettings:
-    hostname: str
-    max_message_size: int
-    max_recipients: int
-    timeout: float
-    commit_timeout: float
-    reject_8bit_headers: bool
-    max_errors: int = 20
-    max_commands: int = 100_000
-    max_header_size: int = 100 * 1024
-    max_line_length: int = 1024 * 1024  # octets without the CRLF
-    max_sessions: int = 100
-    max_sessions_per_ip: int = 20
-    tls: ssl.SSLContext | None = None
-    require_tls: bool = False
-    credentials: Credentials | None = None
-    auth_insecure: bool = False
-    auth_failures: int = 3
-    auth_window: float = 300.0
-
-
 def protocol_name(*, smtputf8: bool, extended: bool, tls: bool, authenticated: bool) -> str:
     """The `with` clause of Received: (RFC 3848, RFC 6531): ESMTP, ESMTPS, ESMTPSA, ..."""
     if not extended:
@@ -71,18 +49,29 @@ def protocol_name(*, smtputf8: bool, extended: bool, tls: bool, authenticated: b
 
 
 class ReceiveHandler:
-    """aiosmtpd handler hooks: admission, AUTH, policy at MAIL/RCPT, durability at DATA."""
+    """aiosmtpd handler hooks: admission, AUTH, policy at MAIL/RCPT, durability at DATA.
+
+    `settings` is the [smtp] section as configured; `tls` and `credentials` are what its
+    certificate and credentials file were made into (service/wiring.py), so a bad file
+    is an error at start, not at the first STARTTLS or AUTH."""
 
     def __init__(
         self,
-        settings: ReceiveSettings,
+        settings: SmtpSettings,
         store: QueueStore,
         policy: RecipientPolicy,
         wakeup: Wakeup,
         events: EventLog,
         counters: Counters | None = None,
+        *,
+        hostname: str,
+        tls: ssl.SSLContext | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.settings = settings
+        self.hostname = hostname
+        self.tls = tls
+        self.credentials = credentials
         self.store = store
         self.policy = policy
         self.wakeup = wakeup
@@ -97,7 +86,7 @@ class ReceiveHandler:
     def protocol(self, implicit_tls: bool = False) -> MailgateSMTP:
         s = self.settings
         auth: dict[str, Any] = {"auth_require_tls": not s.auth_insecure}
-        if s.credentials is not None:
+        if self.credentials is not None:
             auth["authenticator"] = self.authenticate
         else:
             auth["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
@@ -107,10 +96,10 @@ class ReceiveHandler:
             data_size_limit=s.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=s.hostname,
+            hostname=self.hostname,
             ident="ESMTP mailgate",
             timeout=s.timeout,
-            tls_context=None if implicit_tls else s.tls,
+            tls_context=None if implicit_tls else self.tls,
             require_starttls=s.require_tls and not implicit_tls,
             **auth,
         )
@@ -141,7 +130,7 @@ class ReceiveHandler:
                 message="454 4.7.0 Too many failed authentication attempts, try again later",
             )
         password = data.password.decode("utf-8", "replace") if login else ""
-        credentials = self.settings.credentials
+        credentials = self.credentials
         if credentials is not None and user and credentials.verify(user, password):
             self.failed_auths.succeeded(ip)
             self.events.emit(catalog.AUTH_SUCCEEDED, user=user, client=client)
@@ -235,7 +224,7 @@ class ReceiveHandler:
         trace = received_header(
             helo=session.host_name,
             peer_ip=client_ip(session),
-            hostname=self.settings.hostname,
+            hostname=self.hostname,
             protocol=protocol_name(
                 smtputf8=bool(envelope.smtp_utf8),
                 extended=session.extended_smtp,
