@@ -50,7 +50,7 @@ from mailgate.interchange.worker import InterchangeThread, lease_owner
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
-from mailgate.observe.eventstore import EventStoreWriter, attach_event_store
+from mailgate.observe.eventwriter import EventStoreWriter, attach_event_store
 from mailgate.postoffice.address import AddressMap
 from mailgate.postoffice.tree import Postoffice
 from mailgate.queue.backend import Backend

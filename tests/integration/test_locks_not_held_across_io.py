@@ -21,7 +21,8 @@ from mailgate.master.processes import WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
 from mailgate.observe.catalog import Category, Level
 from mailgate.observe.events import EventLog
-from mailgate.observe.eventstore import attach_event_store, store_path
+from mailgate.observe.eventstore import store_path
+from mailgate.observe.eventwriter import attach_event_store
 from mailgate.security.passwords import Credentials, hash_password
 from mailgate.supervise.budget import RestartBudget
 from tests.support.eventstore import Running

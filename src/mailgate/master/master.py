@@ -55,7 +55,7 @@ from mailgate.errors import AlreadyRunning, PortInUse, StoreError, StoreInUse
 from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS, WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config
-from mailgate.observe.eventstore import EventStoreWriter
+from mailgate.observe.eventwriter import EventStoreWriter
 from mailgate.queue.lock import DataDirLock
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.receive.listeners import Listeners, open_listeners
