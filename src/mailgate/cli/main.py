@@ -53,14 +53,13 @@ def run(
     """Run the service in the foreground until SIGTERM or SIGINT (SIGHUP reloads)."""
     overrides = {"smtp.listen": listen, "admin.listen": admin_listen}
     config = get_config(config_path, data_dir, smarthost=smarthost, **overrides)
-    if single_process:
-        from mailgate.bootstrap import run_service
-
-        source = config_loader(config_path, data_dir, smarthost=smarthost, **overrides)
-        sys.exit(run_service(config, source))
-    from mailgate.master.master import run_master
-
     source = config_loader(config_path, data_dir, smarthost=smarthost, **overrides)
+    if single_process:
+        from mailgate.service.processes import run_single
+
+        sys.exit(run_single(config, source))
+    from mailgate.master.run import run_master
+
     sys.exit(run_master(config, source))
 
 

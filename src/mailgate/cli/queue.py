@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 
 import click
 
-from mailgate import bootstrap
 from mailgate.cli import inflight
 from mailgate.cli.common import config_options, get_config
 from mailgate.cli.events import local_time, printable
@@ -47,6 +46,7 @@ from mailgate.queue import admin, history
 from mailgate.queue.backend import Connection
 from mailgate.queue.commit import DirectWriter
 from mailgate.queue.sqlite import SqliteBackend
+from mailgate.service import wiring
 
 T = TypeVar("T")
 EX_TEMPFAIL = 75
@@ -115,7 +115,7 @@ def _write(config: Config, name: str, op: Callable[[Connection], T]) -> T:
 
 
 def _emit(config: Config, *items: tuple[catalog.EventType, dict[str, Any]]) -> None:
-    events = bootstrap.open_events(config, stderr=False)
+    events = wiring.open_events(config, stderr=False)
     try:
         for event, fields in items:
             events.emit(event, **fields)
@@ -679,7 +679,7 @@ def _finished(
 ) -> None:
     """The events of a delete or return (then those of the finished message), and a nudge
     if a bounce was queued."""
-    events = bootstrap.open_events(config, stderr=False)
+    events = wiring.open_events(config, stderr=False)
     try:
         events.emit(event, queue_id=result.queue_id, **fields)
         if result.finished:
@@ -708,7 +708,7 @@ def delete(
     right now is taken from its thread first, and the reply says what became of the
     attempt (cancelled, or already delivered)."""
     config = get_config(config_path, data_dir)
-    on_done = bootstrap.bounce_generator(config) if ndr else None
+    on_done = wiring.bounce_generator(config) if ndr else None
     fates = _take_over(config, queue_id, "delete")
     now = time.time()
     result = _write(
@@ -749,7 +749,7 @@ def bounce_(queue_id: str, as_json: bool, config_path: Path | None, data_dir: Pa
     non-delivery report is queued. A recipient being delivered right now is taken from
     its thread first: one its attempt delivered after all is not reported as failed."""
     config = get_config(config_path, data_dir)
-    on_done = bootstrap.bounce_generator(config)
+    on_done = wiring.bounce_generator(config)
     fates = _take_over(config, queue_id, "bounce")
     now = time.time()
     try:

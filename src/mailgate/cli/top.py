@@ -25,8 +25,8 @@ from rich.text import Text
 
 from mailgate.cli.common import config_options
 from mailgate.cli.ctl import _data_dir
-from mailgate.control.commands import STATES
 from mailgate.control.server import request, socket_path
+from mailgate.control.surface import STATES
 from mailgate.observe import metrics
 from mailgate.web.metrics import parse_key
 

@@ -25,7 +25,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from mailgate.control.commands import STATES
+from mailgate.control.surface import STATES
 from mailgate.observe import metrics as m
 from mailgate.observe.metrics import LATENCY_BUCKETS, OUTCOMES, SOURCES, Kind, MetricType
 
