@@ -1,7 +1,13 @@
-"""The `mailgate` command: run the service, check configuration, administer postoffices."""
+"""The `mailgate` command: run the service, check configuration, administer postoffices.
+
+A command's module is imported only when the command runs (LAZY), so a command that
+reads the event log or the queue does not import the service, the master and every
+stage first; `mailgate --help` imports them all to list them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -9,18 +15,37 @@ import click
 
 from mailgate import __version__
 from mailgate.cli.common import config_loader, config_options, get_config, report_config_error
-from mailgate.cli.ctl import ctl
-from mailgate.cli.events import events
-from mailgate.cli.mailbox import mailbox
-from mailgate.cli.queue import queue_group
-from mailgate.cli.security import gen_cert, passwd
-from mailgate.cli.top import top
-from mailgate.cli.track import track
 from mailgate.config import load_config
 from mailgate.errors import ConfigError
 
+LAZY = {
+    "mailbox": "mailgate.cli.mailbox:mailbox",
+    "gen-cert": "mailgate.cli.security:gen_cert",
+    "passwd": "mailgate.cli.security:passwd",
+    "events": "mailgate.cli.events:events",
+    "track": "mailgate.cli.track:track",
+    "ctl": "mailgate.cli.ctl:ctl",
+    "queue": "mailgate.cli.queue:queue_group",
+    "top": "mailgate.cli.top:top",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose LAZY commands are imported when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAZY:
+            return super().get_command(ctx, cmd_name)
+        module, _, name = LAZY[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command), LAZY[cmd_name]
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mailgate")
 def cli() -> None:
     """mailgate: a supervised, durable mail connector interchange."""
@@ -115,16 +140,6 @@ def docs(write: bool, directory: Path) -> None:
     if stale:
         click.echo(f"out of date: {', '.join(stale)} (run `mailgate docs --write`)", err=True)
         sys.exit(1)
-
-
-cli.add_command(mailbox)
-cli.add_command(gen_cert)
-cli.add_command(passwd)
-cli.add_command(events)
-cli.add_command(track)
-cli.add_command(ctl)
-cli.add_command(queue_group)
-cli.add_command(top)
 
 
 def main() -> None:
