@@ -9,7 +9,7 @@
   also prunes), reports dropped or unwritable events as event 1010 at most every
   few seconds, and returns once it is asked to stop, after a final drain.
 
-Wiring (service/parts: the lock holder runs it, as an ordinary, non-critical thread):
+Wiring (service/control.py: the lock holder runs it, an ordinary, non-critical thread):
 
     writer = attach_event_store(events, config.log_dir, max_events)
     sup.spawn("events", "events", writer, on_stop=writer.wake)
