@@ -47,13 +47,8 @@ from mailgate.model import new_queue_id
 from mailgate.observe import catalog
 from mailgate.observe.catalog import EventType
 from mailgate.observe.events import render
-from mailgate.observe.eventstore import (
-    EventReader,
-    EventStoreSink,
-    EventStoreWriter,
-    open_for_writing,
-    store_path,
-)
+from mailgate.observe.eventstore import EventReader, store_path
+from mailgate.observe.eventwriter import EventStoreSink, EventStoreWriter, open_for_writing
 
 TARGET_MS = 200.0
 INSERT = (

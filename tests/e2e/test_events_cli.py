@@ -26,7 +26,8 @@ import pytest
 from mailgate.observe import catalog
 from mailgate.observe.catalog import Category, Level
 from mailgate.observe.events import EventLog
-from mailgate.observe.eventstore import attach_event_store, store_path
+from mailgate.observe.eventstore import store_path
+from mailgate.observe.eventwriter import attach_event_store
 from tests.support.eventstore import Running, replay
 from tests.support.process import DEFAULT_CONFIG, Mailgate, wait_for
 from tests.support.sink import Sink

@@ -12,14 +12,8 @@ import pytest
 from mailgate.observe import catalog
 from mailgate.observe.catalog import Category, Level
 from mailgate.observe.events import EventLog
-from mailgate.observe.eventstore import (
-    EventReader,
-    EventStoreSink,
-    EventStoreWriter,
-    attach_event_store,
-    build_query,
-    store_path,
-)
+from mailgate.observe.eventstore import EventReader, build_query, store_path
+from mailgate.observe.eventwriter import EventStoreSink, EventStoreWriter, attach_event_store
 from tests.support.eventstore import Running
 from tests.support.process import wait_for
 

@@ -21,8 +21,10 @@ from mailgate.master.processes import WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
 from mailgate.observe.catalog import Category, Level
 from mailgate.observe.events import EventLog
-from mailgate.observe.eventstore import attach_event_store, store_path
+from mailgate.observe.eventstore import store_path
+from mailgate.observe.eventwriter import attach_event_store
 from mailgate.security.passwords import Credentials, hash_password
+from mailgate.supervise.budget import RestartBudget
 from tests.support.eventstore import Running
 from tests.support.process import wait_for
 
@@ -30,7 +32,7 @@ from tests.support.process import wait_for
 @pytest.fixture
 def deaf_worker() -> Iterator[WorkerProcess]:
     """A worker process that never reads its stdin (a wedged worker)."""
-    worker = WorkerProcess(WorkerSpec("receive", "receive-1"))
+    worker = WorkerProcess(WorkerSpec("receive", "receive-1"), RestartBudget(5, 60.0))
     proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     worker.started(proc)
     try:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.connectors.postoffice import QUOTA_SCANS, PostofficeConnector
+from mailgate.connectors.postoffice import PostofficeConnector
 from mailgate.errors import TemporaryFailure
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
+from mailgate.observe.metrics import POSTOFFICE_QUOTA_SCANS
 from mailgate.postoffice.quota import COMPACT_AT, STALE
 from mailgate.postoffice.tree import Postoffice
 from tests.integration.test_postoffice import ALICE, BODY, MAP, claim
@@ -57,7 +58,7 @@ class Delivering:
 
     @property
     def scans(self) -> float:
-        return float(self.counters.snapshot()["counters"].get(QUOTA_SCANS, 0.0))
+        return float(self.counters.snapshot()["counters"].get(POSTOFFICE_QUOTA_SCANS.name, 0.0))
 
 
 def sizes(po: Postoffice) -> int:

@@ -216,12 +216,18 @@ def test_direct_writer_and_unusable_file(tmp_path: Path) -> None:
 def test_only_processes_that_accept_mail_wait_for_fsync(tmp_path: Path) -> None:
     """Receivers and pickup commit with synchronous=FULL; the interchange process's claims and
     outcomes (redone if a power failure loses them) with NORMAL."""
-    from mailgate.bootstrap import Service
     from mailgate.config import parse_config
+    from mailgate.service.parts import QueuePart
+    from mailgate.service.processes import interchange_worker, receive_worker, single_process
 
     config = parse_config({"service": {"data_dir": str(tmp_path), "hostname": "mx.test"}})
-    for role, main_sync in (("all", 2), ("receive", 2), ("interchange", 1)):
-        service = Service(config, EventLog(), role=role)
+    for build, main_sync in (
+        (single_process, 2),
+        (receive_worker, 2),
+        (interchange_worker, 1),
+    ):
+        role = build.__name__
+        service = build(config, EventLog()).part(QueuePart)
         service.backend.initialize()
         conn = service.backend.connect()
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == main_sync, role

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from mailgate.control.commands import ControlCommands
+from mailgate.control.local import LocalSurface
+from mailgate.control.surface import command_table
 from mailgate.dsn.generate import BounceGenerator, BounceResult
 from mailgate.interchange.state import Connectors
 from mailgate.model import Disposition, NewMessage, NewRecipient, Outcome, new_queue_id
@@ -484,10 +485,11 @@ def test_wake_control_command_wakes_one_connector_or_all() -> None:
         cleared.append((names, by))
         return names[-1:]
 
-    service = SimpleNamespace(
+    delivery = SimpleNamespace(
         connectors=Connectors(["postoffice", "smarthost"]), wakeup=wakeup, clear_down=clear_down
     )
-    wake = ControlCommands(service).table()["wake"]  # type: ignore[arg-type]  # a stand-in
+    surface = LocalSurface(None, None, None, delivery)  # type: ignore[arg-type]  # stand-ins
+    wake = command_table(surface)["wake"]
     po, smart = wakeup.generation("postoffice"), wakeup.generation("smarthost")
     assert wake({"connector": "smarthost"}) == {
         "woken": ["smarthost"],

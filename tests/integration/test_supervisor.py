@@ -6,9 +6,9 @@ import threading
 import time
 from pathlib import Path
 
-from mailgate.bootstrap import Service
 from mailgate.config import parse_config
 from mailgate.observe.events import EventLog, HumanFormatter
+from mailgate.service.processes import single_process
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.supervise.supervisor import Supervisor
 from tests.support.process import wait_for
@@ -116,7 +116,7 @@ def test_every_thread_of_a_running_service_is_registered(tmp_path: Path) -> None
         {"smtp.listen": "127.0.0.1:0", "admin.listen": "127.0.0.1:0"},
     )
     before = {t.ident for t in threading.enumerate()}
-    service = Service(config, EventLog())
+    service = single_process(config, EventLog())
     service.start()
     try:
         wait_for(lambda: len(service.supervisor.statistics().threads) >= 6, 5, what="threads")

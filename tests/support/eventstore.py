@@ -10,7 +10,8 @@ from typing import Any
 
 from mailgate.observe.catalog import CATALOG
 from mailgate.observe.events import _RECORD_KEY
-from mailgate.observe.eventstore import EventStoreSink, EventStoreWriter, store_path
+from mailgate.observe.eventstore import store_path
+from mailgate.observe.eventwriter import EventStoreSink, EventStoreWriter
 from mailgate.supervise.handle import ThreadHandle
 
 

@@ -11,8 +11,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailgate.config import parse_config
 from mailgate.errors import ConfigError
-from mailgate.master.commands import MasterCommands
-from mailgate.observe.counters import LATENCY_BUCKETS, Counters
+from mailgate.master.surface import MasterSurface
+from mailgate.observe.counters import Counters
+from mailgate.observe.metrics import LATENCY_BUCKETS
 from mailgate.web.metrics import parse_key, render
 
 
@@ -108,7 +109,7 @@ def test_master_totals_never_go_back_when_a_worker_is_replaced() -> None:
         }
 
     master = SimpleNamespace(workers=[worker("receive-1", 10, snap(5, 2))])
-    commands = MasterCommands(master)  # type: ignore[arg-type]
+    commands = MasterSurface(SimpleNamespace(), master)  # type: ignore[arg-type]
     assert commands.counters()["counters"]["mailgate_messages_received_total"] == 5
     master.workers = [worker("receive-1", None, None)]  # died; the replacement has not reported
     merged = commands.counters()

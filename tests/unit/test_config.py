@@ -186,3 +186,18 @@ def test_enumerated_keys_document_exactly_the_schema_values() -> None:
         # Values are TOML strings, written `"value"`; enumerated table keys are bare, `Key`.
         listed = re.findall(r"`([A-Za-z]\w*)`" if keys else r'`"([^"`]*)"`', cell)
         assert sorted(listed) == sorted(values), (dotted, cell)
+
+
+def test_log_levels_take_exactly_the_event_catalogs_categories_and_levels() -> None:
+    """[log] levels names the catalog's categories and levels (declared there, once)."""
+    from mailgate.observe import catalog
+    from mailgate.observe.events import levels_from_config
+
+    levels = list(catalog.Level)
+    every = {c.value: levels[n % len(levels)].name.lower() for n, c in enumerate(catalog.Category)}
+    config = parse_config({"log": {"levels": every}})
+    assert set(levels_from_config(config.log.levels)) == set(catalog.Category)
+    for level in catalog.Level:
+        parse_config({"log": {"levels": {"Sent": level.name.lower()}}})
+    with pytest.raises(ConfigError):
+        parse_config({"log": {"levels": {"Sent": "loud"}}})

@@ -1,6 +1,7 @@
 """Counters: labels, gauges, histograms and merging snapshots of several processes."""
 
-from mailgate.observe.counters import LATENCY_BUCKETS, Counters, merge
+from mailgate.observe.counters import Counters, merge
+from mailgate.observe.metrics import LATENCY_BUCKETS
 
 
 def test_counts_gauges_and_histograms() -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import click
 
-from mailgate import bootstrap
 from mailgate.cli.common import config_options, get_config
 from mailgate.config.schema import Config
 from mailgate.errors import AlreadyRunning, StoreError, StoreInUse
@@ -26,6 +25,7 @@ from mailgate.queue.move import MoveRefused, move
 from mailgate.queue.open import StoreBackend, open_backend
 from mailgate.queue.postgres import PostgresBackend
 from mailgate.queue.sqlite import SqliteBackend
+from mailgate.service import wiring
 
 
 @click.group("db")
@@ -149,7 +149,7 @@ def migrate_from_sqlite(
 
 
 def _emit(config: Config, event: catalog.EventType, **fields: object) -> None:
-    events = bootstrap.open_events(config, stderr=False)
+    events = wiring.open_events(config, stderr=False)
     try:
         events.emit(event, **fields)
     finally:

@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailgate import bootstrap
 from mailgate.cli.reading import reading
 from mailgate.config.schema import Config
 from mailgate.control.server import request, socket_path
 from mailgate.interchange.inflight import CANCELLED_REPLY
 from mailgate.observe import catalog
 from mailgate.queue.revoke import Revoked
+from mailgate.service import wiring
 
 CANCEL_WAIT = 5.0  # an attempt told to stop ends within milliseconds; a wedged one is not awaited
 GONE_WAIT = 1.0  # no thread works on it any more: its outcome is being recorded, or it died
@@ -131,7 +131,7 @@ def report(config: Config, fates: Sequence[Fate], command: str) -> None:
     """Event 4020 for each recipient taken from its thread."""
     if not fates:
         return
-    events = bootstrap.open_events(config, stderr=False)
+    events = wiring.open_events(config, stderr=False)
     try:
         for f in fates:
             events.emit(

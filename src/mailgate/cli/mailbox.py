@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from mailgate import bootstrap
 from mailgate.cli.common import config_options, get_config
 from mailgate.errors import AddressError
 from mailgate.observe import catalog
+from mailgate.service import wiring
 
 
 @click.group()
@@ -24,7 +24,7 @@ def mailbox() -> None:
 def add(address: str, config_path: Path | None, data_dir: Path | None) -> None:
     """Create a mailbox and print its SMTP address."""
     config = get_config(config_path, data_dir)
-    po = bootstrap.postoffice(config)
+    po = wiring.postoffice(config)
     try:
         parsed = po.map.parse(address)
         created = po.add(parsed)
@@ -32,7 +32,7 @@ def add(address: str, config_path: Path | None, data_dir: Path | None) -> None:
         raise click.ClickException(str(exc)) from None
     smtp = po.map.to_smtp(parsed)
     if created:
-        events = bootstrap.open_events(config, stderr=False)
+        events = wiring.open_events(config, stderr=False)
         events.emit(catalog.MAILBOX_ADDED, mailbox=parsed, address=smtp)
         events.close()
     else:
@@ -47,7 +47,7 @@ def list_(config_path: Path | None, data_dir: Path | None) -> None:
     postoffice's mailboxes, its outbox (where programs drop files to send) and how many
     files wait in it."""
     config = get_config(config_path, data_dir)
-    po = bootstrap.postoffice(config)
+    po = wiring.postoffice(config)
     for (net, office), group in itertools.groupby(po.mailboxes(), lambda a: (a.net, a.po)):
         for address in group:
             try:
@@ -69,13 +69,13 @@ def list_(config_path: Path | None, data_dir: Path | None) -> None:
 def remove(address: str, force: bool, config_path: Path | None, data_dir: Path | None) -> None:
     """Remove a mailbox (refused while it holds mail, unless --force)."""
     config = get_config(config_path, data_dir)
-    po = bootstrap.postoffice(config)
+    po = wiring.postoffice(config)
     try:
         parsed = po.map.parse(address)
         removed = po.remove(parsed, force=force)
     except (AddressError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
-    events = bootstrap.open_events(config, stderr=False)
+    events = wiring.open_events(config, stderr=False)
     events.emit(catalog.MAILBOX_REMOVED, mailbox=parsed, messages=removed)
     events.close()
     click.echo(f"removed {parsed} ({removed} message(s))")

@@ -1,7 +1,13 @@
-"""The `mailgate` command: run the service, check configuration, administer postoffices."""
+"""The `mailgate` command: run the service, check configuration, administer postoffices.
+
+A command's module is imported only when the command runs (LAZY), so a command that
+reads the event log or the queue does not import the service, the master and every
+stage first; `mailgate --help` imports them all to list them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -9,19 +15,38 @@ import click
 
 from mailgate import __version__
 from mailgate.cli.common import config_loader, config_options, get_config, report_config_error
-from mailgate.cli.ctl import ctl
-from mailgate.cli.db import db_group
-from mailgate.cli.events import events
-from mailgate.cli.mailbox import mailbox
-from mailgate.cli.queue import queue_group
-from mailgate.cli.security import gen_cert, passwd
-from mailgate.cli.top import top
-from mailgate.cli.track import track
 from mailgate.config import load_config
 from mailgate.errors import ConfigError
 
+LAZY = {
+    "mailbox": "mailgate.cli.mailbox:mailbox",
+    "gen-cert": "mailgate.cli.security:gen_cert",
+    "passwd": "mailgate.cli.security:passwd",
+    "events": "mailgate.cli.events:events",
+    "track": "mailgate.cli.track:track",
+    "ctl": "mailgate.cli.ctl:ctl",
+    "queue": "mailgate.cli.queue:queue_group",
+    "top": "mailgate.cli.top:top",
+    "db": "mailgate.cli.db:db_group",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose LAZY commands are imported when asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in LAZY:
+            return super().get_command(ctx, cmd_name)
+        module, _, name = LAZY[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module), name)
+        assert isinstance(command, click.Command), LAZY[cmd_name]
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mailgate")
 def cli() -> None:
     """mailgate: a supervised, durable mail connector interchange."""
@@ -54,14 +79,13 @@ def run(
     """Run the service in the foreground until SIGTERM or SIGINT (SIGHUP reloads)."""
     overrides = {"smtp.listen": listen, "admin.listen": admin_listen}
     config = get_config(config_path, data_dir, smarthost=smarthost, **overrides)
-    if single_process:
-        from mailgate.bootstrap import run_service
-
-        source = config_loader(config_path, data_dir, smarthost=smarthost, **overrides)
-        sys.exit(run_service(config, source))
-    from mailgate.master.master import run_master
-
     source = config_loader(config_path, data_dir, smarthost=smarthost, **overrides)
+    if single_process:
+        from mailgate.service.processes import run_single
+
+        sys.exit(run_single(config, source))
+    from mailgate.master.run import run_master
+
     sys.exit(run_master(config, source))
 
 
@@ -97,12 +121,17 @@ def check_config(file: Path) -> None:
     show_default=True,
 )
 def docs(write: bool, directory: Path) -> None:
-    """Check (or --write) docs generated from the code: configuration.md and events.md."""
+    """Check (or --write) docs generated from the code: configuration, events, metrics."""
     from mailgate.config.reference import render_reference
-    from mailgate.observe.reference import render_events
+    from mailgate.observe.reference import render_events, render_metrics
 
     stale = []
-    for name, text in (("configuration.md", render_reference()), ("events.md", render_events())):
+    generated = {
+        "configuration.md": render_reference(),
+        "events.md": render_events(),
+        "metrics.md": render_metrics(),
+    }
+    for name, text in generated.items():
         path = directory / name
         if write:
             directory.mkdir(parents=True, exist_ok=True)
@@ -112,17 +141,6 @@ def docs(write: bool, directory: Path) -> None:
     if stale:
         click.echo(f"out of date: {', '.join(stale)} (run `mailgate docs --write`)", err=True)
         sys.exit(1)
-
-
-cli.add_command(mailbox)
-cli.add_command(gen_cert)
-cli.add_command(passwd)
-cli.add_command(events)
-cli.add_command(track)
-cli.add_command(ctl)
-cli.add_command(queue_group)
-cli.add_command(top)
-cli.add_command(db_group)
 
 
 def main() -> None:

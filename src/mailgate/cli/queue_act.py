@@ -27,7 +27,6 @@ from typing import Any, TypeVar
 
 import click
 
-from mailgate import bootstrap
 from mailgate.cli import inflight
 from mailgate.cli.common import config_options, echo_json, get_config
 from mailgate.config.schema import Config
@@ -41,6 +40,7 @@ from mailgate.queue.commit import DirectWriter
 from mailgate.queue.effects import Effects
 from mailgate.queue.open import open_backend
 from mailgate.queue.store import QueueStore
+from mailgate.service import wiring
 
 T = TypeVar("T")
 EX_TEMPFAIL = 75
@@ -106,11 +106,11 @@ def _session(config: Config, by: str | None = None) -> Iterator[_Session]:
         writer = DirectWriter(backend)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    events = bootstrap.open_events(config, stderr=False)
+    events = wiring.open_events(config, stderr=False)
     nudge = ServiceNudge(config, by)
     try:
-        store = bootstrap.queue_store(config, writer, backend)
-        store.use_reports(bootstrap.bounce_generator(config))
+        store = wiring.queue_store(config, writer, backend)
+        store.use_reports(wiring.bounce_generator(config))
         store.effects = Effects(nudge, events)
         yield _Session(store, events, nudge)
     finally:

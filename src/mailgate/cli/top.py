@@ -26,7 +26,9 @@ from rich.text import Text
 from mailgate.cli.common import config_options
 from mailgate.cli.ctl import _data_dir
 from mailgate.control.server import request, socket_path
-from mailgate.web.metrics import STATES, parse_key
+from mailgate.control.surface import STATES
+from mailgate.observe import metrics
+from mailgate.web.metrics import parse_key
 
 ANSWER = 2.0
 SHORT = {"deferred": "defer", "quarantined": "quar"}
@@ -149,10 +151,9 @@ def _header(status: dict[str, Any], stamp: str) -> RenderableType:
 
 
 def _rates(sampler: Sampler, status: dict[str, Any]) -> RenderableType:
-    attempts = "mailgate_attempts_total"
+    attempts, received = metrics.ATTEMPTS.name, metrics.MESSAGES_RECEIVED.name
     parts = [
-        ("received", sampler.rate("mailgate_messages_received_total"),
-         total(status, "mailgate_messages_received_total")),
+        ("received", sampler.rate(received), total(status, received)),
         ("delivered", sampler.rate(attempts, outcome="delivered"),
          total(status, attempts, outcome="delivered")),
         ("deferred", sampler.rate(attempts, outcome="deferred"),
@@ -166,7 +167,7 @@ def _rates(sampler: Sampler, status: dict[str, Any]) -> RenderableType:
         line.append(f"{_per_second(rate)} ({int(count)})  ")
     gauges = (status.get("counters") or {}).get("gauges") or {}
     line.append("sessions ", style="bold")
-    line.append(str(int(gauges.get("mailgate_smtp_sessions_open", 0))))
+    line.append(str(int(gauges.get(metrics.SMTP_SESSIONS_OPEN.name, 0))))
     return line
 
 

@@ -10,28 +10,30 @@ from __future__ import annotations
 import ipaddress
 import socket
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from mailgate.config.units import Duration, Size
+from mailgate.observe import catalog
 from mailgate.postoffice.owner import group_id, user_id
 from mailgate.route.patterns import parse_pattern
 
 # Enumerations are Literal types, declared once: validation, the tuples below and the
 # allowed values in docs/configuration.md (reference.py) all come from these.
 ConnectorName = Literal["postoffice", "smarthost"]
-Level = Literal["none", "minimum", "medium", "maximum"]
-Category = Literal[
-    "Service", "Config", "Receive", "Routing", "Queue", "Interchange",
-    "Sent", "NDR", "Supervision", "Postoffice", "Control",
-]  # fmt: skip
 StartTls = Literal["none", "opportunistic", "required"]
 PostofficeMode = Literal["0600", "0640", "0660"]
 KNOWN_CONNECTORS: tuple[str, ...] = get_args(ConnectorName)
 RELAY_CONNECTORS = ("smarthost",)  # connectors that carry mail off this host
-LEVELS: tuple[str, ...] = get_args(Level)
-CATEGORIES: tuple[str, ...] = get_args(Category)
+# Event categories and diagnostic levels are the event catalog's, named as a file names
+# them (`Receive = "maximum"`): declared there, once.
+if TYPE_CHECKING:
+    Category = str
+    Level = str
+else:
+    Category = Literal[tuple(c.value for c in catalog.Category)]
+    Level = Literal[tuple(level.name.lower() for level in catalog.Level)]
 
 
 def default_hostname() -> str:

@@ -36,18 +36,17 @@ from mailgate.errors import AddressError, PermanentFailure, TemporaryFailure
 from mailgate.interchange.connector import Result
 from mailgate.interchange.inflight import CANCELLED_REPLY
 from mailgate.model import Claim, Disposition
-from mailgate.observe import catalog
+from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
 from mailgate.postoffice.owner import Ownership
 from mailgate.postoffice.quota import MaildirSize
 from mailgate.postoffice.tree import Postoffice, open_dir
-from mailgate.testing import faults
+from mailgate.supervise import faults
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
-QUOTA_SCANS = "mailgate_postoffice_quota_scans_total"
 
 
 def maildir_name(claim: Claim, hostname: str, size: int) -> str:
@@ -90,7 +89,7 @@ class PostofficeConnector:
     def quota_scanned(self) -> None:
         """A mailbox was listed to rebuild its maildirsize (rare: see postoffice/quota.py)."""
         if self.counters is not None:
-            self.counters.add(QUOTA_SCANS)
+            self.counters.add(metrics.POSTOFFICE_QUOTA_SCANS)
 
     def open(self) -> PostofficeSession:
         return PostofficeSession(self)

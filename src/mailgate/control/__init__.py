@@ -1,1 +1,2 @@
-"""control: the owner-only Unix socket that always answers (status, pause, stop, ...)."""
+"""control: the control surface (what the running service answers, one interface for a
+process and for the master) and the owner-only Unix socket that always answers it."""

@@ -1,12 +1,12 @@
 """The control socket: JSON lines over a Unix socket under the data directory.
 
 One request per line, `{"command": "status", "args": {...}}`, one reply per line,
-`{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. Served by its own
-thread, which shares no lock with the workers: every command reads lock-free
-views or flips flags, so control answers even when every worker is wedged (the
-lesson of the seed). The socket is created mode 0600 in a 0700 directory, so
-only the service's owner can use it. Each client gets a short timeout; a slow
-or hostile client cannot hold the thread.
+`{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`; the commands are
+the control surface's (surface.py). Served by its own thread, which shares no lock
+with the workers: every command reads lock-free views or flips flags, so control
+answers even when every worker is wedged (the lesson of the seed). The socket is
+created mode 0600 in a 0700 directory, so only the service's owner can use it. Each
+client gets a short timeout; a slow or hostile client cannot hold the thread.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mailgate.control.surface import Command, ControlSurface, command_table
 from mailgate.supervise.handle import ThreadHandle
 
-Command = Callable[[dict[str, Any]], Any]
 CLIENT_TIMEOUT = 2.0
 MAX_REQUEST = 64 * 1024
 
@@ -50,13 +50,22 @@ def bind_control(path: Path) -> socket.socket:
 
 
 class ControlServer:
-    """Body of the `control` thread."""
+    """Body of the `control` thread; `surface` builds each life's own surface."""
 
-    def __init__(self, sock: socket.socket, commands: dict[str, Command]) -> None:
+    def __init__(self, sock: socket.socket, surface: Callable[[], ControlSurface]) -> None:
         self.sock = sock
-        self.commands = commands
+        self.surface = surface
+        self.commands: dict[str, Command] = {}
 
     def __call__(self, handle: ThreadHandle) -> None:
+        surface = self.surface()
+        self.commands = command_table(surface)
+        try:
+            self._serve_all(handle)
+        finally:
+            surface.close()
+
+    def _serve_all(self, handle: ThreadHandle) -> None:
         with selectors.DefaultSelector() as selector:
             selector.register(self.sock, selectors.EVENT_READ)
             while not handle.stopping:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from mailgate.dsn.report import FailedRecipient, build_bounce
 from mailgate.model import MessageKind, new_queue_id
-from mailgate.testing import faults
+from mailgate.supervise import faults
 
 Route = Callable[[str], str | None]
 """Maps an address to the connector that delivers it, or None when no route serves it."""

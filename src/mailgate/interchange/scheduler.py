@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 
 from mailgate.interchange.ended import report_ended, report_set_aside
 from mailgate.interchange.state import Connectors
-from mailgate.observe import catalog
+from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.expiry import Cursor, ExpiryPass
@@ -109,7 +109,7 @@ class Scheduler:
             return
         report_set_aside(self.events, found.expired, found.done)
         for item in found.expired:
-            self.counters.add("mailgate_expired_total", connector=item.connector)
+            self.counters.add(metrics.EXPIRED, connector=item.connector)
 
     def _reroute_vanished(self, results: list[Rerouted]) -> None:
         """Waiting mail of a connector the configuration no longer has was routed again
@@ -125,8 +125,9 @@ class Scheduler:
             )
             report_set_aside(self.events, result.bounced, result.done)
             for outcome, count in (("rerouted", result.rerouted), ("bounced", len(result.bounced))):
-                name = "mailgate_rerouted_total"
-                self.counters.add(name, count, connector=result.connector, outcome=outcome)
+                self.counters.add(
+                    metrics.REROUTED, count, connector=result.connector, outcome=outcome
+                )
 
     def _wake_and_watch(self, reader: QueueReader) -> None:
         now = time.time()

@@ -29,15 +29,15 @@ from mailgate.interchange.ended import report_ended
 from mailgate.interchange.inflight import CANCELLED_REPLY, InFlight
 from mailgate.interchange.state import ConnectorState
 from mailgate.model import Claim, Disposition, Outcome, RecipientState
-from mailgate.observe import catalog
+from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.ops import Recorded
 from mailgate.queue.reader import QueueReader
 from mailgate.queue.store import STORE_WAIT, QueueStore
 from mailgate.queue.wakeup import Wakeup
+from mailgate.supervise import faults
 from mailgate.supervise.handle import ThreadHandle
-from mailgate.testing import faults
 
 IDLE_WAIT = 5.0
 
@@ -155,10 +155,10 @@ class InterchangeThread:
     def _count(self, item: Recorded) -> None:
         """Counters of one recorded attempt: outcome by connector, latency of deliveries."""
         connector = item.outcome.claim.connector
-        self.counters.add("mailgate_attempts_total", connector=connector, outcome=item.state.value)
+        self.counters.add(metrics.ATTEMPTS, connector=connector, outcome=item.state.value)
         if item.state is RecipientState.DELIVERED:
             latency = item.outcome.finished_at - item.outcome.claim.received_at
-            self.counters.observe("mailgate_delivery_latency_seconds", latency, connector=connector)
+            self.counters.observe(metrics.DELIVERY_LATENCY, latency, connector=connector)
 
     def _recycle_due(self, attempts: int, age: float) -> bool:
         return bool(

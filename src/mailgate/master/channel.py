@@ -22,8 +22,11 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from mailgate.control.server import Command
+from mailgate.control.local import LocalSurface
+from mailgate.control.surface import Command, command_table
+from mailgate.service.part import Part
 from mailgate.supervise.handle import ThreadHandle
+from mailgate.supervise.supervisor import Supervisor
 
 QUEUE_LIMIT = 20_000
 BATCH = 200  # messages per write to the master
@@ -152,3 +155,41 @@ def _execute(line: bytes, commands: dict[str, Command]) -> dict[str, Any] | None
         return {"type": "reply", "id": ident, "ok": True, "result": command(args)}
     except Exception as exc:  # a failing command is an answer
         return {"type": "reply", "id": ident, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+class ChannelPart(Part):
+    """A worker's side of the channel: `channel-out` sends its events and a heartbeat every
+    second (its health, threads, counters and connectors), `channel-in` runs the master's
+    commands on its control surface and stops the worker when the master is gone."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        surface: LocalSurface,
+        role: str,
+        stop: Callable[[str], None],
+        fd: int | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.surface = surface
+        self.role = role
+        self.stop = stop
+        self.fd = sys.stdin.fileno() if fd is None else fd
+
+    def heartbeat(self) -> dict[str, Any]:
+        surface = self.surface
+        return {
+            "pid": os.getpid(),
+            "role": self.role,
+            "health": surface.process.health(),
+            "threads": surface.threads(),
+            "counters": surface.counters(),
+            "connectors": surface.live_connectors(),
+        }
+
+    def start(self, sup: Supervisor) -> None:
+        sup.spawn("channel-out", "channel", self.outbox.writer(self.heartbeat))
+        inbox = inbox_reader(
+            self.fd, command_table(self.surface), self.outbox, lambda: self.stop("stdin closed")
+        )
+        sup.spawn("channel-in", "channel", inbox, stall_detection=False)

@@ -19,10 +19,11 @@ import signal
 import subprocess
 import threading
 import time
-from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+from mailgate.supervise.budget import RestartBudget
 
 WORKER_CONFIG = "MAILGATE_WORKER_CONFIG"  # the validated configuration, as JSON
 WORKER_SOCKETS = "MAILGATE_WORKER_SOCKETS"  # receive workers: inherited listening fds, as JSON
@@ -37,13 +38,13 @@ class WorkerSpec:
 @dataclass
 class WorkerProcess:
     spec: WorkerSpec
+    budget: RestartBudget  # the supervisor's own, as for a thread
     proc: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     last_heard: float = 0.0
     heartbeats: int = 0
     status: dict[str, Any] = field(default_factory=dict)
     restarts: int = 0
-    recent: deque[float] = field(default_factory=deque)
     restart_at: float | None = 0.0  # due to be (re)started; None once running
     failed: bool = False
     handled_exit: bool = False

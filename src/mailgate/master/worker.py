@@ -1,12 +1,13 @@
 """A worker process: one role of the service under a master (`mailgate worker`, internal).
 
-Builds a Service for its role, sends its events and a heartbeat to the master over
-stdout, takes commands on stdin, and stops when told (SIGTERM) or when stdin
-closes. Whatever ends it early (a failed start, a failed critical thread) is said
-in event 5020, written from the exiting thread itself before it exits, so the
-reason reaches the master even when no channel thread runs yet (Q151431). It asks
-the kernel to kill it if the master dies (PR_SET_PDEATHSIG), so a master killed
-with SIGKILL never leaves orphans serving the port.
+Builds the process of its role (service/processes.py) on a Host with a channel part,
+sends its events and a heartbeat to the master over stdout, takes commands on stdin,
+and stops when told (SIGTERM) or when stdin closes. Whatever ends it early (a failed
+start, a failed critical thread) is said in event 5020, written from the exiting
+thread itself before it exits, so the reason reaches the master even when no channel
+thread runs yet (Q151431). It asks the kernel to kill it if the master dies
+(PR_SET_PDEATHSIG), so a master killed with SIGKILL never leaves orphans serving the
+port.
 """
 
 from __future__ import annotations
@@ -15,21 +16,17 @@ import ctypes
 import json
 import os
 import signal
-import sys
-import time
 import traceback
-from collections.abc import Callable
-from types import FrameType
-from typing import Any
 
-from mailgate.bootstrap import Service, install_excepthooks
 from mailgate.config.schema import Config
-from mailgate.control.commands import ControlCommands, thread_json
-from mailgate.master.channel import ForwardSink, Outbox, inbox_reader
+from mailgate.master.channel import ChannelPart, ForwardSink, Outbox
 from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog, levels_from_config
 from mailgate.receive.listeners import Listeners
+from mailgate.service.hooks import install_excepthooks
+from mailgate.service.processes import WORKERS, local_surface
+from mailgate.service.signals import worker_signals
 
 PR_SET_PDEATHSIG = 1
 
@@ -89,52 +86,14 @@ def _serve(config: Config, role: str, name: str, events: EventLog, outbox: Outbo
     # A receive worker accepts on the sockets its master opened: it never binds a port.
     inherited = os.environ.get(WORKER_SOCKETS)
     listeners = Listeners.inherited(json.loads(inherited)) if inherited else None
-    service = Service(config, events, None, role=role, listeners=listeners)  # reloads: master
-    service.start()
-    commands = ControlCommands(service).table()
-    sup = service.supervisor
-    sup.spawn("channel-out", "channel", outbox.writer(lambda: _status(service)))
-    sup.spawn(
-        "channel-in", "channel",
-        inbox_reader(sys.stdin.fileno(), commands, outbox, service.request_stop),
-        stall_detection=False,
-    )  # fmt: skip
-    signal.signal(signal.SIGTERM, _stop_on(service))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the master decides; Ctrl-C reaches it
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads come from the master, validated
-    while not service.stopped.wait(0.2):
-        pass
-    left = service.stop()
-    if service.failure:  # a critical thread failed: the master must hear which
-        _last_words(events, outbox, name, role, service.failure)
+    host = WORKERS[role](config, events, listeners)  # reloads come validated from the master
+    host.parts.append(ChannelPart(outbox, local_surface(host, role), role, host.request_stop))
+    worker_signals(host.request_stop)
+    host.start()
+    host.serve()
+    left = host.stop()
+    if host.failure:  # a critical thread failed: the master must hear which
+        _last_words(events, outbox, name, role, host.failure)
     outbox.drain()  # the last events (which threads did not stop) must reach the master
-    code = 1 if (left or service.failure) else 0
+    code = 1 if (left or host.failure) else 0
     os._exit(code)  # threads left wedged must not keep the process alive
-
-
-def _stop_on(service: Service) -> Callable[[int, FrameType | None], None]:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        service.request_stop()
-
-    return handler
-
-
-def _status(service: Service) -> dict[str, Any]:
-    now = time.time()
-    return {
-        "pid": os.getpid(),
-        "role": service.role,
-        "health": service.health(),
-        "threads": [thread_json(v, now) for v in service.supervisor.statistics().threads],
-        "counters": service.counters.snapshot(),
-        "connectors": {
-            name: {
-                "paused": c.paused,
-                "delivered": c.delivered,
-                "deferred": c.deferred,
-                "bounced": c.bounced,
-                "last_completed": c.last_completed,
-            }
-            for name, c in service.connectors.by_name.items()
-        },
-    }

@@ -1,1 +1,2 @@
-"""observe: the event catalog, the event log and its sinks."""
+"""observe: the event and metrics catalogs, the event log and its sinks, the event store,
+and the counters the stages bump."""

@@ -1,10 +1,11 @@
 """Counters of one process: plain numbers, cheap to bump, easy to ship to the master.
 
 Named counters (monotonic) and gauges (current values) plus one latency histogram
-per connector. Increments take a lock held for a few instructions; readers get a
-snapshot dict that is JSON-ready, so a worker can include it in its heartbeat and
-the master (or the single process) can turn it into Prometheus metrics at scrape
-time. No Prometheus types live here: workers need none.
+per connector, named by the metrics catalog (metrics.py). Increments take a lock
+held for a few instructions; readers get a snapshot dict that is JSON-ready, so a
+worker can include it in its heartbeat and the master (or the single process) can
+turn it into Prometheus metrics at scrape time. No Prometheus types live here:
+workers need none.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import bisect
 import threading
 from typing import Any
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                   300.0, 900.0, 3600.0)  # fmt: skip
+from mailgate.observe.metrics import LATENCY_BUCKETS, MetricType
+
+Name = MetricType | str  # a catalog entry; a bare name for one the catalog does not know
 
 
 class Counters:
@@ -24,18 +26,18 @@ class Counters:
         self._gauges: dict[str, float] = {}
         self._histograms: dict[str, list[float]] = {}  # per key: bucket counts, sum, count
 
-    def add(self, name: str, amount: float = 1.0, **labels: str) -> None:
+    def add(self, name: Name, amount: float = 1.0, **labels: str) -> None:
         key = _key(name, labels)
         with self._lock:
             self._counts[key] = self._counts.get(key, 0.0) + amount
 
-    def gauge(self, name: str, amount: float, **labels: str) -> None:
+    def gauge(self, name: Name, amount: float, **labels: str) -> None:
         """Move a gauge by `amount` (negative to lower it)."""
         key = _key(name, labels)
         with self._lock:
             self._gauges[key] = self._gauges.get(key, 0.0) + amount
 
-    def observe(self, name: str, value: float, **labels: str) -> None:
+    def observe(self, name: Name, value: float, **labels: str) -> None:
         key = _key(name, labels)
         with self._lock:
             hist = self._histograms.get(key)
@@ -55,8 +57,9 @@ class Counters:
             }
 
 
-def _key(name: str, labels: dict[str, str]) -> str:
+def _key(metric: Name, labels: dict[str, str]) -> str:
     """`name{a="x",b="y"}` with labels sorted: a stable, readable key."""
+    name = metric if isinstance(metric, str) else metric.name
     if not labels:
         return name
     inner = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))

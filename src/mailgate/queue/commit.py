@@ -25,7 +25,7 @@ from mailgate.errors import StoreError
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Backend, Connection
-from mailgate.testing import faults
+from mailgate.supervise import faults
 
 T = TypeVar("T")
 Op = Callable[[Connection], Any]

@@ -21,7 +21,7 @@ from mailgate.model import Claim, Disposition, MessageKind, NewMessage, Outcome,
 from mailgate.queue import revoke, states
 from mailgate.queue.backend import Connection
 from mailgate.queue.retry import RetryPolicy, expired_reply
-from mailgate.testing import faults
+from mailgate.supervise import faults
 
 OnDone = Callable[[Connection, str, float], Any]
 """Called with (connection, queue id, now) when a message's recipients are all final."""

@@ -17,8 +17,8 @@ import socket
 import threading
 from pathlib import Path
 
+from mailgate.supervise import faults
 from mailgate.supervise.handle import ThreadHandle
-from mailgate.testing import faults
 
 
 class Wakeup:

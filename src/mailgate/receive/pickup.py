@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailgate.config.schema import PickupSettings
 from mailgate.errors import StoreError
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
-from mailgate.observe import catalog
+from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap
@@ -44,15 +45,6 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 @dataclass(frozen=True, slots=True)
-class PickupSettings:
-    interval: float
-    settle: float
-    batch: int
-    max_size: int
-    hostname: str
-
-
-@dataclass(frozen=True, slots=True)
 class _Taken:
     outbox: Path
     work: Path
@@ -63,7 +55,9 @@ class _Taken:
 
 
 class Pickup:
-    """Body of the `pickup` thread."""
+    """Body of the `pickup` thread: `settings` is the [pickup] section; a file larger than
+    `max_size` ([smtp] max_message_size) goes to badmail; `hostname` names this service in
+    the Received: header it adds."""
 
     def __init__(
         self,
@@ -75,8 +69,13 @@ class Pickup:
         address_map: AddressMap,
         events: EventLog,
         counters: Counters | None = None,
+        *,
+        max_size: int,
+        hostname: str,
     ) -> None:
         self.counters = counters or Counters()
+        self.max_size = max_size
+        self.hostname = hostname
         self.root = root
         self.badmail = badmail
         self.settings = settings
@@ -151,10 +150,10 @@ class Pickup:
     def _take(self, outbox: Path, work: Path, original: str) -> _Taken | None:
         """Parse a taken file and submit it; badmail it if it cannot be sent."""
         try:
-            data = _read(work, self.settings.max_size)
+            data = _read(work, self.max_size)
             queue_id = new_queue_id()
             parsed = parse_pickup(
-                data, self.map, hostname=self.settings.hostname, unique=f"{queue_id}.pickup"
+                data, self.map, hostname=self.hostname, unique=f"{queue_id}.pickup"
             )
         except PickupError as exc:
             self._badmail(outbox, work, original, str(exc))
@@ -171,7 +170,7 @@ class Pickup:
                 recipients.append(NewRecipient(address, "-", failed_reply=verdict.reply))
         now = time.time()
         received = (
-            f"Received: by {self.settings.hostname} (mailgate pickup from "
+            f"Received: by {self.hostname} (mailgate pickup from "
             f"{outbox.parent.parent.name}/{outbox.parent.name}) id {queue_id};\r\n"
             f"\t{time.strftime('%a, %d %b %Y %H:%M:%S %z', time.localtime(now))}\r\n"
         ).encode()
@@ -200,8 +199,8 @@ class Pickup:
             item.work.unlink(missing_ok=True)
             queued += 1
             message = item.message
-            self.counters.add("mailgate_messages_received_total", source="pickup")
-            self.counters.add("mailgate_bytes_received_total", len(message.body), source="pickup")
+            self.counters.add(metrics.MESSAGES_RECEIVED, source="pickup")
+            self.counters.add(metrics.BYTES_RECEIVED, len(message.body), source="pickup")
             self.events.emit(  # the commit woke the connectors and reported any bounce
                 catalog.PICKED_UP,
                 queue_id=item.queue_id,

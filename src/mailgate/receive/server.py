@@ -18,11 +18,12 @@ import socket
 import ssl
 import time
 
+from mailgate.observe import metrics
 from mailgate.receive.accept import Acceptor
 from mailgate.receive.session import MailgateSMTP
 from mailgate.receive.smtp import ReceiveHandler
+from mailgate.supervise import faults
 from mailgate.supervise.handle import ThreadHandle
-from mailgate.testing import faults
 
 # The loop heart-beats this often: well under the smallest useful [supervise] stall_after
 # (1 s), so a turning loop is never taken for a wedged one.
@@ -75,13 +76,13 @@ class SmtpListener:
         protocol = self.handler.protocol(implicit_tls)
         self.sessions.add(protocol)
         counters = self.handler.counters
-        counters.add("mailgate_smtp_sessions_total")
-        counters.gauge("mailgate_smtp_sessions_open", 1)
+        counters.add(metrics.SMTP_SESSIONS)
+        counters.gauge(metrics.SMTP_SESSIONS_OPEN, 1)
         original = protocol.connection_lost
 
         def connection_lost(exc: Exception | None) -> None:
             if protocol in self.sessions:
-                counters.gauge("mailgate_smtp_sessions_open", -1)
+                counters.gauge(metrics.SMTP_SESSIONS_OPEN, -1)
             self.sessions.discard(protocol)
             original(exc)
 

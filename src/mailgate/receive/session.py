@@ -17,16 +17,29 @@ import asyncio
 import collections
 import functools
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiosmtpd.smtp import SMTP, Session
 
+from mailgate.config.schema import SmtpSettings
 from mailgate.observe import catalog
+from mailgate.observe.events import EventLog
 from mailgate.receive.replies import with_enhanced_code
 from mailgate.receive.reply_buffer import ReplyBuffer
 
-if TYPE_CHECKING:
-    from mailgate.receive.smtp import ReceiveHandler
+
+class SessionOwner(Protocol):
+    """What a session needs of its handler (receive/smtp.py's ReceiveHandler) beyond
+    aiosmtpd's hooks: the limits, admission and the events."""
+
+    settings: SmtpSettings
+    events: EventLog
+
+    def admit(self, ip: str) -> str | None: ...
+
+    def release(self, ip: str) -> None: ...
+
+    def refused_by_protocol(self, server: MailgateSMTP, reply: str) -> None: ...
 
 
 # `<>` or `<local@domain>` with a dot-atom-ish local part and a plain domain; anything
@@ -101,9 +114,7 @@ def client_name(session: Session) -> str:
 
 
 class MailgateSMTP(SMTP):
-    def __init__(
-        self, handler: ReceiveHandler, *, implicit_tls: bool = False, **kwargs: Any
-    ) -> None:
+    def __init__(self, handler: SessionOwner, *, implicit_tls: bool = False, **kwargs: Any) -> None:
         # aiosmtpd keeps command size limits in a class-level dict that every
         # session mutates; give each session its own.
         self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)

@@ -20,14 +20,14 @@ import asyncio
 import ssl
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailgate.config.schema import SmtpSettings
 from mailgate.errors import StoreError
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
-from mailgate.observe import catalog
+from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.store import QueueStore
@@ -39,28 +39,6 @@ from mailgate.route.policy import RecipientPolicy
 from mailgate.security.passwords import Credentials
 
 
-@dataclass(frozen=True, slots=True)
-class ReceiveSettings:
-    hostname: str
-    max_message_size: int
-    max_recipients: int
-    timeout: float
-    commit_timeout: float
-    reject_8bit_headers: bool
-    max_errors: int = 20
-    max_commands: int = 100_000
-    max_header_size: int = 100 * 1024
-    max_line_length: int = 1024 * 1024  # octets without the CRLF
-    max_sessions: int = 100
-    max_sessions_per_ip: int = 20
-    tls: ssl.SSLContext | None = None
-    require_tls: bool = False
-    credentials: Credentials | None = None
-    auth_insecure: bool = False
-    auth_failures: int = 3
-    auth_window: float = 300.0
-
-
 def protocol_name(*, smtputf8: bool, extended: bool, tls: bool, authenticated: bool) -> str:
     """The `with` clause of Received: (RFC 3848, RFC 6531): ESMTP, ESMTPS, ESMTPSA, ..."""
     if not extended:
@@ -70,17 +48,28 @@ def protocol_name(*, smtputf8: bool, extended: bool, tls: bool, authenticated: b
 
 
 class ReceiveHandler:
-    """aiosmtpd handler hooks: admission, AUTH, policy at MAIL/RCPT, durability at DATA."""
+    """aiosmtpd handler hooks: admission, AUTH, policy at MAIL/RCPT, durability at DATA.
+
+    `settings` is the [smtp] section as configured; `tls` and `credentials` are what its
+    certificate and credentials file were made into (service/wiring.py), so a bad file
+    is an error at start, not at the first STARTTLS or AUTH."""
 
     def __init__(
         self,
-        settings: ReceiveSettings,
+        settings: SmtpSettings,
         store: QueueStore,
         policy: RecipientPolicy,
         events: EventLog,
         counters: Counters | None = None,
+        *,
+        hostname: str,
+        tls: ssl.SSLContext | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.settings = settings
+        self.hostname = hostname
+        self.tls = tls
+        self.credentials = credentials
         self.store = store
         self.policy = policy
         self.events = events
@@ -94,7 +83,7 @@ class ReceiveHandler:
     def protocol(self, implicit_tls: bool = False) -> MailgateSMTP:
         s = self.settings
         auth: dict[str, Any] = {"auth_require_tls": not s.auth_insecure}
-        if s.credentials is not None:
+        if self.credentials is not None:
             auth["authenticator"] = self.authenticate
         else:
             auth["auth_exclude_mechanism"] = ["LOGIN", "PLAIN"]
@@ -104,10 +93,10 @@ class ReceiveHandler:
             data_size_limit=s.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
-            hostname=s.hostname,
+            hostname=self.hostname,
             ident="ESMTP mailgate",
             timeout=s.timeout,
-            tls_context=None if implicit_tls else s.tls,
+            tls_context=None if implicit_tls else self.tls,
             require_starttls=s.require_tls and not implicit_tls,
             **auth,
         )
@@ -116,7 +105,7 @@ class ReceiveHandler:
     def admit(self, ip: str) -> str | None:
         refusal = self.limits.acquire(ip)
         if refusal is not None:
-            self.counters.add("mailgate_smtp_sessions_refused_total")
+            self.counters.add(metrics.SMTP_SESSIONS_REFUSED)
             self.events.emit(catalog.SESSION_REFUSED, client=f"[{ip}]", reply=refusal)
         return refusal
 
@@ -138,13 +127,13 @@ class ReceiveHandler:
                 message="454 4.7.0 Too many failed authentication attempts, try again later",
             )
         password = data.password.decode("utf-8", "replace") if login else ""
-        credentials = self.settings.credentials
+        credentials = self.credentials
         if credentials is not None and user and credentials.verify(user, password):
             self.failed_auths.succeeded(ip)
             self.events.emit(catalog.AUTH_SUCCEEDED, user=user, client=client)
             return AuthResult(success=True, handled=False, auth_data=user)
         self.failed_auths.failed(ip)
-        self.counters.add("mailgate_smtp_auth_failures_total")
+        self.counters.add(metrics.SMTP_AUTH_FAILURES)
         self.events.emit(catalog.AUTH_FAILED, user=user, client=client, why="invalid credentials")
         return AuthResult(success=False, handled=False)
 
@@ -196,7 +185,7 @@ class ReceiveHandler:
             address, client_ip(session), authenticated=bool(session.authenticated)
         )
         if not verdict.accepted:
-            self.counters.add("mailgate_smtp_recipients_rejected_total")
+            self.counters.add(metrics.SMTP_RECIPIENTS_REJECTED)
             event = catalog.RELAY_DENIED if verdict.relay_denied else catalog.INVALID_RECIPIENT
             self.events.emit(
                 event, recipient=address, client=client_name(session), reply=verdict.reply
@@ -223,7 +212,7 @@ class ReceiveHandler:
             max_header_size=self.settings.max_header_size,
         )
         if problem:
-            self.counters.add("mailgate_messages_refused_total")
+            self.counters.add(metrics.MESSAGES_REFUSED)
             self.events.emit(catalog.MESSAGE_REFUSED, client=client, sender=sender, reply=problem)
             return problem
         now = time.time()
@@ -232,7 +221,7 @@ class ReceiveHandler:
         trace = received_header(
             helo=session.host_name,
             peer_ip=client_ip(session),
-            hostname=self.settings.hostname,
+            hostname=self.hostname,
             protocol=protocol_name(
                 smtputf8=bool(envelope.smtp_utf8),
                 extended=session.extended_smtp,
@@ -256,8 +245,8 @@ class ReceiveHandler:
         reply = await self._make_durable(message)
         if reply is not None:
             return reply  # the commit woke the connectors the message is for (queue/effects.py)
-        self.counters.add("mailgate_messages_received_total", source="smtp")
-        self.counters.add("mailgate_bytes_received_total", len(message.body), source="smtp")
+        self.counters.add(metrics.MESSAGES_RECEIVED, source="smtp")
+        self.counters.add(metrics.BYTES_RECEIVED, len(message.body), source="smtp")
         self.events.emit(
             catalog.MESSAGE_RECEIVED,
             queue_id=queue_id,

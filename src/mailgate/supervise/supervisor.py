@@ -5,11 +5,10 @@ with a fresh handle, in a new OS thread, so the body builds its context anew
 (the lesson of Q151473). The monitor thread (itself registered) checks all
 lives several times a second:
 
-- A body that raised or returned unasked is restarted after a back-off that
-  doubles per restart; one that died before finishing its first job waits
-  longer (a structural problem, as Postfix's master assumes). More than
-  `max_restarts` within `window` seconds fails the thread (event 10003); a
-  critical one makes the service exit non-zero. A body that returns with
+- A body that raised or returned unasked is restarted after the back-off of
+  its RestartBudget (budget.py: doubling, longer for one that died before its
+  first job). More than `max_restarts` within `window` seconds fails the
+  thread (event 10003); a critical one makes the service exit non-zero. A body that returns with
   `handle.recycle` set is replaced at once (workers recycle by design).
 - A busy thread with no progress for `stall_after` seconds is stalled (event
   5003 with its stack and whether it burns CPU): its in-flight I/O is aborted
@@ -33,14 +32,12 @@ from dataclasses import dataclass, field
 
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
+from mailgate.supervise.budget import BACKOFF_FIRST, RestartBudget
 from mailgate.supervise.cpu import thread_cpu_seconds
 from mailgate.supervise.handle import ThreadHandle, ThreadState, Work
 
 Body = Callable[[ThreadHandle], None]
 
-BACKOFF_FIRST = 1.0
-BACKOFF_STRUCTURAL = 5.0
-BACKOFF_MAX = 30.0
 TICK = 0.2
 # CPU seconds per second above which a stalled thread is spinning rather than blocked. A
 # blocked thread uses ~0; a spinning one gets what the GIL and other processes leave it,
@@ -98,12 +95,12 @@ class _Slot:
     on_stop: Callable[[], None] | None
     on_stall: Callable[[ThreadHandle], None] | None
     stall_after: float | None
+    budget: RestartBudget
     abandon: bool = True
     life: _Life | None = None
     generation: int = 0
     restarts: int = 0
     recycles: int = 0
-    recent: deque[float] = field(default_factory=deque)
     restart_at: float | None = None
     failed: bool = False
     stopped: bool = False
@@ -151,7 +148,10 @@ class Supervisor:
         if name in self._slots:
             raise ValueError(f"thread name {name!r} is already registered")
         stall_after = self.stall_after if stall_detection else None
-        slot = _Slot(name, role, connector, body, critical, on_stop, on_stall, stall_after, abandon)
+        budget = RestartBudget(self._max_restarts, self._window, self._backoff)
+        slot = _Slot(
+            name, role, connector, body, critical, on_stop, on_stall, stall_after, budget, abandon
+        )
         self._slots[name] = slot
         return self._launch(slot)
 
@@ -280,14 +280,10 @@ class Supervisor:
                 generation=slot.generation + 1,
             )
             return
-        slot.recent.append(now)
-        while slot.recent and now - slot.recent[0] > self._window:
-            slot.recent.popleft()
-        if len(slot.recent) > self._max_restarts:
+        if not slot.budget.spend(now):
             self._fail(slot, handle)
             return
-        factor = BACKOFF_STRUCTURAL / BACKOFF_FIRST if life.structural else 1.0
-        backoff = min(BACKOFF_MAX, self._backoff * factor * 2 ** (len(slot.recent) - 1))
+        backoff = slot.budget.backoff(life.structural)
         slot.restart_at = now + backoff
         if life.error is not None:
             self._events.emit(
@@ -315,7 +311,7 @@ class Supervisor:
             catalog.THREAD_FAILED,
             thread=slot.name,
             role=slot.role,
-            restarts=len(slot.recent),
+            restarts=slot.budget.used,
             window=int(self._window),
         )
         if slot.connector is not None:

@@ -29,9 +29,9 @@ from typing import Any
 from prometheus_client.exposition import choose_encoder
 
 from mailgate.config.schema import AdminSettings, parse_hostport
+from mailgate.control.surface import ControlSurface
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.web.metrics import StatusCollector
-from mailgate.web.view import AdminView
 
 CLIENT_TIMEOUT = 5.0
 MAX_HEAD = 16 * 1024
@@ -64,11 +64,14 @@ def bind_admin(listen: str) -> socket.socket:
 
 
 class AdminServer:
-    """Body of the `admin` thread; `view` builds the thread's own view at each start."""
+    """Body of the `admin` thread; `surface` builds the thread's own control surface (the
+    one the control socket answers with) at each start."""
 
-    def __init__(self, sock: socket.socket, view: Callable[[], AdminView], token: str) -> None:
+    def __init__(
+        self, sock: socket.socket, surface: Callable[[], ControlSurface], token: str
+    ) -> None:
         self.sock = sock
-        self.view = view
+        self.surface = surface
         self._token = token
 
     @property
@@ -77,7 +80,7 @@ class AdminServer:
         return host, port
 
     def __call__(self, handle: ThreadHandle) -> None:
-        view = self.view()
+        view = self.surface()
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self.sock, selectors.EVENT_READ)
@@ -95,7 +98,7 @@ class AdminServer:
             view.close()
 
     def _serve(
-        self, handle: ThreadHandle, client: socket.socket, address: Any, view: AdminView
+        self, handle: ThreadHandle, client: socket.socket, address: Any, view: ControlSurface
     ) -> None:
         handle.busy()
         handle.on_abort(lambda: client.shutdown(socket.SHUT_RDWR))
@@ -111,7 +114,9 @@ class AdminServer:
         self.sock.close()
 
 
-def open_admin(settings: AdminSettings, view: Callable[[], AdminView]) -> AdminServer | None:
+def open_admin(
+    settings: AdminSettings, surface: Callable[[], ControlSurface]
+) -> AdminServer | None:
     """Bind the admin listener of `settings`; None when it is disabled (listen = "")."""
     if not settings.listen:
         return None
@@ -119,7 +124,7 @@ def open_admin(settings: AdminSettings, view: Callable[[], AdminView]) -> AdminS
         sock = bind_admin(settings.listen)
     except OSError as exc:  # say which listener: the SMTP port fails with the same words
         raise OSError(exc.errno, f"admin listener {settings.listen}: {exc.strerror}") from None
-    return AdminServer(sock, view, settings.token)
+    return AdminServer(sock, surface, settings.token)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -127,7 +132,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     timeout = CLIENT_TIMEOUT
 
-    def __init__(self, client: socket.socket, address: Any, view: AdminView, token: str) -> None:
+    def __init__(
+        self, client: socket.socket, address: Any, view: ControlSurface, token: str
+    ) -> None:
         self.view = view
         self.token = token
         super().__init__(client, address, _NO_SERVER)
@@ -153,7 +160,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         try:
             code, body, content_type = self._answer(self.path.split("?", 1)[0])
-        except Exception as exc:  # a failing view is an answer, never the end of the thread
+        except Exception as exc:  # a failing answer is an answer, never the end of the thread
             code, body, content_type = 500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain"
         self._send(code, body, content_type, head)
 
@@ -163,9 +170,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status = self.view.status()
             return 200, encoder(StatusCollector(lambda: status)), content_type
         if path == "/healthz":
-            reasons = self.view.health()
-            body = {"healthy": not reasons, "reasons": reasons}
-            return 503 if reasons else 200, _json(body), "application/json"
+            body = self.view.health()
+            return 503 if body["reasons"] else 200, _json(body), "application/json"
         if path == "/status":
             return 200, _json(self.view.status()), "application/json"
         if path == "/":

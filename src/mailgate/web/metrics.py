@@ -2,15 +2,17 @@
 
 The status (the JSON of `mailgate ctl status`, with its merged counters) holds all
 there is: queues, every process's threads, restarts, health and the counters the
-stages bump (observe/counters.py). `StatusCollector` turns it into metric
-families on each scrape; nothing is registered globally and nothing is kept
-between scrapes. Known series are always reported, with zeros, so a dashboard
-or an alert never sees a series appear or vanish with the traffic. Counters the
-stages add later that are not listed here are exposed as they are.
+stages bump (observe/counters.py). `StatusCollector` turns it into one family per
+entry of the metrics catalog (observe/metrics.py) on each scrape; nothing is
+registered globally and nothing is kept between scrapes. Known series are always
+reported, with zeros, so a dashboard or an alert never sees a series appear or
+vanish with the traffic. A counter a stage bumps that the catalog does not know is
+exposed as it is.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,21 +25,13 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from mailgate.model import OPEN_STATES
-from mailgate.observe.counters import LATENCY_BUCKETS
+from mailgate.control.surface import STATES
+from mailgate.observe import metrics as m
+from mailgate.observe.metrics import LATENCY_BUCKETS, OUTCOMES, SOURCES, Kind, MetricType
 
-STATES = tuple(s.value for s in OPEN_STATES)  # the queue gauges' `state` label values
-SOURCES = ("smtp", "pickup")
-OUTCOMES = ("delivered", "deferred", "bounced", "quarantined")
-LATENCY = "mailgate_delivery_latency_seconds"
-SIMPLE_COUNTERS = {
-    "mailgate_smtp_sessions_total": "SMTP sessions accepted.",
-    "mailgate_smtp_recipients_rejected_total": "RCPT TO commands refused.",
-    "mailgate_messages_refused_total": "Messages refused after DATA (nothing was queued).",
-    "mailgate_postoffice_quota_scans_total": "Mailboxes listed to rebuild their size "
-    "(maildirsize) for [postoffice] quota; rare once each mailbox has its file.",
-}
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+Status = dict[str, Any]
+Family = CounterMetricFamily | GaugeMetricFamily
 
 
 def parse_key(key: str) -> tuple[str, dict[str, str]]:
@@ -78,140 +72,162 @@ class _Counts:
                 yield name, series
 
 
-def build_metrics(status: dict[str, Any]) -> list[Metric]:
-    """Every metric family of the service, from a status answer."""
-    counts = _Counts(status.get("counters") or {})
-    connectors = list(status.get("queues") or {})
-    return [
-        *_service(status),
-        *_queues(status.get("queues") or {}),
-        *_received(counts),
-        *_delivery(counts, connectors),
-        *_smtp(counts),
-        *_threads(status),
-        *_others(counts),
-    ]
+class _Scrape:
+    """One status answer, read for the builders below."""
+
+    def __init__(self, status: Status) -> None:
+        self.status = status
+        self.counts = _Counts(status.get("counters") or {})
+        self.queues: dict[str, dict[str, Any]] = status.get("queues") or {}
+        self.connectors = list(self.queues)
+
+    def threads(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(process name, thread) of every thread of every process."""
+        for process in self.status.get("processes") or []:
+            pname = str(process.get("name") or process.get("role") or process.get("pid"))
+            for thread in process.get("threads") or []:
+                yield pname, thread
 
 
-def _service(status: dict[str, Any]) -> Iterator[Metric]:
-    info = GaugeMetricFamily("mailgate_info", "The running version.", labels=["version"])
-    info.add_metric([str(status.get("version", ""))], 1)
-    yield info
-    yield GaugeMetricFamily(
-        "mailgate_healthy", "1 if the service is healthy (see /healthz for why not).",
-        value=1 if status.get("healthy") else 0,
-    )  # fmt: skip
-    yield GaugeMetricFamily(
-        "mailgate_uptime_seconds", "Seconds since the service started.",
-        value=float(status.get("uptime", 0.0)),
-    )  # fmt: skip
-    yield CounterMetricFamily(
-        "mailgate_restarts", "Restarts of supervised threads and worker processes.",
-        value=float(status.get("restarts", 0)),
-    )  # fmt: skip
-    yield CounterMetricFamily(
-        "mailgate_abandoned_threads", "Stalled threads abandoned and replaced.",
-        value=float(status.get("abandoned", 0)),
-    )  # fmt: skip
-    config = status.get("config") or {}
-    yield GaugeMetricFamily(
-        "mailgate_config_last_reload_successful",
-        "1 if the last configuration reload was taken (0: refused, event 1100; the service "
-        "runs on the configuration it had).",
-        value=1 if config.get("last_reload_ok", True) else 0,
-    )
-    yield GaugeMetricFamily(
-        "mailgate_config_last_reload_success_timestamp_seconds",
-        "When the configuration was last loaded (start or reload), as a Unix time.",
-        value=float(config.get("last_reload_success", 0.0)),
-    )
-    stalled = sum(1 for t in _all_threads(status) if t.get("state") == "stalled")
-    yield GaugeMetricFamily(
-        "mailgate_stalled_threads", "Threads stalled right now (busy, no progress).",
-        value=stalled,
-    )  # fmt: skip
+def family(metric: MetricType, value: float | None = None) -> Family:
+    """An empty family of `metric` (or, without labels, one with `value`)."""
+    labels = list(metric.labels) if value is None else None
+    if metric.kind is Kind.COUNTER:
+        return CounterMetricFamily(metric.family, metric.help, value=value, labels=labels)
+    assert metric.kind is Kind.GAUGE, metric
+    return GaugeMetricFamily(metric.family, metric.help, value=value, labels=labels)
 
 
-def _queues(queues: dict[str, dict[str, Any]]) -> Iterator[Metric]:
-    length = GaugeMetricFamily(
-        "mailgate_queue_length", "Recipients waiting for a connector (every state).",
-        labels=["connector"],
-    )  # fmt: skip
-    oldest = GaugeMetricFamily(
-        "mailgate_queue_oldest_age_seconds",
-        "Age of the oldest recipient waiting for a connector (0 when none waits).",
-        labels=["connector"],
-    )
-    by_state = GaugeMetricFamily(
-        "mailgate_queue_recipients", "Recipients waiting for a connector, by state.",
-        labels=["connector", "state"],
-    )  # fmt: skip
-    paused = GaugeMetricFamily(
-        "mailgate_connector_paused", "1 if delivery by the connector is paused.",
-        labels=["connector"],
-    )  # fmt: skip
-    for name, entry in queues.items():
-        length.add_metric([name], float(entry.get("length", 0)))
-        oldest.add_metric([name], float(entry.get("oldest_age", 0.0)))
+def build_metrics(status: Status) -> list[Metric]:
+    """Every metric family of the service, from a status answer: the catalog's, in its
+    order, then the counters a stage bumped that the catalog does not know."""
+    scrape = _Scrape(status)
+    built = [BUILDERS.get(metric, _stage)(metric, scrape) for metric in m.METRICS.values()]
+    return [*built, *_others(scrape.counts)]
+
+
+# --- status metrics: read from the answer ----------------------------------------------------
+def _value(read: Callable[[Status], float]) -> Callable[[MetricType, _Scrape], Metric]:
+    return lambda metric, scrape: family(metric, read(scrape.status))
+
+
+def _info(metric: MetricType, scrape: _Scrape) -> Metric:
+    info = family(metric)
+    info.add_metric([str(scrape.status.get("version", ""))], 1)
+    return info
+
+
+def _config(status: Status) -> dict[str, Any]:
+    return status.get("config") or {}
+
+
+def _stalled(metric: MetricType, scrape: _Scrape) -> Metric:
+    return family(metric, sum(1 for _, t in scrape.threads() if t.get("state") == "stalled"))
+
+
+def _per_queue(read: Callable[[dict[str, Any]], float]) -> Callable[[MetricType, _Scrape], Metric]:
+    def build(metric: MetricType, scrape: _Scrape) -> Metric:
+        result = family(metric)
+        for name, entry in scrape.queues.items():
+            result.add_metric([name], read(entry))
+        return result
+
+    return build
+
+
+def _by_state(metric: MetricType, scrape: _Scrape) -> Metric:
+    result = family(metric)
+    for name, entry in scrape.queues.items():
         for state in STATES:
-            by_state.add_metric([name, state], float(entry.get(state, 0)))
-        paused.add_metric([name], 1 if entry.get("paused") else 0)
-    yield from (length, oldest, by_state, paused)
+            result.add_metric([name, state], float(entry.get(state, 0)))
+    return result
 
 
-def _received(counts: _Counts) -> Iterator[Metric]:
-    for name, doc in (
-        ("mailgate_messages_received", "Messages accepted and queued, by source."),
-        ("mailgate_bytes_received", "Bytes of the messages accepted and queued, by source."),
-    ):
-        family = CounterMetricFamily(name, doc, labels=["source"])
-        sources = counts.values("counters", f"{name}_total", "source")
-        for source in sorted(set(SOURCES) | sources):
-            family.add_metric([source], counts.total("counters", f"{name}_total", source=source))
-        yield family
+def _outcome(outcome: str) -> Callable[[MetricType, _Scrape], Metric]:
+    """Recipients by connector with one outcome of mailgate_attempts_total."""
+
+    def build(metric: MetricType, scrape: _Scrape) -> Metric:
+        result = family(metric)
+        for connector in _connectors(scrape, m.ATTEMPTS):
+            value = scrape.counts.total(
+                "counters", m.ATTEMPTS.name, connector=connector, outcome=outcome
+            )
+            result.add_metric([connector], value)
+        return result
+
+    return build
 
 
-def _delivery(counts: _Counts, connectors: list[str]) -> Iterator[Metric]:
-    attempts = "mailgate_attempts_total"
-    connectors = sorted(set(connectors) | counts.values("counters", attempts, "connector"))
-    outcomes = sorted(set(OUTCOMES) | counts.values("counters", attempts, "outcome"))
-    family = CounterMetricFamily(
-        "mailgate_attempts", "Delivery attempts recorded, by connector and outcome.",
-        labels=["connector", "outcome"],
-    )  # fmt: skip
-    for connector in connectors:
-        for outcome in outcomes:
-            value = counts.total("counters", attempts, connector=connector, outcome=outcome)
-            family.add_metric([connector, outcome], value)
-    yield family
-    for outcome, doc in (
-        ("delivered", "Recipients delivered."),
-        ("deferred", "Delivery attempts that failed temporarily (the recipient is retried)."),
-        ("bounced", "Recipients that failed permanently (a bounce is sent)."),
-    ):
-        family = CounterMetricFamily(f"mailgate_{outcome}", doc, labels=["connector"])
-        for connector in connectors:
-            value = counts.total("counters", attempts, connector=connector, outcome=outcome)
-            family.add_metric([connector], value)
-        yield family
-    yield _latency(counts, connectors)
+def _thread_cpu(metric: MetricType, scrape: _Scrape) -> Metric:
+    result = family(metric)
+    for pname, thread in scrape.threads():
+        if thread.get("cpu_seconds") is not None:
+            result.add_metric([pname, str(thread.get("name"))], float(thread["cpu_seconds"]))
+    return result
 
 
-def _latency(counts: _Counts, connectors: list[str]) -> Metric:
-    family = HistogramMetricFamily(
-        LATENCY, "Seconds from receipt to delivery of each delivered recipient.",
-        labels=["connector"],
-    )  # fmt: skip
-    found = {labels.get("connector", ""): v for labels, v in counts.series("histograms", LATENCY)}
-    for connector in sorted(set(connectors) | set(found) - {""}):
+def _thread_state(metric: MetricType, scrape: _Scrape) -> Metric:
+    result = family(metric)
+    for pname, thread in scrape.threads():
+        result.add_metric([pname, str(thread.get("name")), str(thread.get("state"))], 1)
+    return result
+
+
+# --- stage metrics: the counters the stages bump, zeros included --------------------------------
+def _connectors(scrape: _Scrape, metric: MetricType) -> list[str]:
+    kind = "histograms" if metric.kind is Kind.HISTOGRAM else "counters"
+    seen = scrape.counts.values(kind, metric.name, "connector")
+    return sorted(set(scrape.connectors) | seen)
+
+
+def _domain(metric: MetricType, label: str, scrape: _Scrape) -> tuple[str, ...] | None:
+    """The values of `label` always exposed, with zeros; None if only those seen are."""
+    if label == "connector":
+        return tuple(scrape.connectors)
+    if label == "source":
+        return SOURCES
+    if label == "outcome" and metric is m.ATTEMPTS:
+        return OUTCOMES
+    return None
+
+
+def _stage(metric: MetricType, scrape: _Scrape) -> Metric:
+    kind = "gauges" if metric.kind is Kind.GAUGE else "counters"
+    counts = scrape.counts
+    if not metric.labels:
+        return family(metric, counts.total(kind, metric.name))
+    result = family(metric)
+    seen = [
+        tuple(labels.get(k, "") for k in metric.labels)
+        for labels, _ in counts.series(kind, metric.name)
+    ]
+    domains = [_domain(metric, label, scrape) for label in metric.labels]
+    if all(d is not None for d in domains):
+        values = [sorted(set(d or ()) | {key[n] for key in seen}) for n, d in enumerate(domains)]
+        keys: Iterable[tuple[str, ...]] = itertools.product(*values)
+    else:
+        keys = sorted(set(seen))
+    for key in keys:
+        value = counts.total(kind, metric.name, **dict(zip(metric.labels, key, strict=True)))
+        result.add_metric(list(key), value)
+    return result
+
+
+def _latency(metric: MetricType, scrape: _Scrape) -> Metric:
+    result = HistogramMetricFamily(metric.family, metric.help, labels=list(metric.labels))
+    found = {
+        labels.get("connector", ""): v
+        for labels, v in scrape.counts.series("histograms", metric.name)
+    }
+    for connector in sorted(set(scrape.connectors) | set(found) - {""}):
         bounds, total = _histogram(found.get(connector) or [])
         cumulative, buckets = 0.0, []
         for bound, count in zip(LATENCY_BUCKETS, bounds, strict=True):
             cumulative += count
             buckets.append((repr(bound), cumulative))
         buckets.append(("+Inf", float(total[1])))
-        family.add_metric([connector], buckets, float(total[0]))
-    return family
+        result.add_metric([connector], buckets, float(total[0]))
+    return result
 
 
 def _histogram(values: list[float]) -> tuple[list[float], tuple[float, float]]:
@@ -224,51 +240,40 @@ def _histogram(values: list[float]) -> tuple[list[float], tuple[float, float]]:
     return bounds, (float(values[-2]), count)  # [bounds..., +Inf, sum, count]
 
 
-def _smtp(counts: _Counts) -> Iterator[Metric]:
-    yield GaugeMetricFamily(
-        "mailgate_smtp_sessions_open", "SMTP sessions open now.",
-        value=counts.total("gauges", "mailgate_smtp_sessions_open"),
-    )  # fmt: skip
-    for name, doc in SIMPLE_COUNTERS.items():
-        yield CounterMetricFamily(name, doc, value=counts.total("counters", name))
-
-
-def _all_threads(status: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for process in status.get("processes") or []:
-        yield from process.get("threads") or []
-
-
-def _threads(status: dict[str, Any]) -> Iterator[Metric]:
-    cpu = CounterMetricFamily(
-        "mailgate_thread_cpu_seconds", "CPU seconds used by each supervised thread (this life).",
-        labels=["process", "thread"],
-    )  # fmt: skip
-    state = GaugeMetricFamily(
-        "mailgate_thread_state", "The state of each supervised thread (1 for its current state).",
-        labels=["process", "thread", "state"],
-    )  # fmt: skip
-    for process in status.get("processes") or []:
-        pname = str(process.get("name") or process.get("role") or process.get("pid"))
-        for thread in process.get("threads") or []:
-            name = str(thread.get("name"))
-            if thread.get("cpu_seconds") is not None:
-                cpu.add_metric([pname, name], float(thread["cpu_seconds"]))
-            state.add_metric([pname, name, str(thread.get("state"))], 1)
-    yield from (cpu, state)
-
-
 def _others(counts: _Counts) -> Iterator[Metric]:
-    """Counters and gauges the stages bump that this module does not know yet."""
+    """Counters and gauges a stage bumps that the catalog does not list."""
     for name, series in counts.unused("counters"):
-        family = Metric(name.removesuffix("_total"), f"{name} (a stage's counter).", "counter")
+        result = Metric(name.removesuffix("_total"), f"{name} (a stage's counter).", "counter")
         for labels, value in series:
-            family.add_sample(family.name + "_total", labels, float(value))
-        yield family
+            result.add_sample(result.name + "_total", labels, float(value))
+        yield result
     for name, series in counts.unused("gauges"):
-        family = Metric(name, f"{name} (a stage's gauge).", "gauge")
+        result = Metric(name, f"{name} (a stage's gauge).", "gauge")
         for labels, value in series:
-            family.add_sample(name, labels, float(value))
-        yield family
+            result.add_sample(name, labels, float(value))
+        yield result
+
+
+BUILDERS: dict[MetricType, Callable[[MetricType, _Scrape], Metric]] = {
+    m.INFO: _info,
+    m.HEALTHY: _value(lambda s: 1 if s.get("healthy") else 0),
+    m.UPTIME: _value(lambda s: float(s.get("uptime", 0.0))),
+    m.RESTARTS: _value(lambda s: float(s.get("restarts", 0))),
+    m.ABANDONED_THREADS: _value(lambda s: float(s.get("abandoned", 0))),
+    m.CONFIG_RELOAD_OK: _value(lambda s: 1 if _config(s).get("last_reload_ok", True) else 0),
+    m.CONFIG_RELOAD_TIME: _value(lambda s: float(_config(s).get("last_reload_success", 0.0))),
+    m.STALLED_THREADS: _stalled,
+    m.QUEUE_LENGTH: _per_queue(lambda q: float(q.get("length", 0))),
+    m.QUEUE_OLDEST_AGE: _per_queue(lambda q: float(q.get("oldest_age", 0.0))),
+    m.QUEUE_RECIPIENTS: _by_state,
+    m.CONNECTOR_PAUSED: _per_queue(lambda q: 1 if q.get("paused") else 0),
+    m.DELIVERED: _outcome("delivered"),
+    m.DEFERRED: _outcome("deferred"),
+    m.BOUNCED: _outcome("bounced"),
+    m.DELIVERY_LATENCY: _latency,
+    m.THREAD_CPU: _thread_cpu,
+    m.THREAD_STATE: _thread_state,
+}
 
 
 class StatusCollector:

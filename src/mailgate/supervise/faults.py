@@ -1,4 +1,4 @@
-"""Named fault points, off unless the environment variable MAILGATE_FAULTS enables them.
+"""Named fault points in supervised code, off unless MAILGATE_FAULTS enables them.
 
     MAILGATE_FAULTS="interchange.deliver=raise:2,interchange.deliver[bad@x.test]=hang"
 
@@ -10,7 +10,9 @@ named `point[key]`, to fault one message among many. Actions: `raise`
 creating the file and releases it by removing it; while there is no file it neither
 fires nor counts), `spin` (burn CPU forever), `exit` (raise FaultExit, which a thread
 body treats as "return now, silently"). With no fault named, a check costs one
-attribute test. Used by the test suite; never enable in production.
+attribute test. They live beside the supervisor because each one makes a supervised
+thread fail, hang or spin, for the supervisor to detect; used by the test suite, never
+enable them in production (the variable is read once, at import).
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""testing: fault injection compiled into the service, off unless explicitly enabled."""
