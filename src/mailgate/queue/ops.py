@@ -212,7 +212,7 @@ def record_outcomes(
             touched[outcome.claim.queue_id] = None
         results.append(Recorded(outcome, state, reply, retry_at, lost))
     finished: dict[str, tuple[bool, Any]] = {}
-    for queue_id in touched:
+    for queue_id in sorted(touched):  # one order of message locks: no deadlock between nodes
         done, extra = finish_or_keep(conn, queue_id, now, on_done)
         if done or extra is not None:
             finished[queue_id] = (done, extra)
@@ -267,7 +267,15 @@ def finish_or_keep(
 def finish_if_done(
     conn: Connection, queue_id: str, now: float, on_done: OnDone | None
 ) -> tuple[bool, Any]:
-    """If no recipient of `queue_id` is still open: run on_done, drop the body, mark it done."""
+    """If no recipient of `queue_id` is still open: run on_done, drop the body, mark it done.
+
+    Where writers run at once (PostgreSQL, READ COMMITTED), two transactions finishing
+    the last two recipients of one message would each still see the other's as open, and
+    neither would finish it: the message row is locked first, so the second waits for
+    the first's COMMIT and then counts with the first's change in view."""
+    conn.execute(
+        "SELECT id FROM messages WHERE id = ?" + conn.dialect.for_update(), (queue_id,)
+    ).fetchone()
     row = conn.execute(
         f"SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state {states.OPEN}",
         (queue_id,),
