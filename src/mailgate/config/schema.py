@@ -8,6 +8,7 @@ generated from the descriptions here (see reference.py).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, get_args
@@ -123,6 +124,22 @@ HostPort = Annotated[str, AfterValidator(_hostport)]
 Domain = Annotated[str, AfterValidator(_domain)]
 
 
+# --- nodes (issue 13): a node's name is the first part of every lease owner it writes ---
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def _node_name(value: str) -> str:
+    if not _NODE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a node name (1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
+NodeName = Annotated[str, AfterValidator(_node_name)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -140,6 +157,13 @@ class ServiceSettings(Section):
         "30s",
         validate_default=True,
         description="How long a stop waits for in-flight work before exiting anyway.",
+    )
+    node: NodeName = Field(
+        default_factory=default_hostname,
+        description="Name of this node among those sharing one queue (docs/nodes.md): it "
+        "heart-beats under it, and its leases carry it. Two live nodes with one name are "
+        "refused; a restarted node rejoins under its name.",
+        json_schema_extra={"doc_default": "this machine's host name"},
     )
 
 
@@ -288,6 +312,12 @@ class QueueSettings(Section):
         description="Most PostgreSQL connections each mailgate process opens. A connection "
         "is taken for one transaction or one read and given back at once; each process "
         "needs one for its committer and one or two for reads (docs/nodes.md).",
+    )
+    node_timeout: Duration = Field(
+        "15s",
+        validate_default=True,
+        description="A node not heard from for this long is declared dead by the live ones, "
+        "and its leases are released at once. Each node heart-beats every fifth of it.",
     )
     lease: Duration = Field(
         "5m",

@@ -37,6 +37,7 @@ from mailgate.master.inbox import WorkerInbox
 from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS, WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
+from mailgate.queue.nodes import node_owner
 from mailgate.queue.open import open_backend
 from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.service import wiring
@@ -200,7 +201,7 @@ class Master(Part):
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         if worker.last_words:
             how += f": {worker.last_words}"
-        prefix = f"{self.config.service.hostname}:{worker.pid}:"
+        prefix = f"{node_owner(self.config.service.node)}{worker.pid}:"
         try:
             why, reason = f"held by dead {worker.name}", "its worker process died"
             end_dead_leases(self.backend, self.events, self.config, prefix, why, reason)

@@ -100,7 +100,7 @@ class DeliveryPart(Part):
                 self.store,
                 self.wakeup,
                 self.events,
-                hostname=config.service.hostname,
+                node=config.service.node,
                 batch=batch,
                 max_received=config.dsn.max_received,
                 state=self.connectors[connector.name],
@@ -162,7 +162,7 @@ class DeliveryPart(Part):
     def _release_stalled(self, handle: ThreadHandle) -> None:
         """A stalled interchange thread's leases go back to the queue for others to retry;
         its attempts ended without an outcome and count."""
-        owner = lease_owner(self.config.service.hostname, handle.name, handle.generation)
+        owner = lease_owner(self.config.service.node, handle.name, handle.generation)
         ending = self.store.end_leases("its thread stalled", owner)
         why = f"held by stalled {handle.name}"
 
