@@ -12,6 +12,7 @@ The master's own process is assembled in master/run.py. Parts start in list orde
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from mailgate.config.schema import Config
 from mailgate.control.local import LocalSurface
@@ -23,6 +24,7 @@ from mailgate.service.control import ControlPart
 from mailgate.service.delivery import DeliveryPart, PickupPart
 from mailgate.service.hooks import install_excepthooks
 from mailgate.service.host import Host
+from mailgate.service.nodes import Membership, NodePart
 from mailgate.service.parts import QueuePart, ReceivePart, RoutingPart
 from mailgate.service.signals import Signals
 
@@ -48,8 +50,19 @@ def single_process(
         DeliveryPart(config, events, queue.store, routing, wakeup, counters, remote_wakeups=False),
         PickupPart(config, events, queue.pickup_store, routing, counters),
         ReceivePart(config, events, queue.store, routing, counters),
+        node_part(host, lambda: local_surface(host).threads()),
     ]
     return host
+
+
+def node_part(host: Host, work: Callable[[], list[dict[str, Any]]]) -> NodePart:
+    """The lock holder's `node` thread: heart-beats into the queue, declares dead nodes."""
+
+    def membership() -> Membership:
+        assert host.membership is not None, "joined at start"
+        return host.membership
+
+    return NodePart(host.config, host.events, membership, work, host.fail)
 
 
 def receive_worker(config: Config, events: EventLog, listeners: Listeners | None = None) -> Host:
