@@ -29,6 +29,7 @@ from mailgate.observe.events import EventLog
 from mailgate.queue import nodes
 from mailgate.queue.backend import Backend, Connection
 from mailgate.queue.nodes import NodeRow, node_owner
+from mailgate.queue.notify import announce_now
 from mailgate.service.leases import end_dead_leases
 from mailgate.service.part import Part
 from mailgate.supervise.handle import ThreadHandle
@@ -143,6 +144,8 @@ class NodePart(Part):
                 member.backend, self.events, self.config, node_owner(node.name),
                 f"held by dead node {node.name}", f"its node {node.name} died",
             )  # fmt: skip
+            if released:
+                announce_now(member.backend)  # every node's threads: the work is due now
         silent_for = nodes.store_now(conn) - node.heartbeat_at
         self.events.emit(catalog.NODE_DEAD, node=node.name, host=node.host, pid=node.pid,
                          silent=round(silent_for, 1), timeout=timeout, by=member.name,

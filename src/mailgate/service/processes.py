@@ -17,7 +17,8 @@ from typing import Any
 from mailgate.config.schema import Config
 from mailgate.control.local import LocalSurface
 from mailgate.observe.events import EventLog
-from mailgate.queue.wakeup import RemoteWakeup, Wakeup, wakeup_path
+from mailgate.queue.notify import NodeWakeup
+from mailgate.queue.wakeup import RemoteWakeup, wakeup_path
 from mailgate.receive.listeners import Listeners
 from mailgate.service import wiring
 from mailgate.service.control import ControlPart
@@ -27,6 +28,7 @@ from mailgate.service.host import Host
 from mailgate.service.nodes import Membership, NodePart
 from mailgate.service.parts import QueuePart, ReceivePart, RoutingPart
 from mailgate.service.signals import Signals
+from mailgate.service.wakeups import NodeWakePart
 
 
 def local_surface(host: Host, role: str = "single") -> LocalSurface:
@@ -41,12 +43,13 @@ def single_process(
 ) -> Host:
     host = Host(config, events, owner=True, source=source)
     routing = RoutingPart(config)
-    wakeup, counters = Wakeup(), host.counters
+    wakeup, counters = NodeWakeup(), host.counters
     queue = QueuePart(config, events, routing, wakeup, durable=True)
     host.parts = [
         ControlPart(config, events, lambda: local_surface(host)),
         routing,
         queue,
+        NodeWakePart(events, queue.backend, wakeup),
         DeliveryPart(config, events, queue.store, routing, wakeup, counters, remote_wakeups=False),
         PickupPart(config, events, queue.pickup_store, routing, counters),
         ReceivePart(config, events, queue.store, routing, counters),
@@ -83,11 +86,12 @@ def interchange_worker(
 ) -> Host:
     host = Host(config, events, owner=False)
     routing = RoutingPart(config)
-    wakeup, counters = Wakeup(), host.counters
+    wakeup, counters = NodeWakeup(), host.counters
     queue = QueuePart(config, events, routing, wakeup, durable=False)
     host.parts = [
         routing,
         queue,
+        NodeWakePart(events, queue.backend, wakeup),
         DeliveryPart(config, events, queue.store, routing, wakeup, counters, remote_wakeups=True),
         PickupPart(config, events, queue.pickup_store, routing, counters),
     ]
