@@ -33,6 +33,7 @@ from mailgate.errors import StoreError
 from mailgate.queue import migrations
 from mailgate.queue.backend import POSTGRES
 from mailgate.queue.migrations import SchemaStatus, Step
+from mailgate.queue.pg_pipeline import LazyRows, PipelinedTx
 from mailgate.queue.pool import PgConnection, Pool, PoolBusy
 
 DISK_FULL = "53100"
@@ -115,11 +116,16 @@ class PostgresConnection:
     def __init__(self, backend: PostgresBackend, *, read_only: bool = False) -> None:
         self._backend = backend
         self._tx: PgConnection | None = None
+        self._pipe: PipelinedTx | None = None  # the open transaction's statements
         self._read_only = read_only
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
-        if self._tx is not None:
-            return self._run(self._tx, sql, params)
+    @property
+    def where(self) -> str:
+        return self._backend.where
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows | LazyRows:
+        if self._pipe is not None:
+            return self._pipe.execute(pyformat(sql) if params else sql, params)
         for attempt in (1, 2):
             conn = self._backend.take()
             try:
@@ -156,22 +162,25 @@ class PostgresConnection:
                     continue  # it died while pooled; nothing was done on it
                 raise
             self._tx = conn
+            self._pipe = PipelinedTx(conn, functools.partial(translate_errors, where=self.where))
             return
 
     def commit(self) -> None:
-        conn = self._tx
-        if conn is None:
+        conn, pipe = self._tx, self._pipe
+        if conn is None or pipe is None:
             raise StoreError("commit outside a transaction")
-        # A COMMIT of a failed transaction "succeeds" as a ROLLBACK: never report that as done.
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-            raise StoreError(f"commit on the queue {self._backend.where}: the transaction failed")
-        with translate_errors("commit", self._backend.where):
-            conn.execute("COMMIT")  # on failure the caller rolls back, which gives it back
-        self._tx = None
+        try:
+            pipe.commit()  # the batch and its COMMIT in one round trip (pg_pipeline.py)
+        except StoreError as exc:  # the caller rolls back, which gives the connection back
+            raise StoreError(f"{exc} on the queue {self._backend.where}") from exc
+        self._tx, self._pipe = None, None
         self._backend.give(conn)
 
     def rollback(self) -> None:
         conn, self._tx = self._tx, None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close()
         if conn is None:
             return
         try:
