@@ -165,6 +165,14 @@ class ServiceSettings(Section):
         "refused; a restarted node rejoins under its name.",
         json_schema_extra={"doc_default": "this machine's host name"},
     )
+    connectors: list[str] | None = Field(
+        None,
+        description="The connectors this node runs, by name; none given means every one the "
+        "configuration builds. A node without the shared postoffice tree leaves `postoffice` "
+        "out: it accepts and queues mail for mailboxes, and the nodes that run it deliver. "
+        "An unknown name stops the start, naming the connectors there are.",
+        json_schema_extra={"doc_default": "all"},
+    )
 
 
 class ProcessSettings(Section):
@@ -371,6 +379,12 @@ class QueueSettings(Section):
 
 
 class PostofficeSettings(Section):
+    root: str = Field(
+        "",
+        description="Directory of the postoffice tree (networks, postoffices, mailboxes, "
+        "outboxes); empty means <data_dir>/postoffice. Nodes sharing one queue may share "
+        "one tree on shared storage (docs/nodes.md): delivery into it stays exactly-once.",
+    )
     domain: str = Field(
         "",
         description="Mail domain under which postoffice addresses live; empty means "
@@ -665,7 +679,7 @@ class Config(Section):
 
     @property
     def postoffice_root(self) -> Path:
-        return self.data_dir / "postoffice"
+        return Path(self.postoffice.root) if self.postoffice.root else self.data_dir / "postoffice"
 
     @property
     def postoffice_domain(self) -> str:

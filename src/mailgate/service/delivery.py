@@ -207,7 +207,8 @@ class PickupPart(Part):
         self.counters = counters
 
     def start(self, sup: Supervisor) -> None:
-        if self.config.pickup.enabled:
+        # Outboxes live in the postoffice tree: a node without it picks nothing up.
+        if self.config.pickup.enabled and "postoffice" in wiring.node_connectors(self.config):
             routing = self.routing
             pickup = wiring.pickup(
                 self.config, self.store, routing.policy, routing.address_map, self.events,

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from mailgate import __version__
 from mailgate.config.schema import Config
-from mailgate.errors import AlreadyRunning, PortInUse, StoreError, StoreInUse
+from mailgate.errors import AlreadyRunning, ConfigError, PortInUse, StoreError, StoreInUse
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config
@@ -115,6 +115,7 @@ class Host:
 
     def _open_store(self, lock: DataDirLock) -> None:
         config = self.config
+        wiring.node_connectors(config)  # an unknown [service] connectors name stops it here
         config.postoffice_root.mkdir(parents=True, exist_ok=True)
         backend = open_backend(config.queue, config.data_dir)
         # A damaged page stops the start, before any part or worker runs on it (Q159305).
@@ -306,7 +307,7 @@ class Host:
             held = exc.holder
             events.emit(catalog.NODE_NAME_IN_USE, node=held.name, store=exc.store, host=held.host,
                         pid=held.pid, holder_data_dir=held.data_dir, age=exc.age)  # fmt: skip
-        except (StoreError, OSError, CredentialsError) as exc:
+        except (StoreError, OSError, CredentialsError, ConfigError) as exc:
             events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")
         else:
             return True

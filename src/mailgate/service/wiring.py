@@ -17,6 +17,7 @@ from mailgate.config.schema import RELAY_CONNECTORS, Config, SmtpSettings
 from mailgate.connectors.postoffice import PostofficeConnector
 from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
 from mailgate.dsn.generate import BounceGenerator
+from mailgate.errors import ConfigError
 from mailgate.interchange.connector import Connector
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
@@ -63,9 +64,12 @@ def router(config: Config, addresses: AddressMap) -> Router:
 
 
 def recipient_policy(config: Config, office: Postoffice, routes: Router) -> RecipientPolicy:
+    # A node that does not run the postoffice cannot see its mailboxes: the nodes that do
+    # deliver, or bounce for a mailbox that does not exist.
+    verify = "postoffice" in node_connectors(config)
     return RecipientPolicy(
         routes,
-        {"postoffice": postoffice_verifier(office.exists)},
+        {"postoffice": postoffice_verifier(office.exists)} if verify else {},
         relay_connectors=RELAY_CONNECTORS,
         relay_networks=config.smtp.relay_networks,
     )
@@ -151,23 +155,42 @@ def receive_handler(
     )
 
 
+def node_connectors(config: Config) -> list[str]:
+    """The connectors this node runs: `[service] connectors` (default: all) among those the
+    configuration builds; the one place that checks the list (ConfigError naming the
+    unknown ones and the connectors there are)."""
+    built = config.connectors
+    wanted = config.service.connectors
+    if wanted is None:
+        return built
+    unknown = [name for name in wanted if name not in built]
+    if unknown:
+        there = ", ".join(built) or "none"
+        problem = f"{', '.join(unknown)}: no such connector in this configuration ({there})"
+        raise ConfigError([("service.connectors", problem)])
+    return [name for name in built if name in wanted]
+
+
 def delivery_connectors(
     config: Config, office: Postoffice, events: EventLog, counters: Counters
 ) -> list[tuple[Connector, int, int]]:
     """Each connector some route uses, with its thread count and claim batch."""
     built: list[tuple[Connector, int, int]] = []
-    if "postoffice" in config.connectors:
+    running = node_connectors(config)
+    if "postoffice" in running:
         po = config.postoffice
         connector: Connector = PostofficeConnector(
             office,
             office.map,
             events,
-            hostname=config.service.hostname,
+            # The same on every node that shares the postoffice: a Maildir name is then one
+            # per recipient whichever node delivers it, so link() keeps it exactly-once.
+            hostname=config.postoffice_domain,
             quota=po.quota,
             counters=counters,
         )
         built.append((connector, po.threads, po.batch))
-    if "smarthost" in config.connectors:
+    if "smarthost" in running:
         sh = config.smarthost
         target = SmarthostTarget(
             host=sh.host,
