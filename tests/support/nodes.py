@@ -15,8 +15,16 @@ from typing import Any
 from tests.support.process import DEFAULT_CONFIG, Mailgate
 
 
-def node_config(name: str, url: str, *, node_timeout: str = "3s", extra: str = "") -> str:
-    config = DEFAULT_CONFIG.replace("[service]\n", f'[service]\nnode = "{name}"\n', 1)
+def node_config(
+    name: str, url: str, *, node_timeout: str = "3s", postoffice: Path | None = None,
+    extra: str = "",
+) -> str:  # fmt: skip
+    """Each node its own name and host name (Maildir names must not depend on it)."""
+    config = DEFAULT_CONFIG.replace(
+        'hostname = "mx.test"\n', f'hostname = "{name}.mx.test"\nnode = "{name}"\n', 1
+    )
+    if postoffice is not None:
+        config = config.replace("[postoffice]\n", f'[postoffice]\nroot = "{postoffice}"\n', 1)
     return config + f'\n[queue]\nurl = "{url}"\nnode_timeout = "{node_timeout}"\n' + extra
 
 
