@@ -9,7 +9,9 @@ silent past node_timeout: each such node is declared dead once from this node's 
 of view (event 1042); the one live node that wins the declaration also ends the dead
 node's leases at once (each an attempt without an outcome, as for a dead worker), so
 the others deliver its recipients without waiting for the leases to run out. A failing
-heart-beat is event 4080 (once until it works again); a name taken over by another
+heart-beat is event 4080 (once until it works again); after an outage of the store
+longer than node_timeout, when every node was silent, the others get one node_timeout
+to heart-beat again before this node judges them; a name taken over by another
 instance while this one was silent stops this one (1044). A clean stop marks the node
 `stopped`: it is never declared dead. SQLite has one node; the code is the same.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +91,7 @@ class NodePart(Part):
         self.work = work
         self.fail = fail
         self.declared: set[tuple[str, str]] = set()  # (name, instance) said dead here
+        self.grace_until = 0.0  # monotonic: judge no other node before (see _recovered)
 
     def start(self, sup: Supervisor) -> None:
         sup.spawn("node", "node", self._run)
@@ -96,25 +100,34 @@ class NodePart(Part):
         member = self.membership()
         every = self.config.queue.node_timeout / 5
         conn = member.backend.connect()
-        failing = False
+        failing_since: float | None = None
         try:
             while not handle.stopping:
                 handle.busy()
                 try:
                     if not self._turn(conn, member):
                         return
-                    failing = False
+                    if failing_since is not None:
+                        self._recovered(failing_since)
+                    failing_since = None
                 except StoreError as exc:
-                    if not failing:
+                    if failing_since is None:
                         self.events.emit(catalog.NODE_HEARTBEAT_FAILED, node=member.name,
                                          error=str(exc))  # fmt: skip
-                    failing = True
+                        failing_since = time.monotonic()
                 handle.progress()
                 handle.idle()
                 handle.wait(every)
             _tx(conn, lambda c: nodes.leave(c, member.name, member.instance))
         finally:
             conn.close()
+
+    def _recovered(self, failing_since: float) -> None:
+        """After an outage of the store longer than node_timeout every node was silent, not
+        dead: give the others one node_timeout to heart-beat before judging them."""
+        timeout = self.config.queue.node_timeout
+        if time.monotonic() - failing_since >= timeout:
+            self.grace_until = time.monotonic() + timeout
 
     def _turn(self, conn: Connection, member: Membership) -> bool:
         """One heart-beat and one look at the others; False if this node must stop."""
@@ -129,6 +142,8 @@ class NodePart(Part):
             self.events.emit(catalog.NODE_REJOINED, node=member.name,
                              silent=round(found.rejoined, 1))  # fmt: skip
         timeout = self.config.queue.node_timeout
+        if time.monotonic() < self.grace_until:
+            return True
         quiet = nodes.silent(conn, member.name, timeout)
         self.declared &= {(n.name, n.instance) for n in quiet}  # back alive: may die again
         for node in quiet:
