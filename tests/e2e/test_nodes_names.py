@@ -41,6 +41,7 @@ def test_two_live_nodes_with_one_name_are_refused(tmp_path: Path, url: str) -> N
         beta = next(n for n in status(first)["nodes"] if n["name"] == "beta")
         assert beta["pid"] == other.proc.pid if other.proc else False
         assert any(t["thread"] == "node" for t in beta["work"]), "its threads are listed"
+        assert "node beta ALIVE: host" in first.cli("ctl", "status").stdout
 
         assert other.stop() == 0
         assert node_states(first)["beta"] == "stopped"
