@@ -6,8 +6,9 @@ savepoint statements cannot fail in a transaction that works, and nothing reads 
 results, so they are queued on the connection (pipeline mode) and travel with the
 next statement: the RELEASE of one operation and the SAVEPOINT of the next go with
 the next operation's first statement, and the last RELEASE with the COMMIT, whose
-reply says the batch is on disk (synchronous_commit is the server's). A batch of N
-one-recipient messages costs BEGIN + 3N + 1 round trips instead of 5N + 2.
+reply says the batch is on disk (synchronous_commit is the server's). With a message
+written by one statement (ops.insert_message), a batch of N accepted messages costs its
+BEGIN, one round trip per message and one for the COMMIT: N + 2, where it was 5N + 2.
 
 Every other statement is sent at once with what is queued, and its error is raised
 where it was executed, inside its operation: one failing operation still fails only
