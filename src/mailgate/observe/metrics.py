@@ -192,6 +192,10 @@ NODE_HEARTBEAT_AGE = _metric(
     "mailgate_node_heartbeat_age_seconds", G, STATUS,
     "Seconds since each node's last heart-beat, by the store's clock.", ("node",),
 )  # fmt: skip
+NODE_WAKEUPS = _metric(
+    "mailgate_node_wakeups_total", C, STAGE,
+    "Wake-ups this node sent to the other nodes (NOTIFY) and heard from them.", ("direction",),
+)  # fmt: skip
 NODE_BUSY_THREADS = _metric(
     "mailgate_node_busy_threads", G, STATUS,
     "Threads of each node working on a message, as its last heart-beat said.", ("node",),

@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable
 
 import psycopg
 
-from mailgate.observe import catalog
+from mailgate.observe import catalog, metrics
+from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Backend
 from mailgate.queue.postgres import PostgresBackend
@@ -37,9 +38,12 @@ MAX_NAMES = 64  # a payload stays far below PostgreSQL's 8000 bytes
 
 
 class WakeChannel:
-    def __init__(self, backend: PostgresBackend, events: EventLog) -> None:
+    def __init__(
+        self, backend: PostgresBackend, events: EventLog, counters: Counters | None = None
+    ) -> None:
         self._backend = backend
         self._events = events
+        self._counters = counters or Counters()
         self.token = secrets.token_hex(6)
         self._pending: set[str] = set()
         self._lock = threading.Lock()  # the pending set only
@@ -93,19 +97,25 @@ class WakeChannel:
             self.announce(names)  # sent on the next connection
             raise
         self.sent += 1
+        self._counters.add(metrics.NODE_WAKEUPS, direction="sent")
 
     def _heard(self, payload: str, hear: Callable[[list[str] | None], None]) -> None:
         token, _, listed = payload.partition("|")
         if token == self.token:
             return
         self.heard += 1
+        self._counters.add(metrics.NODE_WAKEUPS, direction="heard")
         names = [n for n in listed.split(",") if n][:MAX_NAMES]
         hear(None if EVERYTHING in names else names)
 
 
-def wake_channel(backend: Backend, events: EventLog) -> WakeChannel | None:
+def wake_channel(
+    backend: Backend, events: EventLog, counters: Counters | None = None
+) -> WakeChannel | None:
     """The node's channel to the others, where the store is shared (PostgreSQL)."""
-    return WakeChannel(backend, events) if isinstance(backend, PostgresBackend) else None
+    if not isinstance(backend, PostgresBackend):
+        return None
+    return WakeChannel(backend, events, counters)
 
 
 def announce_now(backend: Backend, names: Iterable[str] = (EVERYTHING,)) -> None:

@@ -49,7 +49,7 @@ def single_process(
         ControlPart(config, events, lambda: local_surface(host)),
         routing,
         queue,
-        NodeWakePart(events, queue.backend, wakeup),
+        NodeWakePart(events, queue.backend, wakeup, counters),
         DeliveryPart(config, events, queue.store, routing, wakeup, counters, remote_wakeups=False),
         PickupPart(config, events, queue.pickup_store, routing, counters),
         ReceivePart(config, events, queue.store, routing, counters),
@@ -91,7 +91,7 @@ def interchange_worker(
     host.parts = [
         routing,
         queue,
-        NodeWakePart(events, queue.backend, wakeup),
+        NodeWakePart(events, queue.backend, wakeup, counters),
         DeliveryPart(config, events, queue.store, routing, wakeup, counters, remote_wakeups=True),
         PickupPart(config, events, queue.pickup_store, routing, counters),
     ]

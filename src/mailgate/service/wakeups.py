@@ -7,6 +7,7 @@ the others' into local ones (queue/notify.py). Without a shared store it does no
 
 from __future__ import annotations
 
+from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Backend
 from mailgate.queue.notify import NodeWakeup, WakeChannel, wake_channel
@@ -16,9 +17,11 @@ from mailgate.supervise.supervisor import Supervisor
 
 
 class NodeWakePart(Part):
-    def __init__(self, events: EventLog, backend: Backend, wakeup: NodeWakeup) -> None:
+    def __init__(
+        self, events: EventLog, backend: Backend, wakeup: NodeWakeup, counters: Counters
+    ) -> None:
         self.wakeup = wakeup
-        self.channel: WakeChannel | None = wake_channel(backend, events)
+        self.channel: WakeChannel | None = wake_channel(backend, events, counters)
         wakeup.channel = self.channel
 
     def start(self, sup: Supervisor) -> None:
