@@ -18,6 +18,7 @@ instance while this one was silent stops this one (1044). A clean stop marks the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -105,10 +106,8 @@ class NodePart(Part):
             while not handle.stopping:
                 handle.busy()
                 try:
-                    if not self._turn(conn, member):
+                    if not self._turn(conn, member, failing_since):
                         return
-                    if failing_since is not None:
-                        self._recovered(failing_since)
                     failing_since = None
                 except StoreError as exc:
                     if failing_since is None:
@@ -118,7 +117,8 @@ class NodePart(Part):
                 handle.progress()
                 handle.idle()
                 handle.wait(every)
-            _tx(conn, lambda c: nodes.leave(c, member.name, member.instance))
+            with contextlib.suppress(StoreError):  # else it is declared dead: no loss either
+                _tx(conn, lambda c: nodes.leave(c, member.name, member.instance))
         finally:
             conn.close()
 
@@ -129,10 +129,12 @@ class NodePart(Part):
         if time.monotonic() - failing_since >= timeout:
             self.grace_until = time.monotonic() + timeout
 
-    def _turn(self, conn: Connection, member: Membership) -> bool:
+    def _turn(self, conn: Connection, member: Membership, failing_since: float | None) -> bool:
         """One heart-beat and one look at the others; False if this node must stop."""
         work = self._work()
         found = _tx(conn, lambda c: nodes.beat(c, member.name, member.instance, work))
+        if failing_since is not None:
+            self._recovered(failing_since)
         if found.taken is not None:
             held = found.taken
             self.events.emit(catalog.NODE_TAKEN, node=member.name, host=held.host, pid=held.pid)
