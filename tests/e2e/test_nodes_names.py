@@ -42,6 +42,8 @@ def test_two_live_nodes_with_one_name_are_refused(tmp_path: Path, url: str) -> N
         assert beta["pid"] == other.proc.pid if other.proc else False
         assert any(t["thread"] == "node" for t in beta["work"]), "its threads are listed"
         assert "node beta ALIVE: host" in first.cli("ctl", "status").stdout
+        frame = first.cli("top", "--once").stdout
+        assert "nodes" in frame and "beta" in frame and "alive" in frame
 
         assert other.stop() == 0
         assert node_states(first)["beta"] == "stopped"

@@ -4,6 +4,7 @@ and picks nothing up. Two single-process nodes on one schema, one shared postoff
 
 from __future__ import annotations
 
+import json
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,17 @@ def test_accepted_on_one_node_delivered_by_another(tmp_path: Path, url: str) -> 
         wait_for(lambda: status(office)["counters"]["counters"].get(heard, 0) >= 1, 10,
                  what="the office heard the front's wake-up")  # fmt: skip
         assert status(front)["counters"]["counters"].get(sent, 0) >= 1
+        # History everywhere: either node tells the whole story, received on one and
+        # delivered by the other.
+        # (Events are each node's own log; the message, attempts and outcome are shared.)
+        stories = []
+        for mg in (front, office):
+            story = mg.cli("track", ALICE, "--json")
+            assert story.returncode == 0, story.stderr
+            stories.append([{k: v for k, v in m.items() if k != "events"}
+                            for m in json.loads(story.stdout)])  # fmt: skip
+        assert stories[0] == stories[1] and len(stories[0]) == 1
+        assert "delivered" in json.dumps(stories[0])
         assert front.stop() == 0 and office.stop() == 0
     finally:
         front.close()
