@@ -125,13 +125,13 @@ Domain = Annotated[str, AfterValidator(_domain)]
 
 
 # --- nodes (issue 13): a node's name is the first part of every lease owner it writes ---
-_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 
 
 def _node_name(value: str) -> str:
     if not _NODE_NAME.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a node name (1-63 letters, digits, '.', '_' or '-', "
+            f"{value!r} is not a node name (1-253 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit)"
         )
     return value
@@ -159,11 +159,13 @@ class ServiceSettings(Section):
         description="How long a stop waits for in-flight work before exiting anyway.",
     )
     node: NodeName = Field(
-        default_factory=default_hostname,
+        # Validated data so far: hostname is declared above, so it is there.
+        default_factory=lambda data: data.get("hostname") or default_hostname(),
         description="Name of this node among those sharing one queue (docs/nodes.md): it "
         "heart-beats under it, and its leases carry it. Two live nodes with one name are "
-        "refused; a restarted node rejoins under its name.",
-        json_schema_extra={"doc_default": "this machine's host name"},
+        "refused; a restarted node rejoins under its name. Nodes that greet with one "
+        "`hostname` need a `node` each.",
+        json_schema_extra={"doc_default": "service.hostname (this machine's host name)"},
     )
     connectors: list[str] | None = Field(
         None,
