@@ -449,7 +449,8 @@ class SuperviseSettings(Section):
         "30s",
         validate_default=True,
         description="How long a stalled thread may take to recover before it is abandoned and "
-        "replaced.",
+        "replaced; a worker process whose SMTP loop or committer (threads that cannot be "
+        "replaced) stays stalled this long is ended by the master and restarted (event 5030).",
     )
     recycle_after: int = Field(
         10000,
