@@ -41,7 +41,7 @@ def pickup(tmp_path: Path, queue: Stage, **settings: Any) -> Pickup:
             "service": {"hostname": "mx.test", "data_dir": str(tmp_path)},
             "postoffice": {"domain": "po.test"},
             "smarthost": {"host": "127.0.0.1", "port": 2626},
-            "pickup": {"settle": "2s", **settings},
+            "pickup": {"settle": "60s", **settings},
         }
     )
     mailboxes = {PostofficeAddress("NET1", "PO1", "ALICE")}
@@ -64,7 +64,7 @@ def pickup(tmp_path: Path, queue: Stage, **settings: Any) -> Pickup:
     )
 
 
-def drop(taker: Pickup, name: str, data: bytes, *, age: float = 10.0) -> Path:
+def drop(taker: Pickup, name: str, data: bytes, *, age: float = 120.0) -> Path:
     """A file in NET1/PO1's outbox, last written `age` seconds ago."""
     outbox = taker.root / "NET1" / "PO1" / "outbox"
     outbox.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def test_a_file_still_being_written_is_left_until_it_settles(tmp_path: Path, que
     path = drop(taker, "growing.eml", LETTER, age=0)
     assert taker.scan(outbox(taker)) == 0
     assert path.exists() and queue.seen.of(catalog.PICKED_UP) == []
-    then = time.time() - 3
+    then = time.time() - 120
     os.utime(path, (then, then))
     assert taker.scan(outbox(taker)) == 1 and not path.exists()
 
