@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any, Literal, get_args, get_origin
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
@@ -65,6 +66,9 @@ def _type_name(field: FieldInfo) -> str:
                 return "size"
     annotation: Any = field.annotation
     origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):  # `X | None`: unset means a default by type
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+        origin = get_origin(annotation)
     if origin is list:
         inner = get_args(annotation)[0]
         if isinstance(inner, type) and issubclass(inner, BaseModel):
