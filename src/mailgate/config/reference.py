@@ -107,6 +107,14 @@ def _section(name: str, model: type[BaseModel]) -> list[str]:
     return lines
 
 
+def _example(field: FieldInfo) -> list[str]:
+    """A field's `doc_example` (TOML) as a fenced block; tests load it like a file."""
+    extra = field.json_schema_extra
+    if not isinstance(extra, dict) or "doc_example" not in extra:
+        return []
+    return ["```toml", str(extra["doc_example"]).strip(), "```", ""]
+
+
 def render_reference() -> str:
     lines = [HEADER]
     for name, field in Config.model_fields.items():
@@ -118,6 +126,7 @@ def render_reference() -> str:
                 "",
                 f"{field.description} Default: `{_default(field)}`.",
                 "",
+                *_example(field),
                 *_section(name, rule)[2:],
             ]
         else:

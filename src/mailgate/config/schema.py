@@ -574,6 +574,51 @@ class RouteRule(Section):
     )
 
 
+CONNECTOR_EXAMPLE = """
+[[connector]]                  # a smarthost, with AUTH and TLS required
+name = "corp"
+type = "smtp"
+host = "relay.corp.example"
+port = 587
+starttls = "required"
+username = "mailgate"
+password_file = "/etc/mailgate/corp.password"
+
+[[connector]]                  # direct delivery by MX ([dns] says which resolver)
+name = "internet"
+type = "smtp"
+mx = true
+connections = 5                # per mail host
+rate = 2                       # messages a second per mail host
+
+[[connector]]                  # Dovecot's LMTP on its Unix socket (or host = "127.0.0.1")
+name = "dovecot"
+type = "lmtp"
+socket = "/run/dovecot/lmtp"
+
+[[connector]]                  # the postoffice: only its threads and batch
+name = "postoffice"
+type = "postoffice"
+threads = 2
+
+[[route]]
+match = "*@corp.example"
+connector = "corp"
+
+[[route]]
+match = "*@mail.example"
+connector = "dovecot"
+
+[[route]]
+match = "MS:*/*/*"
+connector = "postoffice"
+
+[[route]]
+match = "*"
+connector = "internet"
+"""
+
+
 class Config(Section):
     """The whole configuration. Derived paths are properties, never stored twice."""
 
@@ -607,12 +652,9 @@ class Config(Section):
         '"postoffice"` (the postoffice Maildirs, always there as `postoffice`; a table of '
         "that name only sets its threads and batch). [smarthost] with a host is the "
         "connector `smarthost`. Each connector has its own threads, batch, per-destination "
-        'limits, queue line and stall watch. Example: `[[connector]]` `name = "corp"` '
-        '`type = "smtp"` `host = "relay.corp.example"` `starttls = "required"`; '
-        '`[[connector]]` `name = "internet"` `type = "smtp"` `mx = true`; `[[connector]]` '
-        '`name = "dovecot"` `type = "lmtp"` `socket = "/run/dovecot/lmtp"`; more in '
-        "docs/recipes.md.",
-        json_schema_extra={"doc_default": "[]"},
+        "limits, queue line and stall watch. A key its type does not take is refused. An "
+        "example of each type follows; whole configurations are in docs/recipes.md.",
+        json_schema_extra={"doc_default": "[]", "doc_example": CONNECTOR_EXAMPLE},
     )
     dns: DnsSettings = Field(default_factory=DnsSettings)
 
