@@ -95,6 +95,11 @@ def test_two_smarthosts_by_domain_each_with_its_threads_queue_and_metrics(
         for name in ("east", "west", "postoffice"):
             assert f'mailgate_queue_length{{connector="{name}"}}' in metrics, metrics
         assert 'mailgate_delivered_total{connector="east"} 3.0' in metrics
+        assert 'mailgate_connector_threads{connector="west"} 3.0' in metrics
+        assert 'mailgate_connector_destination_down{connector="east"} 0.0' in metrics
+        west_line = status(mg)["queues"]["west"]
+        assert (west_line["threads"], west_line["down"]) == (3, ""), west_line
+        assert west_line["connections"] >= 1, "kept open for reuse"
         # Pausing one connector leaves the other delivering.
         assert mg.cli("ctl", "pause", "east").returncode == 0
         send(mg, ["d@east.example"], "held back")
@@ -133,5 +138,31 @@ def test_a_reload_routing_to_a_connector_not_running_is_refused(
         send(mg, ["x@south.example"], "still west")
         assert west.wait_messages(1)[0].recipients == ["x@south.example"]
         assert mg.proc.poll() is None
+    finally:
+        mg.close()
+
+
+def test_a_dead_destination_shows_down_in_status_and_metrics(
+    tmp_path: Path, sinks: tuple[Sink, Sink]
+) -> None:
+    east, west = sinks
+    dead = '[[connector]]\nname = "dead"\ntype = "smtp"\nhost = "127.0.0.1"\n'
+    dead += f'port = {free_port()}\nthreads = 1\ndown_for = "1h"\n'
+    mg = Mailgate(tmp_path, config=config(east, west, route("*@dead.example", "dead")) + dead)
+    admin = free_port()
+    mg.start("--admin-listen", f"127.0.0.1:{admin}")
+    try:
+        send(mg, ["x@dead.example"], "nowhere")
+        mg.wait_events(2460)  # SmarthostUnreachable, naming the connector
+        assert mg.events(2460)[0]["fields"]["connector"] == "dead"
+        line = wait_for(lambda: (q := status(mg)["queues"]["dead"])["down"] and q, 10)
+        assert "Connection refused" in line["down"] or "refused" in line["down"].lower(), line
+        assert status(mg)["queues"]["west"]["down"] == ""
+        text = mg.cli("ctl", "status").stdout
+        assert "destination DOWN" in text, text
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as reply:
+            metrics = reply.read().decode()
+        assert 'mailgate_connector_destination_down{connector="dead"} 1.0' in metrics
+        assert 'mailgate_connector_destination_down{connector="west"} 0.0' in metrics
     finally:
         mg.close()
