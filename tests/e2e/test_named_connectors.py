@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.process import DEFAULT_CONFIG, Mailgate, free_port, wait_for
-from tests.support.sink import Sink
+from tests.support.sink import HangingServer, Sink
 
 MODES = [("--single-process",), ()]
 
@@ -166,3 +166,27 @@ def test_a_dead_destination_shows_down_in_status_and_metrics(
         assert 'mailgate_connector_destination_down{connector="west"} 0.0' in metrics
     finally:
         mg.close()
+
+
+def test_each_connector_has_its_own_stall_watch(tmp_path: Path) -> None:
+    """A hung gateway stalls its own connector (5006 names it) while the other delivers."""
+    hanging = HangingServer(free_port())
+    with Sink() as west:
+        stalls = '[supervise]\nstall_after = "2s"\nstall_grace = "2s"\n'
+        text = config(west, west).replace(f"port = {west.port}", f"port = {hanging.port}", 1)
+        mg = Mailgate(tmp_path, config=text.replace("[queue]", stalls + "\n[queue]", 1))
+        mg.start()
+        try:
+            send(mg, ["a@east.example"], "to the hung gateway")
+            stalled = mg.wait_events(5006, timeout=20)
+            assert {e["fields"]["connector"] for e in stalled} == {"east"}
+            assert "east-1=" in stalled[0]["fields"]["threads"]
+            assert "west-" not in stalled[0]["fields"]["threads"]
+            for n in range(3):
+                send(mg, [f"b{n}@west.example"], f"west {n}")
+            west.wait_messages(3)
+            assert {e["fields"]["connector"] for e in mg.events(5006)} == {"east"}
+            assert "connector east stalled" in mg.cli("ctl", "status").stdout
+        finally:
+            mg.close()
+            hanging.stop()

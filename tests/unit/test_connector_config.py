@@ -141,3 +141,29 @@ def test_check_config_names_the_key(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "route[1].connector" in result.stderr and "'internet'" in result.stderr
+
+
+def test_smtp_connectors_need_a_client_allowed_to_relay_lmtp_does_not(tmp_path: Path) -> None:
+    from mailgate.service import wiring
+
+    config = parse_config(
+        {
+            "service": {"data_dir": str(tmp_path)},
+            "smtp": {"relay_networks": ["10.0.0.0/8"]},
+            "connector": [CORP, DOVECOT, NET],
+            "route": routes(
+                ("*@corp.example", "corp"), ("*@mail.example", "dovecot"), ("*", "internet")
+            ),
+        }
+    )
+    addresses = wiring.address_map(config)
+    policy = wiring.recipient_policy(
+        config, wiring.postoffice(config, addresses), wiring.router(config, addresses)
+    )
+    outside, inside = "192.0.2.1", "10.1.2.3"
+    assert policy.check("u@corp.example", outside).relay_denied
+    assert policy.check("u@far.example", outside).relay_denied
+    assert policy.check("u@corp.example", inside).accepted
+    assert policy.check("u@far.example", outside, authenticated=True).accepted
+    assert policy.check("u@mail.example", outside).connector == "dovecot"
+    assert policy.check("u@mail.example", outside).accepted, "local delivery, as a mailbox"

@@ -50,7 +50,11 @@ class ConnectorTable(_Section):
         "starting with a letter, at most 32."
     )
     type: Literal["smtp", "lmtp", "postoffice"] = Field(
-        description="smtp (a smarthost, or MX with `mx = true`), lmtp or postoffice."
+        description="smtp (a smarthost, or MX with `mx = true`), lmtp or postoffice. Mail "
+        "routed to an smtp connector leaves this host: only clients in [smtp] "
+        "relay_networks, authenticated ones and the outboxes may send to it (no open "
+        "relay); lmtp and postoffice are local delivery, open to any client, as Postfix's "
+        "virtual_mailbox_domains."
     )
     host: str = Field("", description="smtp: the smarthost; lmtp: the LMTP server's host.")
     port: int = Field(
