@@ -113,12 +113,13 @@ def test_two_smarthosts_by_domain_each_with_its_threads_queue_and_metrics(
         mg.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_a_reload_routing_to_a_connector_not_running_is_refused(
-    tmp_path: Path, sinks: tuple[Sink, Sink]
+    tmp_path: Path, sinks: tuple[Sink, Sink], mode: tuple[str, ...]
 ) -> None:
     east, west = sinks
     mg = Mailgate(tmp_path, config=config(east, west))
-    mg.start()
+    mg.start(*mode)
     try:
         assert mg.proc is not None
         # A route to a connector no table declares: a configuration error naming the key.
