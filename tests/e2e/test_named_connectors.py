@@ -80,6 +80,7 @@ def test_two_smarthosts_by_domain_each_with_its_threads_queue_and_metrics(
         assert sorted(got_west[0].recipients) == ["b@west.example", "c@elsewhere.example"]
         # messages_per_connection = 2: the third message came on a second connection.
         wait_for(lambda: east.connections >= 2, 10, what="a new connection after two messages")
+        assert east.connections == 2, "one thread: two messages on the first, reused with RSET"
         answer = status(mg)
         queues = answer["queues"]
         assert isinstance(queues, dict)
