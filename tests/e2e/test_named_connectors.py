@@ -192,3 +192,31 @@ def test_each_connector_has_its_own_stall_watch(tmp_path: Path) -> None:
         finally:
             mg.close()
             hanging.stop()
+
+
+def test_auth_with_an_inline_password_never_shows_it(tmp_path: Path) -> None:
+    secret = "inline-s3cret-pw"
+    with Sink(auth=("relayuser", secret)) as gateway, Sink() as west:
+        settings = f'username = "relayuser"\npassword = "{secret}"\nstarttls = "none"'
+        text = "\n".join(
+            [
+                DEFAULT_CONFIG,
+                smarthost("east", gateway, settings),
+                smarthost("west", west, ""),
+                route("*@east.example", "east"),
+                route("*", "west"),
+            ]
+        )
+        mg = Mailgate(tmp_path, config=text)
+        mg.start()
+        try:
+            send(mg, ["a@east.example"], "authenticated")
+            gateway.wait_messages(1)
+            assert gateway.logins == ["relayuser:ok"]
+            shown = [mg.cli("ctl", "status", "--json").stdout, mg.cli("ctl", "dump").stdout]
+            assert mg.stop() == 0
+            logs = [p.read_text(errors="replace") for p in mg.log_dir.glob("events.jsonl*")]
+            for text_seen in [*shown, *logs, mg.stderr()]:
+                assert secret not in text_seen
+        finally:
+            mg.close()
