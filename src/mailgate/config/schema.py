@@ -23,6 +23,10 @@ from mailgate.route.patterns import parse_pattern
 # Enumerations are Literal types, declared once: validation, the tuples below and the
 # allowed values in docs/configuration.md (reference.py) all come from these.
 PostofficeMode = Literal["0600", "0640", "0660"]
+# The relay connector of a configuration without [[connector]] tables; the service asks
+# Config.relay_connectors, which knows the tables (kept for tools and tests that build a
+# recipient policy by hand).
+RELAY_CONNECTORS = ("smarthost",)
 # Event categories and diagnostic levels are the event catalog's, named as a file names
 # them (`Receive = "maximum"`): declared there, once.
 if TYPE_CHECKING:
@@ -446,7 +450,8 @@ class SuperviseSettings(Section):
         "30s",
         validate_default=True,
         description="How long a stalled thread may take to recover before it is abandoned and "
-        "replaced.",
+        "replaced; a worker process whose SMTP loop or committer (threads that cannot be "
+        "replaced) stays stalled this long is ended by the master and restarted (event 5030).",
     )
     recycle_after: int = Field(
         10000,

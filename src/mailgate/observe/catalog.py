@@ -735,6 +735,17 @@ WORKER_EXITING = _event(
     "Fix the cause named (a file or socket in the way, a damaged store, ...); the "
     "restarted worker picks it up.",
 )  # fmt: skip
+WORKER_STUCK = _event(
+    5030, "WorkerStuck", C.SUPERVISION, S.ERROR, MIN,
+    "worker {worker} ({role}, pid {pid}): critical thread {thread} stalled for {seconds}s, "
+    "past stall_grace ({grace}s): ended with SIGKILL",
+    "A thread that its process's supervisor cannot replace (the SMTP loop, a group "
+    "committer: a second one would share the wedged one's socket or lock) stayed stalled "
+    "past [supervise] stall_grace, while the worker kept heart-beating. Only the end of "
+    "the process frees it: the master killed the worker; its leases go back to the queue "
+    "and it is restarted within its restart budget (event 5011), on the same port.",
+    "Read the thread's 5003 event for its stack; report it if it recurs.",
+)  # fmt: skip
 THREAD_FAILED = _event(
     10003, "ThreadFailedFatally", C.SUPERVISION, S.CRITICAL, MIN,
     "thread {thread} ({role}) failed {restarts} times within {window}s; not restarted",
