@@ -67,6 +67,7 @@ def delivery() -> SimpleNamespace:
         in_flight=InFlight(),
         interchange_threads=[],
         clear_down=lambda names, by: [],
+        destination_state=lambda: {},
     )
 
 

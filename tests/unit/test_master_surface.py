@@ -93,6 +93,7 @@ def delivery() -> SimpleNamespace:
         in_flight=InFlight(),
         interchange_threads=[],
         clear_down=lambda names, by: [n for n in names if n == "smarthost"],
+        destination_state=lambda: {},
     )
 
 

@@ -91,10 +91,12 @@ def status(as_json: bool, config_path: Path | None, data_dir: Path | None) -> No
                    "configuration loaded before")  # fmt: skip
     for name, q in result["queues"].items():
         paused = " PAUSED" if q["paused"] else ""
+        down = f"; destination DOWN: {q['down']}" if q.get("down") else ""
         click.echo(
             f"queue {name}{paused}: {q['length']} waiting (queued {q['queued']}, active "
             f"{q['active']}, deferred {q['deferred']}, held {q['held']}, quarantined "
-            f"{q['quarantined']}), oldest {q['oldest_age']}s, delivered {q['delivered']}"
+            f"{q['quarantined']}), oldest {q['oldest_age']}s, delivered {q['delivered']}; "
+            f"{q.get('threads', 0)} threads, {q.get('connections', 0)} connections{down}"
         )
     for process in result["processes"]:
         click.echo(f"process {process['pid']} ({process['role']}):")

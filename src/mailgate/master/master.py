@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mailgate.config.schema import Config
-from mailgate.errors import StoreError
+from mailgate.errors import ConfigError, StoreError
 from mailgate.master.inbox import WorkerInbox
 from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS, WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
@@ -150,6 +150,9 @@ class Master(Part):
 
     def reload(self, new: Config) -> Apply:
         """Workers get the configuration validated here, once."""
+        unbuilt = wiring.unbuilt_routes(self.config, new)
+        if unbuilt:  # the workers' connectors are built at their start: refused for all
+            raise ConfigError(unbuilt)
 
         def apply() -> dict[str, Any]:
             self.config = live_part(self.config, new)

@@ -532,7 +532,8 @@ PICKUP_ERROR = _event(
 # --- Smarthost -----------------------------------------------------------------------------------
 SMARTHOST_FAILED = _event(
     2460, "SmarthostUnreachable", C.INTERCHANGE, S.WARNING, MIN,
-    "smarthost {host}:{port} unreachable: {error}; new attempts deferred for {down_for}s",
+    "smarthost {host}:{port} ({connector}) unreachable: {error}; new attempts deferred for "
+    "{down_for}s",
     "The connection to the smarthost failed. Its recipients are deferred, and for a "
     "while new ones are deferred at once instead of hammering a dead host.",
     "Check that the smarthost is up and reachable from this host.",
@@ -548,7 +549,7 @@ SMARTHOST_DOWN_CLEARED = _event(
 )  # fmt: skip
 SMARTHOST_RECOVERED = _event(
     2461, "SmarthostRecovered", C.INTERCHANGE, S.INFO, MIN,
-    "smarthost {host}:{port} reachable again",
+    "smarthost {host}:{port} ({connector}) reachable again",
     "A connection to a smarthost previously marked unreachable succeeded.",
     "None.",
 )  # fmt: skip

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from mailgate import __version__
 from mailgate.config.schema import Config
-from mailgate.errors import AlreadyRunning, PortInUse, StoreError, StoreInUse
+from mailgate.errors import AlreadyRunning, ConfigError, PortInUse, StoreError, StoreInUse
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config
@@ -175,6 +175,10 @@ class Host:
         try:  # built before anything is swapped: a failure leaves all as it was
             levels = levels_from_config(new.log.levels)
             steps = [step for part in self.parts if (step := part.reload(new)) is not None]
+        except ConfigError as exc:  # a part found the new configuration wrong for it
+            problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
+            self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
+            return {"reloaded": False, "problems": problems}
         except Exception as exc:
             problems = f"cannot apply it: {exc!r}"
             self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)

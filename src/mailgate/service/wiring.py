@@ -13,9 +13,7 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from mailgate.config.schema import RELAY_CONNECTORS, Config, SmtpSettings
-from mailgate.connectors.postoffice import PostofficeConnector
-from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
+from mailgate.config.schema import Config, SmtpSettings
 from mailgate.dsn.generate import BounceGenerator
 from mailgate.interchange.connector import Connector
 from mailgate.observe.counters import Counters
@@ -32,6 +30,7 @@ from mailgate.receive.tls import server_context
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
 from mailgate.route.router import Router
 from mailgate.security.passwords import Credentials, CredentialsError
+from mailgate.service.connectors import build_all, built_connectors
 from mailgate.supervise.supervisor import Supervisor
 
 
@@ -62,11 +61,24 @@ def router(config: Config, addresses: AddressMap) -> Router:
     return Router(config.routes, addresses)
 
 
+def unbuilt_routes(running: Config, new: Config) -> list[tuple[str, str]]:
+    """Routes of `new` to connectors `running` did not build, as (key, why). Connectors are
+    built at start: mail routed to a new one would wait for a restart, so such a reload is
+    refused. (A connector's changed settings also wait for one: event 1101 says so.)"""
+    built = built_connectors(running)
+    problems = []
+    for n, (_, name) in enumerate(new.routes):
+        if name not in built:
+            key = f"route[{n}].connector" if new.route else "smarthost.host"
+            problems.append((key, f"connector {name!r} is not running; restart to start it"))
+    return problems
+
+
 def recipient_policy(config: Config, office: Postoffice, routes: Router) -> RecipientPolicy:
     return RecipientPolicy(
         routes,
         {"postoffice": postoffice_verifier(office.exists)},
-        relay_connectors=RELAY_CONNECTORS,
+        relay_connectors=config.relay_connectors,
         relay_networks=config.smtp.relay_networks,
     )
 
@@ -154,35 +166,9 @@ def receive_handler(
 def delivery_connectors(
     config: Config, office: Postoffice, events: EventLog, counters: Counters
 ) -> list[tuple[Connector, int, int]]:
-    """Each connector some route uses, with its thread count and claim batch."""
-    built: list[tuple[Connector, int, int]] = []
-    if "postoffice" in config.connectors:
-        po = config.postoffice
-        connector: Connector = PostofficeConnector(
-            office,
-            office.map,
-            events,
-            hostname=config.service.hostname,
-            quota=po.quota,
-            counters=counters,
-        )
-        built.append((connector, po.threads, po.batch))
-    if "smarthost" in config.connectors:
-        sh = config.smarthost
-        target = SmarthostTarget(
-            host=sh.host,
-            port=sh.port,
-            helo=sh.helo or config.service.hostname,
-            starttls=sh.starttls,
-            verify=sh.verify,
-            ca_file=sh.ca_file,
-            username=sh.username,
-            password_file=sh.password_file,
-            timeout=sh.timeout,
-            down_for=sh.down_for,
-        )
-        built.append((SmarthostConnector(target, events), sh.threads, sh.batch))
-    return built
+    """Each connector this node runs (service/connectors.py), with its thread count and
+    claim batch."""
+    return [(b.connector, b.threads, b.batch) for b in build_all(config, office, events, counters)]
 
 
 def pickup(
