@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 
 class RecipientState(enum.StrEnum):
-    """Recipient states of the queue (DESIGN.md section 3)."""
+    """Recipient states of the queue (docs/architecture.md, "How a message moves")."""
 
     QUEUED = "queued"
     ACTIVE = "active"

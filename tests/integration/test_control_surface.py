@@ -68,6 +68,7 @@ def delivery() -> SimpleNamespace:
         in_flight=InFlight(),
         interchange_threads=[],
         clear_down=lambda names, by: [],
+        destination_state=lambda: {},
     )
 
 

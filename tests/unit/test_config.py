@@ -63,8 +63,16 @@ def test_smarthost_defaults_and_flag() -> None:
         ({"smtp": {"max_message_size": "big"}}, "smtp.max_message_size", "not a size"),
         ({"smtp": {"max_line_length": 500}}, "smtp.max_line_length", "greater than or equal"),
         ({"queue": {"retry_min": "2h", "retry_max": "1h"}}, "queue", "retry_min"),
-        ({"route": [{"match": "x", "connector": "fax"}]}, "route[0].connector", "'smarthost'"),
-        ({"route": [{"match": "*", "connector": "smarthost"}]}, "(top level)", "host is empty"),
+        (
+            {"route": [{"match": "*@x.org", "connector": "fax"}]},
+            "route[0].connector",
+            "'smarthost'",
+        ),
+        (
+            {"route": [{"match": "*", "connector": "smarthost"}]},
+            "route[0].connector",
+            "host is empty",
+        ),
         ({"smarthost": {"starttls": "maybe"}}, "smarthost.starttls", "'none'"),
         ({"route": [{"match": "a*b@x.org", "connector": "postoffice"}]}, "route[0].match", "*"),
         ({"log": {"levels": {"Bogus": "maximum"}}}, "log.levels.Bogus", "unknown key; it should"),
@@ -175,7 +183,7 @@ def test_enumerated_keys_document_exactly_the_schema_values() -> None:
     """Regression: smarthost.starttls was documented as "never, when offered, or always" with
     type `Literal` while the schema accepts none/opportunistic/required."""
     enumerations = _enumerations(Config)
-    assert {"smarthost.starttls", "log.levels", "log.levels.<keys>", "route.connector"} <= set(
+    assert {"smarthost.starttls", "log.levels", "log.levels.<keys>", "connector.type"} <= set(
         enumerations
     ), enumerations
     assert enumerations["smarthost.starttls"] == ("none", "opportunistic", "required")

@@ -9,12 +9,13 @@ import pytest
 from mailgate.config.load import parse_config
 from mailgate.errors import ConfigError
 from mailgate.service import wiring
+from mailgate.service.connectors import node_connectors
 
 SMARTHOST = {"smarthost": {"host": "relay.example.org"}}
 
 
 def test_every_connector_by_default() -> None:
-    assert wiring.node_connectors(parse_config(SMARTHOST)) == ["postoffice", "smarthost"]
+    assert node_connectors(parse_config(SMARTHOST)) == ["postoffice", "smarthost"]
 
 
 def test_a_node_without_the_postoffice_runs_the_others_and_accepts_for_mailboxes(
@@ -22,7 +23,7 @@ def test_a_node_without_the_postoffice_runs_the_others_and_accepts_for_mailboxes
 ) -> None:
     config = parse_config({**SMARTHOST, "service": {"connectors": ["smarthost"],
                                                     "data_dir": str(tmp_path)}})  # fmt: skip
-    assert wiring.node_connectors(config) == ["smarthost"]
+    assert node_connectors(config) == ["smarthost"]
     office = wiring.postoffice(config)
     policy = wiring.recipient_policy(config, office, wiring.router(config, office.map))
     verdict = policy.check("nobody@po1.net1." + config.postoffice_domain)
@@ -32,7 +33,7 @@ def test_a_node_without_the_postoffice_runs_the_others_and_accepts_for_mailboxes
 def test_an_unknown_connector_is_named_with_those_there_are() -> None:
     config = parse_config({"service": {"connectors": ["postoffice", "lmtp-dovecot"]}})
     with pytest.raises(ConfigError, match=r"lmtp-dovecot: no such connector.*\(postoffice\)"):
-        wiring.node_connectors(config)
+        node_connectors(config)
 
 
 def test_the_postoffice_root_is_configurable(tmp_path: Path) -> None:

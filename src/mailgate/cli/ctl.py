@@ -91,10 +91,12 @@ def status(as_json: bool, config_path: Path | None, data_dir: Path | None) -> No
                    "configuration loaded before")  # fmt: skip
     for name, q in result["queues"].items():
         paused = " PAUSED" if q["paused"] else ""
+        down = f"; destination DOWN: {q['down']}" if q.get("down") else ""
         click.echo(
             f"queue {name}{paused}: {q['length']} waiting (queued {q['queued']}, active "
             f"{q['active']}, deferred {q['deferred']}, held {q['held']}, quarantined "
-            f"{q['quarantined']}), oldest {q['oldest_age']}s, delivered {q['delivered']}"
+            f"{q['quarantined']}), oldest {q['oldest_age']}s, delivered {q['delivered']}; "
+            f"{q.get('threads', 0)} threads, {q.get('connections', 0)} connections{down}"
         )
     for node in result.get("nodes") or []:  # every node sharing the queue
         busy = sum(1 for t in node["work"] if (t.get("work") or {}).get("queue_id"))

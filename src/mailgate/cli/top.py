@@ -181,16 +181,22 @@ def _queues(status: dict[str, Any]) -> RenderableType:
         table.add_column(SHORT.get(state, state), justify="right")
     table.add_column("oldest", justify="right")
     table.add_column("sent", justify="right")
+    table.add_column("thr", justify="right")
+    table.add_column("conn", justify="right")
     for name, queue in (status.get("queues") or {}).items():
         label = Text(name)
         if queue.get("paused"):
             label.append(" PAUSED", style="bold yellow")
+        if queue.get("down"):
+            label.append(" DOWN", style="bold red")
         table.add_row(
             label,
             str(queue.get("length", 0)),
             *(str(queue.get(state, 0)) for state in STATES),
             age(queue.get("oldest_age")) if queue.get("length") else "-",
             str(queue.get("delivered", 0)),
+            str(queue.get("threads", 0)),
+            str(queue.get("connections", 0)),
         )
     return table
 

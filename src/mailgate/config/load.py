@@ -10,6 +10,7 @@ and column, so a bad reload can keep the running configuration (Q201120).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,8 +115,23 @@ def parse_config(data: Mapping[str, Any], overrides: Mapping[str, Any] | None = 
     try:
         return Config.model_validate(merged)
     except ValidationError as exc:
-        problems = [(_dotted(tuple(e["loc"])), _reason(e)) for e in exc.errors()]
+        problems = [p for e in exc.errors() for p in _problems(e)]
         raise ConfigError(problems) from None
+
+
+_KEYED = re.compile(r"([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): (.+)")
+
+
+def _problems(error: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(key, reason) of one pydantic error. A check of a whole table or across sections
+    (config/connectors.py) names its keys itself, one "KEY: reason" per line, KEY relative
+    to where the error is: those keys are used."""
+    where, reason = _dotted(tuple(error["loc"])), _reason(error)
+    keyed = [_KEYED.fullmatch(line) for line in reason.split("\n")]
+    if not all(keyed):
+        return [(where, reason)]
+    top = where == "(top level)"
+    return [(m.group(1) if top else f"{where}.{m.group(1)}", m.group(2)) for m in keyed if m]
 
 
 def with_smarthost(data: Mapping[str, Any], hostport: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any, Literal, get_args, get_origin
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
@@ -65,6 +66,9 @@ def _type_name(field: FieldInfo) -> str:
                 return "size"
     annotation: Any = field.annotation
     origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):  # `X | None`: unset means a default by type
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+        origin = get_origin(annotation)
     if origin is list:
         inner = get_args(annotation)[0]
         if isinstance(inner, type) and issubclass(inner, BaseModel):
@@ -103,6 +107,14 @@ def _section(name: str, model: type[BaseModel]) -> list[str]:
     return lines
 
 
+def _example(field: FieldInfo) -> list[str]:
+    """A field's `doc_example` (TOML) as a fenced block; tests load it like a file."""
+    extra = field.json_schema_extra
+    if not isinstance(extra, dict) or "doc_example" not in extra:
+        return []
+    return ["```toml", str(extra["doc_example"]).strip(), "```", ""]
+
+
 def render_reference() -> str:
     lines = [HEADER]
     for name, field in Config.model_fields.items():
@@ -114,6 +126,7 @@ def render_reference() -> str:
                 "",
                 f"{field.description} Default: `{_default(field)}`.",
                 "",
+                *_example(field),
                 *_section(name, rule)[2:],
             ]
         else:

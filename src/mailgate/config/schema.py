@@ -11,10 +11,11 @@ import ipaddress
 import re
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from mailgate.config.connectors import ConnectorTable, DnsSettings, StartTls, check_connectors
 from mailgate.config.units import Duration, Size
 from mailgate.observe import catalog
 from mailgate.postoffice.owner import group_id, user_id
@@ -22,11 +23,11 @@ from mailgate.route.patterns import parse_pattern
 
 # Enumerations are Literal types, declared once: validation, the tuples below and the
 # allowed values in docs/configuration.md (reference.py) all come from these.
-ConnectorName = Literal["postoffice", "smarthost"]
-StartTls = Literal["none", "opportunistic", "required"]
 PostofficeMode = Literal["0600", "0640", "0660"]
-KNOWN_CONNECTORS: tuple[str, ...] = get_args(ConnectorName)
-RELAY_CONNECTORS = ("smarthost",)  # connectors that carry mail off this host
+# The relay connector of a configuration without [[connector]] tables; the service asks
+# Config.relay_connectors, which knows the tables (kept for tools and tests that build a
+# recipient policy by hand).
+RELAY_CONNECTORS = ("smarthost",)
 # Event categories and diagnostic levels are the event catalog's, named as a file names
 # them (`Receive = "maximum"`): declared there, once.
 if TYPE_CHECKING:
@@ -495,7 +496,8 @@ class SuperviseSettings(Section):
         "30s",
         validate_default=True,
         description="How long a stalled thread may take to recover before it is abandoned and "
-        "replaced.",
+        "replaced; a worker process whose SMTP loop or committer (threads that cannot be "
+        "replaced) stays stalled this long is ended by the master and restarted (event 5030).",
     )
     recycle_after: int = Field(
         10000,
@@ -575,6 +577,14 @@ class SmarthostSettings(Section):
         "instead of hammering a dead host.",
     )
 
+    def as_connector(self) -> ConnectorTable:
+        """This section as the connector named `smarthost`."""
+        keys = ("host", "port", "starttls", "verify", "ca_file", "username", "password_file",
+                "helo", "timeout", "threads", "batch", "down_for")  # fmt: skip
+        return ConnectorTable.model_validate(
+            {"name": "smarthost", "type": "smtp", **{k: getattr(self, k) for k in keys}}
+        )
+
 
 class PickupSettings(Section):
     enabled: bool = Field(True, description="Take RFC 5322 files from postoffice outboxes.")
@@ -609,7 +619,55 @@ class RouteRule(Section):
     match: Annotated[str, AfterValidator(_pattern)] = Field(
         description="Address pattern: 'user@dom', '*@dom', '*@*.dom', 'MS:NET/PO/*' or '*'."
     )
-    connector: ConnectorName = Field(description="Connector that delivers matching recipients.")
+    connector: str = Field(
+        description="Name of the connector that delivers matching recipients: `postoffice`, "
+        "`smarthost` (when [smarthost] host is set) or a [[connector]] table's name."
+    )
+
+
+CONNECTOR_EXAMPLE = """
+[[connector]]                  # a smarthost, with AUTH and TLS required
+name = "corp"
+type = "smtp"
+host = "relay.corp.example"
+port = 587
+starttls = "required"
+username = "mailgate"
+password_file = "/etc/mailgate/corp.password"
+
+[[connector]]                  # direct delivery by MX ([dns] says which resolver)
+name = "internet"
+type = "smtp"
+mx = true
+connections = 5                # per mail host
+rate = 2                       # messages a second per mail host
+
+[[connector]]                  # Dovecot's LMTP on its Unix socket (or host = "127.0.0.1")
+name = "dovecot"
+type = "lmtp"
+socket = "/run/dovecot/lmtp"
+
+[[connector]]                  # the postoffice: only its threads and batch
+name = "postoffice"
+type = "postoffice"
+threads = 2
+
+[[route]]
+match = "*@corp.example"
+connector = "corp"
+
+[[route]]
+match = "*@mail.example"
+connector = "dovecot"
+
+[[route]]
+match = "MS:*/*/*"
+connector = "postoffice"
+
+[[route]]
+match = "*"
+connector = "internet"
+"""
 
 
 class Config(Section):
@@ -637,10 +695,28 @@ class Config(Section):
         },
     )
 
+    connector: list[ConnectorTable] = Field(
+        default_factory=list,
+        description="Named connectors, each a way out that [[route]] rules name: `type = "
+        '"smtp"` to a smarthost (`host`) or straight to each domain\'s mail hosts (`mx = '
+        'true`), `type = "lmtp"` to an LMTP server (`host` or `socket`), `type = '
+        '"postoffice"` (the postoffice Maildirs, always there as `postoffice`; a table of '
+        "that name only sets its threads and batch). [smarthost] with a host is the "
+        "connector `smarthost`. Each connector has its own threads, batch, per-destination "
+        "limits, queue line and stall watch. A key its type does not take is refused. An "
+        "example of each type follows; whole configurations are in docs/recipes.md.",
+        json_schema_extra={"doc_default": "[]", "doc_example": CONNECTOR_EXAMPLE},
+    )
+    dns: DnsSettings = Field(default_factory=DnsSettings)
+
     @model_validator(mode="after")
-    def _smarthost_routes(self) -> Config:
-        if not self.smarthost.host and any(r.connector == "smarthost" for r in self.route):
-            raise ValueError("a route names the smarthost connector but [smarthost] host is empty")
+    def _connectors_and_routes(self) -> Config:
+        # Each problem names its key ("route[2].connector: ..."); load.py splits them.
+        problems = check_connectors(
+            self.connector, [r.connector for r in self.route], bool(self.smarthost.host)
+        )
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     @property
@@ -655,9 +731,30 @@ class Config(Section):
 
     @property
     def connectors(self) -> list[str]:
-        """Connectors some route uses, in a stable order."""
+        """The connectors this node builds: those some route uses, in a stable order
+        (postoffice, smarthost, then the tables' order). The one place that decides it."""
         used = {connector for _, connector in self.routes}
-        return [c for c in KNOWN_CONNECTORS if c in used]
+        return [name for name in self.connector_tables if name in used]
+
+    @property
+    def connector_tables(self) -> dict[str, ConnectorTable]:
+        """Every declared connector by name: postoffice, the [smarthost] one, the tables."""
+        po = self.postoffice
+        found = {"postoffice": ConnectorTable(name="postoffice", type="postoffice",
+                                              threads=po.threads, batch=po.batch)}  # fmt: skip
+        if self.smarthost.host:
+            found["smarthost"] = self.smarthost.as_connector()
+        for table in self.connector:
+            # A postoffice table sets threads and batch; those it leaves are [postoffice]'s.
+            merged = found["postoffice"].model_copy(update=table.given())
+            found[table.name] = merged if table.type == "postoffice" else table
+        return found
+
+    @property
+    def relay_connectors(self) -> list[str]:
+        """Connectors that carry mail off this host: a recipient routed to one needs a
+        client allowed to relay (relay_networks or AUTH)."""
+        return [n for n, t in self.connector_tables.items() if t.type == "smtp"]
 
     @property
     def postmaster(self) -> str:

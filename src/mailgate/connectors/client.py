@@ -19,7 +19,7 @@ import re
 import smtplib
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailgate.model import Disposition
@@ -87,6 +87,7 @@ class ClientSettings:
     password_file: str = ""
     timeout: float = 60.0
     lmtp: bool = False
+    password: str = field(default="", repr=False)  # given inline; else read from password_file
 
 
 def open_client(
@@ -115,7 +116,7 @@ def open_client(
             raise smtplib.SMTPHeloError(code, message)
         secure(conn, settings)
         if settings.username:
-            conn.login(settings.username, _password(settings.password_file))
+            conn.login(settings.username, settings.password or _password(settings.password_file))
     except BaseException:
         conn.close()
         raise

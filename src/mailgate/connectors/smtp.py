@@ -23,7 +23,7 @@ Lines over 998 octets are broken with CRLF SPACE before DATA, as Postfix does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mailgate.connectors.client import ClientSettings
 from mailgate.connectors.limits import Limits
@@ -51,6 +51,7 @@ class SmarthostTarget:
     password_file: str = ""
     timeout: float = 60.0
     down_for: float = 60.0
+    password: str = field(default="", repr=False)  # inline; else read from password_file
 
     @property
     def name(self) -> str:
@@ -78,6 +79,7 @@ class SmarthostConnector:
         self.settings = ClientSettings(
             helo=t.helo, starttls=t.starttls, verify=t.verify, ca_file=t.ca_file,
             username=t.username, password_file=t.password_file, timeout=t.timeout,
+            password=t.password,
         )  # fmt: skip
 
     def open(self) -> SmarthostSession:
@@ -112,8 +114,12 @@ class SmarthostSession(RelaySession):
     def _report_failed(self, error: str) -> None:
         t = self.t
         self.events.emit(
-            catalog.SMARTHOST_FAILED, host=t.host, port=t.port, error=error, down_for=t.down_for
-        )
+            catalog.SMARTHOST_FAILED,
+            host=t.host, port=t.port, connector=self.c.name, error=error, down_for=t.down_for,
+        )  # fmt: skip
 
     def _report_recovered(self) -> None:
-        self.events.emit(catalog.SMARTHOST_RECOVERED, host=self.t.host, port=self.t.port)
+        t = self.t
+        self.events.emit(
+            catalog.SMARTHOST_RECOVERED, host=t.host, port=t.port, connector=self.c.name
+        )

@@ -33,6 +33,8 @@ class Delivery(Protocol):
 
     def clear_down(self, names: list[str], by: str) -> list[str]: ...
 
+    def destination_state(self) -> dict[str, dict[str, Any]]: ...
+
 
 class LocalSurface(ControlSurface):
     def __init__(
@@ -64,6 +66,7 @@ class LocalSurface(ControlSurface):
     def live_connectors(self) -> dict[str, dict[str, Any]]:
         if self.delivery is None:
             return {}
+        destinations = self.delivery.destination_state()
         return {
             name: {
                 "paused": c.paused,
@@ -71,6 +74,7 @@ class LocalSurface(ControlSurface):
                 "deferred": c.deferred,
                 "bounced": c.bounced,
                 "last_completed": c.last_completed,
+                **destinations.get(name, {}),
             }
             for name, c in self.delivery.connectors.by_name.items()
         }

@@ -104,6 +104,11 @@ def queue_table(
             deferred_attempts=int(state.get("deferred", 0)),
             bounced=int(state.get("bounced", 0)),
             last_completed_age=round(now - float(state.get("last_completed", now)), 1),
+            threads=int(state.get("threads", 0)),
+            connections=int(state.get("connections", 0)),
+            idle_connections=int(state.get("idle_connections", 0)),
+            waiting_threads=int(state.get("waiting_threads", 0)),
+            down=str(state.get("down", "")),
         )
         result[name] = entry
     return result

@@ -49,10 +49,17 @@ class Scheduler:
         counters: Counters | None = None,
         route: Route | None = None,
         known_connectors: Callable[[], Collection[str]] | None = None,
+        clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         """`route` gives an address's connector by the current rules and
         `known_connectors` the connectors of the current configuration (both follow a
-        reload): waiting mail of any other connector is routed again."""
+        reload): waiting mail of any other connector is routed again. `clock` is the
+        wall clock the stall watch reads, `timer` the monotonic one that paces delay
+        warnings and purges (tests give both)."""
+        self._clock, self._timer = clock, timer
+        self._next_purge = timer() + PURGE_EVERY
+        self._next_warning = timer() + min(WARN_EVERY, delay_warning or WARN_EVERY)
         self.route = route
         self.known_connectors = known_connectors or connectors.names
         self.delay_warning = delay_warning
@@ -68,23 +75,26 @@ class Scheduler:
 
     def __call__(self, handle: ThreadHandle) -> None:
         reader = self.store.reader()
-        next_purge = time.monotonic() + PURGE_EVERY
-        next_warning = time.monotonic() + min(WARN_EVERY, self.delay_warning or WARN_EVERY)
         try:
             while not handle.wait(TICK):
                 handle.busy()
-                self._recover()
-                self._wake_and_watch(reader)
-                if self.delay_warning and time.monotonic() >= next_warning:
-                    self._warn_delayed()
-                    next_warning = time.monotonic() + min(WARN_EVERY, self.delay_warning)
-                if time.monotonic() >= next_purge:
-                    self._purge()
-                    next_purge = time.monotonic() + PURGE_EVERY
+                self.tick(reader)
                 handle.progress()
                 handle.idle()
         finally:
             reader.close()
+
+    def tick(self, reader: QueueReader) -> None:
+        """One pass (every TICK): recover, wake and watch; warn and purge when their time
+        has come. `reader` is the calling thread's own."""
+        self._recover()
+        self._wake_and_watch(reader)
+        if self.delay_warning and self._timer() >= self._next_warning:
+            self._warn_delayed()
+            self._next_warning = self._timer() + min(WARN_EVERY, self.delay_warning)
+        if self._timer() >= self._next_purge:
+            self._purge()
+            self._next_purge = self._timer() + PURGE_EVERY
 
     def _recover(self) -> None:
         """Work no thread would ever finish, found again; the three share one commit."""
@@ -130,7 +140,7 @@ class Scheduler:
                 )
 
     def _wake_and_watch(self, reader: QueueReader) -> None:
-        now = time.time()
+        now = self._clock()
         loads: dict[str, Load] = {}
         for name in self.connectors.names():
             due, oldest = reader.due_load(name, now)

@@ -185,6 +185,7 @@ class ChannelPart(Part):
             "threads": surface.threads(),
             "counters": surface.counters(),
             "connectors": surface.live_connectors(),
+            "stuck": surface.process.supervisor.stuck(),  # the master's call: master.py
         }
 
     def start(self, sup: Supervisor) -> None:

@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from mailgate.config.schema import Config
-from mailgate.errors import StoreError
+from mailgate.errors import ConfigError, StoreError
 from mailgate.master.inbox import WorkerInbox
 from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS, WorkerProcess, WorkerSpec
 from mailgate.observe import catalog
+from mailgate.observe.catalog import EventType
 from mailgate.observe.events import EventLog
 from mailgate.queue.nodes import node_owner
 from mailgate.queue.open import open_backend
@@ -165,6 +166,9 @@ class Master(Part):
 
     def reload(self, new: Config) -> Apply:
         """Workers get the configuration validated here, once."""
+        unbuilt = wiring.unbuilt_routes(self.config, new)
+        if unbuilt:  # the workers' connectors are built at their start: refused for all
+            raise ConfigError(unbuilt)
 
         def apply() -> dict[str, Any]:
             self.config = live_part(self.config, new)
@@ -197,17 +201,31 @@ class Master(Part):
                     ):
                         self._died(worker, now)
                 elif now - worker.last_heard > self.config.supervise.worker_silence:
-                    self.events.emit(
-                        catalog.WORKER_KILLED,
-                        worker=worker.name,
-                        role=worker.spec.role,
-                        pid=worker.pid,
-                        seconds=round(now - worker.last_heard, 1),
-                    )
+                    seconds = round(now - worker.last_heard, 1)
+                    self._tell(catalog.WORKER_KILLED, worker, seconds=seconds)
                     worker.kill()
                     worker.last_heard = now  # its death is handled on a later tick
+                else:
+                    self._end_if_stuck(worker)
             handle.progress()
             handle.idle()
+
+    def _end_if_stuck(self, worker: WorkerProcess) -> None:
+        """SIGKILL a worker whose heartbeat reports a critical thread stalled past
+        [supervise] stall_grace that its own supervisor cannot replace (the SMTP loop, a
+        committer): it would heart-beat, unhealthy, forever. Its death is handled, and it
+        restarted within its budget, on a later tick, as for any worker that died."""
+        grace = self.config.supervise.stall_grace
+        stuck = {n: s for n, s in worker.status.get("stuck", {}).items() if s > grace}
+        if not stuck or worker.killed:
+            return
+        thread, seconds = max(stuck.items(), key=lambda item: item[1])
+        self._tell(
+            catalog.WORKER_STUCK, worker, thread=thread, seconds=round(seconds, 1),
+            grace=round(grace, 1),
+        )  # fmt: skip
+        worker.kill()
+        worker.killed = True
 
     def _died(self, worker: WorkerProcess, now: float) -> None:
         assert worker.proc is not None
@@ -239,15 +257,13 @@ class Master(Part):
         backoff = worker.budget.backoff(structural=worker.heartbeats == 0)
         worker.restarts += 1
         worker.restart_at = now + backoff
-        self.events.emit(
-            catalog.WORKER_EXITED,
-            worker=worker.name,
-            role=worker.spec.role,
-            pid=worker.pid,
-            how=how,
-            restarts=worker.restarts,
-            backoff=backoff,
+        self._tell(
+            catalog.WORKER_EXITED, worker, how=how, restarts=worker.restarts, backoff=backoff
         )
+
+    def _tell(self, event: EventType, worker: WorkerProcess, **fields: Any) -> None:
+        """An event about `worker`: its name, role and pid, and `fields`."""
+        self.events.emit(event, worker=worker.name, role=worker.spec.role, pid=worker.pid, **fields)
 
     # --- health and stopping -------------------------------------------------------------------
     def health(self) -> list[str]:

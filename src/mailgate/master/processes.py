@@ -51,6 +51,7 @@ class WorkerProcess:
     restart_at: float | None = 0.0  # due to be (re)started; None once running
     failed: bool = False
     handled_exit: bool = False
+    killed: bool = False  # the master ended it (wedged or stuck); its death is yet to come
     channel_closed: bool = False  # its stdout reached EOF: every event it sent was read
     last_words: str = ""  # the reason it gave for exiting (event 5020), if any
     buffer: bytes = b""
@@ -76,6 +77,7 @@ class WorkerProcess:
         self.proc, self.started_at = proc, time.time()
         self.last_heard, self.heartbeats, self.status = self.started_at, 0, {}
         self.restart_at, self.handled_exit, self.buffer = None, False, b""
+        self.killed = False
         self.channel_closed, self.last_words, self._unsent = False, "", b""
         assert proc.stdout is not None and proc.stdin is not None
         os.set_blocking(proc.stdout.fileno(), False)

@@ -583,7 +583,8 @@ PICKUP_ERROR = _event(
 # --- Smarthost -----------------------------------------------------------------------------------
 SMARTHOST_FAILED = _event(
     2460, "SmarthostUnreachable", C.INTERCHANGE, S.WARNING, MIN,
-    "smarthost {host}:{port} unreachable: {error}; new attempts deferred for {down_for}s",
+    "smarthost {host}:{port} ({connector}) unreachable: {error}; new attempts deferred for "
+    "{down_for}s",
     "The connection to the smarthost failed. Its recipients are deferred, and for a "
     "while new ones are deferred at once instead of hammering a dead host.",
     "Check that the smarthost is up and reachable from this host.",
@@ -599,7 +600,7 @@ SMARTHOST_DOWN_CLEARED = _event(
 )  # fmt: skip
 SMARTHOST_RECOVERED = _event(
     2461, "SmarthostRecovered", C.INTERCHANGE, S.INFO, MIN,
-    "smarthost {host}:{port} reachable again",
+    "smarthost {host}:{port} ({connector}) reachable again",
     "A connection to a smarthost previously marked unreachable succeeded.",
     "None.",
 )  # fmt: skip
@@ -784,6 +785,17 @@ WORKER_EXITING = _event(
     "restarts it (event 5011) within its restart budget.",
     "Fix the cause named (a file or socket in the way, a damaged store, ...); the "
     "restarted worker picks it up.",
+)  # fmt: skip
+WORKER_STUCK = _event(
+    5030, "WorkerStuck", C.SUPERVISION, S.ERROR, MIN,
+    "worker {worker} ({role}, pid {pid}): critical thread {thread} stalled for {seconds}s, "
+    "past stall_grace ({grace}s): ended with SIGKILL",
+    "A thread that its process's supervisor cannot replace (the SMTP loop, a group "
+    "committer: a second one would share the wedged one's socket or lock) stayed stalled "
+    "past [supervise] stall_grace, while the worker kept heart-beating. Only the end of "
+    "the process frees it: the master killed the worker; its leases go back to the queue "
+    "and it is restarted within its restart budget (event 5011), on the same port.",
+    "Read the thread's 5003 event for its stack; report it if it recurs.",
 )  # fmt: skip
 THREAD_FAILED = _event(
     10003, "ThreadFailedFatally", C.SUPERVISION, S.CRITICAL, MIN,

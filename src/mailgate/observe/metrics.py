@@ -105,6 +105,20 @@ CONNECTOR_PAUSED = _metric(
     "mailgate_connector_paused", G, STATUS, "1 if delivery by the connector is paused.",
     ("connector",),
 )  # fmt: skip
+CONNECTOR_THREADS = _metric(
+    "mailgate_connector_threads", G, STATUS, "Interchange threads of the connector.",
+    ("connector",),
+)  # fmt: skip
+CONNECTOR_CONNECTIONS = _metric(
+    "mailgate_connector_connections", G, STATUS,
+    "Connections the connector has open to its destinations (smarthost, LMTP server, MX "
+    "hosts), idle ones kept for reuse included.", ("connector",),
+)  # fmt: skip
+CONNECTOR_DOWN = _metric(
+    "mailgate_connector_destination_down", G, STATUS,
+    "1 while the connector's destination is marked down after a connection failure (new "
+    "attempts deferred at once, events 2460/2480).", ("connector",),
+)  # fmt: skip
 
 # --- receive ----------------------------------------------------------------------------------
 MESSAGES_RECEIVED = _metric(

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import socket
 from concurrent.futures import Future
+from typing import Any
 
 from mailgate.config.schema import Config
+from mailgate.connectors.limits import DestinationStatistics
 from mailgate.errors import StoreError
 from mailgate.interchange.connector import Connector
 from mailgate.interchange.ended import report_ended
@@ -29,6 +31,7 @@ from mailgate.queue.reader import QueueReader
 from mailgate.queue.store import QueueStore
 from mailgate.queue.wakeup import Wakeup, WakeupListener, bind_wakeup, wakeup_path
 from mailgate.service import wiring
+from mailgate.service.connectors import node_connectors
 from mailgate.service.part import Apply, Part, Phase
 from mailgate.service.parts import RoutingPart
 from mailgate.service.reload import live_part
@@ -59,6 +62,7 @@ class DeliveryPart(Part):
         self.in_flight = InFlight()  # what each interchange thread delivers right now
         self.interchange_threads: list[str] = []
         self.delivery_connectors: dict[str, Connector] = {}
+        self.thread_counts: dict[str, int] = {}
         self.built: list[tuple[Connector, int, int]] = []
         self.scheduler: Scheduler | None = None
         self.supervisor: Supervisor | None = None
@@ -95,6 +99,7 @@ class DeliveryPart(Part):
         sv = config.supervise
         for connector, threads, batch in self.built:
             self.delivery_connectors[connector.name] = connector
+            self.thread_counts[connector.name] = threads
             body = InterchangeThread(
                 connector,
                 self.store,
@@ -182,6 +187,24 @@ class DeliveryPart(Part):
                 cleared.append(name)
         return cleared
 
+    def destination_state(self) -> dict[str, dict[str, Any]]:
+        """Per connector: its interchange threads, the connections open to its destinations
+        (idle ones among them, threads waiting at a limit) and, if its destination is marked
+        down, the error that did it. Cheap: counts under the limits' lock, no I/O."""
+        state: dict[str, dict[str, Any]] = {}
+        for name, connector in self.delivery_connectors.items():
+            shared = getattr(connector, "destinations", None)  # the postoffice has none
+            stats: list[DestinationStatistics] = shared.statistics() if shared else []
+            health = getattr(connector, "health", None)
+            state[name] = {
+                "threads": self.thread_counts.get(name, 0),
+                "connections": sum(s.open for s in stats),
+                "idle_connections": sum(s.idle for s in stats),
+                "waiting_threads": sum(s.waiting for s in stats),
+                "down": (health.down_error() or "") if health is not None else "",
+            }
+        return state
+
     def threads_summary(self, connector: str | None = None) -> str:
         if self.supervisor is None:
             return ""
@@ -208,7 +231,7 @@ class PickupPart(Part):
 
     def start(self, sup: Supervisor) -> None:
         # Outboxes live in the postoffice tree: a node without it picks nothing up.
-        if self.config.pickup.enabled and "postoffice" in wiring.node_connectors(self.config):
+        if self.config.pickup.enabled and "postoffice" in node_connectors(self.config):
             routing = self.routing
             pickup = wiring.pickup(
                 self.config, self.store, routing.policy, routing.address_map, self.events,

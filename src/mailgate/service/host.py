@@ -32,6 +32,7 @@ from mailgate.queue.nodes import NodeNameInUse
 from mailgate.queue.open import open_backend
 from mailgate.security.passwords import CredentialsError
 from mailgate.service import wiring
+from mailgate.service.connectors import node_connectors
 from mailgate.service.leases import release_leases_at_start
 from mailgate.service.nodes import Membership
 from mailgate.service.part import Part, Phase
@@ -115,7 +116,7 @@ class Host:
 
     def _open_store(self, lock: DataDirLock) -> None:
         config = self.config
-        wiring.node_connectors(config)  # an unknown [service] connectors name stops it here
+        node_connectors(config)  # an unknown [service] connectors name stops it here
         config.postoffice_root.mkdir(parents=True, exist_ok=True)
         backend = open_backend(config.queue, config.data_dir)
         # A damaged page stops the start, before any part or worker runs on it (Q159305).
@@ -183,6 +184,10 @@ class Host:
         try:  # built before anything is swapped: a failure leaves all as it was
             levels = levels_from_config(new.log.levels)
             steps = [step for part in self.parts if (step := part.reload(new)) is not None]
+        except ConfigError as exc:  # a part found the new configuration wrong for it
+            problems = "; ".join(f"{k}: {r}" for k, r in exc.problems)
+            self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)
+            return {"reloaded": False, "problems": problems}
         except Exception as exc:
             problems = f"cannot apply it: {exc!r}"
             self.events.emit(catalog.CONFIG_INVALID, source="reload", problems=problems)

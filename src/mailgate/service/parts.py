@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 
 from mailgate.config.schema import Config
+from mailgate.errors import ConfigError
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.commit import Committer
@@ -36,6 +37,7 @@ from mailgate.supervise.supervisor import Body, Supervisor
 
 class RoutingPart(Part):
     def __init__(self, config: Config) -> None:
+        self.config = config
         self.address_map = wiring.address_map(config)
         self.postoffice = wiring.postoffice(config, self.address_map)
         routes = wiring.router(config, self.address_map)
@@ -43,6 +45,9 @@ class RoutingPart(Part):
         self.bounces = wiring.bounces(config, self.policy)
 
     def reload(self, new: Config) -> Apply:
+        unbuilt = wiring.unbuilt_routes(self.config, new)
+        if unbuilt:  # the connector set is fixed at start: mail routed there would sit
+            raise ConfigError(unbuilt)
         routes = wiring.router(new, self.address_map)  # raises before anything is swapped
 
         def apply() -> None:

@@ -13,11 +13,8 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from mailgate.config.schema import RELAY_CONNECTORS, Config, SmtpSettings
-from mailgate.connectors.postoffice import PostofficeConnector
-from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
+from mailgate.config.schema import Config, SmtpSettings
 from mailgate.dsn.generate import BounceGenerator
-from mailgate.errors import ConfigError
 from mailgate.interchange.connector import Connector
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
@@ -33,6 +30,7 @@ from mailgate.receive.tls import server_context
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
 from mailgate.route.router import Router
 from mailgate.security.passwords import Credentials, CredentialsError
+from mailgate.service.connectors import build_all, built_connectors, node_connectors
 from mailgate.supervise.supervisor import Supervisor
 
 
@@ -63,6 +61,19 @@ def router(config: Config, addresses: AddressMap) -> Router:
     return Router(config.routes, addresses)
 
 
+def unbuilt_routes(running: Config, new: Config) -> list[tuple[str, str]]:
+    """Routes of `new` to connectors `running` did not build, as (key, why). Connectors are
+    built at start: mail routed to a new one would wait for a restart, so such a reload is
+    refused. (A connector's changed settings also wait for one: event 1101 says so.)"""
+    built = built_connectors(running)
+    problems = []
+    for n, (_, name) in enumerate(new.routes):
+        if name not in built:
+            key = f"route[{n}].connector" if new.route else "smarthost.host"
+            problems.append((key, f"connector {name!r} is not running; restart to start it"))
+    return problems
+
+
 def recipient_policy(config: Config, office: Postoffice, routes: Router) -> RecipientPolicy:
     # A node that does not run the postoffice cannot see its mailboxes: the nodes that do
     # deliver, or bounce for a mailbox that does not exist.
@@ -70,7 +81,7 @@ def recipient_policy(config: Config, office: Postoffice, routes: Router) -> Reci
     return RecipientPolicy(
         routes,
         {"postoffice": postoffice_verifier(office.exists)} if verify else {},
-        relay_connectors=RELAY_CONNECTORS,
+        relay_connectors=config.relay_connectors,
         relay_networks=config.smtp.relay_networks,
     )
 
@@ -155,57 +166,12 @@ def receive_handler(
     )
 
 
-def node_connectors(config: Config) -> list[str]:
-    """The connectors this node runs: `[service] connectors` (default: all) among those the
-    configuration builds; the one place that checks the list (ConfigError naming the
-    unknown ones and the connectors there are)."""
-    built = config.connectors
-    wanted = config.service.connectors
-    if wanted is None:
-        return built
-    unknown = [name for name in wanted if name not in built]
-    if unknown:
-        there = ", ".join(built) or "none"
-        problem = f"{', '.join(unknown)}: no such connector in this configuration ({there})"
-        raise ConfigError([("service.connectors", problem)])
-    return [name for name in built if name in wanted]
-
-
 def delivery_connectors(
     config: Config, office: Postoffice, events: EventLog, counters: Counters
 ) -> list[tuple[Connector, int, int]]:
-    """Each connector some route uses, with its thread count and claim batch."""
-    built: list[tuple[Connector, int, int]] = []
-    running = node_connectors(config)
-    if "postoffice" in running:
-        po = config.postoffice
-        connector: Connector = PostofficeConnector(
-            office,
-            office.map,
-            events,
-            # The same on every node that shares the postoffice: a Maildir name is then one
-            # per recipient whichever node delivers it, so link() keeps it exactly-once.
-            hostname=config.postoffice_domain,
-            quota=po.quota,
-            counters=counters,
-        )
-        built.append((connector, po.threads, po.batch))
-    if "smarthost" in running:
-        sh = config.smarthost
-        target = SmarthostTarget(
-            host=sh.host,
-            port=sh.port,
-            helo=sh.helo or config.service.hostname,
-            starttls=sh.starttls,
-            verify=sh.verify,
-            ca_file=sh.ca_file,
-            username=sh.username,
-            password_file=sh.password_file,
-            timeout=sh.timeout,
-            down_for=sh.down_for,
-        )
-        built.append((SmarthostConnector(target, events), sh.threads, sh.batch))
-    return built
+    """Each connector this node runs (service/connectors.py), with its thread count and
+    claim batch."""
+    return [(b.connector, b.threads, b.batch) for b in build_all(config, office, events, counters)]
 
 
 def pickup(

@@ -205,6 +205,13 @@ class Supervisor:
             restarts=sum(v.restarts for v in views),
         )
 
+    def stuck(self) -> dict[str, float]:
+        """Critical threads stalled that this supervisor will not replace (`abandon=False`):
+        seconds stalled, by name. Only the end of the process frees them (the master's call)."""
+        now, slots = time.time(), list(self._slots.values())
+        lives = [(s.name, s.life) for s in slots if s.critical and not s.abandon and s.life]
+        return {name: now - life.stalled_at for name, life in lives if life.stalled_at}
+
     # --- running ---------------------------------------------------------------------------------
     def _launch(self, slot: _Slot) -> ThreadHandle:
         slot.generation += 1

@@ -1,0 +1,212 @@
+"""interchange/worker.py's InterchangeThread, driven in-process by a scripted connector (the
+interface of interchange/connector.py) over a real SQLite queue and its group committer:
+claims grouped by message, each outcome recorded as its kind, a failed flush, the loop
+limit, leases of an earlier life, recycling; the thread survives a connector's bug."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from mailgate.errors import PermanentFailure, TemporaryFailure
+from mailgate.interchange.connector import ConnectorSession, Result
+from mailgate.interchange.state import ConnectorState
+from mailgate.interchange.worker import InterchangeThread, lease_owner
+from mailgate.model import Claim, Disposition
+from mailgate.observe import catalog, metrics
+from mailgate.observe.counters import Counters
+from tests.support.process import wait_for
+from tests.support.stage import Stage, stage
+
+HOST = "mx.test"
+WAIT = 10.0
+
+
+class Scripted:
+    """A connector whose sessions answer each recipient from `answers` (a Result, or an
+    exception to raise for the whole message); anyone else is delivered."""
+
+    name = "postoffice"
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Result | Exception] = {}
+        self.calls: list[list[str]] = []
+        self.flush_error: Exception | None = None
+        self.opened = self.closed = 0
+
+    def open(self) -> ConnectorSession:
+        self.opened += 1
+        return _Session(self)
+
+
+class _Session:
+    def __init__(self, connector: Scripted) -> None:
+        self.connector = connector
+
+    def deliver(self, claims: Sequence[Claim], body: bytes) -> list[Result]:
+        addresses = [c.address for c in claims]
+        self.connector.calls.append(addresses)
+        results = []
+        for address in addresses:
+            answer = self.connector.answers.get(address, Result(Disposition.DELIVERED, "250 ok"))
+            if isinstance(answer, Exception):
+                raise answer
+            results.append(answer)
+        return results
+
+    def flush(self) -> None:
+        if self.connector.flush_error is not None:
+            raise self.connector.flush_error
+
+    def close(self) -> None:
+        self.connector.closed += 1
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[Stage]:
+    with stage(tmp_path) as made:
+        yield made
+
+
+def worker(queue: Stage, connector: Scripted, **kw: object) -> InterchangeThread:
+    return InterchangeThread(
+        connector, queue.store, queue.wakeup, queue.events, node=HOST, batch=10, **kw
+    )  # type: ignore[arg-type]
+
+
+def settled(queue: Stage, queue_id: str, *states: str) -> dict[str, str]:
+    """Wait until every recipient of `queue_id` is in one of `states`; their states."""
+    return wait_for(
+        lambda: (found := queue.states(queue_id)) and set(found.values()) <= set(states) and found,
+        WAIT,
+        what=f"{queue_id} in {states}",
+    )
+
+
+def test_a_messages_recipients_go_in_one_call_and_are_recorded_delivered(queue: Stage) -> None:
+    connector, counters = Scripted(), Counters()
+    body = worker(queue, connector, counters=counters)
+    handle = queue.run(body)
+    both = queue.enqueue("a@x.test", "b@x.test")
+    one = queue.enqueue("c@x.test")
+    assert settled(queue, both, "delivered") == {"a@x.test": "delivered", "b@x.test": "delivered"}
+    settled(queue, one, "delivered")
+    assert sorted(connector.calls) == [["a@x.test", "b@x.test"], ["c@x.test"]]
+    wait_for(lambda: len(queue.seen.of(catalog.MESSAGE_DONE)) == 2, WAIT, what="4003 twice")
+    sent = queue.seen.of(catalog.SENT)
+    assert sorted(f["recipient"] for f in sent) == ["a@x.test", "b@x.test", "c@x.test"]
+    assert all(f["connector"] == "postoffice" and f["reply"] == "250 ok" for f in sent)
+    assert body.state.delivered == 3 and body.state.attempts == 3
+    key = 'mailgate_attempts_total{connector="postoffice",outcome="delivered"}'
+    assert key.startswith(metrics.ATTEMPTS.name) and counters.snapshot()["counters"][key] == 3
+    queue.stop(handle)
+    assert (connector.opened, connector.closed) == (1, 1), "one session per life, closed"
+
+
+def test_each_failure_ends_as_its_kind_and_a_connector_bug_is_not_the_end_of_the_thread(
+    queue: Stage,
+) -> None:
+    connector = Scripted()
+    connector.answers = {
+        "later@x.test": TemporaryFailure("451 4.2.1 try later"),
+        "never@x.test": PermanentFailure("550 5.1.1 no such user"),
+        "bug@x.test": RuntimeError("connector bug"),
+        "said-no@x.test": Result(Disposition.FAILED, "554 5.7.1 refused"),
+    }
+    body = worker(queue, connector)
+    queue.run(body)
+    ids = {a: queue.enqueue(a) for a in [*connector.answers, "fine@x.test"]}
+    assert settled(queue, ids["later@x.test"], "deferred")
+    assert settled(queue, ids["never@x.test"], "bounced")
+    assert settled(queue, ids["said-no@x.test"], "bounced")
+    assert settled(queue, ids["bug@x.test"], "deferred"), "an internal error is retried"
+    assert settled(queue, ids["fine@x.test"], "delivered"), "the thread went on"
+    [bug] = queue.seen.of(catalog.PROCESSING_FAILED)
+    assert bug["recipient"] == "bug@x.test" and "connector bug" in bug["error"]
+    assert bug["failures"] == 1 and "RuntimeError" in bug["traceback"]
+    wait_for(lambda: len(queue.seen.of(catalog.DEFERRED)) == 2, WAIT, what="two 2400")
+    replies = {f["recipient"]: f["reply"] for f in queue.seen.of(catalog.DEFERRED)}
+    assert replies["later@x.test"] == "451 4.2.1 try later"
+    assert replies["bug@x.test"].startswith("451 4.3.0 internal error")
+    bounced = {f["recipient"]: f["reply"] for f in queue.seen.of(catalog.BOUNCED)}
+    assert bounced == {
+        "never@x.test": "550 5.1.1 no such user",
+        "said-no@x.test": "554 5.7.1 refused",
+    }
+    wait_for(lambda: body.state.attempts == 5, WAIT, what="five attempts reported")
+    assert (body.state.delivered, body.state.deferred, body.state.bounced) == (1, 2, 2)
+
+
+def test_a_batch_whose_flush_fails_counts_nothing_as_delivered(queue: Stage) -> None:
+    connector = Scripted()
+    connector.flush_error = TemporaryFailure("451 4.3.0 fsync failed")
+    queue.run(worker(queue, connector))
+    queue_id = queue.enqueue("a@x.test", "b@x.test")
+    assert settled(queue, queue_id, "deferred") == {"a@x.test": "deferred", "b@x.test": "deferred"}
+    assert connector.calls == [["a@x.test", "b@x.test"]], "delivered, then not made durable"
+    assert queue.seen.of(catalog.SENT) == []
+    wait_for(lambda: len(queue.seen.of(catalog.DEFERRED)) == 2, WAIT, what="two 2400")
+    assert {f["reply"] for f in queue.seen.of(catalog.DEFERRED)} == {"451 4.3.0 fsync failed"}
+
+
+def test_a_message_past_max_received_bounces_without_reaching_the_connector(
+    queue: Stage,
+) -> None:
+    connector = Scripted()
+    queue.run(worker(queue, connector, max_received=2))
+    hops = b"".join(b"Received: from hop%d by mx.test; now\r\n" % i for i in range(3))
+    looping = queue.enqueue("a@x.test", body=hops + b"Subject: loop\r\n\r\nbody\r\n")
+    fine = queue.enqueue("b@x.test", body=hops[: hops.index(b"Received", 1)] + b"\r\nbody\r\n")
+    settled(queue, looping, "bounced")
+    settled(queue, fine, "delivered")
+    assert connector.calls == [["b@x.test"]], "the looping message never reached it"
+    [bounce] = queue.seen.of(catalog.BOUNCED)
+    assert bounce["reply"].startswith("554 5.4.6 Too many hops: 3")
+
+
+def test_leases_an_earlier_life_held_are_ended_at_start_and_their_mail_retried(
+    queue: Stage,
+) -> None:
+    queue_id = queue.enqueue("a@x.test")
+    earlier = lease_owner(HOST, "t-1", 1)
+    [claim] = queue.store.claim("postoffice", earlier, 10).result(WAIT)
+    assert claim.attempts == 1
+    assert queue.states(queue_id) == {"a@x.test": "active"}, "held by the life that died"
+    connector = Scripted()
+    queue.run(worker(queue, connector), name="t-1", generation=2)
+    settled(queue, queue_id, "delivered")
+    [released] = queue.seen.of(catalog.LEASES_RELEASED)
+    assert released["count"] == 1 and "left by t-1 before restart" in released["why"]
+    [recipient] = queue.history(queue_id).recipients
+    assert recipient.attempts == 2, "the attempt the dead life left counts"
+    [sent] = queue.seen.of(catalog.SENT)
+    assert sent["attempts"] == 2
+
+
+def test_another_threads_leases_are_not_taken_at_start(queue: Stage) -> None:
+    queue_id = queue.enqueue("a@x.test")
+    queue.store.claim("postoffice", lease_owner(HOST, "t-10", 1), 10).result(WAIT)
+    handle = queue.run(worker(queue, Scripted()), name="t-1", generation=2)
+    wait_for(lambda: handle.state.value == "idle", WAIT, what="the thread idle")
+    assert queue.seen.of(catalog.LEASES_RELEASED) == [], "'t-1:' does not prefix 't-10:'"
+    assert queue.states(queue_id) == {"a@x.test": "active"}
+
+
+def test_a_thread_asks_to_be_recycled_after_its_attempts_and_records_its_last_batch(
+    queue: Stage,
+) -> None:
+    connector = Scripted()
+    ids = [queue.enqueue(f"u{i}@x.test") for i in range(3)]
+    body = InterchangeThread(
+        connector, queue.store, queue.wakeup, queue.events, node=HOST, batch=1,
+        recycle_after=2, state=ConnectorState("postoffice"),
+    )  # fmt: skip
+    handle = queue.run(body)
+    wait_for(lambda: handle.recycle, WAIT, what="the recycle request")
+    wait_for(lambda: connector.closed == 1, WAIT, what="the session closed as the body ended")
+    states = [queue.states(i) for i in ids]
+    assert [s for s in states if set(s.values()) == {"delivered"}] == states[:2]
+    assert set(states[2].values()) == {"queued"}, "left for the fresh thread"
+    assert body.state.delivered == 2 and body.state.attempts == 2
