@@ -24,7 +24,6 @@ import asyncio
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -32,10 +31,8 @@ from mailgate.config.schema import AdminSettings, Config, parse_hostport
 from mailgate.control.surface import ControlSurface
 from mailgate.observe.events import EventLog
 from mailgate.supervise.handle import ThreadHandle
+from mailgate.web.context import AdminContext
 from mailgate.web.samples import SampleRing
-
-if TYPE_CHECKING:
-    from mailgate.web.app import AdminContext
 
 BEAT = 0.25  # seconds between heartbeats (and checks of the stop flag)
 GRACE = 1  # seconds open connections get to end at a stop
@@ -86,7 +83,6 @@ class AdminServer:
         return host, port
 
     def __call__(self, handle: ThreadHandle) -> None:
-        from mailgate.web.app import AdminContext
 
         view = self.surface()
         log_dir = None if self.config is None else Path(self.config.log_dir)

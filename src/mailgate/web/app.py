@@ -1,8 +1,7 @@
 """The admin listener's application: /metrics, /healthz, /status, and the dashboard.
 
-`build_app` makes the Starlette application one life of the admin thread serves;
-`AdminContext` is that life's state: its control surface (and so its read-only queue
-reader), its event-store reader, the sample ring, the token. The three machine
+`build_app` makes the Starlette application one life of the admin thread serves, over
+that life's AdminContext (context.py). The three machine
 endpoints answer byte for byte what the old listener did. The dashboard's pages are
 pages.py, queue_pages.py and event_pages.py. Every endpoint is a coroutine (no thread
 pool). A failing answer is a 500 naming the error and event 7003, never the end of
@@ -12,9 +11,6 @@ the thread. Reads need the token when one is set (auth.py); a refused request ge
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
 from typing import Any
 
 from prometheus_client.exposition import choose_encoder
@@ -24,102 +20,28 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mailgate.config.schema import Config
-from mailgate.control.surface import ControlSurface
 from mailgate.observe import catalog
-from mailgate.observe.events import EventLog
-from mailgate.observe.eventstore import EventReader, store_path
-from mailgate.queue.reader import QueueReader
-from mailgate.supervise.handle import ThreadHandle
 from mailgate.web import auth
+from mailgate.web.context import SCOPE_KEY, AdminContext, context_of, json_bytes, text
 from mailgate.web.metrics import StatusCollector
-from mailgate.web.samples import SAMPLE_EVERY, SampleRing
 
 OPEN_PATHS = ("/login", "/static/")  # what a browser needs to log in
 MACHINE_PATHS = ("/metrics", "/healthz", "/status")
 
 
-class AdminContext:
-    """One life of the admin thread: what its endpoints read, built and closed in it."""
-
-    def __init__(
-        self,
-        view: ControlSurface,
-        token: str,
-        samples: SampleRing,
-        config: Config | None,
-        events: EventLog | None,
-        log_dir: Path | None,
-    ) -> None:
-        self.view = view
-        self.token = token
-        self.samples = samples
-        self.config = config
-        self.events = events
-        self.log_dir = log_dir
-        self.handle: ThreadHandle | None = None
-        self.in_flight = 0
-        self._events: EventReader | None = None
-
-    @property
-    def read_only(self) -> bool:
-        return not self.token
-
-    def queue(self) -> QueueReader:
-        return self.view.reader()
-
-    def event_reader(self) -> EventReader | None:
-        """The event store (read-only), once it exists."""
-        if self._events is None and self.log_dir is not None:
-            self._events = EventReader.open(store_path(self.log_dir))
-        return self._events
-
-    def sample_if_due(self) -> None:
-        now = time.time()
-        if now - self.samples.last_when >= SAMPLE_EVERY:
-            self.samples.add(self.view.status(), now)
-
-    def emit(self, event: catalog.EventType, **fields: Any) -> None:
-        if self.events is not None:
-            self.events.emit(event, **fields)
-
-    def close(self) -> None:
-        if self._events is not None:
-            self._events.close()
-        self.view.close()
-
-
-def text(code: int, body: bytes, content_type: str = "text/plain", **headers: str) -> Response:
-    """A response with exactly these bytes and Content-Type (no charset added)."""
-    return Response(
-        body,
-        code,
-        headers={"Content-Type": content_type, "Cache-Control": "no-store", **headers},
-    )
-
-
-def json_bytes(value: Any) -> bytes:
-    return json.dumps(value, indent=2, default=str).encode() + b"\n"
-
-
-def _ctx(request: Request) -> AdminContext:
-    context: AdminContext = request.app.state.context
-    return context
-
-
 async def metrics_page(request: Request) -> Response:
     encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-    status = _ctx(request).view.status()
+    status = context_of(request).view.status()
     return text(200, encoder(StatusCollector(lambda: status)), content_type)
 
 
 async def healthz(request: Request) -> Response:
-    body = _ctx(request).view.health()
+    body = context_of(request).view.health()
     return text(503 if body["reasons"] else 200, json_bytes(body), "application/json")
 
 
 async def status_page(request: Request) -> Response:
-    return text(200, json_bytes(_ctx(request).view.status()), "application/json")
+    return text(200, json_bytes(context_of(request).view.status()), "application/json")
 
 
 class Guard:
@@ -135,6 +57,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         ctx = self.context
+        scope[SCOPE_KEY] = ctx
         ctx.in_flight += 1
         if ctx.in_flight == 1 and ctx.handle is not None:
             ctx.handle.busy()
@@ -170,7 +93,11 @@ class Guard:
     @staticmethod
     def _refuse(request: Request, path: str) -> Response:
         challenge = {"WWW-Authenticate": "Bearer"}
-        return text(401, b"unauthorized\n", **challenge)
+        if path in MACHINE_PATHS or "text/html" not in request.headers.get("accept", ""):
+            return text(401, b"unauthorized\n", **challenge)
+        from mailgate.web.pages import login_form
+
+        return login_form(request, 401, challenge)
 
 
 def _error(exc: BaseException) -> str:
@@ -186,14 +113,18 @@ async def _failed(request: Request, exc: Exception) -> Response:
 
 
 def build_app(context: AdminContext) -> ASGIApp:
+    from mailgate.web import event_pages, pages, queue_pages
+
     routes = [
         Route("/metrics", metrics_page),
         Route("/healthz", healthz),
         Route("/status", status_page),
+        *pages.routes(),
+        *queue_pages.routes(),
+        *event_pages.routes(),
     ]
     app = Starlette(
         routes=routes,
         exception_handlers={404: _not_found, Exception: _failed},
     )
-    app.state.context = context
     return Guard(app, context)

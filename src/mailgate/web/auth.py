@@ -34,18 +34,18 @@ def csrf_value(token: str) -> str:
     return _mac(token, "csrf")
 
 
-def _same(given: str, expected: str) -> bool:
+def same(given: str, expected: str) -> bool:
     return secrets.compare_digest(given.encode(), expected.encode())
 
 
 def bearer_ok(request: Request, token: str) -> bool:
     scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
-    return scheme.lower() == "bearer" and _same(given.strip(), token)
+    return scheme.lower() == "bearer" and same(given.strip(), token)
 
 
 def cookie_ok(request: Request, token: str) -> bool:
     given = request.cookies.get(COOKIE)
-    return given is not None and _same(given, session_value(token))
+    return given is not None and same(given, session_value(token))
 
 
 def may_read(request: Request, token: str) -> bool:
@@ -60,6 +60,6 @@ def may_act(request: Request, token: str, form: dict[str, str]) -> str | None:
         return None
     if not cookie_ok(request, token):
         return "not logged in: give the token"
-    if not _same(form.get("csrf", ""), csrf_value(token)):
+    if not same(form.get("csrf", ""), csrf_value(token)):
         return "missing or wrong CSRF field"
     return None
