@@ -83,7 +83,6 @@ class AdminServer:
         return host, port
 
     def __call__(self, handle: ThreadHandle) -> None:
-
         view = self.surface()
         log_dir = None if self.config is None else Path(self.config.log_dir)
         context = AdminContext(view, self._token, self.samples, self.config, self.events, log_dir)

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from mailgate.cli.top import age  # the same durations as `mailgate top`
 from mailgate.control.surface import STATES
 from mailgate.web import auth
 from mailgate.web.charts import overview_chart, sparkline
@@ -46,19 +47,6 @@ STATIC = {
     name: (resources.files("mailgate.web").joinpath("static", name).read_bytes(), kind)
     for name, kind in (("dash.css", "text/css"), ("dash.js", "text/javascript"))
 }
-
-
-def age(seconds: float | None) -> str:
-    """A duration as `mailgate top` writes it: 4.2s, 3m07s, 2h05m, 3d04h."""
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
 
 
 ENV.globals["age"] = age
