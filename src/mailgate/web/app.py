@@ -25,7 +25,10 @@ from mailgate.web import auth
 from mailgate.web.context import SCOPE_KEY, AdminContext, context_of, json_bytes, text
 from mailgate.web.metrics import StatusCollector
 
-OPEN_PATHS = ("/login", "/static/")  # what a browser needs to log in
+# What a browser needs to log in, and the action endpoint, which checks more itself (the
+# token or its cookie and CSRF) and answers a refusal with 403 and event 7001.
+OPEN_PATHS = ("/login", "/queue/action")
+STATIC = "/static/"
 MACHINE_PATHS = ("/metrics", "/healthz", "/status")
 
 
@@ -72,7 +75,8 @@ class Guard:
     async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope)
         path = request.url.path
-        if not path.startswith(OPEN_PATHS) and not auth.may_read(request, self.context.token):
+        open_path = path in OPEN_PATHS or path.startswith(STATIC)
+        if not open_path and not auth.may_read(request, self.context.token):
             await self._refuse(request, path)(scope, receive, send)
             return
         started = False

@@ -18,6 +18,7 @@ from mailgate.web.samples import Sample
 WIDTH, HEIGHT = 720, 200
 PAD_L, PAD_R, PAD_T, PAD_B = 48, 48, 12, 24
 HOUR = 3600.0
+SHORTEST = 300.0  # a young service's chart spans at least five minutes
 
 
 def _scale(peak: float) -> float:
@@ -31,16 +32,20 @@ def _scale(peak: float) -> float:
     return bound
 
 
-def _points(series: list[tuple[float, float]], start: float, top: float) -> str:
+def _points(series: list[tuple[float, float]], start: float, span: float, top: float) -> str:
     span_x, span_y = WIDTH - PAD_L - PAD_R, HEIGHT - PAD_T - PAD_B
     return " ".join(
-        f"{PAD_L + (t - start) / HOUR * span_x:.1f},{PAD_T + span_y - v / top * span_y:.1f}"
+        f"{PAD_L + (t - start) / span * span_x:.1f},{PAD_T + span_y - v / top * span_y:.1f}"
         for t, v in series
     )
 
 
 def overview_chart(samples: list[Sample], rates: list[tuple[float, float]], now: float) -> Markup:
-    start = now - HOUR
+    """The last hour, or (a younger ring) the time since the first sample, at least
+    SHORTEST: the chart is readable from the first minutes on."""
+    oldest = samples[0].when if samples else now
+    span = min(HOUR, max(SHORTEST, now - oldest))
+    start = now - span
     shown = [s for s in samples if s.when >= start]
     queued = [(s.when, float(s.queued)) for s in shown]
     rate = [(t, r) for t, r in rates if t >= start]
@@ -55,23 +60,23 @@ def overview_chart(samples: list[Sample], rates: list[tuple[float, float]], now:
     stalls = 0
     for a, b in itertools.pairwise(shown):
         if a.stalled or b.stalled:
-            x0 = PAD_L + (a.when - start) / HOUR * span_x
-            x1 = PAD_L + (b.when - start) / HOUR * span_x
+            x0 = PAD_L + (a.when - start) / span * span_x
+            x1 = PAD_L + (b.when - start) / span * span_x
             parts.append(
                 f'<rect class="stall" x="{x0:.1f}" y="{PAD_T}" width="{max(x1 - x0, 1.5):.1f}" '
                 f'height="{span_y}"><title>stalled</title></rect>'
             )
             stalls += 1
     if queued:
-        parts.append(f'<polyline class="queued" points="{_points(queued, start, q_top)}"/>')
+        parts.append(f'<polyline class="queued" points="{_points(queued, start, span, q_top)}"/>')
     if rate:
-        parts.append(f'<polyline class="rate" points="{_points(rate, start, r_top)}"/>')
+        parts.append(f'<polyline class="rate" points="{_points(rate, start, span, r_top)}"/>')
     bottom = HEIGHT - PAD_B
     parts += [
         f'<text x="{PAD_L - 4}" y="{PAD_T + 10}" class="axis q" text-anchor="end">{q_top:g}</text>',
         f'<text x="{PAD_L - 4}" y="{bottom}" class="axis" text-anchor="end">0</text>',
         f'<text x="{WIDTH - PAD_R + 4}" y="{PAD_T + 10}" class="axis r">{r_top:g}/s</text>',
-        f'<text x="{PAD_L}" y="{HEIGHT - 6}" class="axis">-60 min</text>',
+        f'<text x="{PAD_L}" y="{HEIGHT - 6}" class="axis">-{span / 60:.0f} min</text>',
         f'<text x="{WIDTH - PAD_R}" y="{HEIGHT - 6}" class="axis" text-anchor="end">now</text>',
         f'<text x="{WIDTH / 2:.0f}" y="{HEIGHT - 6}" class="axis" text-anchor="middle">'
         f'<tspan class="q">queued</tspan> · <tspan class="r">delivered/s</tspan>'

@@ -30,7 +30,7 @@ from mailgate.control.surface import STATES
 from mailgate.web import auth
 from mailgate.web.charts import overview_chart, sparkline
 from mailgate.web.context import context_of, text
-from mailgate.web.samples import SAMPLE_EVERY, thread_key
+from mailgate.web.samples import SAMPLE_EVERY, process_name, thread_key
 
 NAV = [("/", "Overview"), ("/threads", "Threads"), ("/queue", "Queue"), ("/events", "Events")]
 BAD_STATES = ("stalled", "abandoned", "failed")
@@ -162,7 +162,7 @@ async def threads_page(request: Request) -> Response:
             rows.append(
                 {
                     **thread,
-                    "process": process["name"],
+                    "process": process_name(process),
                     "pid": process["pid"],
                     "cpu": points[-1] if points else None,
                     "spark": sparkline(points, f"% CPU of {key}, last minute"),

@@ -91,7 +91,7 @@ async def queue_list(request: Request) -> Response:
         request,
         "queue.html",
         "Queue",
-        live_updates=True,
+        live_updates=False,  # a list one selects from is not replaced under the pointer
         rows=rows,
         filters=filters,
         error=error,
@@ -197,11 +197,16 @@ async def action(request: Request) -> Response:
             ctx.emit(
                 catalog.DASHBOARD_ACTION_FAILED,
                 action=verb, scope=scope, client=client, reason=reason,
+                **({"queue_id": queue_id} if queue_id else {}),
             )  # fmt: skip
             said.append(f"{scope}: {reason}")
             failed = True
             continue
-        ctx.emit(catalog.DASHBOARD_ACTION, action=verb, scope=scope, client=client, outcome=outcome)
+        one = {"queue_id": queue_id} if queue_id else {}
+        ctx.emit(
+            catalog.DASHBOARD_ACTION,
+            action=verb, scope=scope, client=client, outcome=outcome, **one,
+        )  # fmt: skip
         said.append(outcome)
     return _back(fields.get("back", "/queue"), "; ".join(said), failed)
 

@@ -49,8 +49,13 @@ def total(status: dict[str, Any], name: str) -> float:
     return sum(float(v) for k, v in counters.items() if parse_key(k)[0] == name)
 
 
+def process_name(process: dict[str, Any]) -> str:
+    """A process's name: a worker's, or its role (a single process has no name)."""
+    return str(process.get("name") or process.get("role") or "single")
+
+
 def thread_key(process: dict[str, Any], thread: dict[str, Any]) -> str:
-    return f"{process.get('name')}/{thread.get('name')}"
+    return f"{process_name(process)}/{thread.get('name')}"
 
 
 def sample_of(status: dict[str, Any], when: float) -> Sample:
