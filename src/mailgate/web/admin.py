@@ -42,10 +42,13 @@ def bind_admin(listen: str) -> socket.socket:
     """The listening socket for `listen` (HOST:PORT); OSError reaches the caller."""
     host, port = parse_hostport(listen)
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, _, proto, _, address = infos[0]
+    # The protocol number matters: asyncio turns Nagle off only on sockets that say TCP,
+    # and with Nagle on, a keep-alive client waits 40 ms (its delayed ACK) for each page.
+    sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)

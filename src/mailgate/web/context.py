@@ -26,6 +26,7 @@ from mailgate.supervise.handle import ThreadHandle
 from mailgate.web.samples import SAMPLE_EVERY, SampleRing
 
 SCOPE_KEY = "mailgate.admin"
+STATUS_TTL = 1.0  # seconds the overview and the sampler share one status answer
 
 
 class AdminContext:
@@ -49,6 +50,7 @@ class AdminContext:
         self.handle: ThreadHandle | None = None
         self.in_flight = 0
         self._events: EventReader | None = None
+        self._status: tuple[float, dict[str, Any]] | None = None
 
     @property
     def read_only(self) -> bool:
@@ -63,10 +65,18 @@ class AdminContext:
             self._events = EventReader.open(store_path(self.log_dir))
         return self._events
 
+    def recent_status(self) -> dict[str, Any]:
+        """A status answer at most STATUS_TTL old: with a big queue its counts cost tens of
+        milliseconds, and the sampler and every viewer of the overview need the same one."""
+        now = time.monotonic()
+        if self._status is None or now - self._status[0] > STATUS_TTL:
+            self._status = (now, self.view.status())
+        return self._status[1]
+
     def sample_if_due(self) -> None:
         now = time.time()
         if now - self.samples.last_when >= SAMPLE_EVERY:
-            self.samples.add(self.view.status(), now)
+            self.samples.add(self.recent_status(), now)
 
     def emit(self, event: catalog.EventType, **fields: Any) -> None:
         if self.events is not None:

@@ -129,7 +129,7 @@ async def static(request: Request) -> Response:
 
 async def overview(request: Request) -> Response:
     ctx = context_of(request)
-    status = ctx.view.status()
+    status = ctx.recent_status()
     ring = ctx.samples
     chart = overview_chart(ring.samples(), ring.delivery_rates(), time.time())
     return render(
