@@ -270,9 +270,9 @@ def test_track_box_shows_a_message_life(
     page.wait_for_selector(f"section.tracked[data-queue-id='{queue_id}']")
     text = page.locator("section.tracked").inner_text()
     assert ALICE in text and "delivered" in text
+    screenshot(page, results, "track")
     page.goto(f"{service.base}/track?key={BOB}")
     assert page.locator("section.tracked").count() == len(service.sent[BOB])
-    screenshot(page, results, "track")
 
 
 def test_a_hostile_header_stays_text(service: Service, page: Page) -> None:

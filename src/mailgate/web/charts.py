@@ -18,7 +18,11 @@ from mailgate.web.samples import Sample
 WIDTH, HEIGHT = 720, 200
 PAD_L, PAD_R, PAD_T, PAD_B = 48, 48, 12, 24
 HOUR = 3600.0
-SHORTEST = 300.0  # a young service's chart spans at least five minutes
+SHORTEST = 60.0  # a young service's chart spans at least a minute
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def _scale(peak: float) -> float:
@@ -76,7 +80,7 @@ def overview_chart(samples: list[Sample], rates: list[tuple[float, float]], now:
         f'<text x="{PAD_L - 4}" y="{PAD_T + 10}" class="axis q" text-anchor="end">{q_top:g}</text>',
         f'<text x="{PAD_L - 4}" y="{bottom}" class="axis" text-anchor="end">0</text>',
         f'<text x="{WIDTH - PAD_R + 4}" y="{PAD_T + 10}" class="axis r">{r_top:g}/s</text>',
-        f'<text x="{PAD_L}" y="{HEIGHT - 6}" class="axis">-{span / 60:.0f} min</text>',
+        f'<text x="{PAD_L}" y="{HEIGHT - 6}" class="axis">-{_ago(span)}</text>',
         f'<text x="{WIDTH - PAD_R}" y="{HEIGHT - 6}" class="axis" text-anchor="end">now</text>',
         f'<text x="{WIDTH / 2:.0f}" y="{HEIGHT - 6}" class="axis" text-anchor="middle">'
         f'<tspan class="q">queued</tspan> · <tspan class="r">delivered/s</tspan>'

@@ -3,7 +3,8 @@
 Pages are Jinja2 templates (web/templates, package data) rendered on the server with
 autoescaping on: every value from the queue, a message or a client is text, never
 markup (a header holding `<script>` shows as those characters). Each page reads
-without JavaScript; dash.js only re-fetches the page's `#live` part every 2 s. The
+without JavaScript; on the overview, threads and events pages dash.js re-fetches the
+page's `#live` part every 2 s (the queue list is not refreshed under a selection). The
 two static files are read once from the package and served from memory.
 
 Overview: health and its reasons, rates per second, each connector's queue, and the
