@@ -33,6 +33,7 @@ from mailgate.observe.events import EventLog
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.web.context import AdminContext
 from mailgate.web.samples import SampleRing
+from mailgate.web.stalls import StallWatch
 
 BEAT = 0.25  # seconds between heartbeats (and checks of the stop flag)
 GRACE = 1  # seconds open connections get to end at a stop
@@ -79,6 +80,9 @@ class AdminServer:
         self.config = config
         self.events = events
         self.samples = SampleRing()
+        self.stalls = StallWatch()
+        if events is not None:
+            events.add_sink(self.stalls)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -88,7 +92,9 @@ class AdminServer:
     def __call__(self, handle: ThreadHandle) -> None:
         view = self.surface()
         log_dir = None if self.config is None else Path(self.config.log_dir)
-        context = AdminContext(view, self._token, self.samples, self.config, self.events, log_dir)
+        context = AdminContext(
+            view, self._token, self.samples, self.config, self.events, log_dir, self.stalls
+        )
         try:
             asyncio.run(self._serve(handle, context))
         finally:

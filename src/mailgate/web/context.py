@@ -24,6 +24,7 @@ from mailgate.observe.eventstore import EventReader, store_path
 from mailgate.queue.reader import QueueReader
 from mailgate.supervise.handle import ThreadHandle
 from mailgate.web.samples import SAMPLE_EVERY, SampleRing
+from mailgate.web.stalls import StallWatch
 
 SCOPE_KEY = "mailgate.admin"
 STATUS_TTL = 1.0  # seconds the overview and the sampler share one status answer
@@ -40,6 +41,7 @@ class AdminContext:
         config: Config | None,
         events: EventLog | None,
         log_dir: Path | None,
+        stalls: StallWatch | None = None,
     ) -> None:
         self.view = view
         self.token = token
@@ -47,6 +49,7 @@ class AdminContext:
         self.config = config
         self.events = events
         self.log_dir = log_dir
+        self.stalls = stalls
         self.handle: ThreadHandle | None = None
         self.in_flight = 0
         self._events: EventReader | None = None
@@ -76,7 +79,8 @@ class AdminContext:
     def sample_if_due(self) -> None:
         now = time.time()
         if now - self.samples.last_when >= SAMPLE_EVERY:
-            self.samples.add(self.recent_status(), now)
+            count = self.stalls.count if self.stalls is not None else 0
+            self.samples.add(self.recent_status(), now, count)
 
     def emit(self, event: catalog.EventType, **fields: Any) -> None:
         if self.events is not None:

@@ -156,10 +156,15 @@ async def threads_page(request: Request) -> Response:
             key = thread_key(process, thread)
             points = ctx.samples.cpu_percent(key)
             state = str(thread.get("state"))
-            if thread.get("abandoned") and state not in BAD_STATES:
+            stalled_at = ctx.stalls.last_stall(process.get("pid"), thread.get("name")) if (
+                ctx.stalls is not None
+            ) else None  # fmt: skip
+            if state in BAD_STATES:
+                row = "bad"
+            elif state in WARN_STATES or thread.get("abandoned") or stalled_at is not None:
                 row = "warn"
             else:
-                row = "bad" if state in BAD_STATES else "warn" if state in WARN_STATES else ""
+                row = ""
             rows.append(
                 {
                     **thread,
@@ -168,6 +173,7 @@ async def threads_page(request: Request) -> Response:
                     "cpu": points[-1] if points else None,
                     "spark": sparkline(points, f"% CPU of {key}, last minute"),
                     "row": row,
+                    "stalled_ago": None if stalled_at is None else time.time() - stalled_at,
                 }
             )
     troubled = sum(1 for r in rows if r["row"])

@@ -5,8 +5,10 @@ total queue length and each connector's, the counters of received, delivered,
 deferred and bounced mail, whether a thread or a connector is stalled, and every
 thread's CPU seconds. Rates and % CPU are differences between neighbouring samples,
 so nothing is kept but SIZE samples (an hour): memory is bounded whatever the
-traffic. A service restart starts a new ring (it is memory only); a sample whose pid
-differs from the last one's starts a new ring too, since counters restarted at zero.
+traffic. A sample is marked stalled when it saw a stalled thread or connector, or when
+stall events (stalls.py) were written since the one before. A service restart starts a
+new ring (it is memory only); a sample whose pid differs from the last one's starts a
+new ring too, since counters restarted at zero.
 Pure data: it never fails but on a malformed status answer, which it skips.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mailgate.observe import metrics
@@ -39,8 +41,9 @@ class Sample:
     queued: int
     by_connector: dict[str, int]
     totals: dict[str, float]
-    stalled: bool
+    stalled: bool  # a thread or connector stalled now, or a stall event since the last sample
     cpu: dict[str, float] = field(default_factory=dict)  # "process/thread" -> CPU seconds
+    stall_events: int = 0  # stall events counted so far (stalls.py)
 
 
 def total(status: dict[str, Any], name: str) -> float:
@@ -58,7 +61,7 @@ def thread_key(process: dict[str, Any], thread: dict[str, Any]) -> str:
     return f"{process_name(process)}/{thread.get('name')}"
 
 
-def sample_of(status: dict[str, Any], when: float) -> Sample:
+def sample_of(status: dict[str, Any], when: float, stall_events: int = 0) -> Sample:
     queues = status.get("queues") or {}
     by_connector = {name: int(q.get("length", 0)) for name, q in queues.items()}
     cpu: dict[str, float] = {}
@@ -76,6 +79,7 @@ def sample_of(status: dict[str, Any], when: float) -> Sample:
         totals={label: total(status, name) for label, name in RATES.items()},
         stalled=stalled,
         cpu=cpu,
+        stall_events=stall_events,
     )
 
 
@@ -85,13 +89,15 @@ class SampleRing:
     def __init__(self, size: int = SIZE) -> None:
         self._ring: deque[Sample] = deque(maxlen=size)
 
-    def add(self, status: dict[str, Any], when: float) -> None:
+    def add(self, status: dict[str, Any], when: float, stall_events: int = 0) -> None:
         try:
-            sample = sample_of(status, when)
+            sample = sample_of(status, when, stall_events)
         except (TypeError, ValueError, AttributeError):
             return
         if self._ring and self._ring[-1].pid != sample.pid:
             self._ring.clear()  # another service: its counters started from zero
+        if self._ring and stall_events > self._ring[-1].stall_events and not sample.stalled:
+            sample = replace(sample, stalled=True)  # a stall came and went between samples
         self._ring.append(sample)
 
     def samples(self) -> list[Sample]:
