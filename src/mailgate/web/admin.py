@@ -21,6 +21,7 @@ is refused without one). The token, its cookie and CSRF are app.py's.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,16 @@ from mailgate.web.stalls import StallWatch
 
 BEAT = 0.25  # seconds between heartbeats (and checks of the stop flag)
 GRACE = 1  # seconds open connections get to end at a stop
+MAX_CONNECTIONS = 64  # more at once are answered 503: a flood cannot exhaust descriptors
+
+
+def _quiet_uvicorn() -> None:
+    """uvicorn's loggers write nothing: a malformed request would otherwise reach stderr
+    (through logging's last resort) at a client's will."""
+    quiet = logging.getLogger("uvicorn")
+    quiet.propagate = False
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
 
 
 def bind_admin(listen: str) -> socket.socket:
@@ -79,6 +90,7 @@ class AdminServer:
         self._token = token
         self.config = config
         self.events = events
+        _quiet_uvicorn()
         self.samples = SampleRing()
         self.stalls = StallWatch()
         if events is not None:
@@ -111,6 +123,7 @@ class AdminServer:
             server_header=False,
             timeout_graceful_shutdown=GRACE,
             timeout_keep_alive=5,
+            limit_concurrency=MAX_CONNECTIONS,
             h11_max_incomplete_event_size=16 * 1024,
         )
         server = uvicorn.Server(config)
