@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page
 
-from tests.support.browser import browser, results, screenshot  # noqa: F401 - fixtures
+from tests.support.browser import screenshot
 from tests.support.process import DEFAULT_CONFIG, Mailgate, free_port, wait_for
 
 ALICE = "alice@po1.net1.example.test"
