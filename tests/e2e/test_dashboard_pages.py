@@ -202,6 +202,35 @@ def test_hold_and_release_from_the_page_change_the_queue(
     screenshot(page, results, "queue")
 
 
+def test_bulk_hold_of_selected_messages_and_release_of_every_message_of_a_connector(
+    service: Service, page: Page
+) -> None:
+    page.goto(f"{service.base}/queue?recipient={BOB}&state=queued")
+    boxes = page.locator("#messages input[name=id]")
+    assert boxes.count() >= 2
+    chosen = [str(boxes.nth(n).get_attribute("value")) for n in range(2)]
+    for n in range(2):
+        boxes.nth(n).check()
+    page.click("#bulk button[value=hold]")
+    assert page.locator("#flash").inner_text().count("1 recipient(s) held") == 2
+    assert [service.state(q) for q in chosen] == ["held", "held"]
+    scopes = {
+        e["fields"]["scope"]
+        for e in service.mg.wait_events(7000)
+        if e["fields"]["action"] == "hold"
+    }
+    assert set(chosen) <= scopes
+
+    page.goto(f"{service.base}/queue?connector=postoffice&state=held")
+    assert page.locator("#messages tr[data-queue-id]").count() == 2
+    page.click("#bulk-all button[value=release]")
+    assert (
+        "all messages via postoffice: 2 recipient(s) released"
+        in page.locator("#flash").inner_text()
+    )
+    assert [service.state(q) for q in chosen] == ["queued", "queued"]
+
+
 def test_an_action_without_the_token_or_csrf_is_refused(
     browser: Browser,
     service: Service,
