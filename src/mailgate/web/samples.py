@@ -42,7 +42,8 @@ class Sample:
     by_connector: dict[str, int]
     totals: dict[str, float]
     stalled: bool  # a thread or connector stalled now, or a stall event since the last sample
-    cpu: dict[str, float] = field(default_factory=dict)  # "process/thread" -> CPU seconds
+    cpu: dict[str, float] = field(default_factory=dict)  # "process/thread" -> CPU seconds;
+    # emptied once in the ring (SampleRing keeps the last SPARK + 1 apart)
     stall_events: int = 0  # stall events counted so far (stalls.py)
 
 
@@ -88,6 +89,9 @@ class SampleRing:
 
     def __init__(self, size: int = SIZE) -> None:
         self._ring: deque[Sample] = deque(maxlen=size)
+        # CPU seconds per thread for the sparklines only: the last SPARK + 1 samples keep
+        # them, not the hour (a few dozen threads times 1,800 samples would be megabytes).
+        self._cpu: deque[tuple[float, dict[str, float]]] = deque(maxlen=SPARK + 1)
 
     def add(self, status: dict[str, Any], when: float, stall_events: int = 0) -> None:
         try:
@@ -96,9 +100,11 @@ class SampleRing:
             return
         if self._ring and self._ring[-1].pid != sample.pid:
             self._ring.clear()  # another service: its counters started from zero
+            self._cpu.clear()
         if self._ring and stall_events > self._ring[-1].stall_events and not sample.stalled:
             sample = replace(sample, stalled=True)  # a stall came and went between samples
-        self._ring.append(sample)
+        self._cpu.append((when, sample.cpu))
+        self._ring.append(replace(sample, cpu={}))
 
     def samples(self) -> list[Sample]:
         return list(self._ring)
@@ -126,9 +132,8 @@ class SampleRing:
 
     def cpu_percent(self, key: str) -> list[float]:
         """% CPU of one thread over the last SPARK samples."""
-        ring = list(self._ring)[-SPARK - 1 :]
         points: list[float] = []
-        for a, b in itertools.pairwise(ring):
-            if key in a.cpu and key in b.cpu and b.when > a.when:
-                points.append(max(0.0, b.cpu[key] - a.cpu[key]) / (b.when - a.when) * 100)
+        for (t0, a), (t1, b) in itertools.pairwise(self._cpu):
+            if key in a and key in b and t1 > t0:
+                points.append(max(0.0, b[key] - a[key]) / (t1 - t0) * 100)
         return points
