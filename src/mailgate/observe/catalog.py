@@ -785,8 +785,8 @@ DASHBOARD_REFUSED = _event(
     7001, "DashboardActionRefused", C.CONTROL, S.WARNING, MIN,
     "dashboard: {action} from {client} refused: {reason}",
     "A change was asked of the dashboard without the token (or its session cookie), with a "
-    "wrong CSRF field, or while the dashboard is read-only (no [admin] token). Nothing "
-    "was changed.",
+    "wrong CSRF field, or while the dashboard is read-only (no [admin] token), or a login "
+    "gave a wrong token. Nothing was changed.",
     "Log in with the token; repeated refusals from an unknown address are someone probing.",
 )  # fmt: skip
 DASHBOARD_ACTION_FAILED = _event(

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from mailgate.cli.top import age  # the same durations as `mailgate top`
 from mailgate.control.surface import STATES
+from mailgate.observe import catalog
 from mailgate.web import auth
 from mailgate.web.charts import overview_chart, sparkline
 from mailgate.web.context import context_of, text
@@ -100,10 +101,14 @@ def login_form(
 
 async def login(request: Request) -> Response:
     ctx = context_of(request)
+    if not ctx.token:
+        return RedirectResponse("/", 303)  # nothing to log in to: the dashboard is read-only
     if request.method == "GET":
         return login_form(request)
     fields = first_of(await form_pairs(request))
-    if not ctx.token or not auth.same(fields.get("token", ""), ctx.token):
+    if not auth.same(fields.get("token", ""), ctx.token):
+        client = request.client.host if request.client else "unknown"
+        ctx.emit(catalog.DASHBOARD_REFUSED, action="login", client=client, reason="wrong token")
         return login_form(request, 401)
     target = fields.get("next", "/")
     if not target.startswith("/") or target.startswith("//"):

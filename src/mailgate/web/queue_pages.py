@@ -124,7 +124,9 @@ async def message_page(request: Request) -> Response:
         found = reader.find(queue_id, 1)
         history = reader.message_history(found[0]) if found else None
     if history is None:
-        return render(request, "message.html", f"No message {queue_id}", 404, message=None)
+        return render(
+            request, "message.html", f"No message {queue_id}", 404, message=None, key=queue_id
+        )
     return render(
         request,
         "message.html",
