@@ -164,6 +164,7 @@ def test_threads_page_shows_the_stalled_threads(
         assert row.get_attribute("data-state") in ("stalled", "abandoned", "failed")
         assert BOB in row.inner_text()  # its current work: the recipient it hangs on
     assert page.locator("#troubled").count() == 1
+    assert page.locator("#attention tr.bad").count() == bad.count(), "listed first too"
     assert page.locator("#threads tr[data-thread='master/admin']").count() == 1
     assert page.locator("#threads svg.spark").count() > 10
     screenshot(page, results, "threads")

@@ -11,7 +11,8 @@ Overview: health and its reasons, rates per second, each connector's queue, and 
 last hour's chart (charts.py) of queue length and delivery rate with stalls marked.
 Threads: every process and thread with its state, current work and for how long, and
 % CPU with a one-minute sparkline; stalled, abandoned, failed and restarting threads
-are red or orange rows.
+(and those that stalled in the last minutes) are red or orange rows, listed first under
+"Needs attention".
 """
 
 from __future__ import annotations
