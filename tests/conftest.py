@@ -11,7 +11,8 @@ import pytest
 from tests.support.process import Mailgate
 from tests.support.tools import require
 
-pytest_plugins = ("tests.support.stores",)  # queue_backend: every store test on both stores
+# queue_backend: every store test on both stores; browser and results: the dashboard's tests
+pytest_plugins = ("tests.support.stores", "tests.support.browser")
 
 
 @pytest.fixture

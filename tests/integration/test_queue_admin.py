@@ -396,6 +396,25 @@ def test_list_filters_and_limit(q: Queue) -> None:
     assert by_address[BOB[0]].state == "active" and by_address[BOB[0]].lease_owner == OWNER
 
 
+def test_list_pages_by_keyset_after_the_last_id_shown(q: Queue) -> None:
+    """The dashboard's paging: each page starts after the last queue id of the one before,
+    with every filter still applied, and the pages together are the whole list."""
+    now = time.time()
+    added = [q.add(message(BOB if n % 3 else FRIEND, at=now - 100 + n)) for n in range(10)]
+
+    def page(after: str | None, **kw: Any) -> list[str]:
+        return [m.queue_id for m in listing.list_messages(q.db, limit=4, after=after, **kw)]
+
+    first = page(None)
+    second = page(first[-1])
+    third = page(second[-1])
+    assert first + second + third == added and len(third) == 2
+    assert page(added[-1]) == []
+    via_bob = [a for n, a in enumerate(added) if n % 3]
+    assert page(via_bob[2], connector="postoffice") == via_bob[3:7]
+    assert page(via_bob[2], recipient=BOB[0]) == via_bob[3:7]
+
+
 @pytest.mark.sqlite_only
 def test_list_queries_walk_indexes(q: Queue) -> None:
     plans: list[str] = []
@@ -411,11 +430,13 @@ def test_list_queries_walk_indexes(q: Queue) -> None:
     listing.list_messages(Spy(), state="deferred", connector="smarthost")
     listing.list_messages(Spy(), state="active")
     listing.list_messages(Spy())
-    by_address, due, lease, walk = plans
+    listing.list_messages(Spy(), after="0", limit=50)
+    by_address, due, lease, walk, keyset = plans
     assert "recipients_address" in by_address, by_address
     assert "recipients_due" in due, due
     assert "recipients_lease" in lease, lease
     assert "INDEX sqlite_autoindex_messages_1" in walk and "TEMP B-TREE" not in walk, walk
+    assert "sqlite_autoindex_messages_1 (id>?)" in keyset and "TEMP B-TREE" not in keyset, keyset
 
 
 def test_summary_counts_by_age_bucket_and_state(q: Queue) -> None:

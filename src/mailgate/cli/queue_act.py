@@ -14,6 +14,11 @@ ask the running service to cancel that attempt, and say what became of it (cli/i
 event 4020). `hold --all` still leaves recipients being delivered alone and says how many
 it skipped. `retry` and `release` also make the connector forget that its destination was
 down (Postfix's `postqueue -f` likewise clears its dead-destination cache).
+
+Each command's work is a function of its own (`retry_messages`, `hold_messages`,
+`release_messages`, `delete_message`, `return_message`) that returns an `Outcome`, the
+text and the JSON object the command prints: the dashboard (web/queue_pages.py) runs
+the same functions in the service, with the service's event log.
 """
 
 from __future__ import annotations
@@ -49,6 +54,20 @@ NUDGE_TIMEOUT = 3.0
 
 class LeaseHeldError(click.ClickException):
     exit_code = EX_TEMPFAIL
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a queue command did: the line it prints, and its --json object."""
+
+    text: str
+    data: dict[str, Any]
+
+    def echo(self, as_json: bool) -> None:
+        if as_json:
+            echo_json(self.data)
+        else:
+            click.echo(self.text)
 
 
 class ServiceNudge:
@@ -97,7 +116,11 @@ class _Session:
 
 
 @contextlib.contextmanager
-def _session(config: Config, by: str | None = None) -> Iterator[_Session]:
+def _session(
+    config: Config, by: str | None = None, events: EventLog | None = None
+) -> Iterator[_Session]:
+    """The queue store of one command; `events` is the caller's log (else one is opened
+    for the command, and closed after it)."""
     path = config.queue_path
     if not config.queue.url and not path.is_file():
         raise click.ClickException(f"no queue at {path} (no service has run on this data dir)")
@@ -106,16 +129,17 @@ def _session(config: Config, by: str | None = None) -> Iterator[_Session]:
         writer = DirectWriter(backend)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
-    events = wiring.open_events(config, stderr=False)
+    log = events if events is not None else wiring.open_events(config, stderr=False)
     nudge = ServiceNudge(config, by)
     try:
         store = wiring.queue_store(config, writer, backend)
         store.use_reports(wiring.bounce_generator(config))
-        store.effects = Effects(nudge, events)
-        yield _Session(store, events, nudge)
+        store.effects = Effects(nudge, log)
+        yield _Session(store, log, nudge)
     finally:
         writer.close()
-        events.close()
+        if events is None:
+            log.close()
 
 
 def _target(queue_id: str | None, all_: bool) -> None:
@@ -143,9 +167,8 @@ def _changed(
     verb: str,
     event: catalog.EventType,
     connector: str | None,
-    as_json: bool,
     fates: list[inflight.Fate] | None = None,
-) -> None:
+) -> Outcome:
     scope = _scope(result.queue_id, connector)
     fates = fates or []
     count = result.count - inflight.delivered(fates)  # those were delivered, not changed
@@ -158,21 +181,18 @@ def _changed(
         if result.skipped:
             fields["skipped"] = result.skipped
         session.events.emit(event, **fields)
-    if as_json:
-        item: dict[str, Any] = {
-            "queue_id": result.queue_id,
-            "connector": connector,
-            verb: count,
-            "skipped_active": result.skipped,
-        }
-        if fates:
-            item["revoked"] = inflight.as_json(fates)
-        echo_json(item)
-        return
+    item: dict[str, Any] = {
+        "queue_id": result.queue_id,
+        "connector": connector,
+        verb: count,
+        "skipped_active": result.skipped,
+    }
+    if fates:
+        item["revoked"] = inflight.as_json(fates)
     text = f"{scope}: {count} recipient(s) {verb}" + inflight.describe(fates, "hold")
     if result.skipped:
         text += f"; {result.skipped} being delivered now left alone"
-    click.echo(text)
+    return Outcome(text, item)
 
 
 def _bulk_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -195,13 +215,23 @@ def retry(
 ) -> None:
     """Make deferred (and queued) recipients due now: delivery tries them at once."""
     _target(queue_id, all_)
-    config = get_config(config_path, data_dir)
-    with _session(config, by="mailgate queue retry") as session:
+    retry_messages(get_config(config_path, data_dir), queue_id, connector).echo(as_json)
+
+
+def retry_messages(
+    config: Config,
+    queue_id: str | None,
+    connector: str | None,
+    events: EventLog | None = None,
+    by: str = "mailgate queue retry",
+) -> Outcome:
+    """`queue retry` of one message (or, with None, all), maybe of one connector only."""
+    with _session(config, by=by, events=events) as session:
         # The connectors forget a down marking before the recipients become due, so that
         # none is deferred at once in between, and again after (the commit's wake-up).
         session.nudge.notify(*(() if connector is None else (connector,)))
         result = session.result(session.store.retry(queue_id, connector))
-        _changed(session, result, "retried", catalog.QUEUE_RETRIED, connector, as_json)
+        return _changed(session, result, "retried", catalog.QUEUE_RETRIED, connector)
 
 
 @click.command()
@@ -221,13 +251,19 @@ def hold(
     cancelled (or, if it already delivered, the recipient counts as delivered), and the
     reply says which. With --all, such recipients are left alone and counted."""
     _target(queue_id, all_)
-    config = get_config(config_path, data_dir)
-    with _session(config) as session:
+    hold_messages(get_config(config_path, data_dir), queue_id, connector).echo(as_json)
+
+
+def hold_messages(
+    config: Config, queue_id: str | None, connector: str | None, events: EventLog | None = None
+) -> Outcome:
+    """`queue hold` of one message (taken from its threads) or, with None, all."""
+    with _session(config, events=events) as session:
         held = session.store.hold(queue_id, connector, revoke_leases=queue_id is not None)
         result = session.result(held)
         fates = inflight.cancel_attempts(config, result.revoked)
         inflight.report(config, fates, "hold")
-        _changed(session, result, "held", catalog.MESSAGE_HELD, connector, as_json, fates)
+        return _changed(session, result, "held", catalog.MESSAGE_HELD, connector, fates)
 
 
 @click.command()
@@ -245,10 +281,20 @@ def release(
     recipients are released too (with a fresh internal-failure budget); --all releases
     held recipients only."""
     _target(queue_id, all_)
-    config = get_config(config_path, data_dir)
-    with _session(config, by="mailgate queue release") as session:
+    release_messages(get_config(config_path, data_dir), queue_id, connector).echo(as_json)
+
+
+def release_messages(
+    config: Config,
+    queue_id: str | None,
+    connector: str | None,
+    events: EventLog | None = None,
+    by: str = "mailgate queue release",
+) -> Outcome:
+    """`queue release` of one message (quarantined recipients too) or, with None, all."""
+    with _session(config, by=by, events=events) as session:
         result = session.result(session.store.release(queue_id, connector))
-        _changed(session, result, "released", catalog.MESSAGE_RELEASED, connector, as_json)
+        return _changed(session, result, "released", catalog.MESSAGE_RELEASED, connector)
 
 
 def _finished(
@@ -287,8 +333,14 @@ def delete(
     """Remove a message: its recipients, attempts and body. A recipient being delivered
     right now is taken from its thread first, and the reply says what became of the
     attempt (cancelled, or already delivered)."""
-    config = get_config(config_path, data_dir)
-    with _session(config) as session:
+    delete_message(get_config(config_path, data_dir), queue_id, ndr).echo(as_json)
+
+
+def delete_message(
+    config: Config, queue_id: str, ndr: bool, events: EventLog | None = None
+) -> Outcome:
+    """`queue delete` of one message, with a report to its sender if `ndr`."""
+    with _session(config, events=events) as session:
         fates = _take_over(config, session, queue_id, "delete")
         result = session.result(session.store.delete(queue_id, ndr=ndr))
         if not ndr:
@@ -299,13 +351,11 @@ def delete(
             report = _report(result.done)
         fields = {"open": result.closed, "report": report}
         _finished(session, result, catalog.MESSAGE_DELETED, fields)
-    if as_json:
-        echo_json(_finished_json(result, "deleted", fates))
-    else:
-        click.echo(
-            f"{result.queue_id}: deleted ({result.closed} recipient(s) not yet final); "
-            f"report: {report}" + inflight.describe(fates, "delete")
-        )
+    text = (
+        f"{result.queue_id}: deleted ({result.closed} recipient(s) not yet final); "
+        f"report: {report}" + inflight.describe(fates, "delete")
+    )
+    return Outcome(text, _finished_json(result, "deleted", fates))
 
 
 @click.command("bounce")
@@ -316,8 +366,12 @@ def bounce_(queue_id: str, as_json: bool, config_path: Path | None, data_dir: Pa
     """Return a message to its sender: open recipients are bounced (554 5.7.0) and a
     non-delivery report is queued. A recipient being delivered right now is taken from
     its thread first: one its attempt delivered after all is not reported as failed."""
-    config = get_config(config_path, data_dir)
-    with _session(config) as session:
+    return_message(get_config(config_path, data_dir), queue_id).echo(as_json)
+
+
+def return_message(config: Config, queue_id: str, events: EventLog | None = None) -> Outcome:
+    """`queue bounce`: return one message to its sender with a non-delivery report."""
+    with _session(config, events=events) as session:
         fates = _take_over(config, session, queue_id, "bounce")
         try:
             result = session.result(session.store.return_to_sender(queue_id))
@@ -326,13 +380,11 @@ def bounce_(queue_id: str, as_json: bool, config_path: Path | None, data_dir: Pa
         report = _report(result.done)
         fields = {"count": result.closed, "report": report}
         _finished(session, result, catalog.MESSAGE_RETURNED, fields)
-    if as_json:
-        echo_json(_finished_json(result, "returned", fates))
-    else:
-        click.echo(
-            f"{result.queue_id}: returned to the sender, {result.closed} recipient(s) bounced; "
-            f"report: {report}" + inflight.describe(fates, "bounce")
-        )
+    text = (
+        f"{result.queue_id}: returned to the sender, {result.closed} recipient(s) bounced; "
+        f"report: {report}" + inflight.describe(fates, "bounce")
+    )
+    return Outcome(text, _finished_json(result, "returned", fates))
 
 
 def _finished_json(result: admin.Finished, verb: str, fates: list[inflight.Fate]) -> dict[str, Any]:

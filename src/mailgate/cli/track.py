@@ -50,7 +50,7 @@ def track(key: str, as_json: bool, config_path: Path | None, data_dir: Path | No
     """Show the life of the message(s) KEY designates: queue id, Message-ID or address."""
     config = get_config(config_path, data_dir)
     with reading(config) as queue, _events_reader(store_path(config.log_dir)) as events:
-        found = _collect(key, queue, events)
+        found = collect(key, queue, events)
     if as_json:
         click.echo(json.dumps(found, ensure_ascii=False, default=str, indent=2))
     else:
@@ -65,9 +65,10 @@ def track(key: str, as_json: bool, config_path: Path | None, data_dir: Path | No
         raise SystemExit(1)
 
 
-def _collect(
+def collect(
     key: str, queue: QueueReader | None, events: EventReader | None
 ) -> list[dict[str, Any]]:
+    """What `track KEY --json` prints (the dashboard's track page shows the same)."""
     found: list[dict[str, Any]] = []
     if queue is not None:
         for queue_id in queue.find(key, MAX_MESSAGES):

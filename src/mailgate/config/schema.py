@@ -528,13 +528,15 @@ class AdminSettings(Section):
     listen: Annotated[str, AfterValidator(_optional_hostport)] = Field(
         "127.0.0.1:8025",
         description="Address and port of the admin HTTP listener (/metrics for Prometheus, "
-        "/healthz, /status); empty disables it. Also set by `mailgate run --admin-listen`.",
+        "/healthz, /status, and the dashboard at /); empty disables it. Also set by "
+        "`mailgate run --admin-listen`.",
     )
     token: str = Field(
         "",
         repr=False,
         description="Bearer token every admin request must carry (`Authorization: Bearer "
-        "TOKEN`); required when listen is not a loopback address. Use a long random value.",
+        "TOKEN`, or the dashboard's session cookie made from it); required when listen is not "
+        "a loopback address. Without it the dashboard is read-only. Use a long random value.",
     )
 
     @model_validator(mode="after")

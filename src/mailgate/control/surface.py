@@ -162,9 +162,13 @@ class ControlSurface(ABC):
 
     def queues(self) -> dict[str, dict[str, Any]]:
         """Per connector: recipients by state (zeros included), oldest age, live counters."""
+        return queue_table(self.reader().counts(), self.connector_names(), self.live_connectors())
+
+    def reader(self) -> QueueReader:
+        """The surface's read-only queue reader (the dashboard reads the queue with it)."""
         if self._reader is None:
             self._reader = self._open_reader()  # in the thread that uses it
-        return queue_table(self._reader.counts(), self.connector_names(), self.live_connectors())
+        return self._reader
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node sharing the queue: name, state, last heart-beat, its threads' work

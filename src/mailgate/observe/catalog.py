@@ -834,3 +834,35 @@ POSTOFFICE_OWNER_REFUSED = _event(
     "Run the service as root (it gives the files away at once), or empty [postoffice] "
     "owner and group and run the service as the mailbox owner.",
 )  # fmt: skip
+
+# --- The dashboard (admin listener) ------------------------------------------------------------
+DASHBOARD_ACTION = _event(
+    7000, "DashboardAction", C.CONTROL, S.INFO, MIN,
+    "dashboard: {action} of {scope} by {client}: {outcome}",
+    "An administrator changed the queue from the dashboard (retry, hold, release, delete "
+    "or bounce); the queue's own event (4010 and its neighbours) follows as for the command "
+    "line.",
+    "None; the client address says who.",
+)  # fmt: skip
+DASHBOARD_REFUSED = _event(
+    7001, "DashboardActionRefused", C.CONTROL, S.WARNING, MIN,
+    "dashboard: {action} from {client} refused: {reason}",
+    "A change was asked of the dashboard without the token (or its session cookie), with a "
+    "wrong CSRF field, or while the dashboard is read-only (no [admin] token), or a login "
+    "gave a wrong token. Nothing was changed.",
+    "Log in with the token; repeated refusals from an unknown address are someone probing.",
+)  # fmt: skip
+DASHBOARD_ACTION_FAILED = _event(
+    7002, "DashboardActionFailed", C.CONTROL, S.WARNING, MIN,
+    "dashboard: {action} of {scope} by {client} failed: {reason}",
+    "A change asked from the dashboard could not be carried out (no such message, nothing "
+    "to act on, a recipient being delivered, the queue store failing); nothing was changed.",
+    "Read the reason; the same command on the command line says the same.",
+)  # fmt: skip
+ADMIN_REQUEST_FAILED = _event(
+    7003, "AdminRequestFailed", C.CONTROL, S.ERROR, MIN,
+    "admin listener: answering {path} failed: {error}",
+    "A page or endpoint of the admin listener raised; the client got a 500 naming the "
+    "error and the listener goes on serving.",
+    "Report it with the error; if it names the queue store, look at the store first.",
+)  # fmt: skip

@@ -59,8 +59,11 @@ def list_messages(
     sender: str | None = None,
     recipient: str | None = None,
     limit: int = 1000,
+    after: str | None = None,
 ) -> list[QueuedMessage]:
-    """Messages matching every filter given, oldest queue id first, at most `limit`.
+    """Messages matching every filter given, oldest queue id first, at most `limit`;
+    with `after`, only those whose queue id sorts after it (keyset paging: the next page
+    starts after the last id of this one, and costs no more than the first).
 
     Finished messages (done_at set) are left out unless `state` is delivered or bounced.
     `connector`, `state` and `recipient` select messages with at least one recipient
@@ -70,6 +73,9 @@ def list_messages(
     params: list[Any] = []
     if state not in FINAL_STATES:
         where.append("m.done_at IS NULL")
+    if after is not None:
+        where.append("m.id > ?")
+        params.append(after)
     if received_before is not None:
         where.append("m.received_at < ?")
         params.append(received_before)

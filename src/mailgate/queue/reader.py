@@ -112,6 +112,7 @@ class QueueReader:
         sender: str | None = None,
         recipient: str | None = None,
         limit: int = 1000,
+        after: str | None = None,
     ) -> list[listing.QueuedMessage]:
         """Messages matching every filter given, oldest first, at most `limit` (listing.py)."""
         return listing.list_messages(
@@ -122,6 +123,7 @@ class QueueReader:
             sender=sender,
             recipient=recipient,
             limit=limit,
+            after=after,
         )
 
     def shape(self, now: float | None = None) -> dict[str, listing.ConnectorShape]:

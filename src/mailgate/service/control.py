@@ -37,7 +37,7 @@ class ControlPart(Part):
 
     def prepare(self) -> None:
         self.socket = bind_control(socket_path(self.config.data_dir))
-        self.admin = open_admin(self.config.admin, self.surface)  # bound now
+        self.admin = open_admin(self.config.admin, self.surface, self.config, self.events)
 
     def start(self, sup: Supervisor) -> None:
         log = self.config.log

@@ -1,61 +1,70 @@
-"""The admin HTTP listener: /metrics (Prometheus), /healthz and /status.
+"""The admin HTTP listener: /metrics, /healthz, /status and the dashboard, on uvicorn.
 
-One supervised thread serves one request at a time with the standard library's
-request handler and no server threads, so no thread escapes supervision. A
-client gets CLIENT_TIMEOUT seconds in all to send its request head, and its
-socket keeps that timeout for the answer: a slow or hostile client holds the
-thread for seconds, not forever. The socket is bound at start, so a port in use
-stops the start as the SMTP port does.
+One supervised thread (`admin`) runs an asyncio loop with a uvicorn server serving the
+Starlette application of app.py. The socket is bound at start (`open_admin`), so a port
+in use stops the start as the SMTP port does; each life of the thread serves a
+duplicate of it (uvicorn closes the sockets it served), so a restarted thread serves
+the same port. uvicorn gets no signal handlers (it runs off the main thread, where it
+installs none), no logging configuration and no access log: nothing is logged per
+request, so no token, cookie or client text reaches a log.
 
-Security: loopback by default. Bound anywhere else it needs a token (the
-configuration is refused without one); with a token every request must carry
-`Authorization: Bearer TOKEN`, compared in constant time, else 401. Nothing is
-logged per request, so the token never reaches a log or an event.
+Every endpoint is a coroutine run on this loop (none goes to a thread pool, which would
+start threads the supervisor does not know): the heartbeat task reports progress while
+the loop turns, and marks the thread busy while a request is being answered, so a
+request that blocks the loop makes the thread stall and be replaced like any other.
+A stop request sets the server's `should_exit`; open connections get a second to end.
+
+Security: loopback by default; bound anywhere else it needs a token (the configuration
+is refused without one). The token, its cookie and CSRF are app.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.server
-import io
-import json
-import secrets
-import selectors
+import asyncio
+import logging
 import socket
-import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
-from prometheus_client.exposition import choose_encoder
+import uvicorn
 
-from mailgate.config.schema import AdminSettings, parse_hostport
+from mailgate.config.schema import AdminSettings, Config, parse_hostport
 from mailgate.control.surface import ControlSurface
+from mailgate.observe.events import EventLog
 from mailgate.supervise.handle import ThreadHandle
-from mailgate.web.metrics import StatusCollector
+from mailgate.web.context import AdminContext
+from mailgate.web.samples import SampleRing
+from mailgate.web.stalls import StallWatch
 
-CLIENT_TIMEOUT = 5.0
-MAX_HEAD = 16 * 1024
-POLL = 0.5
-INDEX = b"""mailgate admin
-/metrics  Prometheus metrics
-/healthz  200 when healthy, 503 with the reasons when not
-/status   the service's status (as `mailgate ctl status --json`)
-"""
-_NO_SERVER: Any = None  # the handler is driven directly, without a socketserver
+BEAT = 0.25  # seconds between heartbeats (and checks of the stop flag)
+GRACE = 1  # seconds open connections get to end at a stop
+MAX_CONNECTIONS = 64  # more at once are answered 503: a flood cannot exhaust descriptors
+
+
+def _quiet_uvicorn() -> None:
+    """uvicorn's loggers write nothing: a malformed request would otherwise reach stderr
+    (through logging's last resort) at a client's will."""
+    quiet = logging.getLogger("uvicorn")
+    quiet.propagate = False
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
 
 
 def bind_admin(listen: str) -> socket.socket:
     """The listening socket for `listen` (HOST:PORT); OSError reaches the caller."""
     host, port = parse_hostport(listen)
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family, _, proto, _, address = infos[0]
+    # The protocol number matters: asyncio turns Nagle off only on sockets that say TCP,
+    # and with Nagle on, a keep-alive client waits 40 ms (its delayed ACK) for each page.
+    sock = socket.socket(family, socket.SOCK_STREAM, proto or socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(16)
+        sock.listen(64)
     except OSError:
         sock.close()
         raise
@@ -65,14 +74,27 @@ def bind_admin(listen: str) -> socket.socket:
 
 class AdminServer:
     """Body of the `admin` thread; `surface` builds the thread's own control surface (the
-    one the control socket answers with) at each start."""
+    one the control socket answers with) at each start. The sample ring outlives the
+    thread's lives: a restarted thread keeps drawing the same chart."""
 
     def __init__(
-        self, sock: socket.socket, surface: Callable[[], ControlSurface], token: str
+        self,
+        sock: socket.socket,
+        surface: Callable[[], ControlSurface],
+        token: str,
+        config: Config | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.sock = sock
         self.surface = surface
         self._token = token
+        self.config = config
+        self.events = events
+        _quiet_uvicorn()
+        self.samples = SampleRing()
+        self.stalls = StallWatch()
+        if events is not None:
+            events.add_sink(self.stalls)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -81,41 +103,56 @@ class AdminServer:
 
     def __call__(self, handle: ThreadHandle) -> None:
         view = self.surface()
+        log_dir = None if self.config is None else Path(self.config.log_dir)
+        context = AdminContext(
+            view, self._token, self.samples, self.config, self.events, log_dir, self.stalls
+        )
         try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(self.sock, selectors.EVENT_READ)
-                while not handle.stopping:
-                    handle.progress()  # a heartbeat: the loop is alive
-                    if not selector.select(timeout=POLL):
-                        continue
-                    try:
-                        client, address = self.sock.accept()
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    with client:
-                        self._serve(handle, client, address, view)
+            asyncio.run(self._serve(handle, context))
         finally:
-            view.close()
+            context.close()
 
-    def _serve(
-        self, handle: ThreadHandle, client: socket.socket, address: Any, view: ControlSurface
-    ) -> None:
-        handle.busy()
-        handle.on_abort(lambda: client.shutdown(socket.SHUT_RDWR))
+    async def _serve(self, handle: ThreadHandle, context: AdminContext) -> None:
+        from mailgate.web.app import build_app
+
+        config = uvicorn.Config(
+            build_app(context),
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=GRACE,
+            timeout_keep_alive=5,
+            limit_concurrency=MAX_CONNECTIONS,
+            h11_max_incomplete_event_size=16 * 1024,
+        )
+        server = uvicorn.Server(config)
+        beat = asyncio.create_task(self._heartbeat(handle, server, context))
         try:
-            _Handler(client, address, view, self._token)
-        except OSError:
-            pass  # the client went away or was too slow: its problem
+            await server.serve(sockets=[self.sock.dup()])
         finally:
-            handle.on_abort(None)
-            handle.idle()
+            beat.cancel()
+
+    @staticmethod
+    async def _heartbeat(handle: ThreadHandle, server: uvicorn.Server, ctx: AdminContext) -> None:
+        """Progress while the loop turns (app.py marks the thread busy while it answers);
+        the chart's samples when due."""
+        ctx.handle = handle
+        while not handle.stopping:
+            handle.progress()
+            ctx.sample_if_due()
+            await asyncio.sleep(BEAT)
+        server.should_exit = True
 
     def close(self) -> None:
         self.sock.close()
 
 
 def open_admin(
-    settings: AdminSettings, surface: Callable[[], ControlSurface]
+    settings: AdminSettings,
+    surface: Callable[[], ControlSurface],
+    config: Config | None = None,
+    events: EventLog | None = None,
 ) -> AdminServer | None:
     """Bind the admin listener of `settings`; None when it is disabled (listen = "")."""
     if not settings.listen:
@@ -124,107 +161,4 @@ def open_admin(
         sock = bind_admin(settings.listen)
     except OSError as exc:  # say which listener: the SMTP port fails with the same words
         raise OSError(exc.errno, f"admin listener {settings.listen}: {exc.strerror}") from None
-    return AdminServer(sock, surface, settings.token)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server_version = "mailgate-admin"
-    sys_version = ""
-    timeout = CLIENT_TIMEOUT
-
-    def __init__(
-        self, client: socket.socket, address: Any, view: ControlSurface, token: str
-    ) -> None:
-        self.view = view
-        self.token = token
-        super().__init__(client, address, _NO_SERVER)
-
-    def setup(self) -> None:
-        """Read the whole request head within the deadline, then parse it from memory."""
-        super().setup()
-        self.rfile.close()  # the socket's own reader: the head is read below, with a deadline
-        self.rfile = io.BytesIO(_read_head(self.connection, time.monotonic() + CLIENT_TIMEOUT))
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Nothing per request: no log line can carry a token or a client's text."""
-
-    def do_HEAD(self) -> None:
-        self._route(head=True)
-
-    def do_GET(self) -> None:
-        self._route(head=False)
-
-    def _route(self, head: bool) -> None:
-        if not self._authorized():
-            self._send(401, b"unauthorized\n", "text/plain", head, {"WWW-Authenticate": "Bearer"})
-            return
-        try:
-            code, body, content_type = self._answer(self.path.split("?", 1)[0])
-        except Exception as exc:  # a failing answer is an answer, never the end of the thread
-            code, body, content_type = 500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain"
-        self._send(code, body, content_type, head)
-
-    def _answer(self, path: str) -> tuple[int, bytes, str]:
-        if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            status = self.view.status()
-            return 200, encoder(StatusCollector(lambda: status)), content_type
-        if path == "/healthz":
-            body = self.view.health()
-            return 503 if body["reasons"] else 200, _json(body), "application/json"
-        if path == "/status":
-            return 200, _json(self.view.status()), "application/json"
-        if path == "/":
-            return 200, INDEX, "text/plain; charset=utf-8"
-        return 404, b"not found\n", "text/plain"
-
-    def _authorized(self) -> bool:
-        if not self.token:
-            return True
-        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
-        return scheme.lower() == "bearer" and secrets.compare_digest(
-            given.strip().encode(), self.token.encode()
-        )
-
-    def _send(
-        self,
-        code: int,
-        body: bytes,
-        content_type: str,
-        head: bool,
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        for name, value in (extra or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, indent=2, default=str).encode() + b"\n"
-
-
-def _read_head(client: socket.socket, deadline: float) -> bytes:
-    """Bytes up to the blank line ending the request head (or what came before the
-    deadline or the size limit: the handler then answers 400 or nothing)."""
-    data = b""
-    while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) < MAX_HEAD:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        client.settimeout(left)
-        try:
-            chunk = client.recv(4096)
-        except TimeoutError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    with contextlib.suppress(OSError):
-        client.settimeout(CLIENT_TIMEOUT)
-    return data
+    return AdminServer(sock, surface, settings.token, config, events)
