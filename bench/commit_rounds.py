@@ -7,9 +7,10 @@ SQLite: a file in a temporary directory (WAL, synchronous=FULL). PostgreSQL: a s
 its own at MAILGATE_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test), dropped
 after. Each message has one recipient and a 5 KiB body, as in bench/throughput.py.
 Printed per store: messages/s, batches, mean batch, mean commit seconds per batch, and
-for PostgreSQL the statements sent per batch besides BEGIN and COMMIT (counted in the
-backend's connection: one round trip each) and the server's WAL fsyncs per batch
-(pg_stat_wal: one per COMMIT, none per statement; other clients of the server add to it).
+for PostgreSQL the round trips per batch after its BEGIN, its COMMIT's included
+(queue/pg_pipeline.py sends savepoint statements with the next one) and the server's
+WAL fsyncs per batch (pg_stat_wal: one per COMMIT, none per statement; other clients
+of the server add to it).
 Run from the repository root with PYTHONPATH=. (it uses tests/support/stores.py).
 """
 
@@ -27,7 +28,7 @@ from tests.support.stores import admin, open_store
 
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
 from mailgate.observe.events import EventLog
-from mailgate.queue import postgres
+from mailgate.queue import pg_pipeline
 from mailgate.queue.commit import Committer
 from mailgate.queue.store import QueueStore
 from mailgate.supervise.handle import ThreadHandle
@@ -56,13 +57,13 @@ def run(kind: str, threads: int, messages: int) -> dict[str, Any]:
         thread.start()
         store = QueueStore(backend, committer)
         statements = [0]
-        original = postgres.PostgresConnection._run
+        original = pg_pipeline.PipelinedTx.sync
 
-        def counting(self: Any, conn: Any, sql: str, params: Any) -> Any:
-            statements[0] += 1
-            return original(self, conn, sql, params)
+        def counting(self: Any) -> Any:
+            statements[0] += 1 if self._unsent else 0
+            return original(self)
 
-        postgres.PostgresConnection._run = counting  # type: ignore[method-assign]
+        pg_pipeline.PipelinedTx.sync = counting  # type: ignore[method-assign]
         syncs = _wal_syncs() if kind == "postgres" else 0
         futures: list[Future[Any]] = []
         barrier = threading.Barrier(threads + 1)
@@ -82,7 +83,7 @@ def run(kind: str, threads: int, messages: int) -> dict[str, Any]:
             worker.join()
         wait(futures, 60)
         elapsed = time.monotonic() - started
-        postgres.PostgresConnection._run = original  # type: ignore[method-assign]
+        pg_pipeline.PipelinedTx.sync = original  # type: ignore[method-assign]
         handle.stop_event.set()
         committer.wake()
         thread.join(10)
@@ -96,7 +97,7 @@ def run(kind: str, threads: int, messages: int) -> dict[str, Any]:
             "batches": stats.batches,
             "mean_batch": round(stats.operations / stats.batches, 1),
             "ms_per_batch": round(1000 * elapsed / stats.batches, 2),
-            "statements_per_batch": (
+            "round_trips_per_batch": (
                 round(statements[0] / stats.batches, 1) if kind == "postgres" else "-"
             ),
             # The server's WAL fsyncs over the run (every client of the server counts).

@@ -35,6 +35,7 @@ def process(stopping: bool = False) -> SimpleNamespace:
         health=lambda: [],
         reload_state=lambda: {"last_reload_ok": True, "last_reload_success": 1.0},
         request_stop=lambda reason: None,
+        config=parse_config({}),
     )
 
 
@@ -76,7 +77,7 @@ def test_one_status_shape_for_one_process_and_for_the_master(backend: SqliteBack
     one, other = (s.status() for s in surfaces)
     assert set(one) == set(other) == {
         "version", "pid", "state", "uptime", "healthy", "reasons", "restarts", "abandoned",
-        "processes", "queues", "counters", "config",
+        "processes", "queues", "nodes", "counters", "config",
     }  # fmt: skip
     assert (one["state"], other["state"]) == ("running", "stopping")
     assert one["uptime"] >= 5 and one["healthy"] and one["reasons"] == []

@@ -62,9 +62,9 @@ def test_a_schema_1_file_made_by_main_upgrades_in_place_without_loss(tmp_path: P
     backend = SqliteBackend(path)
     assert backend.schema_status() == migrations.SchemaStatus(1)
     backend.initialize()  # what a start does: in place
-    assert backend.schema_status().current and migrations.CURRENT == 2
+    assert backend.schema_status().current and migrations.CURRENT == 3
     after = contents(path)
-    assert after["meta"] == [("schema", "2")]
+    assert after["meta"] == [("schema", "3")]
     for table in TABLES[1:]:
         assert after[table] == before[table], f"{table}: every row as it was"
     fresh = SqliteBackend(tmp_path / "fresh.db")
@@ -99,11 +99,11 @@ def test_an_older_shape_of_schema_1_is_brought_to_the_same_shape(tmp_path: Path)
 def test_a_newer_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = schema1_file(tmp_path / "queue.db")
     db = sqlite3.connect(path)
-    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema'")
     db.commit()
     db.close()
     before = contents(path)
-    with pytest.raises(StoreError, match=r"schema 3, newer .*`mailgate db status --config FILE`"):
+    with pytest.raises(StoreError, match=r"schema 99, newer .*`mailgate db status --config FILE`"):
         SqliteBackend(path).initialize()
     assert contents(path) == before
 
@@ -117,18 +117,18 @@ def test_postgres_is_never_upgraded_by_a_start_and_says_which_command_to_run() -
                 backend.initialize()
             assert backend.schema_status().found is None, "the start created nothing"
             status, steps = backend.upgrade()
-            assert status.found is None and [s.version for s in steps] == [2]
+            assert status.found is None and [s.version for s in steps] == [2, 3]
             backend.initialize()
             sql(backend, "UPDATE meta SET value = '1' WHERE key = 'schema'")
-            with pytest.raises(StoreError, match=r"schema 1, this mailgate needs 2: run "
+            with pytest.raises(StoreError, match=r"schema 1, this mailgate needs 3: run "
                                r"`mailgate db upgrade --config FILE`"):  # fmt: skip
                 backend.initialize()
             assert backend.upgrade()[1], "an older one is upgraded by the command"
-            sql(backend, "UPDATE meta SET value = '3' WHERE key = 'schema'")
+            sql(backend, "UPDATE meta SET value = '99' WHERE key = 'schema'")
             for attempt in (backend.initialize, backend.upgrade):
-                with pytest.raises(StoreError, match="schema 3, newer than this mailgate"):
+                with pytest.raises(StoreError, match="schema 99, newer than this mailgate"):
                     attempt()
-            assert sql(backend, "SELECT value FROM meta WHERE key = 'schema'") == [("3",)]
+            assert sql(backend, "SELECT value FROM meta WHERE key = 'schema'") == [("99",)]
         finally:
             backend.close()
 
@@ -150,4 +150,4 @@ def test_two_upgrades_at_once_apply_the_steps_once() -> None:
             thread.join(30)
         for backend in backends:
             backend.close()
-        assert sorted(len(steps) for steps in results) == [0, 1]
+        assert sorted(len(steps) for steps in results) == [0, len(migrations.STEPS)]

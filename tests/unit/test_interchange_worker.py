@@ -72,7 +72,7 @@ def queue(tmp_path: Path) -> Iterator[Stage]:
 
 def worker(queue: Stage, connector: Scripted, **kw: object) -> InterchangeThread:
     return InterchangeThread(
-        connector, queue.store, queue.wakeup, queue.events, hostname=HOST, batch=10, **kw
+        connector, queue.store, queue.wakeup, queue.events, node=HOST, batch=10, **kw
     )  # type: ignore[arg-type]
 
 
@@ -200,7 +200,7 @@ def test_a_thread_asks_to_be_recycled_after_its_attempts_and_records_its_last_ba
     connector = Scripted()
     ids = [queue.enqueue(f"u{i}@x.test") for i in range(3)]
     body = InterchangeThread(
-        connector, queue.store, queue.wakeup, queue.events, hostname=HOST, batch=1,
+        connector, queue.store, queue.wakeup, queue.events, node=HOST, batch=1,
         recycle_after=2, state=ConnectorState("postoffice"),
     )  # fmt: skip
     handle = queue.run(body)

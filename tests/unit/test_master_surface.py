@@ -43,6 +43,7 @@ def process() -> SimpleNamespace:
         health=lambda: [],
         reload_state=lambda: {"last_reload_ok": True},
         request_stop=lambda reason: None,
+        config=parse_config({}),  # the node view of status reads [queue] node_timeout
     )
 
 

@@ -41,6 +41,7 @@ def test_an_unreachable_server_is_a_store_error_without_the_password() -> None:
         with pytest.raises(StoreError) as caught:
             backend.initialize()
         assert "s3cret" not in str(caught.value) and "mg:***@127.0.0.1:1" in str(caught.value)
-        assert "within 0.5s" in str(caught.value)
+        # The pool opens connections in the caller's thread: the server's reason, at once.
+        assert "Connection refused" in str(caught.value)
     finally:
         backend.close()

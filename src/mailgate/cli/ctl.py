@@ -98,6 +98,11 @@ def status(as_json: bool, config_path: Path | None, data_dir: Path | None) -> No
             f"{q['quarantined']}), oldest {q['oldest_age']}s, delivered {q['delivered']}; "
             f"{q.get('threads', 0)} threads, {q.get('connections', 0)} connections{down}"
         )
+    for node in result.get("nodes") or []:  # every node sharing the queue
+        busy = sum(1 for t in node["work"] if (t.get("work") or {}).get("queue_id"))
+        click.echo(f"node {node['name']} {node['state'].upper()}: host {node['host']} pid "
+                   f"{node['pid']}, heard {node['heartbeat_age']}s ago, {busy} of "
+                   f"{len(node['work'])} threads busy")  # fmt: skip
     for process in result["processes"]:
         click.echo(f"process {process['pid']} ({process['role']}):")
         _threads_table(process["threads"])

@@ -25,6 +25,7 @@ from rich.text import Text
 
 from mailgate.cli.common import config_options
 from mailgate.cli.ctl import _data_dir
+from mailgate.cli.top_nodes import nodes_table
 from mailgate.control.server import request, socket_path
 from mailgate.control.surface import STATES
 from mailgate.observe import metrics
@@ -129,6 +130,7 @@ def frame(
         _header(status, stamp),
         _rates(sampler, status),
         _queues(status),
+        nodes_table(status, age),
         _threads(sampler, status),
     )
 

@@ -8,6 +8,7 @@ generated from the descriptions here (see reference.py).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -124,6 +125,22 @@ HostPort = Annotated[str, AfterValidator(_hostport)]
 Domain = Annotated[str, AfterValidator(_domain)]
 
 
+# --- nodes (issue 13): a node's name is the first part of every lease owner it writes ---
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def _node_name(value: str) -> str:
+    if not _NODE_NAME.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a node name (1-253 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit)"
+        )
+    return value
+
+
+NodeName = Annotated[str, AfterValidator(_node_name)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -141,6 +158,23 @@ class ServiceSettings(Section):
         "30s",
         validate_default=True,
         description="How long a stop waits for in-flight work before exiting anyway.",
+    )
+    node: NodeName = Field(
+        # Validated data so far: hostname is declared above, so it is there.
+        default_factory=lambda data: data.get("hostname") or default_hostname(),
+        description="Name of this node among those sharing one queue (docs/nodes.md): it "
+        "heart-beats under it, and its leases carry it. Two live nodes with one name are "
+        "refused; a restarted node rejoins under its name. Nodes that greet with one "
+        "`hostname` need a `node` each.",
+        json_schema_extra={"doc_default": "service.hostname (this machine's host name)"},
+    )
+    connectors: list[str] | None = Field(
+        None,
+        description="The connectors this node runs, by name; none given means every one the "
+        "configuration builds. A node without the shared postoffice tree leaves `postoffice` "
+        "out: it accepts and queues mail for mailboxes, and the nodes that run it deliver. "
+        "An unknown name stops the start, naming the connectors there are.",
+        json_schema_extra={"doc_default": "all"},
     )
 
 
@@ -290,6 +324,12 @@ class QueueSettings(Section):
         "is taken for one transaction or one read and given back at once; each process "
         "needs one for its committer and one or two for reads (docs/nodes.md).",
     )
+    node_timeout: Duration = Field(
+        "15s",
+        validate_default=True,
+        description="A node not heard from for this long is declared dead by the live ones, "
+        "and its leases are released at once. Each node heart-beats every fifth of it.",
+    )
     lease: Duration = Field(
         "5m",
         validate_default=True,
@@ -342,6 +382,12 @@ class QueueSettings(Section):
 
 
 class PostofficeSettings(Section):
+    root: str = Field(
+        "",
+        description="Directory of the postoffice tree (networks, postoffices, mailboxes, "
+        "outboxes); empty means <data_dir>/postoffice. Nodes sharing one queue may share "
+        "one tree on shared storage (docs/nodes.md): delivery into it stays exactly-once.",
+    )
     domain: str = Field(
         "",
         description="Mail domain under which postoffice addresses live; empty means "
@@ -734,7 +780,7 @@ class Config(Section):
 
     @property
     def postoffice_root(self) -> Path:
-        return self.data_dir / "postoffice"
+        return Path(self.postoffice.root) if self.postoffice.root else self.data_dir / "postoffice"
 
     @property
     def postoffice_domain(self) -> str:

@@ -1,7 +1,9 @@
 """connectors.postoffice: deliver into postoffice Maildirs, crash-safe and without duplicates.
 
 A message for recipient R of queue id Q gets the fixed Maildir name
-`<received>.M<Q>R<rid>.<host>,S=<size>`. Delivery writes `tmp/<name>.<thread>`,
+`<received>.M<Q>R<rid>.<host>,S=<size>` (host: the postoffice's domain, the same on
+every node that shares it, so the name is one per recipient whichever node delivers).
+Delivery writes `tmp/<name>.<machine>_<pid>_<thread>`,
 fsyncs it, then link()s it to `new/<name>`: link fails with EEXIST rather than
 overwrite, so a second delivery of the same recipient (after a crash, or by a
 thread whose lease expired) can never make a second copy. Before recording an
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,7 +128,9 @@ class PostofficeSession:
 
     def __init__(self, connector: PostofficeConnector) -> None:
         self.c = connector
-        self.suffix = f"{os.getpid()}_{threading.get_native_id()}"
+        # Unique among the machines that share the postoffice, for the temporary file.
+        machine = socket.gethostname().replace("/", "_").replace(":", "_")
+        self.suffix = f"{machine}_{os.getpid()}_{threading.get_native_id()}"
         self._boxes: dict[PostofficeAddress, _Box] = {}
         self._dirty: dict[int, _Box] = {}  # boxes whose new/ needs an fsync, by id()
         self._retired: list[_Box] = []  # no longer cached, closed at the next flush

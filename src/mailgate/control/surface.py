@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from mailgate import __version__
 from mailgate.config.schema import Config
+from mailgate.errors import StoreError
 from mailgate.model import RecipientState
 from mailgate.observe.catalog import Category, Level
 from mailgate.observe.events import EventLog
@@ -41,6 +42,7 @@ class Process(Protocol):
     supervisor: Supervisor
     events: EventLog
     started_at: float
+    config: Config
 
     @property
     def stopping(self) -> bool: ...
@@ -149,6 +151,7 @@ class ControlSurface(ABC):
             "abandoned": sum(t.get("abandoned", 0) for t in threads),
             "processes": processes,
             "queues": self.queues(),
+            "nodes": self.nodes(),
             "counters": self.counters(),
             "config": process.reload_state(),
         }
@@ -166,6 +169,17 @@ class ControlSurface(ABC):
         if self._reader is None:
             self._reader = self._open_reader()  # in the thread that uses it
         return self._reader
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node sharing the queue: name, state, last heart-beat, its threads' work
+        (an empty list if the store cannot say: status answers even then)."""
+        if self._reader is None:
+            self._reader = self._open_reader()
+        try:
+            now, rows = self._reader.nodes(self.process.config.queue.node_timeout)
+        except StoreError:
+            return []
+        return [row.json(now) for row in rows]
 
     @abstractmethod
     def processes(self) -> list[dict[str, Any]]:

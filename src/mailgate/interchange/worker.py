@@ -32,6 +32,7 @@ from mailgate.model import Claim, Disposition, Outcome, RecipientState
 from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
+from mailgate.queue.nodes import node_owner
 from mailgate.queue.ops import Recorded
 from mailgate.queue.reader import QueueReader
 from mailgate.queue.store import STORE_WAIT, QueueStore
@@ -42,10 +43,11 @@ from mailgate.supervise.handle import ThreadHandle
 IDLE_WAIT = 5.0
 
 
-def lease_owner(hostname: str, thread_name: str, generation: int | None = None) -> str:
+def lease_owner(node: str, thread_name: str, generation: int | None = None) -> str:
     """Lease owner id of one life of a thread; without a generation, the prefix of all its
-    lives. The ':' separators keep 'postoffice-1:' from prefixing 'postoffice-10:'."""
-    prefix = f"{hostname}:{os.getpid()}:{thread_name}:"
+    lives. The ':' separators keep 'postoffice-1:' from prefixing 'postoffice-10:'; the node
+    comes first, so `node_owner` is the prefix of every lease a node holds."""
+    prefix = f"{node_owner(node)}{os.getpid()}:{thread_name}:"
     return prefix if generation is None else f"{prefix}{generation}:"
 
 
@@ -59,7 +61,7 @@ class InterchangeThread:
         wakeup: Wakeup,
         events: EventLog,
         *,
-        hostname: str,
+        node: str,
         batch: int,
         max_received: int = 30,
         state: ConnectorState | None = None,
@@ -73,7 +75,7 @@ class InterchangeThread:
         self.store = store
         self.wakeup = wakeup
         self.events = events
-        self.hostname = hostname
+        self.node = node
         self.batch = batch
         self.max_received = max_received
         self.state = state or ConnectorState(connector.name)
@@ -82,9 +84,9 @@ class InterchangeThread:
         self.counters = counters or Counters()
 
     def __call__(self, handle: ThreadHandle) -> None:
-        owner = lease_owner(self.hostname, handle.name, handle.generation)
+        owner = lease_owner(self.node, handle.name, handle.generation)
         # Leases earlier lives of this thread held (dead or abandoned) are ours to give back.
-        previous = lease_owner(self.hostname, handle.name)
+        previous = lease_owner(self.node, handle.name)
         # An earlier life that died holding leases ended those attempts without an outcome.
         ended = self.store.end_leases("its thread died", previous).result(STORE_WAIT)
         report_ended(self.events, ended, f"left by {handle.name} before restart")
@@ -174,7 +176,7 @@ class InterchangeThread:
         claims: Sequence[Claim],
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        owner = lease_owner(self.hostname, handle.name, handle.generation)
+        owner = lease_owner(self.node, handle.name, handle.generation)
         with self.in_flight.batch(owner, handle.name, session, (c.queue_id for c in claims)):
             # Claims come ordered by message: each message's recipients go in one call.
             for queue_id, group in itertools.groupby(claims, key=lambda c: c.queue_id):

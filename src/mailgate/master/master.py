@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mailgate.config.schema import Config
@@ -38,6 +39,7 @@ from mailgate.master.processes import WORKER_CONFIG, WORKER_SOCKETS, WorkerProce
 from mailgate.observe import catalog
 from mailgate.observe.catalog import EventType
 from mailgate.observe.events import EventLog
+from mailgate.queue.nodes import node_owner
 from mailgate.queue.open import open_backend
 from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.service import wiring
@@ -119,7 +121,7 @@ class Master(Part):
             sys.executable, "-m", "mailgate", "worker", "--role", worker.spec.role,
             "--name", worker.name,
         ]  # fmt: skip
-        env = {**os.environ, WORKER_CONFIG: self.worker_config()}
+        env = {**os.environ, WORKER_CONFIG: str(self.write_worker_config())}
         env.pop(WORKER_SOCKETS, None)
         fds: dict[str, int] = {}
         if worker.spec.role == "receive" and self.listeners is not None:
@@ -133,6 +135,20 @@ class Master(Part):
         self.events.emit(
             catalog.WORKER_STARTED, worker=worker.name, role=worker.spec.role, pid=proc.pid
         )
+
+    def write_worker_config(self) -> Path:
+        """The workers' configuration in `<data_dir>/worker-config.json`, mode 0600, replaced
+        whole (a worker starting meanwhile reads the old or the new one, never half)."""
+        path = self.config.data_dir / "worker-config.json"
+        fresh = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # O_CREAT's mode is not applied to a file left behind
+            os.write(fd, self.worker_config().encode())
+        finally:
+            os.close(fd)
+        os.replace(fresh, path)
+        return path
 
     def worker_config(self) -> str:
         """The running configuration as JSON, with the port the master reserved."""
@@ -218,7 +234,7 @@ class Master(Part):
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         if worker.last_words:
             how += f": {worker.last_words}"
-        prefix = f"{self.config.service.hostname}:{worker.pid}:"
+        prefix = f"{node_owner(self.config.service.node)}{worker.pid}:"
         try:
             why, reason = f"held by dead {worker.name}", "its worker process died"
             end_dead_leases(self.backend, self.events, self.config, prefix, why, reason)

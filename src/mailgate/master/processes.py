@@ -25,7 +25,10 @@ from typing import Any
 
 from mailgate.supervise.budget import RestartBudget
 
-WORKER_CONFIG = "MAILGATE_WORKER_CONFIG"  # the validated configuration, as JSON
+# The path of the validated configuration, as JSON, in a file only the service's user can
+# read: never the configuration itself, whose queue URL may hold a password (a process's
+# environment is readable in /proc by the same user, and copied into every child).
+WORKER_CONFIG = "MAILGATE_WORKER_CONFIG_FILE"
 WORKER_SOCKETS = "MAILGATE_WORKER_SOCKETS"  # receive workers: inherited listening fds, as JSON
 
 

@@ -19,6 +19,7 @@ from mailgate.service import wiring
 from mailgate.service.control import ControlPart
 from mailgate.service.hooks import install_excepthooks
 from mailgate.service.host import Host
+from mailgate.service.processes import node_part
 from mailgate.service.signals import Signals
 
 
@@ -27,7 +28,15 @@ def master_process(
 ) -> Host:
     host = Host(config, events, owner=True, source=source, label="master thread", exit_hard=True)
     master = Master(config, events, host.fail)
-    host.parts = [ControlPart(config, events, lambda: MasterSurface(host, master)), master]
+
+    def surface() -> MasterSurface:  # one per thread that reads it
+        return MasterSurface(host, master)
+
+    host.parts = [
+        ControlPart(config, events, surface),
+        master,
+        node_part(host, lambda: surface().threads()),
+    ]
     return host
 
 

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import traceback
+from pathlib import Path
 
 from mailgate.config.schema import Config
 from mailgate.master.channel import ChannelPart, ForwardSink, Outbox
@@ -44,7 +45,7 @@ def die_with_parent() -> None:
 
 def run_worker(role: str, name: str) -> int:
     """Entry of `mailgate worker`: the configuration comes validated from the master."""
-    config = Config.model_validate_json(os.environ[WORKER_CONFIG])
+    config = Config.model_validate_json(Path(os.environ[WORKER_CONFIG]).read_bytes())
     return _run(config, role, name)
 
 

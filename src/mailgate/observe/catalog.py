@@ -390,6 +390,57 @@ QUEUE_MOVED = _event(
     "Run that node with the PostgreSQL [queue] url from now on.",
 )  # fmt: skip
 
+# --- Nodes sharing one queue (issue 13) ----------------------------------------------------------
+NODE_NAME_IN_USE = _event(
+    1040, "NodeNameInUse", C.SERVICE, S.ERROR, MIN,
+    "node {node} is already alive in the queue {store} (host {host}, pid {pid}, data "
+    "{holder_data_dir}, heard from {age}s ago); this one will not start",
+    "Two live nodes may not share one name: leases, heart-beats and the release of a dead "
+    "node's work are all by name. The other node's heart-beat is fresher than "
+    "[queue] node_timeout.",
+    "Give this node its own `[service] node`, or stop the other one first.",
+)  # fmt: skip
+NODE_JOINED = _event(
+    1041, "NodeJoined", C.SERVICE, S.INFO, MIN,
+    "node {node} joined the queue {store} ({alive} node(s) alive: {nodes})",
+    "This node registered itself in the shared queue and heart-beats into it from now on.",
+    "None.",
+)  # fmt: skip
+NODE_DEAD = _event(
+    1042, "NodeDead", C.SERVICE, S.WARNING, MIN,
+    "node {node} (host {host}, pid {pid}) not heard from for {silent}s (node_timeout "
+    "{timeout}s): declared dead by {by}; {released} of its lease(s) released here",
+    "A node stopped heart-beating without leaving: it crashed, hangs, or lost the "
+    "database. Each live node says so once; the first to see it releases its leases at "
+    "once, so its recipients are delivered by the others (postoffice delivery is "
+    "idempotent, so one it had delivered is not duplicated).",
+    "Find out why that node stopped; when it starts again it rejoins under its name.",
+)  # fmt: skip
+NODE_REJOINED = _event(
+    1043, "NodeRejoined", C.SERVICE, S.WARNING, MIN,
+    "node {node} was declared dead by the others (silent for {silent}s) and heart-beats "
+    "again; the leases it held were released",
+    "This node could not reach the queue (or was paused) for longer than [queue] "
+    "node_timeout. Its deliveries in flight finish; outcomes whose lease was released are "
+    "settled as late deliveries where they were delivered.",
+    "Look at event 4001 around it: the database, or this node's link to it.",
+)  # fmt: skip
+NODE_TAKEN = _event(
+    1044, "NodeTaken", C.SERVICE, S.CRITICAL, MIN,
+    "node {node}'s entry in the queue was taken by another mailgate (host {host}, pid "
+    "{pid}) while this one was silent; this one stops",
+    "Another node started under this name after this one had been declared dead. Two live "
+    "nodes with one name would release each other's work, so this one stops.",
+    "Give one of them another `[service] node`.",
+)  # fmt: skip
+NODE_HEARTBEAT_FAILED = _event(
+    4080, "NodeHeartbeatFailed", C.QUEUE, S.WARNING, MIN,
+    "node {node} could not heart-beat into the queue: {error}",
+    "The heart-beat (every fifth of [queue] node_timeout) failed; if it keeps failing "
+    "past node_timeout the other nodes declare this one dead and take its work.",
+    "Check the database and this node's connection to it (event 4001).",
+)  # fmt: skip
+
 # --- Interchange ---------------------------------------------------------------------------------
 ATTEMPT_CANCELLED = _event(
     2463, "AttemptCancelled", C.INTERCHANGE, S.INFO, MIN,

@@ -196,6 +196,25 @@ THREAD_STATE = _metric(
     ("process", "thread", "state"),
 )  # fmt: skip
 
+# --- nodes sharing the queue (issue 13) --------------------------------------------------------
+NODE_UP = _metric(
+    "mailgate_node_up", G, STATUS,
+    "Each node sharing the queue: 1 while it heart-beats, 0 once dead or stopped.",
+    ("node", "state"),
+)  # fmt: skip
+NODE_HEARTBEAT_AGE = _metric(
+    "mailgate_node_heartbeat_age_seconds", G, STATUS,
+    "Seconds since each node's last heart-beat, by the store's clock.", ("node",),
+)  # fmt: skip
+NODE_WAKEUPS = _metric(
+    "mailgate_node_wakeups_total", C, STAGE,
+    "Wake-ups this node sent to the other nodes (NOTIFY) and heard from them.", ("direction",),
+)  # fmt: skip
+NODE_BUSY_THREADS = _metric(
+    "mailgate_node_busy_threads", G, STATUS,
+    "Threads of each node working on a message, as its last heart-beat said.", ("node",),
+)  # fmt: skip
+
 # Label values always exposed (with zeros), so a series never appears with the traffic.
 SOURCES = ("smtp", "pickup")
 OUTCOMES = ("delivered", "deferred", "bounced", "quarantined")

@@ -21,10 +21,20 @@ class Dialect:
 
     name: str
     skip_locked: bool  # SELECT ... FOR UPDATE SKIP LOCKED: claims never wait on each other
+    # Writers run at once under READ COMMITTED: a decision read from rows others may be
+    # changing locks a row first (SELECT ... FOR UPDATE) so the deciders take turns.
+    row_locks: bool = False
+    # WITH m AS (INSERT ...) INSERT ...: several tables written by one statement, one round
+    # trip (a message, its body and its recipients: ops.insert_message).
+    writing_ctes: bool = False
+
+    def for_update(self) -> str:
+        """The clause that locks the rows a SELECT reads, where writers run at once."""
+        return " FOR UPDATE" if self.row_locks else ""
 
 
 SQLITE = Dialect("sqlite", skip_locked=False)  # one writer at a time: nothing to skip
-POSTGRES = Dialect("postgres", skip_locked=True)
+POSTGRES = Dialect("postgres", skip_locked=True, row_locks=True, writing_ctes=True)
 
 
 class Cursor(Protocol):

@@ -45,6 +45,11 @@ def _v2(conn: Connection) -> None:
         conn.execute(statement)
 
 
+def _v3(conn: Connection) -> None:
+    """The nodes that share the queue, with their heart-beats."""
+    conn.execute(schema.NODES)
+
+
 STEPS = (
     Step(
         2,
@@ -52,6 +57,7 @@ STEPS = (
         "and tracking indexes (brings every schema-1 file to one shape)",
         _v2,
     ),
+    Step(3, "nodes: each node's name, instance, heart-beat, state and work", _v3),
 )
 CURRENT = STEPS[-1].version
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailgate.errors import MailgateError
-from mailgate.queue.postgres import PgConnection, PostgresBackend, translate_errors
+from mailgate.queue.pool import PgConnection
+from mailgate.queue.postgres import PostgresBackend, translate_errors
 from mailgate.queue.sqlite import SqliteBackend, SqliteConnection
 
 CHUNK = 500  # messages per round: their rows are read, and copied, together

@@ -27,40 +27,59 @@ OnDone = Callable[[Connection, str, float], Any]
 """Called with (connection, queue id, now) when a message's recipients are all final."""
 
 
+_MESSAGE_INSERT = (
+    "INSERT INTO messages (id, received_at, sender, size, client, header_message_id, "
+    "smtputf8, kind, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_BODY_INSERT = "INSERT INTO bodies (message_id, data) VALUES (?, ?)"
+_RECIPIENTS_INSERT = (
+    "INSERT INTO recipients (message_id, address, connector, state, due_at, last_reply, "
+    "updated_at) VALUES "
+)
+
+
 def insert_message(conn: Connection, msg: NewMessage, on_done: OnDone | None = None) -> Any:
-    """Queue a message; returns what `on_done` returned if every recipient was already final."""
-    conn.execute(
-        "INSERT INTO messages (id, received_at, sender, size, client, header_message_id, "
-        "smtputf8, kind, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    """Queue a message; returns what `on_done` returned if every recipient was already final.
+
+    Where the store can write several tables in one statement (PostgreSQL), the message,
+    its body and its recipients are one statement: one round trip per message."""
+    head = (
+        msg.queue_id,
+        msg.received_at,
+        msg.sender,
+        len(msg.body),
+        msg.client,
+        msg.header_message_id,
+        int(msg.smtputf8),
+        msg.kind.value,
+        msg.origin,
+    )
+    rows = [
         (
             msg.queue_id,
+            rcpt.address,
+            rcpt.connector,
+            "bounced" if rcpt.failed_reply is not None else "queued",
             msg.received_at,
-            msg.sender,
-            len(msg.body),
-            msg.client,
-            msg.header_message_id,
-            int(msg.smtputf8),
-            msg.kind.value,
-            msg.origin,
-        ),
-    )
-    conn.execute("INSERT INTO bodies (message_id, data) VALUES (?, ?)", (msg.queue_id, msg.body))
-    faults.check("queue.insert")  # tests: a failure half-way must leave nothing behind
-    for rcpt in msg.recipients:
-        state = "bounced" if rcpt.failed_reply is not None else "queued"
-        conn.execute(
-            "INSERT INTO recipients (message_id, address, connector, state, due_at, last_reply, "
-            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                msg.queue_id,
-                rcpt.address,
-                rcpt.connector,
-                state,
-                msg.received_at,
-                rcpt.failed_reply,
-                msg.received_at,
-            ),
+            rcpt.failed_reply,
+            msg.received_at,
         )
+        for rcpt in msg.recipients
+    ]
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(rows))
+    flat = [value for row in rows for value in row]
+    if conn.dialect.writing_ctes and rows:
+        conn.execute(
+            f"WITH m AS ({_MESSAGE_INSERT}), b AS ({_BODY_INSERT}) {_RECIPIENTS_INSERT}{values}",
+            (*head, msg.queue_id, msg.body, *flat),
+        )
+        faults.check("queue.insert")  # tests: a failure after the writes leaves nothing
+    else:
+        conn.execute(_MESSAGE_INSERT, head)
+        conn.execute(_BODY_INSERT, (msg.queue_id, msg.body))
+        faults.check("queue.insert")  # tests: a failure half-way must leave nothing behind
+        if rows:
+            conn.execute(_RECIPIENTS_INSERT + values, flat)
     if all(r.failed_reply is not None for r in msg.recipients):
         return finish_if_done(conn, msg.queue_id, msg.received_at, on_done)[1]
     return None
@@ -212,7 +231,7 @@ def record_outcomes(
             touched[outcome.claim.queue_id] = None
         results.append(Recorded(outcome, state, reply, retry_at, lost))
     finished: dict[str, tuple[bool, Any]] = {}
-    for queue_id in touched:
+    for queue_id in sorted(touched):  # one order of message locks: no deadlock between nodes
         done, extra = finish_or_keep(conn, queue_id, now, on_done)
         if done or extra is not None:
             finished[queue_id] = (done, extra)
@@ -267,7 +286,15 @@ def finish_or_keep(
 def finish_if_done(
     conn: Connection, queue_id: str, now: float, on_done: OnDone | None
 ) -> tuple[bool, Any]:
-    """If no recipient of `queue_id` is still open: run on_done, drop the body, mark it done."""
+    """If no recipient of `queue_id` is still open: run on_done, drop the body, mark it done.
+
+    Where writers run at once (PostgreSQL, READ COMMITTED), two transactions finishing
+    the last two recipients of one message would each still see the other's as open, and
+    neither would finish it: the message row is locked first, so the second waits for
+    the first's COMMIT and then counts with the first's change in view."""
+    conn.execute(
+        "SELECT id FROM messages WHERE id = ?" + conn.dialect.for_update(), (queue_id,)
+    ).fetchone()
     row = conn.execute(
         f"SELECT COUNT(*) FROM recipients WHERE message_id = ? AND state {states.OPEN}",
         (queue_id,),

@@ -12,8 +12,8 @@ StoreError like any other, so a receiver answers 451 and nothing is lost; the br
 connection is dropped and the pool's others checked, and a BEGIN (or a read outside a
 transaction) that meets one dead connection is tried once more on a fresh one. The
 URL may carry a password: messages and `repr` show it redacted (`redact`), never whole.
-The pool's maintenance thread is psycopg_pool's own, not supervised: if it cannot
-connect, taking a connection fails after POOL_TIMEOUT with the server's reason.
+The pool (queue/pool.py) starts no thread: connections are opened in the thread that
+needs one, so a refused login is that caller's StoreError at once, with the reason.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool, PoolTimeout
 
 from mailgate.errors import StoreError
 from mailgate.queue import migrations
 from mailgate.queue.backend import POSTGRES
 from mailgate.queue.migrations import SchemaStatus, Step
+from mailgate.queue.pg_pipeline import LazyRows, PipelinedTx
+from mailgate.queue.pool import PgConnection, Pool, PoolBusy
 
 DISK_FULL = "53100"
 CONNECT_TIMEOUT = 5  # seconds one connection attempt may take
 POOL_TIMEOUT = 5.0  # seconds a thread waits for a connection before its caller hears 4xx
-PgConnection = psycopg.Connection[tuple[Any, ...]]
 
 
 def redact(url: str) -> str:
@@ -116,11 +116,16 @@ class PostgresConnection:
     def __init__(self, backend: PostgresBackend, *, read_only: bool = False) -> None:
         self._backend = backend
         self._tx: PgConnection | None = None
+        self._pipe: PipelinedTx | None = None  # the open transaction's statements
         self._read_only = read_only
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
-        if self._tx is not None:
-            return self._run(self._tx, sql, params)
+    @property
+    def where(self) -> str:
+        return self._backend.where
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows | LazyRows:
+        if self._pipe is not None:
+            return self._pipe.execute(pyformat(sql) if params else sql, params)
         for attempt in (1, 2):
             conn = self._backend.take()
             try:
@@ -157,22 +162,25 @@ class PostgresConnection:
                     continue  # it died while pooled; nothing was done on it
                 raise
             self._tx = conn
+            self._pipe = PipelinedTx(conn, functools.partial(translate_errors, where=self.where))
             return
 
     def commit(self) -> None:
-        conn = self._tx
-        if conn is None:
+        conn, pipe = self._tx, self._pipe
+        if conn is None or pipe is None:
             raise StoreError("commit outside a transaction")
-        # A COMMIT of a failed transaction "succeeds" as a ROLLBACK: never report that as done.
-        if conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
-            raise StoreError(f"commit on the queue {self._backend.where}: the transaction failed")
-        with translate_errors("commit", self._backend.where):
-            conn.execute("COMMIT")  # on failure the caller rolls back, which gives it back
-        self._tx = None
+        try:
+            pipe.commit()  # the batch and its COMMIT in one round trip (pg_pipeline.py)
+        except StoreError as exc:  # the caller rolls back, which gives the connection back
+            raise StoreError(f"{exc} on the queue {self._backend.where}") from exc
+        self._tx, self._pipe = None, None
         self._backend.give(conn)
 
     def rollback(self) -> None:
         conn, self._tx = self._tx, None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close()
         if conn is None:
             return
         try:
@@ -212,8 +220,7 @@ class PostgresBackend:
             raise StoreError(f"the queue URL {self.where} is not valid: {exc}") from None
         if "application_name" not in given:
             self._kwargs["application_name"] = application_name
-        self._pool: ConnectionPool[PgConnection] | None = None
-        self._pid = 0
+        self._pool: Pool | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -247,52 +254,41 @@ class PostgresBackend:
 
     def take(self) -> PgConnection:
         """A connection from this process's pool, or StoreError within `timeout`."""
+        pool = self._open_pool()
         try:
-            return self._open_pool().getconn()
-        except PoolTimeout:
+            with translate_errors("connect", self.where):
+                return pool.take()
+        except PoolBusy:
             raise StoreError(
                 f"no connection to the queue {self.where} within {self.timeout:g}s: "
-                f"{self._why_not()}"
+                "the pool is busy (every connection in use: raise [queue] pool_size?)"
             ) from None
 
     def give(self, conn: PgConnection) -> None:
         pool = self._pool
-        if pool is None or self._pid != os.getpid():
+        if pool is None or pool.pid != os.getpid():
             conn.close()
             return
-        pool.putconn(conn)  # a broken one is discarded and replaced
-        if conn.broken:
-            with contextlib.suppress(psycopg.Error):
-                pool.check()  # the server went away: the others are dead too, most likely
+        pool.give(conn)  # a broken one is closed, and the idle ones with it
 
     def close(self) -> None:
-        """Close the pool (and its connections); a later connect opens a new one."""
+        """Close the pool (and its idle connections); a later connect opens a new one."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            pool.close(timeout=5)
+            pool.close()
 
-    def _open_pool(self) -> ConnectionPool[PgConnection]:
+    def statistics(self) -> dict[str, int]:
+        pool = self._pool
+        return pool.statistics() if pool is not None else {"size": self.pool_size}
+
+    def _open_pool(self) -> Pool:
         with self._lock:
-            # A pool's sockets and thread do not survive a fork: a child opens its own.
-            if self._pool is None or self._pid != os.getpid():
-                self._pool = ConnectionPool(
-                    self._url,
-                    kwargs=self._kwargs,
-                    min_size=1,
-                    max_size=self.pool_size,
-                    timeout=self.timeout,
-                    num_workers=1,
-                    name="mailgate-queue",
-                    open=True,
-                )
-                self._pid = os.getpid()
+            # A pool's sockets do not survive a fork: a child opens its own.
+            if self._pool is None or self._pool.pid != os.getpid():
+                self._pool = Pool(self.open_connection, self.pool_size, self.timeout)
             return self._pool
 
-    def _why_not(self) -> str:
-        """The server's reason for refusing a connection, for the message that says so."""
-        try:
-            psycopg.connect(self._url, **{**self._kwargs, "connect_timeout": 2}).close()
-        except psycopg.Error as exc:
-            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return "the pool is busy (every connection in use: raise [queue] pool_size?)"
+    def open_connection(self) -> PgConnection:
+        """A new connection of this store, outside the pool (the pool's, a listener's)."""
+        return psycopg.connect(self._url, **self._kwargs)

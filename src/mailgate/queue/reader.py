@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mailgate.queue import check, history, listing, states
+from mailgate.queue import check, history, listing, nodes, states
 from mailgate.queue.backend import Backend, Connection
 from mailgate.queue.revoke import Revoked, attempts_since
 
@@ -36,6 +36,10 @@ class QueueReader:
 
     def close(self) -> None:
         self._conn.close()
+
+    def nodes(self, timeout: float) -> tuple[float, list[nodes.NodeRow]]:
+        """(the store's time, every node sharing the queue), as `ctl status` shows them."""
+        return nodes.node_view(self._conn, timeout)
 
     # --- the stages ------------------------------------------------------------------------------
     def body(self, queue_id: str) -> bytes | None:

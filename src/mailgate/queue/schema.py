@@ -61,6 +61,19 @@ TABLES = (
 )""",
 )
 
+# Schema 3: the nodes sharing the queue (queue/nodes.py), one row per node name.
+NODES = """CREATE TABLE IF NOT EXISTS nodes (
+    name         TEXT PRIMARY KEY,
+    instance     TEXT NOT NULL,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    data_dir     TEXT NOT NULL,
+    started_at   DOUBLE PRECISION NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    state        TEXT NOT NULL,
+    work         TEXT NOT NULL DEFAULT ''
+)"""
+
 DELAY_WARNED = "delay_warned INTEGER NOT NULL DEFAULT 0"
 
 INDEXES = (

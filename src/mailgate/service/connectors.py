@@ -1,7 +1,8 @@
 """Factories of the delivery connectors: one per declared connector that this node runs.
 
-`built_connectors(config)` is the one answer to "which connectors run here" (those some
-route uses; a node's own subset would narrow it here), and `build` turns one connector
+`built_connectors(config)` names the connectors the configuration builds (those some
+route uses), `node_connectors(config)` the ones this node runs of them (`[service]
+connectors`, default all: the one place that checks that list), and `build` turns one connector
 table (config/connectors.py) into its connector: the postoffice, a smarthost, MX delivery
 with `[dns]`, or LMTP over TCP or a Unix socket, each with its own per-destination limits.
 Nothing is connected here; a password file is read at the first connection, so a missing
@@ -21,6 +22,7 @@ from mailgate.connectors.mx import MxConnector
 from mailgate.connectors.postoffice import PostofficeConnector
 from mailgate.connectors.resolve import DnsSettings
 from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
+from mailgate.errors import ConfigError
 from mailgate.interchange.connector import Connector
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
@@ -37,15 +39,31 @@ class Built:
 
 
 def built_connectors(config: Config) -> list[str]:
-    """The names of the connectors this node builds, in a stable order."""
+    """The names of the connectors the configuration builds, in a stable order."""
     return config.connectors
+
+
+def node_connectors(config: Config) -> list[str]:
+    """The connectors this node runs: `[service] connectors` (default: all) among those the
+    configuration builds; ConfigError naming the unknown ones and the connectors there are.
+    A node without the shared postoffice tree leaves `postoffice` out (docs/nodes.md)."""
+    built = built_connectors(config)
+    wanted = config.service.connectors
+    if wanted is None:
+        return built
+    unknown = [name for name in wanted if name not in built]
+    if unknown:
+        there = ", ".join(built) or "none"
+        problem = f"{', '.join(unknown)}: no such connector in this configuration ({there})"
+        raise ConfigError([("service.connectors", problem)])
+    return [name for name in built if name in wanted]
 
 
 def build_all(
     config: Config, office: Postoffice, events: EventLog, counters: Counters
 ) -> list[Built]:
     built = []
-    for name in built_connectors(config):
+    for name in node_connectors(config):
         table = config.connector_tables[name]
         connector = build(table, config, office, events, counters)
         built.append(Built(connector, table.thread_count, table.batch_size))
@@ -67,7 +85,9 @@ def build(
             office,
             office.map,
             events,
-            hostname=config.service.hostname,
+            # The same on every node that shares the postoffice: a Maildir name is then one
+            # per recipient whichever node delivers it, so link() keeps it exactly-once.
+            hostname=config.postoffice_domain,
             quota=config.postoffice.quota,
             counters=counters,
         )

@@ -31,6 +31,7 @@ from mailgate.queue.reader import QueueReader
 from mailgate.queue.store import QueueStore
 from mailgate.queue.wakeup import Wakeup, WakeupListener, bind_wakeup, wakeup_path
 from mailgate.service import wiring
+from mailgate.service.connectors import node_connectors
 from mailgate.service.part import Apply, Part, Phase
 from mailgate.service.parts import RoutingPart
 from mailgate.service.reload import live_part
@@ -104,7 +105,7 @@ class DeliveryPart(Part):
                 self.store,
                 self.wakeup,
                 self.events,
-                hostname=config.service.hostname,
+                node=config.service.node,
                 batch=batch,
                 max_received=config.dsn.max_received,
                 state=self.connectors[connector.name],
@@ -166,7 +167,7 @@ class DeliveryPart(Part):
     def _release_stalled(self, handle: ThreadHandle) -> None:
         """A stalled interchange thread's leases go back to the queue for others to retry;
         its attempts ended without an outcome and count."""
-        owner = lease_owner(self.config.service.hostname, handle.name, handle.generation)
+        owner = lease_owner(self.config.service.node, handle.name, handle.generation)
         ending = self.store.end_leases("its thread stalled", owner)
         why = f"held by stalled {handle.name}"
 
@@ -229,7 +230,8 @@ class PickupPart(Part):
         self.counters = counters
 
     def start(self, sup: Supervisor) -> None:
-        if self.config.pickup.enabled:
+        # Outboxes live in the postoffice tree: a node without it picks nothing up.
+        if self.config.pickup.enabled and "postoffice" in node_connectors(self.config):
             routing = self.routing
             pickup = wiring.pickup(
                 self.config, self.store, routing.policy, routing.address_map, self.events,

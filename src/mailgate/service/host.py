@@ -28,10 +28,13 @@ from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config
 from mailgate.queue.lock import DataDirLock
+from mailgate.queue.nodes import NodeNameInUse
 from mailgate.queue.open import open_backend
 from mailgate.security.passwords import CredentialsError
 from mailgate.service import wiring
+from mailgate.service.connectors import node_connectors
 from mailgate.service.leases import release_leases_at_start
+from mailgate.service.nodes import Membership
 from mailgate.service.part import Part, Phase
 from mailgate.service.reload import ReloadState, live_part, needs_restart, read_new_config
 from mailgate.service.signals import Signals
@@ -74,6 +77,7 @@ class Host:
         self.failure: str | None = None
         self.reloads = ReloadState()
         self.started_at = time.time()
+        self.membership: Membership | None = None  # this node's entry in the queue (owner)
 
     def part(self, kind: type[P]) -> P:
         found = self.find(kind)
@@ -112,10 +116,15 @@ class Host:
 
     def _open_store(self, lock: DataDirLock) -> None:
         config = self.config
+        node_connectors(config)  # an unknown [service] connectors name stops it here
         config.postoffice_root.mkdir(parents=True, exist_ok=True)
         backend = open_backend(config.queue, config.data_dir)
         # A damaged page stops the start, before any part or worker runs on it (Q159305).
         backend.initialize(check=config.queue.check_at_start)
+        # Joined before any lease is given back: a second node under a live one's name is
+        # refused before it could release that node's work.
+        self.membership = Membership(config, backend, self.events)
+        self.membership.join()
         release_leases_at_start(backend, self.events, config, lock)
 
     # --- running -----------------------------------------------------------------------------
@@ -299,7 +308,11 @@ class Host:
             )
         except PortInUse as exc:
             emit_port_in_use(events, exc)
-        except (StoreError, OSError, CredentialsError) as exc:
+        except NodeNameInUse as exc:
+            held = exc.holder
+            events.emit(catalog.NODE_NAME_IN_USE, node=held.name, store=exc.store, host=held.host,
+                        pid=held.pid, holder_data_dir=held.data_dir, age=exc.age)  # fmt: skip
+        except (StoreError, OSError, CredentialsError, ConfigError) as exc:
             events.emit(catalog.SERVICE_FAILED, reason=f"cannot start: {exc}")
         else:
             return True

@@ -22,6 +22,7 @@ from mailgate.queue.backend import Backend
 from mailgate.queue.commit import DirectWriter
 from mailgate.queue.effects import Effects
 from mailgate.queue.lock import DataDirLock
+from mailgate.queue.nodes import node_owner
 from mailgate.queue.ops import release_leases
 from mailgate.service import wiring
 
@@ -29,13 +30,16 @@ from mailgate.service import wiring
 def release_leases_at_start(
     backend: Backend, events: EventLog, config: Config, lock: DataDirLock
 ) -> int:
+    """Give back this node's leases (only its own: in a shared store the others' are
+    held by live nodes; a dead node's are released by the live ones, queue/nodes.py)."""
+    mine = node_owner(config.service.node)
     if lock.previous_pid is None:
-        return release_all_leases(backend, events)
+        return release_all_leases(backend, events, mine)
     return end_dead_leases(
         backend,
         events,
         config,
-        None,
+        mine,
         f"held when the service (pid {lock.previous_pid}) ended without stopping",
         "the service ended without stopping",
     )

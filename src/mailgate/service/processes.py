@@ -12,19 +12,23 @@ The master's own process is assembled in master/run.py. Parts start in list orde
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from mailgate.config.schema import Config
 from mailgate.control.local import LocalSurface
 from mailgate.observe.events import EventLog
-from mailgate.queue.wakeup import RemoteWakeup, Wakeup, wakeup_path
+from mailgate.queue.notify import NodeWakeup
+from mailgate.queue.wakeup import RemoteWakeup, wakeup_path
 from mailgate.receive.listeners import Listeners
 from mailgate.service import wiring
 from mailgate.service.control import ControlPart
 from mailgate.service.delivery import DeliveryPart, PickupPart
 from mailgate.service.hooks import install_excepthooks
 from mailgate.service.host import Host
+from mailgate.service.nodes import Membership, NodePart
 from mailgate.service.parts import QueuePart, ReceivePart, RoutingPart
 from mailgate.service.signals import Signals
+from mailgate.service.wakeups import NodeWakePart
 
 
 def local_surface(host: Host, role: str = "single") -> LocalSurface:
@@ -39,17 +43,29 @@ def single_process(
 ) -> Host:
     host = Host(config, events, owner=True, source=source)
     routing = RoutingPart(config)
-    wakeup, counters = Wakeup(), host.counters
+    wakeup, counters = NodeWakeup(), host.counters
     queue = QueuePart(config, events, routing, wakeup, durable=True)
     host.parts = [
         ControlPart(config, events, lambda: local_surface(host)),
         routing,
         queue,
+        NodeWakePart(events, queue.backend, wakeup, counters),
         DeliveryPart(config, events, queue.store, routing, wakeup, counters, remote_wakeups=False),
         PickupPart(config, events, queue.pickup_store, routing, counters),
         ReceivePart(config, events, queue.store, routing, counters),
+        node_part(host, lambda: local_surface(host).threads()),
     ]
     return host
+
+
+def node_part(host: Host, work: Callable[[], list[dict[str, Any]]]) -> NodePart:
+    """The lock holder's `node` thread: heart-beats into the queue, declares dead nodes."""
+
+    def membership() -> Membership:
+        assert host.membership is not None, "joined at start"
+        return host.membership
+
+    return NodePart(host.config, host.events, membership, work, host.fail)
 
 
 def receive_worker(config: Config, events: EventLog, listeners: Listeners | None = None) -> Host:
@@ -70,11 +86,12 @@ def interchange_worker(
 ) -> Host:
     host = Host(config, events, owner=False)
     routing = RoutingPart(config)
-    wakeup, counters = Wakeup(), host.counters
+    wakeup, counters = NodeWakeup(), host.counters
     queue = QueuePart(config, events, routing, wakeup, durable=False)
     host.parts = [
         routing,
         queue,
+        NodeWakePart(events, queue.backend, wakeup, counters),
         DeliveryPart(config, events, queue.store, routing, wakeup, counters, remote_wakeups=True),
         PickupPart(config, events, queue.pickup_store, routing, counters),
     ]

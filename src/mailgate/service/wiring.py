@@ -30,7 +30,7 @@ from mailgate.receive.tls import server_context
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
 from mailgate.route.router import Router
 from mailgate.security.passwords import Credentials, CredentialsError
-from mailgate.service.connectors import build_all, built_connectors
+from mailgate.service.connectors import build_all, built_connectors, node_connectors
 from mailgate.supervise.supervisor import Supervisor
 
 
@@ -75,9 +75,12 @@ def unbuilt_routes(running: Config, new: Config) -> list[tuple[str, str]]:
 
 
 def recipient_policy(config: Config, office: Postoffice, routes: Router) -> RecipientPolicy:
+    # A node that does not run the postoffice cannot see its mailboxes: the nodes that do
+    # deliver, or bounce for a mailbox that does not exist.
+    verify = "postoffice" in node_connectors(config)
     return RecipientPolicy(
         routes,
-        {"postoffice": postoffice_verifier(office.exists)},
+        {"postoffice": postoffice_verifier(office.exists)} if verify else {},
         relay_connectors=config.relay_connectors,
         relay_networks=config.smtp.relay_networks,
     )

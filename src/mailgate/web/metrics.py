@@ -254,6 +254,25 @@ def _others(counts: _Counts) -> Iterator[Metric]:
         yield result
 
 
+def _per_node(
+    read: Callable[[dict[str, Any]], float], *state: str
+) -> Callable[[MetricType, _Scrape], Metric]:
+    """A gauge per node of the status answer's `nodes` (labelled with its state if asked)."""
+
+    def build(metric: MetricType, scrape: _Scrape) -> Metric:
+        result = family(metric)
+        for node in scrape.status.get("nodes") or []:
+            labels = [str(node.get("name"))] + [str(node.get(k)) for k in state]
+            result.add_metric(labels, read(node))
+        return result
+
+    return build
+
+
+def _busy(node: dict[str, Any]) -> float:
+    return float(sum(1 for t in node.get("work") or [] if (t.get("work") or {}).get("queue_id")))
+
+
 BUILDERS: dict[MetricType, Callable[[MetricType, _Scrape], Metric]] = {
     m.INFO: _info,
     m.HEALTHY: _value(lambda s: 1 if s.get("healthy") else 0),
@@ -276,6 +295,9 @@ BUILDERS: dict[MetricType, Callable[[MetricType, _Scrape], Metric]] = {
     m.DELIVERY_LATENCY: _latency,
     m.THREAD_CPU: _thread_cpu,
     m.THREAD_STATE: _thread_state,
+    m.NODE_UP: _per_node(lambda n: 1 if n.get("state") == "alive" else 0, "state"),
+    m.NODE_HEARTBEAT_AGE: _per_node(lambda n: float(n.get("heartbeat_age", 0.0))),
+    m.NODE_BUSY_THREADS: _per_node(_busy),
 }
 
 

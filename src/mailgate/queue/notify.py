@@ -1,0 +1,153 @@
+"""Wake-ups between nodes: PostgreSQL LISTEN/NOTIFY, with polling as the fallback.
+
+A commit that made work due wakes its connector's idle threads in this process (and,
+by datagram, the interchange process of this node: wakeup.py). On a shared PostgreSQL
+queue the other nodes must hear of it too: `NodeWakeup.notify` also hands the
+connector names to the node's WakeChannel, whose `listen` thread (supervised, on a
+connection of its own outside the pool) sends them as one NOTIFY per turn, at most a
+tenth of a second later, and turns the NOTIFYs of the other nodes into local
+wake-ups. Sending never blocks the caller (a commit's effects must be cheap): the names
+wait in a set for the thread. A payload is `TOKEN|name,name` (`*`: everything); a
+channel ignores its own token, so a node is not woken twice by its own commits. A lost
+connection is event 4001 and a reconnect a second later; meanwhile, and for any lost
+NOTIFY, the interchange threads' and the scheduler's polling still find the work: a
+wake-up is a hint, the queue is the truth. SQLite (one node) has no channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+
+import psycopg
+
+from mailgate.observe import catalog, metrics
+from mailgate.observe.counters import Counters
+from mailgate.observe.events import EventLog
+from mailgate.queue.backend import Backend
+from mailgate.queue.postgres import PostgresBackend
+from mailgate.queue.wakeup import Wakeup
+from mailgate.supervise.handle import ThreadHandle
+
+CHANNEL = "mailgate_due"
+TURN = 0.1  # seconds the thread listens before it sends what was announced meanwhile
+EVERYTHING = "*"
+MAX_NAMES = 64  # a payload stays far below PostgreSQL's 8000 bytes
+
+
+class WakeChannel:
+    def __init__(
+        self, backend: PostgresBackend, events: EventLog, counters: Counters | None = None
+    ) -> None:
+        self._backend = backend
+        self._events = events
+        self._counters = counters or Counters()
+        self.token = secrets.token_hex(6)
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()  # the pending set only
+        self.sent = 0
+        self.heard = 0
+        self.listening = False  # LISTEN is in force on the thread's connection
+
+    def announce(self, names: Iterable[str]) -> None:
+        """Tell the other nodes, soon, that work became due for these connectors."""
+        with self._lock:
+            self._pending.update(names)
+
+    def run(self, handle: ThreadHandle, hear: Callable[[list[str] | None], None]) -> None:
+        """The `listen` thread: send what was announced, hear the others (`hear(None)`:
+        everything is due)."""
+        conn: psycopg.Connection[tuple[object, ...]] | None = None
+        try:
+            while not handle.stopping:
+                handle.progress()
+                try:
+                    if conn is None:
+                        conn = self._backend.open_connection()
+                        conn.execute(f"LISTEN {CHANNEL}")
+                        self.listening = True
+                    self._send(conn)
+                    for note in conn.notifies(timeout=TURN, stop_after=MAX_NAMES):
+                        self._heard(note.payload, hear)
+                except psycopg.Error as exc:
+                    self._events.emit(catalog.STORE_ERROR, operation="listen for other nodes",
+                                      error=f"{self._backend.where}: {exc}")  # fmt: skip
+                    if conn is not None:
+                        with contextlib.suppress(psycopg.Error):
+                            conn.close()
+                    conn, self.listening = None, False
+                    handle.wait(1.0)
+        finally:
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+
+    def _send(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        with self._lock:
+            names, self._pending = sorted(self._pending), set()
+        if not names:
+            return
+        if EVERYTHING in names or len(names) > MAX_NAMES:
+            names = [EVERYTHING]
+        try:
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"{self.token}|{','.join(names)}"))
+        except BaseException:
+            self.announce(names)  # sent on the next connection
+            raise
+        self.sent += 1
+        self._counters.add(metrics.NODE_WAKEUPS, direction="sent")
+
+    def _heard(self, payload: str, hear: Callable[[list[str] | None], None]) -> None:
+        token, _, listed = payload.partition("|")
+        if token == self.token:
+            return
+        self.heard += 1
+        self._counters.add(metrics.NODE_WAKEUPS, direction="heard")
+        names = [n for n in listed.split(",") if n][:MAX_NAMES]
+        hear(None if EVERYTHING in names else names)
+
+
+def wake_channel(
+    backend: Backend, events: EventLog, counters: Counters | None = None
+) -> WakeChannel | None:
+    """The node's channel to the others, where the store is shared (PostgreSQL)."""
+    if not isinstance(backend, PostgresBackend):
+        return None
+    return WakeChannel(backend, events, counters)
+
+
+def announce_now(backend: Backend, names: Iterable[str] = (EVERYTHING,)) -> None:
+    """Wake every node's threads for `names` at once (a caller that may block: the node
+    thread, after it released a dead node's leases). Nothing for SQLite; raises
+    StoreError if the NOTIFY cannot be sent."""
+    if not isinstance(backend, PostgresBackend):
+        return
+    conn = backend.connect()
+    try:
+        conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"|{','.join(names)}"))
+    finally:
+        conn.close()
+
+
+class NodeWakeup(Wakeup):
+    """The Wakeup of a process that delivers: its notifications also reach the other
+    nodes, once a channel is attached (`channel`); theirs come in through `hear`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.channel: WakeChannel | None = None
+
+    def notify(self, *connectors: str) -> None:
+        super().notify(*connectors)
+        channel = self.channel
+        if channel is not None and connectors:
+            channel.announce(connectors)
+
+    def hear(self, names: list[str] | None) -> None:
+        """Another node's wake-up: woken here, not passed on."""
+        if names is None:
+            super().notify_all()
+        else:
+            super().notify(*names)
