@@ -5,7 +5,7 @@ Node beta starts first, alone, with its postoffice threads hanging right after a
 into the mailbox (fault point postoffice.linked): so it holds leases on the messages it
 was given, and its heart-beat says which. Then node alpha starts with the admin
 listener: its Overview lists both nodes alive (alpha marked as the one serving the
-page), and its Threads page shows beta's threads with their work, from the store. Beta
+page), and its Threads page shows beta's threads, their work and % CPU, from the store. Beta
 is killed with SIGKILL: within node_timeout + 5 s (+ one live refresh) the page, left
 open, shows beta dead in red and its work released; alpha then delivers that work.
 """
@@ -96,6 +96,8 @@ def test_the_dashboard_shows_every_node_and_a_killed_one_dead(
         shown = beta_section.locator("tr[data-thread] a")
         ids = {shown.nth(i).inner_text() for i in range(shown.count())}
         assert ids and ids <= held | busy_ids(alpha, "beta"), (ids, held)
+        # Its threads' % CPU, between its heart-beats, once the sampler saw two of them.
+        page.wait_for_selector("section#node-beta svg.spark polyline", timeout=20_000)
 
         assert beta.proc is not None
         os.kill(beta.proc.pid, signal.SIGKILL)

@@ -7,6 +7,7 @@ from typing import Any
 
 from mailgate.web.nodes import node_rows, summary
 from mailgate.web.pages import ENV
+from mailgate.web.samples import SampleRing
 
 FRAME = {"title": "t", "nav": [], "read_only": True, "logged_in": False, "csrf": "",
          "may_act": False, "flash": None, "flash_error": False}  # fmt: skip
@@ -89,3 +90,20 @@ def test_the_threads_page_groups_by_node_and_escapes_the_stores_words() -> None:
     assert html.count("released-mark") == 1
     assert "Stopped cleanly" in html
     assert "1 alive" in html and "1 dead" in html
+
+
+def test_other_nodes_cpu_is_measured_between_their_heart_beats() -> None:
+    ring = SampleRing()
+
+    def beat(at: float, cpu: float) -> dict[str, Any]:
+        beta = node("beta", "alive", 0.1, {**thread("smtp"), "cpu_seconds": cpu})
+        return {"pid": 1, "queues": {}, "nodes": [{**beta, "last_heartbeat": at}]}
+
+    ring.add(beat(100.0, 1.0), 1.0)
+    ring.add(beat(100.0, 1.0), 3.0)  # no new heart-beat since: no new point
+    ring.add(beat(104.0, 2.0), 5.0)
+    ring.add(beat(106.0, 3.0), 7.0)
+    assert ring.node_cpu_percent("beta", "single/smtp") == [25.0, 50.0]
+    assert ring.node_cpu_percent("gamma", "single/smtp") == []
+    ring.add({"pid": 1, "queues": {}, "nodes": [{"name": "beta", "work": "junk"}]}, 9.0)
+    assert ring.node_cpu_percent("beta", "single/smtp") == [], "a node no longer read is forgotten"

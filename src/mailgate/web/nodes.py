@@ -46,6 +46,8 @@ def _threads(node: dict[str, Any], dead: bool) -> list[dict[str, Any]]:
             "age": None if age is None or not busy else float(age) + beat_age,
             "busy": busy,
             "released": dead and busy,
+            "cpu": None,  # % CPU and its sparkline: the page's, from the sample ring
+            "spark": "",
         })  # fmt: skip
     return threads
 

@@ -198,6 +198,12 @@ async def threads_page(request: Request) -> Response:
             )
     troubled = sum(1 for r in rows if r["row"])
     nodes = node_rows(ctx.view.nodes(), this_node(ctx))
+    for node in (n for n in nodes if not n["here"]):
+        for t in node["threads"]:  # other nodes' % CPU: between their heart-beats
+            key = f"{t['process']}/{t['thread']}"
+            points = ctx.samples.node_cpu_percent(node["name"], key)
+            t["cpu"] = points[-1] if points else None
+            t["spark"] = sparkline(points, f"% CPU of {key} on {node['name']}, last minute")
     return render(
         request,
         "threads.html",
