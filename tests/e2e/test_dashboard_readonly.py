@@ -66,6 +66,7 @@ def test_every_page_reads_without_javascript_and_offers_no_action(
     page.goto(base + "/")
     assert page.locator("header .readonly").count() == 1
     assert page.locator("#queues tr[data-connector=postoffice]").count() == 1
+    assert page.locator("#nodes tr[data-node].here[data-state=alive]").count() == 1, "one node"
     page.goto(base + "/threads")
     rows = page.locator("#threads tr[data-thread]")
     names = [str(rows.nth(n).get_attribute("data-thread")) for n in range(rows.count())]

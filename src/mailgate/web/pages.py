@@ -12,7 +12,11 @@ last hour's chart (charts.py) of queue length and delivery rate with stalls mark
 Threads: every process and thread with its state, current work and for how long, and
 % CPU with a one-minute sparkline; stalled, abandoned, failed and restarting threads
 (and those that stalled in the last minutes) are red or orange rows, listed first under
-"Needs attention".
+"Needs attention". Both show every node sharing the queue (nodes.py, from the control
+surface's answer, as `ctl status` has it): the Overview a Nodes panel, always, one row on
+a single machine (so a failing heart-beat shows there as its growing age, and the page
+keeps its shape when a second node joins); Threads this node's threads as above, then
+each other node's, a dead one red with the work it held marked released.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from mailgate.control.surface import STATES
 from mailgate.observe import catalog
 from mailgate.web import auth
 from mailgate.web.charts import overview_chart, sparkline
-from mailgate.web.context import context_of, text
+from mailgate.web.context import AdminContext, context_of, text
+from mailgate.web.nodes import DEAD_EVENT, node_rows, summary
 from mailgate.web.samples import SAMPLE_EVERY, process_name, thread_key
 
 NAV = [("/", "Overview"), ("/threads", "Threads"), ("/queue", "Queue"), ("/events", "Events")]
@@ -134,9 +139,15 @@ async def static(request: Request) -> Response:
     return Response(found[0], headers={"Content-Type": found[1], "Cache-Control": "max-age=300"})
 
 
+def this_node(ctx: AdminContext) -> str:
+    """The name of the node serving the page (it heart-beats under it)."""
+    return ctx.view.process.config.service.node
+
+
 async def overview(request: Request) -> Response:
     ctx = context_of(request)
     status = ctx.recent_status()
+    nodes = node_rows(status.get("nodes") or [], this_node(ctx))
     ring = ctx.samples
     chart = overview_chart(ring.samples(), ring.delivery_rates(), time.time())
     return render(
@@ -150,6 +161,9 @@ async def overview(request: Request) -> Response:
         chart=chart,
         samples=len(ring.samples()),
         every=SAMPLE_EVERY,
+        nodes=nodes,
+        node_counts=summary(nodes),
+        dead_event=DEAD_EVENT,
     )
 
 
@@ -183,6 +197,13 @@ async def threads_page(request: Request) -> Response:
                 }
             )
     troubled = sum(1 for r in rows if r["row"])
+    nodes = node_rows(ctx.view.nodes(), this_node(ctx))
+    for node in (n for n in nodes if not n["here"]):
+        for t in node["threads"]:  # other nodes' % CPU: between their heart-beats
+            key = f"{t['process']}/{t['thread']}"
+            points = ctx.samples.node_cpu_percent(node["name"], key)
+            t["cpu"] = points[-1] if points else None
+            t["spark"] = sparkline(points, f"% CPU of {key} on {node['name']}, last minute")
     return render(
         request,
         "threads.html",
@@ -191,6 +212,10 @@ async def threads_page(request: Request) -> Response:
         processes=processes,
         threads=rows,
         troubled=troubled,
+        here=next((n for n in nodes if n["here"]), None),
+        others=[n for n in nodes if not n["here"]],
+        node_counts=summary(nodes),
+        dead_event=DEAD_EVENT,
     )
 
 

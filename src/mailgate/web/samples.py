@@ -8,7 +8,10 @@ so nothing is kept but SIZE samples (an hour): memory is bounded whatever the
 traffic. A sample is marked stalled when it saw a stalled thread or connector, or when
 stall events (stalls.py) were written since the one before. A service restart starts a
 new ring (it is memory only); a sample whose pid differs from the last one's starts a
-new ring too, since counters restarted at zero.
+new ring too, since counters restarted at zero. Other nodes' threads' CPU seconds come
+from the summary each node writes with its heart-beat (the status answer's `nodes`):
+they are kept per node at that heart-beat's time (the store's clock), one entry per new
+heart-beat, so their % CPU is a difference between two of that node's heart-beats.
 Pure data: it never fails but on a malformed status answer, which it skips.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -92,6 +96,8 @@ class SampleRing:
         # CPU seconds per thread for the sparklines only: the last SPARK + 1 samples keep
         # them, not the hour (a few dozen threads times 1,800 samples would be megabytes).
         self._cpu: deque[tuple[float, dict[str, float]]] = deque(maxlen=SPARK + 1)
+        # Per node: (heart-beat time, "process/thread" -> CPU seconds), from its summary.
+        self._nodes: dict[str, deque[tuple[float, dict[str, float]]]] = {}
 
     def add(self, status: dict[str, Any], when: float, stall_events: int = 0) -> None:
         try:
@@ -105,6 +111,25 @@ class SampleRing:
             sample = replace(sample, stalled=True)  # a stall came and went between samples
         self._cpu.append((when, sample.cpu))
         self._ring.append(replace(sample, cpu={}))
+        self._add_nodes(status.get("nodes"))
+
+    def _add_nodes(self, nodes: Any) -> None:
+        """Each node's threads' CPU seconds at its last heart-beat, if that one is new."""
+        seen: set[str] = set()
+        for node in nodes if isinstance(nodes, list) else []:
+            try:
+                name, beat = str(node["name"]), float(node["last_heartbeat"])
+                threads = [t for t in node.get("work") or [] if t.get("cpu_seconds") is not None]
+                cpu = {f"{t.get('process')}/{t.get('thread')}": float(t["cpu_seconds"])
+                       for t in threads}  # fmt: skip
+            except (TypeError, ValueError, KeyError, AttributeError):
+                continue  # a damaged summary: that node has no sparkline
+            seen.add(name)
+            ring = self._nodes.setdefault(name, deque(maxlen=SPARK + 1))
+            if not ring or beat > ring[-1][0]:
+                ring.append((beat, cpu))
+        for gone in set(self._nodes) - seen:
+            del self._nodes[gone]  # bounded by the nodes there are
 
     def samples(self) -> list[Sample]:
         return list(self._ring)
@@ -132,8 +157,17 @@ class SampleRing:
 
     def cpu_percent(self, key: str) -> list[float]:
         """% CPU of one thread over the last SPARK samples."""
-        points: list[float] = []
-        for (t0, a), (t1, b) in itertools.pairwise(self._cpu):
-            if key in a and key in b and t1 > t0:
-                points.append(max(0.0, b[key] - a[key]) / (t1 - t0) * 100)
-        return points
+        return _percent(self._cpu, key)
+
+    def node_cpu_percent(self, node: str, key: str) -> list[float]:
+        """% CPU of one thread ("process/thread") of another node, between its heart-beats."""
+        return _percent(self._nodes.get(node, ()), key)
+
+
+def _percent(points: Iterable[tuple[float, dict[str, float]]], key: str) -> list[float]:
+    """% CPU of `key` between each pair of neighbouring (time, CPU seconds) entries."""
+    result: list[float] = []
+    for (t0, a), (t1, b) in itertools.pairwise(points):
+        if key in a and key in b and t1 > t0:
+            result.append(max(0.0, b[key] - a[key]) / (t1 - t0) * 100)
+    return result
