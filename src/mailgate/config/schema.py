@@ -218,8 +218,13 @@ class SmtpSettings(Section):
     max_sessions_per_ip: int = Field(
         20,
         ge=1,
-        description="Concurrent sessions per client address and receive process; more get "
-        "421 4.7.0.",
+        description="Concurrent sessions per client address across every receive process of "
+        "the instance; more get 421 4.7.0.",
+    )
+    relay_networks_exempt: bool = Field(
+        True,
+        description="Clients in relay_networks have no max_sessions_per_ip (as Postfix exempts "
+        "$mynetworks from its client limits); false limits them like any client.",
     )
     max_errors: int = Field(
         20,

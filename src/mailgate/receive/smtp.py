@@ -31,6 +31,7 @@ from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.store import QueueStore
+from mailgate.receive.board import SessionBoard
 from mailgate.receive.checks import address_problem, content_problem, header_message_id
 from mailgate.receive.limits import AuthThrottle, SessionLimiter
 from mailgate.receive.received import received_header
@@ -47,12 +48,17 @@ def protocol_name(*, smtputf8: bool, extended: bool, tls: bool, authenticated: b
     return base + ("S" if tls else "") + ("A" if authenticated else "")
 
 
+def _nobody(client_ip: str) -> bool:
+    return False
+
+
 class ReceiveHandler:
     """aiosmtpd handler hooks: admission, AUTH, policy at MAIL/RCPT, durability at DATA.
 
     `settings` is the [smtp] section as configured; `tls` and `credentials` are what its
     certificate and credentials file were made into (service/wiring.py), so a bad file
-    is an error at start, not at the first STARTTLS or AUTH."""
+    is an error at start, not at the first STARTTLS or AUTH. `board` is the instance's
+    shared table of sessions per address (none: this process counts alone)."""
 
     def __init__(
         self,
@@ -65,6 +71,7 @@ class ReceiveHandler:
         hostname: str,
         tls: ssl.SSLContext | None = None,
         credentials: Credentials | None = None,
+        board: SessionBoard | None = None,
     ) -> None:
         self.settings = settings
         self.hostname = hostname
@@ -75,7 +82,10 @@ class ReceiveHandler:
         self.events = events
         self.counters = counters or Counters()
         self.committing = 0
-        self.limits = SessionLimiter(settings.max_sessions, settings.max_sessions_per_ip)
+        exempt = policy.trusted_client if settings.relay_networks_exempt else _nobody
+        self.limits = SessionLimiter(
+            settings.max_sessions, settings.max_sessions_per_ip, board, exempt
+        )
         # Not "auth_throttle": aiosmtpd takes any handler attribute named auth_* for an AUTH
         # mechanism and would advertise "AUTH THROTTLE".
         self.failed_auths = AuthThrottle(settings.auth_failures, settings.auth_window)

@@ -139,10 +139,11 @@ class ReceivePart(Part):
         self.listener: SmtpListener | None = None
 
     def prepare(self) -> None:
-        handler = wiring.receive_handler(
-            self.config, self.store, self.routing.policy, self.events, self.counters
-        )
         listeners = self.listeners or open_listeners(self.config.smtp)  # PortInUse: the holder
+        handler = wiring.receive_handler(
+            self.config, self.store, self.routing.policy, self.events, self.counters,
+            listeners.sessions,
+        )  # fmt: skip
         self.listener = SmtpListener(
             handler, listeners.smtp, tls_sock=listeners.implicit_tls, tls_context=handler.tls
         )

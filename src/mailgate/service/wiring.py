@@ -26,6 +26,7 @@ from mailgate.postoffice.tree import Postoffice
 from mailgate.queue.backend import Backend
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.store import QueueStore, Writer
+from mailgate.receive.board import SessionBoard
 from mailgate.receive.pickup import Pickup
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.receive.tls import server_context
@@ -137,6 +138,7 @@ def receive_handler(
     policy: RecipientPolicy,
     events: EventLog,
     counters: Counters,
+    board: SessionBoard | None = None,
 ) -> ReceiveHandler:
     tls, users = smtp_secrets(config.smtp)
     return ReceiveHandler(
@@ -148,6 +150,7 @@ def receive_handler(
         hostname=config.service.hostname,
         tls=tls,
         credentials=users,
+        board=board,
     )
 
 
