@@ -771,3 +771,13 @@ POSTOFFICE_OWNER_REFUSED = _event(
     "Run the service as root (it gives the files away at once), or empty [postoffice] "
     "owner and group and run the service as the mailbox owner.",
 )  # fmt: skip
+
+# --- Flushes overlapped with writes (issue 14, w-perf: 1050-1054, 2495-2499, 3030-3039) ---------
+COMMIT_FLUSH_FAILED = _event(
+    1050, "CommitFlushFailed", C.QUEUE, S.ERROR, MIN,
+    "flushing {batches} committed batch(es) to disk failed: {error}",
+    "The flush (fdatasync) that makes committed queue transactions durable failed, so "
+    "they may not be on disk: every caller waiting on them got a temporary failure (451), "
+    "and clients that send again may duplicate a message, never lose one.",
+    "Check the disk (kernel log, free space); repeated failures need attention.",
+)  # fmt: skip
