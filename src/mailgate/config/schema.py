@@ -394,6 +394,14 @@ class PostofficeSettings(Section):
         "(contending for Python's GIL) than they gained. Raise it where fsync is slow.",
     )
     batch: int = Field(32, ge=1, le=1000, description="Recipients one thread claims at a time.")
+    flush_threads: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Threads that fsync a batch's delivered files and mailbox directories side "
+        "by side before its outcomes are recorded (a slow-flush disk then costs about one flush "
+        "per batch, not one per message); 0: each delivering thread fsyncs them in turn.",
+    )
 
     @model_validator(mode="after")
     def _template(self) -> PostofficeSettings:

@@ -21,6 +21,7 @@ from mailgate.interchange.connector import Connector
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
 from mailgate.postoffice.address import AddressMap
+from mailgate.postoffice.flush import Flusher
 from mailgate.postoffice.owner import Ownership
 from mailgate.postoffice.tree import Postoffice
 from mailgate.queue.backend import Backend
@@ -155,7 +156,11 @@ def receive_handler(
 
 
 def delivery_connectors(
-    config: Config, office: Postoffice, events: EventLog, counters: Counters
+    config: Config,
+    office: Postoffice,
+    events: EventLog,
+    counters: Counters,
+    flusher: Flusher | None = None,
 ) -> list[tuple[Connector, int, int]]:
     """Each connector some route uses, with its thread count and claim batch."""
     built: list[tuple[Connector, int, int]] = []
@@ -168,6 +173,7 @@ def delivery_connectors(
             hostname=config.service.hostname,
             quota=po.quota,
             counters=counters,
+            flusher=flusher,
         )
         built.append((connector, po.threads, po.batch))
     if "smarthost" in config.connectors:
