@@ -20,6 +20,7 @@ import asyncio
 import ssl
 import time
 import traceback
+from concurrent.futures import Future
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -46,6 +47,29 @@ def protocol_name(*, smtputf8: bool, extended: bool, tls: bool, authenticated: b
         return "SMTP"
     base = "UTF8SMTP" if smtputf8 else "ESMTP"
     return base + ("S" if tls else "") + ("A" if authenticated else "")
+
+
+async def _within(future: Future[Any], timeout: float) -> None:
+    """Await a commit's future, TimeoutError after `timeout` (the commit is then cancelled
+    if it has not started). asyncio.wait_for did the same with a task, a second future and
+    their callbacks per message."""
+    waiting = asyncio.wrap_future(future)
+    timed_out = False
+
+    def expire() -> None:
+        nonlocal timed_out
+        timed_out = True
+        waiting.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        await waiting
+    except asyncio.CancelledError:
+        if timed_out:
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
 
 
 def _nobody(client_ip: str) -> bool:
@@ -272,9 +296,7 @@ class ReceiveHandler:
         """Wait for the queue to commit `message`; a 4xx reply if it could not."""
         self.committing += 1
         try:
-            await asyncio.wait_for(
-                asyncio.wrap_future(self.store.enqueue(message)), self.settings.commit_timeout
-            )
+            await _within(self.store.enqueue(message), self.settings.commit_timeout)
         except StoreError as exc:
             reply = (
                 "452 4.3.1 Insufficient system storage, try again later"
