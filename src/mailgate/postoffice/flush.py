@@ -69,7 +69,8 @@ class Flusher:
         self._jobs.put(None)
 
     def run(self, handle: ThreadHandle) -> None:
-        """Take fsyncs until asked to stop and nothing waits (callers are never stranded)."""
+        """Take fsyncs until asked to stop; what is queued then is done by the threads still
+        running or, by the last to end, itself (callers are never stranded)."""
         with self._lock:
             self._running += 1
         handle.idle()
@@ -81,9 +82,9 @@ class Flusher:
                     if handle.stopping:
                         return
                     continue
-                if job is None:
-                    if handle.stopping and self._jobs.empty():
-                        return
+                if job is None:  # one wake per thread asked to stop (its on_stop)
+                    if handle.stopping:
+                        return  # fsyncs still queued: a sibling, or the last one out, does them
                     continue
                 handle.busy()
                 fd, future = job
