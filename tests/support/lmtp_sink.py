@@ -22,19 +22,6 @@ from tests.support.sink import Received, Sink, _Handler
 class _LmtpHandler(_Handler):
     sink: LmtpSink
 
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        session.host_name = hostname
-        if self.sink.pipelining:
-            responses.insert(-1, "250-PIPELINING")
-        return responses
-
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         await self.sink.held("DATA")
         replies, delivered = [], []

@@ -60,6 +60,19 @@ class _Handler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.sink.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -133,6 +146,7 @@ class Sink:
         self.tls = tls  # offered with STARTTLS
         self.smtputf8 = smtputf8
         self.auth = auth
+        self.pipelining = False  # aiosmtpd offers no PIPELINING; a test may ask for it
         self.logins: list[str] = []
         self.messages: list[Received] = []
         self.connections = 0

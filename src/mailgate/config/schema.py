@@ -253,8 +253,13 @@ class SmtpSettings(Section):
     max_sessions_per_ip: int = Field(
         20,
         ge=1,
-        description="Concurrent sessions per client address and receive process; more get "
-        "421 4.7.0.",
+        description="Concurrent sessions per client address across every receive process of "
+        "the instance; more get 421 4.7.0.",
+    )
+    relay_networks_exempt: bool = Field(
+        True,
+        description="Clients in relay_networks have no max_sessions_per_ip (as Postfix exempts "
+        "$mynetworks from its client limits); false limits them like any client.",
     )
     max_errors: int = Field(
         20,
@@ -436,6 +441,14 @@ class PostofficeSettings(Section):
         "(contending for Python's GIL) than they gained. Raise it where fsync is slow.",
     )
     batch: int = Field(32, ge=1, le=1000, description="Recipients one thread claims at a time.")
+    flush_threads: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Threads that fsync a batch's delivered files and mailbox directories side "
+        "by side before its outcomes are recorded (a slow-flush disk then costs about one flush "
+        "per batch, not one per message); 0: each delivering thread fsyncs them in turn.",
+    )
 
     @model_validator(mode="after")
     def _template(self) -> PostofficeSettings:

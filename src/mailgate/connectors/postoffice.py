@@ -3,13 +3,15 @@
 A message for recipient R of queue id Q gets the fixed Maildir name
 `<received>.M<Q>R<rid>.<host>,S=<size>` (host: the postoffice's domain, the same on
 every node that shares it, so the name is one per recipient whichever node delivers).
-Delivery writes `tmp/<name>.<machine>_<pid>_<thread>`,
-fsyncs it, then link()s it to `new/<name>`: link fails with EEXIST rather than
-overwrite, so a second delivery of the same recipient (after a crash, or by a
-thread whose lease expired) can never make a second copy. Before recording an
-outcome the thread fsyncs every `new/` it touched (`flush`). When the queue says
-an earlier attempt may have succeeded (`redelivery`), `cur/` is searched too, in
-case the reader already moved the message.
+Delivery writes `tmp/<name>.<machine>_<pid>_<thread>`, then link()s it to `new/<name>`:
+link fails with EEXIST rather than overwrite, so a second delivery of the same recipient
+(after a crash, or by a thread whose lease expired) can never make a second copy. Before
+recording any outcome of its batch the thread fsyncs every file it delivered and every
+`new/` it touched (`flush`), side by side in the flush threads (postoffice/flush.py): on
+a slow-flush disk one batch costs about one flush, not one per message. When the queue
+says an earlier attempt may have succeeded (`redelivery`), `cur/` is searched too, in
+case the reader already moved the message; a copy shorter than its name's S= (a power
+failure between link and flush) is not taken for a delivery: a complete one is delivered.
 
 An administrator's command on a message being delivered cancels the attempt
 (`cancel`, from the control thread): the delivery stops before its next link into
@@ -43,6 +45,7 @@ from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
+from mailgate.postoffice.flush import Flusher
 from mailgate.postoffice.owner import Ownership
 from mailgate.postoffice.quota import MaildirSize
 from mailgate.postoffice.tree import Postoffice, open_dir
@@ -50,6 +53,7 @@ from mailgate.supervise import faults
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+MAX_UNSYNCED = 64  # delivered files held open for the batch's flush; more are synced at once
 
 
 def maildir_name(claim: Claim, hostname: str, size: int) -> str:
@@ -75,8 +79,10 @@ class PostofficeConnector:
         hostname: str,
         quota: int = 0,
         counters: Counters | None = None,
+        flusher: Flusher | None = None,
     ) -> None:
         self.postoffice = postoffice
+        self.flusher = flusher or Flusher()  # no threads: the delivering thread fsyncs
         self.map = address_map
         self.events = events
         self.hostname = hostname
@@ -133,6 +139,7 @@ class PostofficeSession:
         self.suffix = f"{machine}_{os.getpid()}_{threading.get_native_id()}"
         self._boxes: dict[PostofficeAddress, _Box] = {}
         self._dirty: dict[int, _Box] = {}  # boxes whose new/ needs an fsync, by id()
+        self._unsynced: list[int] = []  # open descriptors of files delivered, not yet synced
         self._retired: list[_Box] = []  # no longer cached, closed at the next flush
         # What `cancel` (another thread) needs to know; the lock orders it against a link.
         self._lock = threading.Lock()
@@ -249,7 +256,7 @@ class PostofficeSession:
     def _write(
         self, claim: Claim, mailbox: PostofficeAddress, box: _Box, name: str, content: bytes
     ) -> str:
-        if claim.redelivery and _already_there(box.box, box.new, name):
+        if claim.redelivery and _already_there(box.box, box.new, name, len(content)):
             self._dirty[id(box)] = box  # the earlier link may not be synced yet
             return "250 2.0.0 already in mailbox (earlier attempt completed)"
         size = None
@@ -261,12 +268,18 @@ class PostofficeSession:
             if size is not None:
                 self._check_quota(claim, mailbox, size.usage().bytes)
             tmp_name = f"{name}.{self.suffix}"
-            _write_file(box.tmp, tmp_name, content, self.c.ownership)
+            fd = _write_file(box.tmp, tmp_name, content, self.c.ownership)
             try:
                 faults.check("postoffice.link")  # tests: a delivery in flight, not yet in new/
                 linked = self._link(claim.queue_id, box, tmp_name, name)
+            except BaseException:
+                os.close(fd)
+                raise
             finally:
                 os.unlink(tmp_name, dir_fd=box.tmp)
+            self._unsynced.append(fd)  # synced by `flush`, before any outcome is recorded
+            if len(self._unsynced) >= MAX_UNSYNCED:
+                self._sync_files()
             if size is not None and linked:
                 size.add(len(content))
         finally:
@@ -325,28 +338,42 @@ class PostofficeSession:
         code = "452 4.2.2" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "451 4.3.0"
         return TemporaryFailure(f"{code} mailbox {mailbox} unavailable: {exc.strerror}")
 
+    def _sync_files(self) -> None:
+        files, self._unsynced = self._unsynced, []
+        try:
+            self.c.flusher.fsync_all(files)
+        finally:
+            for fd in files:
+                os.close(fd)
+
     def flush(self) -> None:
-        """fsync every new/ written to since the last flush (one per mailbox, not per file)."""
+        """fsync every file delivered and every new/ linked into since the last flush
+        (one per mailbox, not per file), side by side."""
         dirty, self._dirty = list(self._dirty.values()), {}
         retired, self._retired = self._retired, []
+        files, self._unsynced = self._unsynced, []
         try:
-            for box in dirty:
-                os.fsync(box.new)
+            self.c.flusher.fsync_all([*files, *(box.new for box in dirty)])
         except OSError as exc:
             raise TemporaryFailure(f"451 4.3.0 could not sync mailbox: {exc.strerror}") from exc
         finally:
+            for fd in files:
+                os.close(fd)
             for box in retired:
                 box.close()
             while len(self._boxes) > self.KEEP_OPEN:
                 self._forget(next(iter(self._boxes)))  # the least recently used
 
     def close(self) -> None:
+        for fd in self._unsynced:
+            os.close(fd)
         for box in [*self._boxes.values(), *self._retired]:
             box.close()
-        self._boxes, self._dirty, self._retired = {}, {}, []
+        self._boxes, self._dirty, self._retired, self._unsynced = {}, {}, [], []
 
 
-def _write_file(dir_fd: int, name: str, content: bytes, ownership: Ownership) -> None:
+def _write_file(dir_fd: int, name: str, content: bytes, ownership: Ownership) -> int:
+    """Write `name` in `dir_fd`; its descriptor, open, for the caller to fsync and close."""
     try:
         fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
     except FileExistsError:  # a leftover of a crashed attempt by this same thread id
@@ -357,25 +384,34 @@ def _write_file(dir_fd: int, name: str, content: bytes, ownership: Ownership) ->
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view) :]
-        os.fsync(fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(name, dir_fd=dir_fd)  # never leave a partial file behind
-        raise
-    finally:
         os.close(fd)
+        raise
+    return fd
 
 
-def _already_there(box: int, new_fd: int, name: str) -> bool:
-    """Whether an earlier attempt's copy is in new/ or (moved by a reader) in cur/."""
+def _already_there(box: int, new_fd: int, name: str, size: int) -> bool:
+    """Whether an earlier attempt's complete copy is in new/ or (moved by a reader) in
+    cur/. One cut short by a power failure before its flush is removed from new/ (it was
+    never reported delivered) and left alone in cur/ (a reader has it)."""
     try:
-        os.stat(name, dir_fd=new_fd, follow_symlinks=False)
-        return True
+        st = os.stat(name, dir_fd=new_fd, follow_symlinks=False)
     except FileNotFoundError:
         pass
+    else:
+        if st.st_size == size:
+            return True
+        os.unlink(name, dir_fd=new_fd)
+        return False
     cur_fd = open_dir("cur", box)
     try:
         with os.scandir(cur_fd) as entries:
-            return any(e.name == name or e.name.startswith(name + ":") for e in entries)
+            return any(
+                (e.name == name or e.name.startswith(name + ":"))
+                and e.stat(follow_symlinks=False).st_size == size
+                for e in entries
+            )
     finally:
         os.close(cur_fd)

@@ -41,6 +41,7 @@ from mailgate.observe.catalog import EventType
 from mailgate.observe.events import EventLog
 from mailgate.queue.nodes import node_owner
 from mailgate.queue.open import open_backend
+from mailgate.receive.board import SessionBoard
 from mailgate.receive.listeners import Listeners, open_listeners
 from mailgate.service import wiring
 from mailgate.service.leases import end_dead_leases
@@ -69,6 +70,8 @@ class Master(Part):
         self.workers = [
             WorkerProcess(spec, RestartBudget(sv.max_restarts, sv.restart_window)) for spec in specs
         ]
+        self.receivers = [w for w in self.workers if w.spec.role == "receive"]
+        self.sessions = SessionBoard.create(len(self.receivers))  # per address, instance-wide
         self.listeners: Listeners | None = None  # open for the life of the master
         self.listen_at = config.smtp.listen
         self.unclean_workers: list[str] = []
@@ -126,7 +129,8 @@ class Master(Part):
         fds: dict[str, int] = {}
         if worker.spec.role == "receive" and self.listeners is not None:
             fds = self.listeners.fds()  # only the workers that accept mail hold the ports
-            env[WORKER_SOCKETS] = json.dumps(fds)
+            env[WORKER_SOCKETS] = json.dumps({**fds, **self._board_row(worker)})
+            fds["sessions"] = self.sessions.fd
         proc = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=env,
             pass_fds=tuple(fds.values()),
@@ -149,6 +153,14 @@ class Master(Part):
             os.close(fd)
         os.replace(fresh, path)
         return path
+
+    def _board_row(self, worker: WorkerProcess) -> dict[str, int]:
+        """Where a receive worker counts its sessions in the shared board (board.py)."""
+        return {
+            "sessions": self.sessions.fd,
+            "session_rows": self.sessions.rows,
+            "session_row": self.receivers.index(worker),
+        }
 
     def worker_config(self) -> str:
         """The running configuration as JSON, with the port the master reserved."""
@@ -230,6 +242,8 @@ class Master(Part):
     def _died(self, worker: WorkerProcess, now: float) -> None:
         assert worker.proc is not None
         worker.handled_exit = True
+        if worker in self.receivers:  # the kernel closed its sessions: uncount them
+            self.sessions.clear(self.receivers.index(worker))
         code = worker.proc.returncode
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         if worker.last_words:

@@ -866,3 +866,13 @@ ADMIN_REQUEST_FAILED = _event(
     "error and the listener goes on serving.",
     "Report it with the error; if it names the queue store, look at the store first.",
 )  # fmt: skip
+
+# --- Flushes overlapped with writes (issue 14, w-perf: 1050-1054, 2495-2499, 3030-3039) ---------
+COMMIT_FLUSH_FAILED = _event(
+    1050, "CommitFlushFailed", C.QUEUE, S.ERROR, MIN,
+    "flushing {batches} committed batch(es) to disk failed: {error}",
+    "The flush (fdatasync) that makes committed queue transactions durable failed, so "
+    "they may not be on disk: every caller waiting on them got a temporary failure (451), "
+    "and clients that send again may duplicate a message, never lose one.",
+    "Check the disk (kernel log, free space); repeated failures need attention.",
+)  # fmt: skip

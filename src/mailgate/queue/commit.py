@@ -6,6 +6,9 @@ runs each inside its own savepoint of one transaction, and COMMITs once: every
 caller in the batch shares a single fsync. Futures are resolved only after the
 COMMIT returned, so "done" always means "on disk". While one batch is being
 synced the next one gathers, which is what makes durability cheap under load.
+With a `syncer` (commit_sync.py; a store that can flush apart from writing), the
+COMMIT returns once written and the syncer resolves the futures after its flush,
+so the next batch is built and written while the previous one is flushed.
 
 A failing operation fails only its own future; a failing COMMIT fails the whole
 batch with StoreError (the callers answer 4xx) and the thread reopens its
@@ -25,6 +28,7 @@ from mailgate.errors import StoreError
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Backend, Connection
+from mailgate.queue.commit_sync import CommitSyncer, Result, settle
 from mailgate.supervise import faults
 
 T = TypeVar("T")
@@ -50,8 +54,16 @@ class CommitterStats:
 class Committer:
     """The group-commit writer. `run` is the body of a supervised thread."""
 
-    def __init__(self, backend: Backend, events: EventLog, *, max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        events: EventLog,
+        *,
+        max_batch: int = 512,
+        syncer: CommitSyncer | None = None,
+    ) -> None:
         self._backend = backend
+        self._syncer = syncer
         self._events = events
         self._max_batch = max_batch
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -86,6 +98,9 @@ class Committer:
         on a slow fsync) is reported as stalled; waiting for work is `idle` (Q151669)."""
         faults.check("commit.loop")  # tests: a committer that dies at every start
         conn: Connection | None = None
+        syncer = self._syncer
+        if syncer is not None:
+            syncer.writer_running(True)
         try:
             while True:
                 batch = self._gather(stopping)
@@ -95,7 +110,7 @@ class Committer:
                     continue
                 busy()
                 if conn is None:
-                    conn = self._backend.connect()
+                    conn = self._connect()
                 if not self._apply(conn, batch):
                     conn.close()
                     conn = None
@@ -104,6 +119,13 @@ class Committer:
         finally:
             if conn is not None:
                 conn.close()
+            if syncer is not None:
+                syncer.writer_running(False)
+
+    def _connect(self) -> Connection:
+        if self._syncer is not None:  # its COMMIT writes; the syncer flushes
+            return self._syncer.backend.connect_deferred()
+        return self._backend.connect()
 
     def _gather(self, stopping: Callable[[], bool]) -> list[_Job] | None:
         try:
@@ -124,7 +146,7 @@ class Committer:
 
     def _apply(self, conn: Connection, batch: list[_Job]) -> bool:
         """Run a batch in one transaction; False if the connection should be reopened."""
-        results: list[tuple[_Job, Any, BaseException | None]] = []
+        results: list[Result] = []
         started = time.monotonic()
         try:
             conn.begin()
@@ -140,10 +162,10 @@ class Committer:
                     if not isinstance(exc, StoreError):
                         exc = StoreError(f"{job.name} failed: {exc!r}")
                     self._events.emit(catalog.STORE_ERROR, operation=job.name, error=str(exc))
-                    results.append((job, None, exc))
+                    results.append((job.future, None, exc))
                     continue
                 conn.execute("RELEASE SAVEPOINT op")
-                results.append((job, value, None))
+                results.append((job.future, value, None))
             conn.commit()
         except Exception as exc:
             conn.rollback()
@@ -157,11 +179,10 @@ class Committer:
         self._batches += 1
         self._operations += len(batch)
         self._largest = max(self._largest, len(batch))
-        for job, value, failure in results:
-            if failure is None:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(failure)
+        if self._syncer is not None:
+            self._syncer.put(results)  # settled once flushed
+        else:
+            settle(results)
         return True
 
 

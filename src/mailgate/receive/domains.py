@@ -11,6 +11,7 @@ Pure; never raises on hostile input (text decoded with surrogateescape included)
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from encodings import idna
@@ -19,6 +20,7 @@ _LDH = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _ACE = "xn--"
 
 
+@functools.lru_cache(maxsize=4096)  # asked at every MAIL and RCPT, mostly for a few domains
 def domain_problem(domain: str) -> str | None:
     """Why `domain` is not a valid domain or address literal, as a phrase; None if it is."""
     if domain.startswith("["):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from mailgate.config.schema import SmtpSettings, parse_hostport
 from mailgate.errors import PortInUse
+from mailgate.receive.board import SessionBoard
 from mailgate.receive.holder import command_line, holder
 
 BACKLOG = 512  # one accept queue for all the receive workers
@@ -27,6 +28,7 @@ class Listeners:
 
     smtp: socket.socket
     implicit_tls: socket.socket | None = None
+    sessions: SessionBoard | None = None  # the instance's sessions per address (board.py)
 
     def fds(self) -> dict[str, int]:
         found = {"smtp": self.smtp.fileno()}
@@ -36,11 +38,16 @@ class Listeners:
 
     @classmethod
     def inherited(cls, fds: dict[str, int]) -> Listeners:
-        """The sockets a worker inherited from its master (see `fds`)."""
+        """The sockets a worker inherited from its master (see `fds`), and the session
+        board with the row this worker owns (keys `sessions`, `session_rows`, `session_row`)."""
         tls = fds.get("implicit_tls")
+        board = None
+        if "sessions" in fds:
+            board = SessionBoard(fds["sessions"], fds["session_rows"], fds["session_row"])
         return cls(
             socket.socket(fileno=fds["smtp"]),
             socket.socket(fileno=tls) if tls is not None else None,
+            board,
         )
 
     def close(self) -> None:

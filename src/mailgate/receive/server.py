@@ -20,7 +20,7 @@ import time
 
 from mailgate.observe import metrics
 from mailgate.receive.accept import Acceptor
-from mailgate.receive.session import MailgateSMTP
+from mailgate.receive.session import MailgateSMTP, skip_disabled_command_logs
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise import faults
 from mailgate.supervise.handle import ThreadHandle
@@ -42,6 +42,7 @@ class SmtpListener:
         tls_sock: socket.socket | None = None,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
+        skip_disabled_command_logs()
         self.tls_sock = tls_sock  # the implicit-TLS listener (port 465 style), if any
         self.tls_context = tls_context
         self.handler = handler

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import logging
 import re
 from typing import Any, Protocol
 
+from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP, Session
 
 from mailgate.config.schema import SmtpSettings
@@ -26,6 +28,25 @@ from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.receive.replies import with_enhanced_code
 from mailgate.receive.reply_buffer import ReplyBuffer
+
+
+def skip_disabled_command_logs() -> None:
+    """aiosmtpd builds a sanitized copy of every command line for two log calls (debug and
+    info of its "mail.log" logger) before the logger can say the level is off; mailgate
+    logs through its events, never there. Wrap aiosmtpd's helper so that it returns at once
+    while "mail.log" is below INFO (aiosmtpd calls it only at DEBUG and INFO). The SMTP
+    listener calls this once; calling it again changes nothing."""
+    original = aiosmtpd_smtp.sanitized_log
+    if getattr(original, "checks_level", False):
+        return
+    mail_log = logging.getLogger("mail.log")
+
+    def sanitized_log(func: Any, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if mail_log.isEnabledFor(logging.INFO):
+            original(func, msg, *args, **kwargs)
+
+    sanitized_log.checks_level = True  # type: ignore[attr-defined]
+    aiosmtpd_smtp.sanitized_log = sanitized_log
 
 
 class SessionOwner(Protocol):
@@ -127,6 +148,7 @@ class MailgateSMTP(SMTP):
         self._errors = 0
         self._commands = 0
         self._closing = False
+        self._idle_until = 0.0
         super().__init__(handler, **kwargs)
         # Only aiosmtpd's own PLAIN and LOGIN are mechanisms: it would also take any handler
         # attribute named auth_* for one, advertise it, and fail when a client chose it.
@@ -166,6 +188,26 @@ class MailgateSMTP(SMTP):
             self.receive_handler.release(self._admitted_ip)
             self._admitted_ip = None
         super().connection_lost(error)
+
+    # --- the idle timeout ------------------------------------------------------------------------
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """One timer per session, moved on lazily. aiosmtpd cancelled it and made a new one
+        at every command (a heap push each time, a fifth of the event loop's own work per
+        message); now a command only moves the deadline, and the timer, when it fires early,
+        sets itself again for the rest."""
+        deadline = self.loop.time() + (duration or self._timeout_duration)
+        self._idle_until = deadline
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or deadline < handle.when():
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() < self._idle_until:
+            self._timeout_handle = self.loop.call_at(self._idle_until, self._idle_check)
+            return
+        self._timeout_cb()  # type: ignore[no-untyped-call]
 
     # --- replies ---------------------------------------------------------------------------------
     async def push(self, status: str | bytes) -> None:

@@ -20,6 +20,7 @@ import asyncio
 import ssl
 import time
 import traceback
+from concurrent.futures import Future
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -31,6 +32,7 @@ from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.store import QueueStore
+from mailgate.receive.board import SessionBoard
 from mailgate.receive.checks import address_problem, content_problem, header_message_id
 from mailgate.receive.limits import AuthThrottle, SessionLimiter
 from mailgate.receive.received import received_header
@@ -47,12 +49,40 @@ def protocol_name(*, smtputf8: bool, extended: bool, tls: bool, authenticated: b
     return base + ("S" if tls else "") + ("A" if authenticated else "")
 
 
+async def _within(future: Future[Any], timeout: float) -> None:
+    """Await a commit's future, TimeoutError after `timeout` (the commit is then cancelled
+    if it has not started). asyncio.wait_for did the same with a task, a second future and
+    their callbacks per message."""
+    waiting = asyncio.wrap_future(future)
+    timed_out = False
+
+    def expire() -> None:
+        nonlocal timed_out
+        timed_out = True
+        waiting.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        await waiting
+    except asyncio.CancelledError:
+        if timed_out:
+            raise TimeoutError from None
+        raise
+    finally:
+        timer.cancel()
+
+
+def _nobody(client_ip: str) -> bool:
+    return False
+
+
 class ReceiveHandler:
     """aiosmtpd handler hooks: admission, AUTH, policy at MAIL/RCPT, durability at DATA.
 
     `settings` is the [smtp] section as configured; `tls` and `credentials` are what its
     certificate and credentials file were made into (service/wiring.py), so a bad file
-    is an error at start, not at the first STARTTLS or AUTH."""
+    is an error at start, not at the first STARTTLS or AUTH. `board` is the instance's
+    shared table of sessions per address (none: this process counts alone)."""
 
     def __init__(
         self,
@@ -65,6 +95,7 @@ class ReceiveHandler:
         hostname: str,
         tls: ssl.SSLContext | None = None,
         credentials: Credentials | None = None,
+        board: SessionBoard | None = None,
     ) -> None:
         self.settings = settings
         self.hostname = hostname
@@ -75,7 +106,10 @@ class ReceiveHandler:
         self.events = events
         self.counters = counters or Counters()
         self.committing = 0
-        self.limits = SessionLimiter(settings.max_sessions, settings.max_sessions_per_ip)
+        exempt = policy.trusted_client if settings.relay_networks_exempt else _nobody
+        self.limits = SessionLimiter(
+            settings.max_sessions, settings.max_sessions_per_ip, board, exempt
+        )
         # Not "auth_throttle": aiosmtpd takes any handler attribute named auth_* for an AUTH
         # mechanism and would advertise "AUTH THROTTLE".
         self.failed_auths = AuthThrottle(settings.auth_failures, settings.auth_window)
@@ -262,9 +296,7 @@ class ReceiveHandler:
         """Wait for the queue to commit `message`; a 4xx reply if it could not."""
         self.committing += 1
         try:
-            await asyncio.wait_for(
-                asyncio.wrap_future(self.store.enqueue(message)), self.settings.commit_timeout
-            )
+            await _within(self.store.enqueue(message), self.settings.commit_timeout)
         except StoreError as exc:
             reply = (
                 "452 4.3.1 Insufficient system storage, try again later"

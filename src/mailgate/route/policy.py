@@ -74,6 +74,10 @@ class RecipientPolicy:
     def route(self, address: str) -> Route:
         return self._tables.router.route(address)
 
+    def trusted_client(self, client_ip: str) -> bool:
+        """The client is in relay_networks (the tables of the last reload)."""
+        return relay_allowed(client_ip, self._tables.relay_networks)
+
     def check(
         self, address: str, client_ip: str | None = None, *, authenticated: bool = False
     ) -> Verdict:

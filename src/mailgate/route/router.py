@@ -14,6 +14,8 @@ from mailgate.errors import AddressError
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
 from mailgate.route.patterns import Pattern, parse_pattern
 
+ROUTES_KEPT = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -36,8 +38,19 @@ class Router:
     def __init__(self, rules: Sequence[tuple[str, str]], address_map: AddressMap) -> None:
         self.rules = tuple(Rule(parse_pattern(p), c) for p, c in rules)
         self.map = address_map
+        # Every RCPT asks, mostly for a few addresses; the tables never change (a reload
+        # makes a new Router), so answers are kept, a bounded number of them.
+        self._known: dict[str, Route] = {}
 
     def route(self, address: str) -> Route:
+        known = self._known.get(address)
+        if known is None:
+            if len(self._known) >= ROUTES_KEPT:
+                self._known.clear()  # a flood of distinct addresses: start afresh
+            known = self._known[address] = self._route(address)
+        return known
+
+    def _route(self, address: str) -> Route:
         try:
             po = self.map.from_smtp(address)
         except AddressError as exc:

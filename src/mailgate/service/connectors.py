@@ -26,6 +26,7 @@ from mailgate.errors import ConfigError
 from mailgate.interchange.connector import Connector
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
+from mailgate.postoffice.flush import Flusher
 from mailgate.postoffice.tree import Postoffice
 
 
@@ -60,18 +61,27 @@ def node_connectors(config: Config) -> list[str]:
 
 
 def build_all(
-    config: Config, office: Postoffice, events: EventLog, counters: Counters
+    config: Config,
+    office: Postoffice,
+    events: EventLog,
+    counters: Counters,
+    flusher: Flusher | None = None,
 ) -> list[Built]:
     built = []
     for name in node_connectors(config):
         table = config.connector_tables[name]
-        connector = build(table, config, office, events, counters)
+        connector = build(table, config, office, events, counters, flusher)
         built.append(Built(connector, table.thread_count, table.batch_size))
     return built
 
 
 def build(
-    table: ConnectorTable, config: Config, office: Postoffice, events: EventLog, counters: Counters
+    table: ConnectorTable,
+    config: Config,
+    office: Postoffice,
+    events: EventLog,
+    counters: Counters,
+    flusher: Flusher | None = None,
 ) -> Connector:
     helo = table.helo or config.service.hostname
     limits = Limits(
@@ -90,6 +100,7 @@ def build(
             hostname=config.postoffice_domain,
             quota=config.postoffice.quota,
             counters=counters,
+            flusher=flusher,
         )
     if table.kind == "mx":
         dns = config.dns

@@ -26,6 +26,7 @@ from mailgate.interchange.state import Connectors
 from mailgate.interchange.worker import InterchangeThread, lease_owner
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
+from mailgate.postoffice.flush import Flusher
 from mailgate.queue.leases import LeasesEnded
 from mailgate.queue.reader import QueueReader
 from mailgate.queue.store import QueueStore
@@ -68,12 +69,16 @@ class DeliveryPart(Part):
         self.supervisor: Supervisor | None = None
         self.wakeup_socket: socket.socket | None = None
         self._reader: QueueReader | None = None
+        self.flusher = Flusher()  # the postoffice's fsyncs, side by side (postoffice/flush.py)
+        self.flush_threads: list[str] = []
 
     def prepare(self) -> None:
         if self.remote_wakeups:
             self.wakeup_socket = bind_wakeup(wakeup_path(self.config.data_dir))
         office = self.routing.postoffice
-        self.built = wiring.delivery_connectors(self.config, office, self.events, self.counters)
+        self.built = wiring.delivery_connectors(
+            self.config, office, self.events, self.counters, self.flusher
+        )
 
     def start(self, sup: Supervisor) -> None:
         config = self.config
@@ -96,6 +101,11 @@ class DeliveryPart(Part):
             known_connectors=lambda: self.config.connectors,
         )
         sup.spawn("scheduler", "scheduler", self.scheduler)
+        if "postoffice" in config.connectors:
+            for n in range(1, config.postoffice.flush_threads + 1):
+                name = f"postoffice-flush-{n}"
+                sup.spawn(name, "flush", self.flusher.run, on_stop=self.flusher.wake)
+                self.flush_threads.append(name)
         sv = config.supervise
         for connector, threads, batch in self.built:
             self.delivery_connectors[connector.name] = connector
@@ -130,7 +140,8 @@ class DeliveryPart(Part):
     def threads(self, phase: Phase) -> list[str]:
         if phase is Phase.DELIVERY:
             return list(self.interchange_threads)
-        return ["scheduler"] if phase is Phase.SCHEDULE else []
+        # The flush threads after every postoffice thread whose batch they may be syncing.
+        return ["scheduler", *self.flush_threads] if phase is Phase.SCHEDULE else []
 
     def close(self) -> None:
         if self.wakeup_socket is not None:

@@ -22,6 +22,7 @@ from mailgate.errors import ConfigError
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.commit import Committer
+from mailgate.queue.commit_sync import CommitSyncer, DeferredSync
 from mailgate.queue.effects import Effects
 from mailgate.queue.open import open_backend
 from mailgate.queue.reader import QueueReader
@@ -72,7 +73,12 @@ class QueuePart(Part):
             config.queue, config.data_dir, durable=durable, lock_timeout=None
         )
         batch = config.queue.commit_batch
-        self.committer = Committer(self.backend, events, max_batch=batch)
+        # Where each commit must be on disk, the flush runs in its own thread, overlapping
+        # the next batch's writing (commit_sync.py), if the store can flush apart.
+        self.syncer: CommitSyncer | None = None
+        if durable and isinstance(self.backend, DeferredSync):
+            self.syncer = CommitSyncer(self.backend, events)
+        self.committer = Committer(self.backend, events, max_batch=batch, syncer=self.syncer)
         self.store = wiring.queue_store(config, self.committer, self.backend)
         self.pickup_committer: Committer | None = None
         self.pickup_store = self.store
@@ -104,9 +110,22 @@ class QueuePart(Part):
                 on_stop=committer.wake,
                 abandon=False,  # a second committer would wait on the same lock or disk
             )
+        if self.syncer is not None:
+            syncer = self.syncer
+            sup.spawn(
+                "commit-sync", "commit",
+                lambda handle: syncer.run(
+                    lambda: handle.stopping, handle.progress, handle.busy, handle.idle
+                ),
+                critical=True, on_stop=syncer.wake, abandon=False,
+            )  # fmt: skip
 
     def threads(self, phase: Phase) -> list[str]:
-        return [name for name, _ in self._committers()] if phase is Phase.COMMIT else []
+        if phase is not Phase.COMMIT:
+            return []
+        # The flush thread last: it ends once the committer has and every batch is flushed.
+        names = [name for name, _ in self._committers()]
+        return names + (["commit-sync"] if self.syncer is not None else [])
 
     def _committers(self) -> list[tuple[str, Committer]]:
         found = [("commit", self.committer)]
@@ -144,10 +163,11 @@ class ReceivePart(Part):
         self.listener: SmtpListener | None = None
 
     def prepare(self) -> None:
-        handler = wiring.receive_handler(
-            self.config, self.store, self.routing.policy, self.events, self.counters
-        )
         listeners = self.listeners or open_listeners(self.config.smtp)  # PortInUse: the holder
+        handler = wiring.receive_handler(
+            self.config, self.store, self.routing.policy, self.events, self.counters,
+            listeners.sessions,
+        )  # fmt: skip
         self.listener = SmtpListener(
             handler, listeners.smtp, tls_sock=listeners.implicit_tls, tls_context=handler.tls
         )

@@ -19,11 +19,13 @@ from mailgate.interchange.connector import Connector
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
 from mailgate.postoffice.address import AddressMap
+from mailgate.postoffice.flush import Flusher
 from mailgate.postoffice.owner import Ownership
 from mailgate.postoffice.tree import Postoffice
 from mailgate.queue.backend import Backend
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.store import QueueStore, Writer
+from mailgate.receive.board import SessionBoard
 from mailgate.receive.pickup import Pickup
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.receive.tls import server_context
@@ -152,6 +154,7 @@ def receive_handler(
     policy: RecipientPolicy,
     events: EventLog,
     counters: Counters,
+    board: SessionBoard | None = None,
 ) -> ReceiveHandler:
     tls, users = smtp_secrets(config.smtp)
     return ReceiveHandler(
@@ -163,15 +166,23 @@ def receive_handler(
         hostname=config.service.hostname,
         tls=tls,
         credentials=users,
+        board=board,
     )
 
 
 def delivery_connectors(
-    config: Config, office: Postoffice, events: EventLog, counters: Counters
+    config: Config,
+    office: Postoffice,
+    events: EventLog,
+    counters: Counters,
+    flusher: Flusher | None = None,
 ) -> list[tuple[Connector, int, int]]:
     """Each connector this node runs (service/connectors.py), with its thread count and
     claim batch."""
-    return [(b.connector, b.threads, b.batch) for b in build_all(config, office, events, counters)]
+    return [
+        (b.connector, b.threads, b.batch)
+        for b in build_all(config, office, events, counters, flusher)
+    ]
 
 
 def pickup(

@@ -1,0 +1,142 @@
+"""The flush half of group commit: committed batches are made durable while the next is written.
+
+A store that can (SQLite: `connect_deferred` and `sync_commits`) lets the committer's
+COMMIT return once its transaction is written, before the disk has it. The batch then
+waits here, in the `commit-sync` thread, for one flush (fdatasync of the WAL) that
+covers every batch committed before it began; only then are the batch's futures
+resolved, so "done" still means "on disk" and a 250 still follows the flush. Meanwhile
+the writer gathers, builds and writes the next batch: on a disk whose flush is slow the
+flushes no longer hold the one writer lock, and the receive processes' flushes overlap
+instead of queueing behind each other (issue 14).
+
+Failure: a flush that fails (EIO, ENOSPC) fails every batch it was to cover with
+StoreError, and event 1050 says so. Those transactions are committed but maybe not on
+disk: the callers answer 4xx and the clients send again, which may duplicate a
+message, never lose one. Batches waiting when this thread restarts stay queued for the
+new one; it ends, when asked, only once the writer has ended and nothing waits.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from mailgate.errors import StoreError
+from mailgate.observe import catalog
+from mailgate.observe.events import EventLog
+from mailgate.queue.backend import Connection
+
+# One operation of a committed batch: its future, and its value or its own failure.
+Result = tuple[Future[Any], Any, BaseException | None]
+
+
+@runtime_checkable
+class DeferredSync(Protocol):
+    """A store whose commits can be flushed apart from writing them."""
+
+    def connect_deferred(self) -> Connection:
+        """A writer connection whose COMMIT does not wait for the disk."""
+        ...
+
+    def sync_commits(self) -> None:
+        """Flush: every COMMIT returned before this call is on disk when it returns."""
+        ...
+
+
+def settle(results: list[Result]) -> None:
+    """Tell each caller its outcome (only once its batch is durable)."""
+    for future, value, failure in results:
+        if failure is None:
+            future.set_result(value)
+        else:
+            future.set_exception(failure)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncerStats:
+    flushes: int
+    batches: int
+    largest_flush: int  # most batches one flush made durable
+    waiting: int
+
+
+class CommitSyncer:
+    """Flushes committed batches; `run` is the body of the supervised `commit-sync` thread."""
+
+    def __init__(self, backend: DeferredSync, events: EventLog) -> None:
+        self.backend = backend
+        self._events = events
+        self._pending: queue.SimpleQueue[list[Result] | None] = queue.SimpleQueue()
+        self._writers = 0  # committer loops running: the last batches may still come
+        self._lock = threading.Lock()
+        self._flushes = 0
+        self._batches = 0
+        self._largest = 0
+
+    def writer_running(self, running: bool) -> None:
+        with self._lock:
+            self._writers += 1 if running else -1
+        if not running:
+            self._pending.put(None)  # a syncer asked to stop may go once it is drained
+
+    def put(self, results: list[Result]) -> None:
+        """A batch whose COMMIT returned: settle it once it is on disk."""
+        self._pending.put(results)
+
+    def wake(self) -> None:
+        self._pending.put(None)
+
+    def statistics(self) -> SyncerStats:
+        return SyncerStats(self._flushes, self._batches, self._largest, self._pending.qsize())
+
+    def run(
+        self,
+        stopping: Callable[[], bool],
+        progress: Callable[[], None],
+        busy: Callable[[], None] = lambda: None,
+        idle: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Flush and settle until asked to stop, the writer has ended and nothing waits."""
+        while True:
+            batches = self._gather()
+            if not batches:
+                if stopping() and self._writers == 0 and self._pending.empty():
+                    return
+                continue
+            busy()  # a flush stuck on the disk is a stall, with callers waiting
+            self._flush(batches)
+            progress()
+            idle()
+
+    def _gather(self) -> list[list[Result]]:
+        try:
+            first = self._pending.get(timeout=0.5)
+        except queue.Empty:
+            return []
+        batches = [first] if first is not None else []
+        while True:
+            try:
+                more = self._pending.get_nowait()
+            except queue.Empty:
+                return batches
+            if more is not None:
+                batches.append(more)
+
+    def _flush(self, batches: list[list[Result]]) -> None:
+        try:
+            self.backend.sync_commits()
+        except (OSError, StoreError) as exc:
+            error = StoreError(f"flushing {len(batches)} committed batches failed: {exc}")
+            self._events.emit(catalog.COMMIT_FLUSH_FAILED, batches=len(batches), error=str(exc))
+            for results in batches:
+                settle([(future, None, error) for future, _, _ in results])
+            return
+        self._flushes += 1
+        self._batches += len(batches)
+        self._largest = max(self._largest, len(batches))
+        for results in batches:
+            settle(results)
