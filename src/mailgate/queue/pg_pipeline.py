@@ -13,7 +13,8 @@ server. Two ways to run a transaction:
   server's). An operation that reads a result (a claim) waits there, as it must.
   The price: a failing statement's error comes back later (at the next read or at the
   COMMIT), the server skips everything after it, and no one can tell from here which
-  operation it was; the transaction is marked `failed` and did nothing. The committer
+  operation it was; the transaction is marked `failed` and did nothing (unless the
+  session itself ended, `lost`: then a COMMIT sent may have been done). The committer
   (queue/commit.py) then rolls it back and runs the batch again the other way.
 - otherwise, every statement but the savepoints' is sent at once and its result waited
   for, so its error is raised where it was executed, inside its operation: one failing
@@ -56,6 +57,7 @@ class PipelinedTx:
         self.conn = conn
         self.blind = blind
         self.failed = False  # a statement failed: the transaction can only roll back
+        self.lost = False  # the session ended under it: whether a COMMIT sent was done is unknown
         self._translate = translate  # what -> a context manager mapping psycopg errors
         self._stack = contextlib.ExitStack()
         self._pipeline = self._stack.enter_context(conn.pipeline())
@@ -106,9 +108,19 @@ class PipelinedTx:
         try:
             with self._translate(what):
                 yield
-        except StoreError:
+        except StoreError as exc:
             self.failed = True
+            self.lost = self.lost or _session_ended(exc.__cause__)
             raise
+
+
+def _session_ended(error: BaseException | None) -> bool:
+    """Whether an error says the session is gone rather than that a statement failed: no
+    SQLSTATE (the socket closed), a connection exception (08) or operator intervention
+    (57: the backend was terminated, the server shuts down). Only a statement's failure
+    proves that the transaction, and its COMMIT, were not done."""
+    state = getattr(error, "sqlstate", None)
+    return not isinstance(error, psycopg.Error) or state is None or state[:2] in ("08", "57")
 
 
 class LazyRows:

@@ -185,6 +185,7 @@ class PostgresConnection:
             and pipe is not None
             and pipe.blind
             and pipe.failed
+            and not pipe.lost
             and not conn.broken
             and not conn.closed
         )
