@@ -7,8 +7,10 @@ SQLite: a file in a temporary directory (WAL, synchronous=FULL). PostgreSQL: a s
 its own at MAILGATE_TEST_PG (default postgresql://postgres@127.0.0.1:5432/test), dropped
 after. Each message has one recipient and a 5 KiB body, as in bench/throughput.py.
 Printed per store: messages/s, batches, mean batch, mean commit seconds per batch, and
-for PostgreSQL the round trips per batch after its BEGIN, its COMMIT's included
-(queue/pg_pipeline.py sends savepoint statements with the next one) and the server's
+for PostgreSQL the committer's round trips per batch, BEGIN and COMMIT included
+(each wait for the server's reply, counted under psycopg: tests/support/pg_rounds.py;
+queue/pg_pipeline.py sends a batch that reads nothing in one), pipelined batches run
+again statement by statement (`replayed`: none in a clean run) and the server's
 WAL fsyncs per batch (pg_stat_wal: one per COMMIT, none per statement; other clients
 of the server add to it).
 Run from the repository root with PYTHONPATH=. (it uses tests/support/stores.py).
@@ -24,11 +26,11 @@ from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
+from tests.support import pg_rounds
 from tests.support.stores import admin, open_store
 
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
 from mailgate.observe.events import EventLog
-from mailgate.queue import pg_pipeline
 from mailgate.queue.commit import Committer
 from mailgate.queue.store import QueueStore
 from mailgate.supervise.handle import ThreadHandle
@@ -48,7 +50,11 @@ def message() -> NewMessage:
 
 
 def run(kind: str, threads: int, messages: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp, open_store(kind, Path(tmp)) as backend:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        open_store(kind, Path(tmp)) as backend,
+        pg_rounds.counting() as trips,  # the committer thread's alone are reported
+    ):
         committer = Committer(backend, EventLog())
         handle = ThreadHandle("commit", "commit", None)
         thread = threading.Thread(
@@ -56,14 +62,6 @@ def run(kind: str, threads: int, messages: int) -> dict[str, Any]:
         )
         thread.start()
         store = QueueStore(backend, committer)
-        statements = [0]
-        original = pg_pipeline.PipelinedTx.sync
-
-        def counting(self: Any) -> Any:
-            statements[0] += 1 if self._unsent else 0
-            return original(self)
-
-        pg_pipeline.PipelinedTx.sync = counting  # type: ignore[method-assign]
         syncs = _wal_syncs() if kind == "postgres" else 0
         futures: list[Future[Any]] = []
         barrier = threading.Barrier(threads + 1)
@@ -83,7 +81,6 @@ def run(kind: str, threads: int, messages: int) -> dict[str, Any]:
             worker.join()
         wait(futures, 60)
         elapsed = time.monotonic() - started
-        pg_pipeline.PipelinedTx.sync = original  # type: ignore[method-assign]
         handle.stop_event.set()
         committer.wake()
         thread.join(10)
@@ -98,8 +95,9 @@ def run(kind: str, threads: int, messages: int) -> dict[str, Any]:
             "mean_batch": round(stats.operations / stats.batches, 1),
             "ms_per_batch": round(1000 * elapsed / stats.batches, 2),
             "round_trips_per_batch": (
-                round(statements[0] / stats.batches, 1) if kind == "postgres" else "-"
+                round(trips.of(thread) / stats.batches, 2) if kind == "postgres" else "-"
             ),
+            "replayed": stats.replayed,
             # The server's WAL fsyncs over the run (every client of the server counts).
             "wal_syncs_per_batch": round(syncs / stats.batches, 2) if kind == "postgres" else "-",
         }

@@ -7,7 +7,8 @@ queue (its outcome is discarded, but what it came to is recorded as an attempt),
 says what became of it, in its reply and in event 4020. If no service answers, or an
 attempt does not end within the wait, nothing is undone: the outcome is discarded when
 it comes, and a delivery it completes while the recipient is held is recorded as
-delivered, so it is never sent again.
+delivered, so it is never sent again. On a shared PostgreSQL queue the attempts of other
+nodes are cancelled too: their node hears the cancel over LISTEN/NOTIFY.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import click
+
 from mailgate.cli.reading import reading
 from mailgate.config.schema import Config
 from mailgate.control.server import request, socket_path
+from mailgate.errors import StoreError
 from mailgate.interchange.inflight import CANCELLED_REPLY
 from mailgate.observe import catalog
+from mailgate.queue.nodes import node_owner
+from mailgate.queue.notify import announce_cancel
+from mailgate.queue.open import open_backend
 from mailgate.queue.revoke import Revoked
 from mailgate.service import wiring
 
@@ -66,15 +73,55 @@ class Fate:
 
 
 def cancel_attempts(config: Config, revoked: Sequence[Revoked]) -> list[Fate]:
-    """Ask the service to stop the attempts on `revoked` (one message), and learn their fate."""
+    """Ask the service to stop the attempts on `revoked` (one message), and learn their fate.
+
+    This node's attempts are cancelled over its control socket; other nodes' (on a shared
+    queue, their lease owners name them) over the store's channel (queue/notify.py)."""
     if not revoked:
         return []
-    found = _ask(config, revoked[0].queue_id, sorted({r.owner for r in revoked}))
-    if found is None:
+    queue_id, here = revoked[0].queue_id, node_owner(config.service.node)
+    owners = sorted({r.owner for r in revoked})
+    local = [o for o in owners if o.startswith(here)]
+    found = _ask(config, queue_id, local) if local else []
+    told = _tell_other_nodes(config, queue_id, [o for o in owners if not o.startswith(here)])
+    if found is None and not told:
         return [Fate(r, "orphaned", None, 0.0) for r in revoked]
-    wait = CANCEL_WAIT if found else GONE_WAIT
+    wait = CANCEL_WAIT if found or told else GONE_WAIT
     seen = _wait_for_attempts(config, revoked, wait)
-    return [_fate(r, seen.get(r.recipient_id), wait) for r in revoked]
+    return [
+        Fate(r, "orphaned", None, 0.0)
+        if found is None and r.owner.startswith(here)
+        else _fate(r, seen.get(r.recipient_id), wait)
+        for r in revoked
+    ]
+
+
+def _tell_other_nodes(config: Config, queue_id: str, owners: list[str]) -> bool:
+    """Whether a cancel for these other nodes' attempts went out (a NOTIFY). One that
+    cannot be sent is said on stderr and in event 4001: the revoked leases still discard
+    those attempts' outcomes when they end."""
+    if not owners:
+        return False
+    try:
+        backend = open_backend(config.queue, config.data_dir)
+    except StoreError as exc:
+        return _not_told(config, exc)
+    try:
+        return announce_cancel(backend, queue_id, owners)
+    except StoreError as exc:
+        return _not_told(config, exc)
+    finally:
+        backend.close()
+
+
+def _not_told(config: Config, exc: StoreError) -> bool:
+    click.echo(f"mailgate: other nodes were not told to cancel: {exc}", err=True)
+    events = wiring.open_events(config, stderr=False)
+    try:
+        events.emit(catalog.STORE_ERROR, operation="cancel on other nodes", error=str(exc))
+    finally:
+        events.close()
+    return False
 
 
 def _ask(config: Config, queue_id: str, owners: list[str]) -> list[dict[str, Any]] | None:

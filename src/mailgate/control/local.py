@@ -15,9 +15,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from mailgate.control.surface import ControlSurface, Process, thread_json
-from mailgate.interchange.inflight import InFlight
+from mailgate.interchange.inflight import Cancelled, InFlight
 from mailgate.interchange.state import Connectors
-from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.queue.reader import QueueReader
 from mailgate.queue.wakeup import Wakeup
@@ -32,6 +31,8 @@ class Delivery(Protocol):
     interchange_threads: list[str]
 
     def clear_down(self, names: list[str], by: str) -> list[str]: ...
+
+    def cancel(self, queue_id: str, owners: list[str]) -> list[Cancelled]: ...
 
     def destination_state(self) -> dict[str, dict[str, Any]]: ...
 
@@ -116,11 +117,7 @@ class LocalSurface(ControlSurface):
 
     def cancel(self, queue_id: str, owners: list[str]) -> dict[str, Any]:
         """See interchange/inflight.py: the attempts on `queue_id` under those leases stop."""
-        found = self._delivering(None).in_flight.cancel(queue_id, owners)
-        for item in found:
-            self.process.events.emit(
-                catalog.ATTEMPT_CANCELLED, thread=item.thread, queue_id=queue_id, how=item.how
-            )
+        found = self._delivering(None).cancel(queue_id, owners)
         return {"cancelled": [{"thread": c.thread, "owner": c.owner, "how": c.how} for c in found]}
 
     def refresh(self) -> dict[str, Any]:

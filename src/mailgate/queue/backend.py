@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,17 @@ class Connection(Protocol):
     def rollback(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Pipelining(Protocol):
+    """A connection that can send a whole transaction at once (PostgreSQL's pipeline
+    mode, pg_pipeline.py): errors then come back late, so the caller must be able to run
+    the transaction again the ordinary way when `pipeline_failed` says one did."""
+
+    def begin_pipelined(self) -> None: ...
+
+    def pipeline_failed(self) -> bool: ...
 
 
 class Backend(Protocol):

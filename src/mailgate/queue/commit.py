@@ -9,10 +9,16 @@ synced the next one gathers, which is what makes durability cheap under load.
 With a `syncer` (commit_sync.py; a store that can flush apart from writing), the
 COMMIT returns once written and the syncer resolves the futures after its flush,
 so the next batch is built and written while the previous one is flushed.
+On PostgreSQL the whole batch, BEGIN to COMMIT, is sent in one go (pipeline mode,
+pg_pipeline.py): a batch of accepted messages is one round trip. Its errors come back
+only at the end, without saying whose, so a batch in which a statement failed is
+rolled back and run again the ordinary way, each statement's result awaited.
 
-A failing operation fails only its own future; a failing COMMIT fails the whole
-batch with StoreError (the callers answer 4xx) and the thread reopens its
-connection. Operations waiting when the thread restarts stay queued for the new one.
+A failing operation fails only its own future (pipelined or not); a failing COMMIT,
+or a connection lost mid-batch, fails the whole batch with StoreError (the callers
+answer 4xx) and the thread reopens its connection: a batch is run again only when the
+server said a statement failed, never when a COMMIT sent may have been done.
+Operations waiting when the thread restarts stay queued for the new one.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any, TypeVar
 from mailgate.errors import StoreError
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
-from mailgate.queue.backend import Backend, Connection
+from mailgate.queue.backend import Backend, Connection, Pipelining
 from mailgate.queue.commit_sync import CommitSyncer, Result, settle
 from mailgate.supervise import faults
 
@@ -49,6 +55,7 @@ class CommitterStats:
     largest_batch: int
     waiting: int
     last_commit_seconds: float
+    replayed: int = 0  # pipelined batches run again one statement at a time (one failed)
 
 
 class Committer:
@@ -71,6 +78,7 @@ class Committer:
         self._operations = 0
         self._largest = 0
         self._last_commit = 0.0
+        self._replayed = 0
 
     def submit(self, name: str, op: Callable[[Connection], T]) -> Future[T]:
         job = _Job(name, op)
@@ -83,7 +91,12 @@ class Committer:
 
     def statistics(self) -> CommitterStats:
         return CommitterStats(
-            self._batches, self._operations, self._largest, self._jobs.qsize(), self._last_commit
+            self._batches,
+            self._operations,
+            self._largest,
+            self._jobs.qsize(),
+            self._last_commit,
+            self._replayed,
         )
 
     def run(
@@ -146,34 +159,16 @@ class Committer:
 
     def _apply(self, conn: Connection, batch: list[_Job]) -> bool:
         """Run a batch in one transaction; False if the connection should be reopened."""
-        results: list[Result] = []
         started = time.monotonic()
+        jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
         try:
-            conn.begin()
-            for job in batch:
-                if not job.future.set_running_or_notify_cancel():
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = job.op(conn)
-                except Exception as exc:  # one operation's failure stays its own
-                    conn.execute("ROLLBACK TO SAVEPOINT op")
-                    conn.execute("RELEASE SAVEPOINT op")
-                    if not isinstance(exc, StoreError):
-                        exc = StoreError(f"{job.name} failed: {exc!r}")
-                    self._events.emit(catalog.STORE_ERROR, operation=job.name, error=str(exc))
-                    results.append((job.future, None, exc))
-                    continue
-                conn.execute("RELEASE SAVEPOINT op")
-                results.append((job.future, value, None))
-            conn.commit()
+            results = self._transaction(conn, jobs)
         except Exception as exc:
             conn.rollback()
             error = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
             self._events.emit(catalog.STORE_ERROR, operation="commit", error=str(exc))
-            for job in batch:  # a BEGIN that failed left them pending: fail those too
-                if job.future.running() or job.future.set_running_or_notify_cancel():
-                    job.future.set_exception(error)
+            for job in jobs:  # a BEGIN that failed fails them all at once, too
+                job.future.set_exception(error)
             return False
         self._last_commit = time.monotonic() - started
         self._batches += 1
@@ -184,6 +179,46 @@ class Committer:
         else:
             settle(results)
         return True
+
+    def _transaction(self, conn: Connection, jobs: list[_Job]) -> list[Result]:
+        """The batch committed, each job's value or its own failure. Where the store can
+        (PostgreSQL), the whole batch goes at once: one round trip when no operation reads
+        a result. A statement that fails there is known only as "one did", the transaction
+        having done nothing: it is rolled back and run again with each statement's result
+        awaited, so the failing operation fails alone (rare: a duplicate, a bug)."""
+        if isinstance(conn, Pipelining):
+            conn.begin_pipelined()
+            try:
+                return self._savepoints(conn, jobs)
+            except Exception:
+                if not conn.pipeline_failed():
+                    raise  # a lost connection, a failed COMMIT: the batch fails
+                conn.rollback()
+                self._replayed += 1
+        conn.begin()
+        return self._savepoints(conn, jobs)
+
+    def _savepoints(self, conn: Connection, jobs: list[_Job]) -> list[Result]:
+        """Each job in its own savepoint, then COMMIT (raises if the batch must fail)."""
+        results: list[Result] = []
+        for job in jobs:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = job.op(conn)
+            except Exception as exc:  # one operation's failure stays its own
+                if isinstance(conn, Pipelining) and conn.pipeline_failed():
+                    raise  # whose statement failed is not known: run the batch again
+                conn.execute("ROLLBACK TO SAVEPOINT op")
+                conn.execute("RELEASE SAVEPOINT op")
+                if not isinstance(exc, StoreError):
+                    exc = StoreError(f"{job.name} failed: {exc!r}")
+                self._events.emit(catalog.STORE_ERROR, operation=job.name, error=str(exc))
+                results.append((job.future, None, exc))
+                continue
+            conn.execute("RELEASE SAVEPOINT op")
+            results.append((job.future, value, None))
+        conn.commit()
+        return results
 
 
 class DirectWriter:

@@ -12,11 +12,18 @@ channel ignores its own token, so a node is not woken twice by its own commits. 
 connection is event 4001 and a reconnect a second later; meanwhile, and for any lost
 NOTIFY, the interchange threads' and the scheduler's polling still find the work: a
 wake-up is a hint, the queue is the truth. SQLite (one node) has no channel.
+
+The same thread also hears an administrator's cancels (`announce_cancel`, channel
+mailgate_cancel, payload JSON {queue_id, owners}): `mailgate queue hold|delete|bounce`
+on any node revokes the leases in the store, and the node whose threads hold them stops
+those attempts as a local command would (interchange/inflight.py). A cancel lost with
+the connection costs only time: the revoked lease already discards the outcome.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import threading
 from collections.abc import Callable, Iterable
@@ -32,6 +39,9 @@ from mailgate.queue.wakeup import Wakeup
 from mailgate.supervise.handle import ThreadHandle
 
 CHANNEL = "mailgate_due"
+CANCEL_CHANNEL = "mailgate_cancel"
+MAX_OWNERS = 50  # lease owners of one message's attempts in one cancel (8000 bytes at most)
+Cancel = Callable[[str, list[str]], object]  # (queue id, lease owners): stop those attempts
 TURN = 0.1  # seconds the thread listens before it sends what was announced meanwhile
 EVERYTHING = "*"
 MAX_NAMES = 64  # a payload stays far below PostgreSQL's 8000 bytes
@@ -56,9 +66,14 @@ class WakeChannel:
         with self._lock:
             self._pending.update(names)
 
-    def run(self, handle: ThreadHandle, hear: Callable[[list[str] | None], None]) -> None:
+    def run(
+        self,
+        handle: ThreadHandle,
+        hear: Callable[[list[str] | None], None],
+        cancel: Cancel | None = None,
+    ) -> None:
         """The `listen` thread: send what was announced, hear the others (`hear(None)`:
-        everything is due)."""
+        everything is due) and the administrator's cancels (`cancel`)."""
         conn: psycopg.Connection[tuple[object, ...]] | None = None
         try:
             while not handle.stopping:
@@ -67,10 +82,15 @@ class WakeChannel:
                     if conn is None:
                         conn = self._backend.open_connection()
                         conn.execute(f"LISTEN {CHANNEL}")
+                        if cancel is not None:
+                            conn.execute(f"LISTEN {CANCEL_CHANNEL}")
                         self.listening = True
                     self._send(conn)
                     for note in conn.notifies(timeout=TURN, stop_after=MAX_NAMES):
-                        self._heard(note.payload, hear)
+                        if note.channel == CANCEL_CHANNEL and cancel is not None:
+                            _cancel_heard(note.payload, cancel)
+                        elif note.channel == CHANNEL:
+                            self._heard(note.payload, hear)
                 except psycopg.Error as exc:
                     self._events.emit(catalog.STORE_ERROR, operation="listen for other nodes",
                                       error=f"{self._backend.where}: {exc}")  # fmt: skip
@@ -129,6 +149,32 @@ def announce_now(backend: Backend, names: Iterable[str] = (EVERYTHING,)) -> None
         conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"|{','.join(names)}"))
     finally:
         conn.close()
+
+
+def announce_cancel(backend: Backend, queue_id: str, owners: Iterable[str]) -> bool:
+    """Tell every node to stop the attempts on `queue_id` under these lease owners (their
+    leases revoked by the caller's committed transaction). False where the store is not
+    shared (SQLite: no other node); raises StoreError if the NOTIFY cannot be sent."""
+    if not isinstance(backend, PostgresBackend):
+        return False
+    payload = json.dumps({"queue_id": queue_id, "owners": sorted(owners)[:MAX_OWNERS]})
+    conn = backend.connect()
+    try:
+        conn.execute("SELECT pg_notify(?, ?)", (CANCEL_CHANNEL, payload))
+    finally:
+        conn.close()
+    return True
+
+
+def _cancel_heard(payload: str, cancel: Cancel) -> None:
+    """A cancel from the channel; one that does not parse is ignored (only mailgate
+    sends there, and a cancel is a hint: the revoked lease is the truth)."""
+    try:
+        note = json.loads(payload)
+        queue_id, owners = str(note["queue_id"]), [str(o) for o in note["owners"]]
+    except (ValueError, KeyError, TypeError):
+        return
+    cancel(queue_id, owners[:MAX_OWNERS])
 
 
 class NodeWakeup(Wakeup):

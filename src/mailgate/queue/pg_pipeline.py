@@ -1,21 +1,29 @@
-"""A PostgreSQL transaction in pipeline mode: fewer round trips per group commit.
+"""A PostgreSQL transaction in pipeline mode: a group commit in one round trip.
 
 A group commit runs each operation of its batch in a savepoint of one transaction:
-SAVEPOINT, the operation's statements, RELEASE, and one COMMIT at the end. The
-savepoint statements cannot fail in a transaction that works, and nothing reads their
-results, so they are queued on the connection (pipeline mode) and travel with the
-next statement: the RELEASE of one operation and the SAVEPOINT of the next go with
-the next operation's first statement, and the last RELEASE with the COMMIT, whose
-reply says the batch is on disk (synchronous_commit is the server's). With a message
-written by one statement (ops.insert_message), a batch of N accepted messages costs its
-BEGIN, one round trip per message and one for the COMMIT: N + 2, where it was 5N + 2.
+SAVEPOINT, the operation's statements, RELEASE, and one COMMIT at the end. In pipeline
+mode statements go out as they are executed and only reading a result waits for the
+server. Two ways to run a transaction:
 
-Every other statement is sent at once with what is queued, and its error is raised
-where it was executed, inside its operation: one failing operation still fails only
-its own future (the committer's ROLLBACK TO SAVEPOINT is queued like the others), and
-nothing is reported done that is not on disk. A batch in one round trip would need its
-operations' errors to arrive before their results are handed out, that is the
-committer's own affair (queue/commit.py), not the store's.
+- `blind` (the committer's first try, `PostgresConnection.begin_pipelined`): BEGIN and
+  every statement are queued and nothing is waited for until a result is read or the
+  COMMIT. An operation that reads nothing (an accepted message: ops.insert_message is
+  one statement) costs no round trip; a batch of N accepts is one, BEGIN, statements and
+  COMMIT together, whose reply says the batch is on disk (synchronous_commit is the
+  server's). An operation that reads a result (a claim) waits there, as it must.
+  The price: a failing statement's error comes back later (at the next read or at the
+  COMMIT), the server skips everything after it, and no one can tell from here which
+  operation it was; the transaction is marked `failed` and did nothing (unless the
+  session itself ended, `lost`: then a COMMIT sent may have been done). The committer
+  (queue/commit.py) then rolls it back and runs the batch again the other way.
+- otherwise, every statement but the savepoints' is sent at once and its result waited
+  for, so its error is raised where it was executed, inside its operation: one failing
+  operation fails only its own future (the committer's ROLLBACK TO SAVEPOINT is queued
+  like the other savepoint statements, which cannot fail in a working transaction).
+
+Either way the COMMIT travels with what is still queued and leaves pipeline mode in
+the same round trip, and nothing is reported done that is not on disk: a COMMIT of a
+failed transaction (the server answers it with ROLLBACK) is an error.
 """
 
 from __future__ import annotations
@@ -35,23 +43,36 @@ _SAVEPOINTS = re.compile(r"(SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT) \
 
 
 class PipelinedTx:
-    """One open transaction on `conn` (BEGIN already sent), its statements pipelined."""
+    """One open transaction on `conn`, its statements pipelined; with `begin`, its
+    BEGIN is queued here too (else the caller sent it)."""
 
-    def __init__(self, conn: PgConnection, translate: Callable[[str], Any]) -> None:
+    def __init__(
+        self,
+        conn: PgConnection,
+        translate: Callable[[str], Any],
+        *,
+        blind: bool = False,
+        begin: bool = False,
+    ) -> None:
         self.conn = conn
+        self.blind = blind
+        self.failed = False  # a statement failed: the transaction can only roll back
+        self.lost = False  # the session ended under it: whether a COMMIT sent was done is unknown
         self._translate = translate  # what -> a context manager mapping psycopg errors
         self._stack = contextlib.ExitStack()
         self._pipeline = self._stack.enter_context(conn.pipeline())
         self._unsent = 0
+        if begin:
+            self.execute("BEGIN", ())
 
     def execute(self, sql: str, params: Sequence[Any]) -> LazyRows:
-        """Queue a savepoint statement; send any other at once, with the queue."""
+        """Queue a statement; unless `blind` or a savepoint's, wait for its result."""
         cur = self.conn.cursor()
-        with self._translate("query"):
-            cur.execute(sql, params or None)
+        with self._watch("query"):
+            cur.execute(sql, params or None)  # may raise an earlier statement's error
         self._unsent += 1
         rows = LazyRows(self, cur)
-        if not _SAVEPOINTS.match(sql):
+        if not self.blind and not _SAVEPOINTS.match(sql):
             rows.load()  # its error, if any, is its operation's
         return rows
 
@@ -60,19 +81,20 @@ class PipelinedTx:
         if not self._unsent:
             return
         self._unsent = 0
-        with self._translate("query"):
+        with self._watch("query"):
             self._pipeline.sync()
 
     def commit(self) -> None:
-        """COMMIT with what is queued, in one round trip; StoreError if it failed."""
+        """COMMIT with what is queued, leaving pipeline mode: one round trip; StoreError
+        if any statement or the COMMIT failed."""
         cur = self.conn.cursor()
-        with self._translate("commit"):
+        with self._watch("commit"):
             cur.execute("COMMIT")
-            self._unsent += 1
-            self.sync()
-        self.close()
+            self._unsent = 0
+            self._stack.close()  # its Sync sends the COMMIT and waits for every reply
         # A COMMIT of a failed transaction "succeeds" as a ROLLBACK: never report that.
         if cur.statusmessage != "COMMIT":
+            self.failed = True
             raise StoreError(f"commit: the transaction failed (the server did {cur.statusmessage})")
 
     def close(self) -> None:
@@ -80,6 +102,25 @@ class PipelinedTx:
         caller rolls back)."""
         with contextlib.suppress(psycopg.Error):
             self._stack.close()
+
+    @contextlib.contextmanager
+    def _watch(self, what: str) -> Iterator[None]:
+        try:
+            with self._translate(what):
+                yield
+        except StoreError as exc:
+            self.failed = True
+            self.lost = self.lost or _session_ended(exc.__cause__)
+            raise
+
+
+def _session_ended(error: BaseException | None) -> bool:
+    """Whether an error says the session is gone rather than that a statement failed: no
+    SQLSTATE (the socket closed), a connection exception (08) or operator intervention
+    (57: the backend was terminated, the server shuts down). Only a statement's failure
+    proves that the transaction, and its COMMIT, were not done."""
+    state = getattr(error, "sqlstate", None)
+    return not isinstance(error, psycopg.Error) or state is None or state[:2] in ("08", "57")
 
 
 class LazyRows:

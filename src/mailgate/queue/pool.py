@@ -8,15 +8,19 @@ the caller's StoreError at once, with the server's reason); at `size` it waits u
 `timeout` for one to come back, then raises PoolBusy. `give` keeps a healthy idle
 connection, closes a broken one, and on a broken one closes the idle ones too (the
 server went away, most likely: they are dead as well), so the next take connects
-afresh. Connections idle longer than `max_idle` are closed on the next take or give,
-the newest one kept. A pool never crosses a fork: its sockets are the parent's.
-No lock is held while connecting or closing (Q151669): only the counters are guarded.
+afresh. `take` never hands out an idle connection the server ended (a restart,
+pg_terminate_backend): its last words wait on its socket, read without a round trip,
+so a transaction whose BEGIN is pipelined with the rest does not meet it. Connections
+idle longer than `max_idle` are closed on the next take or give, the newest one kept.
+A pool never crosses a fork: its sockets are the parent's. No lock is held while
+connecting or closing (Q151669): only the counters are guarded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -69,8 +73,10 @@ class Pool:
             self._out += 1
             stale = self._stale()
         self._close_all(stale)
-        if conn is not None and not conn.closed and not conn.broken:
-            return conn
+        if conn is not None:
+            if not _ended(conn):
+                return conn
+            self._close_all([conn])
         try:
             return self._connect()
         except BaseException:
@@ -127,3 +133,21 @@ class Pool:
         for conn in conns:
             with contextlib.suppress(psycopg.Error, OSError):
                 conn.close()
+
+
+def _ended(conn: PgConnection) -> bool:
+    """Whether an idle connection is closed or was ended by the server, found without a
+    round trip: an idle connection is sent nothing unasked but the server's last words
+    (a FATAL error, then EOF), so input waiting on its socket is read to see which."""
+    poll = select.poll()
+    for _ in range(3):  # the error message, then the end of the stream
+        if conn.closed or conn.broken:
+            return True
+        poll.register(conn.fileno(), select.POLLIN)
+        if not poll.poll(0):
+            return False
+        try:
+            conn.pgconn.consume_input()
+        except psycopg.Error:
+            return True
+    return conn.closed or conn.broken

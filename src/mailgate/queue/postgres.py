@@ -146,10 +146,7 @@ class PostgresConnection:
             return Rows(rows, cur.rowcount)
 
     def begin(self) -> None:
-        if self._tx is not None:
-            raise StoreError("begin inside a transaction")
-        if self._read_only:
-            raise StoreError("a read-only queue connection cannot write")
+        self._check_can_begin()
         for attempt in (1, 2):
             conn = self._backend.take()
             try:
@@ -162,8 +159,45 @@ class PostgresConnection:
                     continue  # it died while pooled; nothing was done on it
                 raise
             self._tx = conn
-            self._pipe = PipelinedTx(conn, functools.partial(translate_errors, where=self.where))
+            self._pipe = PipelinedTx(conn, self._translate)
             return
+
+    def begin_pipelined(self) -> None:
+        """BEGIN a `blind` transaction (pg_pipeline.py): nothing is sent for until a
+        result is read or the COMMIT, so a batch that reads nothing is one round trip.
+        A statement's failure makes `pipeline_failed` true: the transaction did nothing."""
+        self._check_can_begin()
+        conn = self._backend.take()  # one the server ended while pooled is never handed out
+        try:
+            pipe = PipelinedTx(conn, self._translate, blind=True, begin=True)
+        except BaseException:
+            self._backend.give(conn)
+            raise
+        self._tx, self._pipe = conn, pipe
+
+    def pipeline_failed(self) -> bool:
+        """Whether a statement of the open `blind` transaction failed with the connection
+        still up: the server said so, nothing of it was committed, the batch can run again
+        (a lost connection is not that: a COMMIT sent may have been done)."""
+        conn, pipe = self._tx, self._pipe
+        return (
+            conn is not None
+            and pipe is not None
+            and pipe.blind
+            and pipe.failed
+            and not pipe.lost
+            and not conn.broken
+            and not conn.closed
+        )
+
+    def _check_can_begin(self) -> None:
+        if self._tx is not None:
+            raise StoreError("begin inside a transaction")
+        if self._read_only:
+            raise StoreError("a read-only queue connection cannot write")
+
+    def _translate(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return translate_errors(what, self._backend.where)
 
     def commit(self) -> None:
         conn, pipe = self._tx, self._pipe

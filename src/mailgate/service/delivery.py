@@ -20,10 +20,11 @@ from mailgate.connectors.limits import DestinationStatistics
 from mailgate.errors import StoreError
 from mailgate.interchange.connector import Connector
 from mailgate.interchange.ended import report_ended
-from mailgate.interchange.inflight import InFlight
+from mailgate.interchange.inflight import Cancelled, InFlight
 from mailgate.interchange.scheduler import Scheduler
 from mailgate.interchange.state import Connectors
 from mailgate.interchange.worker import InterchangeThread, lease_owner
+from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.flush import Flusher
@@ -187,6 +188,17 @@ class DeliveryPart(Part):
                 report_ended(self.events, done.result(), why)
 
         ending.add_done_callback(reported)  # not waited for: the monitor must never block
+
+    def cancel(self, queue_id: str, owners: list[str]) -> list[Cancelled]:
+        """Stop the attempts on `queue_id` under these (revoked) leases, each with event
+        2463: asked over the control socket by a command on this node, or over the
+        store's channel by one on another (queue/notify.py)."""
+        found = self.in_flight.cancel(queue_id, owners)
+        for item in found:
+            self.events.emit(
+                catalog.ATTEMPT_CANCELLED, thread=item.thread, queue_id=queue_id, how=item.how
+            )
+        return found
 
     def clear_down(self, names: list[str], by: str) -> list[str]:
         """An administrator wants delivery now: the named connectors forget that their

@@ -45,12 +45,15 @@ def single_process(
     routing = RoutingPart(config)
     wakeup, counters = NodeWakeup(), host.counters
     queue = QueuePart(config, events, routing, wakeup, durable=True)
+    delivery = DeliveryPart(
+        config, events, queue.store, routing, wakeup, counters, remote_wakeups=False
+    )
     host.parts = [
         ControlPart(config, events, lambda: local_surface(host)),
         routing,
         queue,
-        NodeWakePart(events, queue.backend, wakeup, counters),
-        DeliveryPart(config, events, queue.store, routing, wakeup, counters, remote_wakeups=False),
+        NodeWakePart(events, queue.backend, wakeup, counters, delivery.cancel),
+        delivery,
         PickupPart(config, events, queue.pickup_store, routing, counters),
         ReceivePart(config, events, queue.store, routing, counters),
         node_part(host, lambda: local_surface(host).threads()),
@@ -88,11 +91,14 @@ def interchange_worker(
     routing = RoutingPart(config)
     wakeup, counters = NodeWakeup(), host.counters
     queue = QueuePart(config, events, routing, wakeup, durable=False)
+    delivery = DeliveryPart(
+        config, events, queue.store, routing, wakeup, counters, remote_wakeups=True
+    )
     host.parts = [
         routing,
         queue,
-        NodeWakePart(events, queue.backend, wakeup, counters),
-        DeliveryPart(config, events, queue.store, routing, wakeup, counters, remote_wakeups=True),
+        NodeWakePart(events, queue.backend, wakeup, counters, delivery.cancel),
+        delivery,
         PickupPart(config, events, queue.pickup_store, routing, counters),
     ]
     return host
