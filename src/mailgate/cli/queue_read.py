@@ -19,7 +19,7 @@ import click
 
 from mailgate.cli.common import config_options, echo_json, get_config
 from mailgate.cli.events import local_time, printable
-from mailgate.cli.reading import reading
+from mailgate.cli.reading import attempt_fields, message_fields, reading, recipient_fields
 from mailgate.config.units import parse_duration
 from mailgate.errors import StoreError
 from mailgate.headers import split_headers
@@ -251,38 +251,14 @@ def show(queue_id: str, as_json: bool, config_path: Path | None, data_dir: Path 
         "received": iso_time(message.received_at),
         "received_at": message.received_at,
         "age": round(now - message.received_at, 1),
-        "client": message.client,
-        "sender": message.sender,
-        "size": message.size,
-        "message_id": message.header_message_id,
-        "kind": message.kind,
-        "bounce_of": message.bounce_of,
-        "origin": message.origin,
-        "smtputf8": message.smtputf8,
-        "done_at": message.done_at,
+        **message_fields(message),
         "body_stored": body is not None,
         "recipients": [
             {
-                "address": r.address,
-                "connector": r.connector,
-                "state": r.state,
-                "attempts": r.attempts,
-                "last_reply": r.last_reply,
-                "remote_mta": r.remote_mta,
-                "due_at": r.due_at if r.state in WAITING_STATES else None,
-                "updated_at": r.updated_at,
+                **recipient_fields(r),
                 "lease_owner": r.lease_owner,
                 "lease_until": r.lease_until,
-                "history": [
-                    {
-                        "time": iso_time(a.started_at),
-                        "started_at": a.started_at,
-                        "finished_at": a.finished_at,
-                        "disposition": a.disposition,
-                        "reply": a.reply,
-                    }
-                    for a in r.history
-                ],
+                "history": [attempt_fields(a) for a in r.history],
             }
             for r in message.recipients
         ],

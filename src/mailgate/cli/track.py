@@ -21,8 +21,7 @@ import click
 
 from mailgate.cli.common import config_options, get_config
 from mailgate.cli.events import human_line, local_time, open_reader, printable
-from mailgate.cli.reading import reading
-from mailgate.model import WAITING_STATES
+from mailgate.cli.reading import attempt_fields, message_fields, reading, recipient_fields
 from mailgate.observe.catalog import MESSAGE_RECEIVED, NDR_GENERATED, PICKED_UP
 from mailgate.observe.eventstore import EventReader, iso_time, store_path
 from mailgate.queue.history import BounceRef, MessageHistory
@@ -140,32 +139,13 @@ def _as_dict(
         "in_queue": True,
         "received": iso_time(arrival),
         "received_at": arrival,
-        "client": message.client,
-        "sender": message.sender,
-        "size": message.size,
-        "message_id": message.header_message_id,
-        "kind": message.kind,
-        "bounce_of": message.bounce_of,
-        "origin": message.origin,
-        "smtputf8": message.smtputf8,
-        "done_at": message.done_at,
+        **message_fields(message),
         "recipients": [
             {
-                "address": r.address,
-                "connector": r.connector,
-                "state": r.state,
-                "attempts": r.attempts,
-                "last_reply": r.last_reply,
-                "remote_mta": r.remote_mta,
-                "due_at": r.due_at if r.state in WAITING_STATES else None,
-                "updated_at": r.updated_at,
+                **recipient_fields(r),
                 "history": [
                     {
-                        "time": iso_time(a.started_at),
-                        "started_at": a.started_at,
-                        "finished_at": a.finished_at,
-                        "disposition": a.disposition,
-                        "reply": a.reply,
+                        **attempt_fields(a),
                         "delay": round(a.started_at - arrival, 3),
                         "duration": round(a.finished_at - a.started_at, 3),
                     }
