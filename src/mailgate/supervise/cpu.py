@@ -2,11 +2,14 @@
 
 A thread that should be working but shows no CPU is blocked; one that burns CPU
 with no progress is spinning. Returns None where /proc is not available.
+`name_os_thread` gives the calling thread its supervised name in the kernel too, so
+`top -H`, `ps -L` and /proc show "smtp", "commit-sync" instead of "python" for each.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -25,3 +28,13 @@ def thread_cpu_seconds(native_id: int | None, pid: int | None = None) -> float |
         return (int(fields[11]) + int(fields[12])) / _TICKS
     except (IndexError, ValueError):
         return None
+
+
+def name_os_thread(name: str) -> None:
+    """Set the calling thread's kernel name (its first 15 bytes, the kernel's limit). Best
+    effort: where /proc is not writable the thread keeps the process's name."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "wb") as f:
+            f.write(name.encode("ascii", "replace")[:15])
+    except OSError:
+        pass

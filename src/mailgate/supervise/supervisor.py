@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.supervise.budget import BACKOFF_FIRST, RestartBudget
-from mailgate.supervise.cpu import thread_cpu_seconds
+from mailgate.supervise.cpu import name_os_thread, thread_cpu_seconds
 from mailgate.supervise.handle import ThreadHandle, ThreadState, Work
 
 Body = Callable[[ThreadHandle], None]
@@ -228,6 +228,7 @@ class Supervisor:
     def _run(self, slot: _Slot, life: _Life) -> None:
         handle = life.handle
         life.native_id = threading.get_native_id()
+        name_os_thread(slot.name)
         self._events.emit(
             catalog.THREAD_STARTED, thread=slot.name, role=slot.role, native_id=life.native_id
         )
