@@ -22,6 +22,7 @@ import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from aiosmtpd import smtp as aiosmtpd_smtp
@@ -75,6 +76,8 @@ class SessionOwner(Protocol):
     def message(self, server: SMTP, session: Session, envelope: Envelope) -> NewMessage | str: ...
 
     def durable(self, message: NewMessage, error: BaseException | None) -> str: ...
+
+    def commit_now(self, message: NewMessage) -> Future[Any] | None: ...
 
     def internal_error(self, error: Exception) -> str: ...
 

@@ -239,7 +239,12 @@ class FastPath:
             smtp.reply_now(smtp.receive_handler.internal_error(exc))
             return after
         if isinstance(prepared, NewMessage):
-            self._start_commit(prepared)
+            done = smtp.receive_handler.commit_now(prepared)
+            if done is None:
+                self._start_commit(prepared)
+            else:  # committed in this thread (queue/inline.py): answer at once
+                smtp._set_post_data_state()  # type: ignore[no-untyped-call]
+                smtp.reply_now(smtp.receive_handler.durable(prepared, done.exception()))
         else:
             smtp._set_post_data_state()  # type: ignore[no-untyped-call]
             smtp.reply_now(prepared)

@@ -247,6 +247,9 @@ class ReceiveHandler:
         prepared = self.message(server, session, envelope)
         if isinstance(prepared, str):
             return prepared
+        done = self.commit_now(prepared)
+        if done is not None:
+            return self.durable(prepared, done.exception())
         self.committing += 1
         error: StoreError | TimeoutError | None = None
         try:
@@ -256,6 +259,16 @@ class ReceiveHandler:
         finally:
             self.committing -= 1
         return self.durable(prepared, error)
+
+    def commit_now(self, message: NewMessage) -> Future[Any] | None:
+        """The message committed in this thread, if this process has at most
+        [smtp] inline_commit_sessions sessions open and the writer lock is free now
+        (queue/inline.py): its future, done; None: queue it for the group commit."""
+        done = None
+        if self.limits.total <= self.settings.inline_commit_sessions:
+            done = self.store.enqueue_now(message)
+        self.counters.add(metrics.SMTP_COMMITS, path="group" if done is None else "inline")
+        return done
 
     def message(self, server: SMTP, session: Session, envelope: Envelope) -> NewMessage | str:
         """The message to queue for a DATA (or BDAT) that ended, or the reply refusing it."""
