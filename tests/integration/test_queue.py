@@ -17,6 +17,8 @@ import pytest
 from mailgate.errors import StoreError
 from mailgate.model import Disposition, NewMessage, NewRecipient, Outcome, new_queue_id
 from mailgate.observe.events import EventLog
+from mailgate.queue import ops
+from mailgate.queue.backend import Connection
 from mailgate.queue.commit import Committer, DirectWriter
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
@@ -320,3 +322,22 @@ def test_a_begin_that_fails_fails_its_batch_at_once(backend: SqliteBackend) -> N
         handle.stop_event.set()
         committer.wake()
         thread.join(10)
+
+
+def test_a_failed_operation_alone_in_its_batch_leaves_nothing(
+    store: QueueStore, committer: Committer, backend: AnyBackend
+) -> None:
+    """A batch of one runs without a savepoint: its failure rolls the transaction back,
+    what it wrote before failing included, and the committer goes on."""
+
+    def writes_then_fails(conn: Connection) -> None:
+        ops.insert_message(conn, message("half@x.test"), None)
+        raise RuntimeError("after a write")
+
+    with pytest.raises(StoreError, match="after a write"):
+        committer.submit("half", writes_then_fails).result(10)
+    store.enqueue(message("a@x.test")).result(10)
+    conn = backend.connect()
+    assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
+    assert conn.execute("SELECT COUNT(*) FROM recipients").fetchone()[0] == 1
+    conn.close()

@@ -261,6 +261,22 @@ class SmtpSettings(Section):
         description="Clients in relay_networks have no max_sessions_per_ip (as Postfix exempts "
         "$mynetworks from its client limits); false limits them like any client.",
     )
+    fast_path: bool = Field(
+        True,
+        description="Answer MAIL, RCPT, DATA, RSET and NOOP as their bytes arrive, without a "
+        "turn of aiosmtpd's session task per line (the same replies, a third less CPU per "
+        "message); false runs every command through aiosmtpd, to rule the fast path out "
+        "when diagnosing a client.",
+    )
+    inline_commit_sessions: int = Field(
+        1,
+        ge=0,
+        description="A receive process with at most this many sessions open commits an "
+        "accepted message in the session's own thread when the queue's writer lock is free "
+        "at that instant (SQLite; the 250 still follows the flush), instead of handing it to "
+        "the group commit and back: nobody would share its flush. 0: always the group "
+        "commit.",
+    )
     max_errors: int = Field(
         20,
         ge=1,

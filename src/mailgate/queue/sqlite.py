@@ -27,15 +27,20 @@ from mailgate.queue.backend import SQLITE
 from mailgate.queue.migrations import SchemaStatus, Step
 
 
+def store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """The StoreError for a sqlite3 error (full=True for SQLITE_FULL / ENOSPC)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return StoreError(f"{what}: {exc}", full=full)
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Map sqlite3 errors to StoreError (full=True for SQLITE_FULL / ENOSPC)."""
     try:
         yield
     except sqlite3.Error as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
-        full = code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
-        raise StoreError(f"{what}: {exc}", full=full) from exc
+        raise store_error(what, exc) from exc
 
 
 class SqliteConnection:
@@ -90,8 +95,12 @@ class SqliteConnection:
             self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor | _ReadCursor:
-        with translate_errors("query"):
+        # try/except, not translate_errors: a generator context manager per statement was a
+        # third of the commit thread's own time (17 statements per delivered message).
+        try:
             cursor = self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise store_error("query", exc) from exc
         return _ReadCursor(cursor) if self._read_only else cursor
 
     def executescript(self, script: str) -> None:
