@@ -62,13 +62,19 @@ class MxConnector:
         limits: Limits | None = None,
         max_addresses: int = 5,
         idle_for: float = 10.0,
+        chunking: bool = True,
     ) -> None:
         self.name = name
         self.events = events
         self.dns = dns or DnsSettings()
         self.port = port
         self.settings = ClientSettings(
-            helo=helo, starttls=starttls, verify=verify, ca_file=ca_file, timeout=timeout
+            helo=helo,
+            starttls=starttls,
+            verify=verify,
+            ca_file=ca_file,
+            timeout=timeout,
+            chunking=chunking,
         )
         self.max_addresses = max_addresses
         self.idle_for = idle_for
@@ -182,7 +188,13 @@ class MxSession(ClientSession):
                 with self._using():
                     conn, reused = self._connection(host, address, queue_id)
                     sent = self._send(
-                        conn, claims, body, lmtp=False, remote=host.name, kind="mail host"
+                        conn,
+                        claims,
+                        body,
+                        lmtp=False,
+                        remote=host.name,
+                        kind="mail host",
+                        chunking=self.c.settings.chunking,
                     )
                 self._sent(host.name)
             except ConnectionLost as exc:
