@@ -26,6 +26,7 @@ from aiosmtpd.smtp import SMTP, Session
 from mailgate.config.schema import SmtpSettings
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
+from mailgate.receive.chunking import Chunking
 from mailgate.receive.replies import with_enhanced_code
 from mailgate.receive.reply_buffer import ReplyBuffer
 
@@ -134,7 +135,7 @@ def client_name(session: Session) -> str:
     return f"{session.host_name or 'unknown'} [{client_ip(session)}]"
 
 
-class MailgateSMTP(SMTP):
+class MailgateSMTP(Chunking, SMTP):
     def __init__(self, handler: SessionOwner, *, implicit_tls: bool = False, **kwargs: Any) -> None:
         # aiosmtpd keeps command size limits in a class-level dict that every
         # session mutates; give each session its own.
@@ -274,6 +275,8 @@ class MailgateSMTP(SMTP):
         [smtp] max_line_length (500 beyond): real mail has them.
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if await self.refuse_data_after_bdat():
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
