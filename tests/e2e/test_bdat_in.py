@@ -212,3 +212,32 @@ def test_a_message_sent_with_bdat_and_with_data_are_stored_alike(
 
     first, second = wait_for(two, TIMEOUT, what="both copies")
     assert first.endswith(b"\n" + as_stored(body)) and second.endswith(b"\n" + as_stored(body))
+
+
+def test_mailgate_relays_to_mailgate_with_bdat_byte_identical(
+    mg: Mailgate, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A real BDAT client into mailgate: another mailgate's smtp connector (CHUNKING and
+    PIPELINING offered: MAIL, RCPT and BDAT LAST in one write)."""
+    config = DEFAULT_CONFIG.replace('domain = "example.test"', 'domain = "front.test"') + (
+        f'\n[[connector]]\nname = "inner"\ntype = "smtp"\nhost = "127.0.0.1"\n'
+        f'port = {mg.port}\nstarttls = "none"\n'
+        f'\n[[route]]\nmatch = "*@po1.net1.example.test"\nconnector = "inner"\n'
+    )
+    front = Mailgate(tmp_path_factory.mktemp("front"), config=config)
+    front.start()
+    try:
+        body = BODY.replace(b"chunked", b"relayed by mailgate") + b".\r\n" * 3 + b"x" * 900
+        c = Client(front.port)
+        try:
+            c.exchange(b"EHLO client.test\r\n", 1)
+            replies, _ = c.exchange(ENVELOPE + bdat(body, last=True), 3)
+            assert replies[2].startswith(b"250 2.0.0 Ok: queued"), replies
+        finally:
+            c.close()
+        copy = stored(mg, b"relayed by mailgate")
+        assert copy.endswith(b"\n" + as_stored(body + b"\r\n")), "the final CRLF added"
+        [sent] = front.wait_events(2448, timeout=TIMEOUT)
+        assert sent["fields"]["connector"] == "inner" and "queued as" in sent["fields"]["reply"]
+    finally:
+        front.close()
