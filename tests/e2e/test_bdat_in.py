@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mailgate.security.certs import generate
 from tests.support.process import DEFAULT_CONFIG, Mailgate, wait_for
 from tests.support.segments import Client
 
@@ -241,3 +242,25 @@ def test_mailgate_relays_to_mailgate_with_bdat_byte_identical(
         assert sent["fields"]["connector"] == "inner" and "queued as" in sent["fields"]["reply"]
     finally:
         front.close()
+
+
+def test_bdat_before_a_required_starttls_is_530_and_its_chunk_is_not_commands(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """aiosmtpd refuses commands before a required STARTTLS without calling them: a BDAT's
+    chunk was then read as commands (here a NOOP inside it got its own 250)."""
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = generate(root, "localhost")
+    config = DEFAULT_CONFIG + (
+        f'\n[smtp]\ntls_cert = "{cert}"\ntls_key = "{key}"\nrequire_tls = true\n'
+    )
+    service = Mailgate(root, config=config)
+    service.start()
+    c = Client(service.port)
+    try:
+        c.exchange(b"EHLO client.test\r\n", 1)
+        replies, _ = c.exchange(bdat(b"NOOP\r\nNOOP\r\n", last=True) + b"QUIT\r\n", 2)
+        assert codes(replies) == [b"530 5.7.0", b"221 2.0.0"], replies
+    finally:
+        c.close()
+        service.close()

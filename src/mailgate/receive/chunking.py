@@ -10,7 +10,9 @@ LAST chunk hands the message over exactly as DATA does (the long-line check, the
 hook: content checks and the durable commit; 250 only once the message is on disk).
 
 Replies: 501 5.5.4 for a bad argument; 503 5.5.1 without HELO/EHLO, MAIL or an accepted
-RCPT, for DATA or RCPT after a BDAT of the same transaction; 530 when AUTH is required;
+RCPT, for DATA or RCPT after a BDAT of the same transaction; 530 before a required STARTTLS
+(read_chunks_before_starttls lets BDAT through aiosmtpd's own check, which would leave
+the chunk to be read as commands) or when AUTH is required;
 552 5.3.4 once the chunks pass [smtp] max_message_size (the rest is read and dropped, the
 transaction reset); `250 2.0.0 <size> octets received` for a chunk that is not the last.
 Security: a chunk's size is read as at most 15 decimal digits; memory holds at most
@@ -23,6 +25,7 @@ import asyncio
 import re
 from typing import TYPE_CHECKING
 
+from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP, Envelope, syntax
 
 if TYPE_CHECKING:
@@ -34,6 +37,15 @@ else:
 
 _ARGUMENT = re.compile(r"(\d{1,15})(?:[ \t]+(LAST))?\Z", re.IGNORECASE)
 _READ = 1 << 16  # octets asked of the reader at a time
+
+
+def read_chunks_before_starttls() -> None:
+    """Let BDAT reach smtp_BDAT before STARTTLS. When TLS is required, aiosmtpd answers 530
+    to every command but NOOP, EHLO, STARTTLS and QUIT without calling it, and the chunk
+    that followed would then be read as commands; smtp_BDAT reads it and answers the same
+    530. The SMTP listener calls this once (beside skip_disabled_command_logs); calling it
+    again changes nothing."""
+    aiosmtpd_smtp.ALLOWED_BEFORE_STARTTLS.add("BDAT")
 
 
 def parse(arg: str | None) -> tuple[int, bool] | None:
@@ -104,6 +116,8 @@ class Chunking(_Base):
         """Why this session cannot take a chunk now, as the reply; None if it can."""
         session, envelope = self.session, self.envelope
         assert session is not None and envelope is not None
+        if self.require_starttls and not self._tls_protocol:
+            return "530 5.7.0 Must issue a STARTTLS command first"
         if not session.host_name:
             return "503 5.5.1 Error: send HELO first"
         if self._auth_required and not session.authenticated:
@@ -116,17 +130,23 @@ class Chunking(_Base):
 
     async def _read_chunk(self, size: int, *, keep: bool) -> bool:
         """Read the chunk's `size` octets, appending them to the message if `keep`; False
-        if kept and that passes the size limit (then the message so far is dropped too). A client
-        that goes away mid-chunk leaves nothing (asyncio.CancelledError, as aiosmtpd's
-        DATA)."""
+        if kept and that passes the size limit (then the message so far is dropped too).
+        A client that goes away mid-chunk, or a session cancelled then, leaves nothing
+        (asyncio.CancelledError, as aiosmtpd's DATA)."""
+        try:
+            return await self._read_octets(size, keep=keep)
+        except asyncio.CancelledError:
+            self._chunks = self._chunks_for = None
+            self._writer.close()
+            raise
+
+    async def _read_octets(self, size: int, *, keep: bool) -> bool:
         limit = self.data_size_limit or 0
         fits = keep
         remaining = size
         while remaining:
             piece = await self._reader.read(min(remaining, _READ))
             if not piece:
-                self._chunks = self._chunks_for = None
-                self._writer.close()
                 raise asyncio.CancelledError  # the client went away mid-chunk
             remaining -= len(piece)
             if fits:
