@@ -5,6 +5,8 @@ chunks; replies per recipient as for DATA; `chunking = false` sends DATA."""
 
 from __future__ import annotations
 
+import smtplib
+
 import pytest
 
 from mailgate.connectors.chunked import CHUNK, chunks
@@ -12,8 +14,11 @@ from mailgate.connectors.lmtp import LmtpConnector, LmtpTarget
 from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
 from mailgate.model import Disposition
 from mailgate.observe.events import EventLog
+from tests.e2e.test_dovecot_lmtp_quota import ALICE, BOB, TIGHT, inbox
+from tests.integration.test_lmtp_dovecot import dovecot  # noqa: F401 - a fixture
 from tests.integration.test_smarthost import claim
 from tests.support.bdat_sink import BdatSink
+from tests.support.dovecot import Dovecot
 
 D = Disposition
 # A line that starts with a dot, one that is only a dot, and no final CRLF: DATA would
@@ -157,3 +162,29 @@ def test_long_lines_are_broken_before_bdat_too() -> None:
     assert result.disposition is D.DELIVERED
     assert max(len(line) for line in message.content.split(b"\r\n")) == 998
     assert message.content.replace(b"\r\n ", b"") == body
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+def test_dovecot_lmtp_takes_bdat_with_a_reply_per_recipient_and_stores_it_as_sent(
+    dovecot: Dovecot,  # noqa: F811
+    chunking: bool,
+) -> None:
+    lhlo = smtplib.LMTP("127.0.0.1", dovecot.lmtp_port, timeout=10)
+    assert lhlo.ehlo("mx.test")[0] == 250 and lhlo.has_extn("chunking"), "Dovecot offers it"
+    lhlo.quit()
+    body = (
+        f"From: <sender@example.org>\r\nTo: <{ALICE}>\r\nSubject: dots\r\n"
+        "Message-ID: <dots@example.org>\r\n\r\n.\r\n..two\r\n"
+    ).encode() + (b"y" * 500 + b"\r\n") * 2  # over TIGHT's 1K quota: refused after the message
+    target = LmtpTarget(host="127.0.0.1", port=dovecot.lmtp_port, lhlo="mx.test", chunking=chunking)
+    session = LmtpConnector(target, EventLog()).open()
+    try:
+        claims = [
+            claim(a, n, sender="sender@example.org") for n, a in enumerate([ALICE, TIGHT, BOB])
+        ]
+        results = session.deliver(claims, body)
+    finally:
+        session.close()
+    assert [r.disposition for r in results] == [D.DELIVERED, D.FAILED, D.DELIVERED], results
+    assert results[1].reply.startswith("552 5.2.2"), results[1]
+    assert inbox(dovecot, ALICE) == inbox(dovecot, BOB) == [body]
