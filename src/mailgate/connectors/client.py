@@ -12,7 +12,8 @@ accepted recipient, in order (RFC 2033). It raises `ConnectionLost` if the serve
 already read travel with it) and smtplib's or the socket's errors for the rest; a
 connector translates those at its boundary. Lines over 998 octets are broken before
 (connectors.lines). Security: commands are built from addresses the receiver validated,
-and a CR or LF in one is refused here too; a password is read from its file, never logged."""
+and a CR or LF in one is refused here too; a password is read from its file, never logged.
+"""
 
 from __future__ import annotations
 
