@@ -66,11 +66,13 @@ def test_postfix_relays_to_mailgate_offering_chunking_byte_identical(tmp_path: P
                 lambda: mg.delivered("NET1", "PO1", "ALICE"), 30, what="the message in ALICE"
             )
             assert path.read_bytes().endswith(b"\n" + body.replace(b"\r\n", b"\n"))
-            log = pf.maillog()
+            # Postfix logs (postlogd) after mailgate's 250, which may come after the delivery.
+            log = wait_for(
+                lambda: "status=sent" in (text := pf.maillog()) and text, 20, what="status=sent"
+            )
             peer = f"127.0.0.1[127.0.0.1]:{mg.port}"
             assert f"< {peer}: 250-CHUNKING" in log, "mailgate offered CHUNKING"
             assert f"> {peer}: DATA" in log, "Postfix's client sends DATA all the same"
-            assert "status=sent" in log
     finally:
         mg.close()
 
@@ -108,11 +110,16 @@ def test_mailgate_relays_to_postfix_with_bdat_byte_identical(
             lambda: new.exists() and list(new.iterdir()), 30, what="the message in u1's Maildir"
         )
         assert path.read_bytes().endswith(b"\n" + body.replace(b"\r\n", b"\n"))
-        log = pf.maillog()
-        commands = [line for line in log.splitlines() if "smtpd[" in line and ": < " in line]
-        carried = [c.rsplit(": ", 1)[1].split()[0] for c in commands]
-        assert ("BDAT" in carried) is chunking, commands
-        assert ("DATA" in carried) is not chunking, commands
+
+        def carried() -> list[str]:
+            lines = pf.maillog().splitlines()
+            commands = [line for line in lines if "smtpd[" in line and ": < " in line]
+            return [c.rsplit(": ", 1)[1].split()[0] for c in commands]
+
+        wait_for(lambda: {"BDAT", "DATA"} & set(carried()), 20, what="smtpd's log of it")
+        commands = carried()
+        assert ("BDAT" in commands) is chunking, commands
+        assert ("DATA" in commands) is not chunking, commands
         sent = mg.wait_events(2448, timeout=20)
         assert "250" in sent[0]["fields"]["reply"]
     finally:
