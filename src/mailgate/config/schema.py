@@ -607,11 +607,16 @@ class SmarthostSettings(Section):
         description="After a connection failure, how long new attempts are deferred at once "
         "instead of hammering a dead host.",
     )
+    chunking: bool = Field(
+        True,
+        description="Send the message with BDAT (RFC 3030) when the smarthost offers CHUNKING; "
+        "false always sends DATA.",
+    )
 
     def as_connector(self) -> ConnectorTable:
         """This section as the connector named `smarthost`."""
         keys = ("host", "port", "starttls", "verify", "ca_file", "username", "password_file",
-                "helo", "timeout", "threads", "batch", "down_for")  # fmt: skip
+                "helo", "timeout", "threads", "batch", "down_for", "chunking")  # fmt: skip
         return ConnectorTable.model_validate(
             {"name": "smarthost", "type": "smtp", **{k: getattr(self, k) for k in keys}}
         )

@@ -20,6 +20,7 @@ import time
 
 from mailgate.observe import metrics
 from mailgate.receive.accept import Acceptor
+from mailgate.receive.chunking import read_chunks_before_starttls
 from mailgate.receive.session import MailgateSMTP, skip_disabled_command_logs
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise import faults
@@ -43,6 +44,7 @@ class SmtpListener:
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         skip_disabled_command_logs()
+        read_chunks_before_starttls()
         self.tls_sock = tls_sock  # the implicit-TLS listener (port 465 style), if any
         self.tls_context = tls_context
         self.handler = handler

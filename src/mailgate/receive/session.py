@@ -33,6 +33,7 @@ from mailgate.model import NewMessage
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.store import QueueStore
+from mailgate.receive.chunking import Chunking
 from mailgate.receive.replies import with_enhanced_code
 from mailgate.receive.reply_buffer import ReplyBuffer
 from mailgate.receive.session_fast import FastPath
@@ -159,7 +160,7 @@ def client_name(session: Session) -> str:
     return f"{session.host_name or 'unknown'} [{client_ip(session)}]"
 
 
-class MailgateSMTP(SMTP):
+class MailgateSMTP(Chunking, SMTP):
     def __init__(self, handler: SessionOwner, *, implicit_tls: bool = False, **kwargs: Any) -> None:
         # aiosmtpd keeps command size limits in a class-level dict that every
         # session mutates; give each session its own.
@@ -370,6 +371,8 @@ class MailgateSMTP(SMTP):
         [smtp] max_line_length (500 beyond): real mail has them.
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        if await self.refuse_data_after_bdat():
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:

@@ -197,8 +197,8 @@ class FastPath:
     def _rcpt(self, arg: str | None) -> bool:
         smtp = self.smtp
         envelope = smtp.envelope
-        if envelope is None or not envelope.mail_from:
-            return False
+        if envelope is None or not envelope.mail_from or smtp.bdat_started():
+            return False  # after BDAT: chunking.py's 503
         parsed = self._path(arg, "TO:")
         if parsed is None or parsed[1]:
             return False  # RCPT parameters: aiosmtpd's 555
@@ -209,7 +209,7 @@ class FastPath:
     def _data(self, arg: str | None) -> bool:
         smtp = self.smtp
         envelope = smtp.envelope
-        if arg or envelope is None or not envelope.rcpt_tos:
+        if arg or envelope is None or not envelope.rcpt_tos or smtp.bdat_started():
             return False
         smtp.reply_now("354 End data with <CR><LF>.<CR><LF>")
         self.body = smtp.new_body()

@@ -184,7 +184,7 @@ class ReceiveHandler:
         last = responses.pop()  # "250 HELP"
         # aiosmtpd lists "250-AUTH" even with no mechanism: show it only when usable.
         responses = [r for r in responses if r.strip() != "250-AUTH"]
-        return [*responses, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+        return [*responses, "250-PIPELINING", "250-CHUNKING", "250-ENHANCEDSTATUSCODES", last]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
