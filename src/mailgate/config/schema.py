@@ -24,6 +24,7 @@ from mailgate.route.patterns import parse_pattern
 # Enumerations are Literal types, declared once: validation, the tuples below and the
 # allowed values in docs/configuration.md (reference.py) all come from these.
 PostofficeMode = Literal["0600", "0640", "0660"]
+EventLoop = Literal["uvloop", "asyncio"]
 # The relay connector of a configuration without [[connector]] tables; the service asks
 # Config.relay_connectors, which knows the tables (kept for tools and tests that build a
 # recipient policy by hand).
@@ -260,6 +261,12 @@ class SmtpSettings(Section):
         True,
         description="Clients in relay_networks have no max_sessions_per_ip (as Postfix exempts "
         "$mynetworks from its client limits); false limits them like any client.",
+    )
+    event_loop: EventLoop = Field(
+        "uvloop",
+        description="The SMTP listener's event loop: uvloop (libuv, the loop's own work in C: "
+        "less CPU per command) or Python's asyncio loop (to rule uvloop out when "
+        "diagnosing).",
     )
     fast_path: bool = Field(
         True,

@@ -18,6 +18,8 @@ import socket
 import ssl
 import time
 
+import uvloop
+
 from mailgate.observe import metrics
 from mailgate.receive.accept import Acceptor
 from mailgate.receive.chunking import read_chunks_before_starttls
@@ -30,6 +32,13 @@ from mailgate.supervise.handle import ThreadHandle
 # (1 s), so a turning loop is never taken for a wedged one.
 HEARTBEAT = 0.2
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of `kind` ([smtp] event_loop): uvloop's or asyncio's own."""
+    if kind == "uvloop":
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 class SmtpListener:
@@ -66,7 +75,7 @@ class SmtpListener:
                 loop.call_soon_threadsafe(stop.set)
 
     def __call__(self, handle: ThreadHandle) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_loop(self.handler.settings.event_loop)
         self._loop = loop
         try:
             loop.run_until_complete(self._serve(handle))

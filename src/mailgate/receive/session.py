@@ -160,6 +160,10 @@ def client_name(session: Session) -> str:
     return f"{session.host_name or 'unknown'} [{client_ip(session)}]"
 
 
+def _uvloop_stream(transport: object) -> bool:
+    return type(transport).__module__ == "uvloop.loop" and hasattr(transport, "write")
+
+
 class MailgateSMTP(Chunking, SMTP):
     def __init__(self, handler: SessionOwner, *, implicit_tls: bool = False, **kwargs: Any) -> None:
         # aiosmtpd keeps command size limits in a class-level dict that every
@@ -203,8 +207,10 @@ class MailgateSMTP(Chunking, SMTP):
                 transport.close()
                 return
             self._admitted_ip = ip
-        if isinstance(transport, asyncio.Transport):
-            transport = ReplyBuffer(transport, self.loop)
+        # A stream transport (asyncio's, TLS's, or uvloop's, which is no asyncio.Transport
+        # subclass) gets its replies joined; anything else (a test's pipe) is used as it is.
+        if isinstance(transport, asyncio.Transport) or _uvloop_stream(transport):
+            transport = ReplyBuffer(transport, self.loop)  # type: ignore[arg-type]
         super().connection_made(transport)
         if first and self.implicit_tls and transport.get_extra_info("ssl_object") is not None:
             self.tls_active = True
@@ -221,6 +227,18 @@ class MailgateSMTP(Chunking, SMTP):
             self.receive_handler.release(self._admitted_ip)
             self._admitted_ip = None
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        """The client is done sending: aiosmtpd cancels the session's task, whose handler
+        closes the connection; but a task cancelled before its first step (the client gone
+        before its greeting, as uvloop orders it) never closes it, and its session slot
+        would stay taken until the idle timeout. So what was answered goes out and the
+        transport closes itself (False), as soon as the client is gone."""
+        if self._refused:
+            return False
+        super().eof_received()
+        self._flush()
+        return False
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
