@@ -1,0 +1,407 @@
+"""Accept -> delivered latency at half of the maximum rate (issue 14's p99 < 50 ms target).
+
+    .venv/bin/python bench/latency.py [--case maildir|relay] [--rate N] [--fraction 0.5]
+        [--seconds 20] [--connections 10] [--max-messages 3000] [--sessions 10] [--size 5120]
+        [--runs 2]
+
+Each run has two phases, each on a fresh `mailgate run` (bench/mailgate_instance.py) in a fresh
+directory:
+
+1. The maximum rate (skipped with --rate N): Postfix's smtp-source (`-d -s SESSIONS -m
+   MAX_MESSAGES -l SIZE`, one recipient, loopback) as fast as mailgate takes them; the rate is
+   end to end: messages delivered / time from starting smtp-source to the last delivery (the
+   newest mtime in the Maildir's new/, or smtp-sink's last arrival with --case relay).
+2. The paced phase: FRACTION of that rate for SECONDS, from bench/paced.py (CONNECTIONS
+   persistent sessions, messages due at fixed intervals, each taken by the next free session;
+   how late each was taken, the client's lag, is reported: a client that falls behind shows).
+   Once every accepted message is delivered, the service is stopped and each message's times
+   are read from its own records (bench/timeline.py): event 3000 MessageReceived (durable,
+   just before the 250) to event 2448 Sent (delivered, flushed and recorded) is accept ->
+   delivered; the client measures DATA-to-250 (final "." written to the reply read).
+
+Cases: maildir (default): the postoffice connector delivers into MS:BENCH/PO/U1; relay: the
+smarthost connector relays to Postfix's smtp-sink. The stages table splits accept -> delivered
+(see bench/timeline.py) and gives each stage's mean over the slowest 1 %, which says where a
+missed p99 comes from. The output ends with markdown tables for docs/performance.md, headed by
+the command, date, machine and `git describe`. Exit status 1 if a run failed (not for a miss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import paced
+import timeline
+from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, mailgate_origin, with_setting
+from measure import (
+    BenchError,
+    SmtpSink,
+    add_run_options,
+    busy_fraction,
+    command_text,
+    git_describe,
+    host_cpu_jiffies,
+    journal_note,
+    new_run_dir,
+    percentile,
+    remove_leftovers,
+    smtp_source,
+    wait_delivered,
+    wait_for_quiet,
+)
+
+TARGET_MS = 50.0
+MAILBOX = "u1@po.bench.bench.test"  # MS:BENCH/PO/U1
+RELAY_RECIPIENT = "r1@relay.example"
+# Both events of the measurement must be written (they are at the default levels; said
+# explicitly so that a change of defaults cannot silently empty the figures).
+LEVELS = ('Sent = "maximum"', 'Receive = "medium"')
+# accept -> delivered in stages: (name, from, to), fields of timeline.Timeline.
+STAGES = (
+    ("DATA end -> durable (3000)", "received", "accepted"),
+    ("3000 -> delivery start", "accepted", "started"),
+    ("delivery of the message", "started", "finished"),
+    ("delivery end -> Sent (rest of batch, flush, record)", "finished", "sent"),
+)
+
+
+@dataclass
+class Run:
+    index: int
+    max_rate: float = 0.0
+    max_note: str = ""
+    rate: float = 0.0  # offered
+    client: paced.PacedResult | None = None
+    delivered: int = 0
+    timelines: list[timeline.Timeline] = field(default_factory=list)
+    host_busy: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def e2e(self) -> list[float]:
+        return [t.sent - t.accepted for t in self.timelines if t.sent and t.accepted]
+
+    def data_to_250(self) -> list[float]:
+        return [s.data_to_250 for s in self.client.sent] if self.client else []
+
+    def lags(self) -> list[float]:
+        return [s.lag for s in self.client.sent] if self.client else []
+
+    def delivered_rate(self) -> float:
+        done = [t for t in self.timelines if t.sent and t.accepted]
+        if not done:
+            return 0.0
+        span = max(t.sent for t in done if t.sent) - min(t.accepted for t in done if t.accepted)
+        return len(done) / span if span > 0 else 0.0
+
+
+# --- one instance -----------------------------------------------------------------------------
+
+
+def config(args: argparse.Namespace) -> str:
+    text = CONFIG
+    for line in LEVELS:
+        text = with_setting(text, "log.levels", line)
+    if args.postoffice_threads:
+        text = with_setting(text, "postoffice", f"threads = {args.postoffice_threads}")
+    return text
+
+
+@contextlib.contextmanager
+def instance(
+    args: argparse.Namespace, name: str, run: Run
+) -> Iterator[tuple[Mailgate, SmtpSink | None]]:
+    """A started mailgate (and smtp-sink with --case relay); stopped at the end."""
+    root = new_run_dir(f"latency-{name}-", args.tmp_dir, args.keep)
+    mg = Mailgate(root, args.python, src=args.src, config=config(args), commit_stats=False)
+    sink = None
+    try:
+        if mg.add_mailboxes()[0] != MAILBOX:
+            raise BenchError(f"mailgate did not name MS:BENCH/PO/U1 {MAILBOX}")
+        if args.case == "relay":
+            sink = SmtpSink(args.smtp_sink)
+            mg.smarthost = f"127.0.0.1:{sink.port}"
+        mg.start()
+        yield mg, sink
+    finally:
+        status = mg.stop(args.stop_timeout)
+        if status != 0:
+            run.errors.append(f"mailgate stop ({name}): exit status {status}; {mg.stderr()[-300:]}")
+        if sink is not None:
+            sink.stop()
+
+
+def recipient(args: argparse.Namespace) -> str:
+    return RELAY_RECIPIENT if args.case == "relay" else MAILBOX
+
+
+def wait_all(
+    args: argparse.Namespace, mg: Mailgate, sink: SmtpSink | None, expected: int
+) -> tuple[int, float]:
+    """Wait until `expected` messages are delivered; (count, wall time of the last one)."""
+    if sink is not None:
+        return sink.wait_received(expected, args.deliver_timeout)
+    return wait_delivered(mg.new_dirs()[:1], expected, args.deliver_timeout, mg.alive)
+
+
+def accepted_count(mg: Mailgate, expected: int) -> int:
+    """Events 3000 in the log (they reach it a moment after the 250s): until all or settled."""
+    deadline, last, count = time.monotonic() + 10, -1, 0
+    while time.monotonic() < deadline:
+        count = mg.received_events()[0]
+        if count >= expected or count == last:
+            break
+        last = count
+        time.sleep(0.2)
+    return count
+
+
+# --- the two phases ---------------------------------------------------------------------------
+
+
+def find_max(args: argparse.Namespace, run: Run) -> None:
+    with instance(args, "max", run) as (mg, sink):
+        wall = time.time()
+        source = smtp_source(
+            mg.port,
+            sessions=args.sessions,
+            messages=args.max_messages,
+            length=args.size,
+            sender=paced.SENDER,
+            recipient=recipient(args),
+            timeout=args.timeout,
+            path=args.smtp_source,
+        )
+        if source.error:
+            run.errors.append(source.error)
+        accepted = accepted_count(mg, args.max_messages)
+        delivered, last = wait_all(args, mg, sink, accepted)
+        if delivered < accepted:
+            run.errors.append(f"max phase: {delivered} of {accepted} delivered by the deadline")
+        run.max_rate = delivered / max(last - wall, 1e-9)
+        run.max_note = (
+            f"smtp-source -d -s {args.sessions} -m {args.max_messages} -l {args.size}: "
+            f"{accepted} accepted in {source.seconds:.1f} s, {delivered} delivered at "
+            f"{run.max_rate:.0f} msg/s end to end"
+        )
+
+
+def paced_phase(args: argparse.Namespace, run: Run) -> None:
+    with instance(args, "paced", run) as (mg, sink):
+        host_before = host_cpu_jiffies()
+        result = asyncio.run(
+            paced.drive(
+                mg.port,
+                recipient(args),
+                rate=run.rate,
+                seconds=args.seconds,
+                connections=args.connections,
+                size=args.size,
+            )
+        )
+        run.host_busy = busy_fraction(host_before, host_cpu_jiffies())
+        run.client = result
+        run.errors += result.errors
+        run.delivered, _ = wait_all(args, mg, sink, len(result.sent))
+        if run.delivered < len(result.sent):
+            run.errors.append(f"paced: {run.delivered} of {len(result.sent)} delivered in time")
+    # Stopped: the event log is complete and the queue file quiet.
+    found = timeline.read(mg.data_dir)
+    run.timelines = [found[s.queue_id] for s in result.sent if s.queue_id in found]
+    missing = len(result.sent) - sum(1 for t in run.timelines if t.complete)
+    if missing:
+        run.errors.append(f"{missing} accepted message(s) without a complete timeline")
+
+
+def one_run(args: argparse.Namespace, index: int) -> Run:
+    run = Run(index)
+    try:
+        if args.rate:
+            run.max_rate, run.max_note = 0.0, "rate given (--rate)"
+            run.rate = args.rate
+        else:
+            quiet(args)
+            find_max(args, run)
+            run.rate = run.max_rate * args.fraction
+        if run.rate > 0:
+            quiet(args)
+            paced_phase(args, run)
+    except BenchError as exc:
+        run.errors.append(str(exc))
+    return run
+
+
+def quiet(args: argparse.Namespace) -> None:
+    if args.quiet_timeout > 0:
+        busy = wait_for_quiet(0.10, args.quiet_timeout)
+        if busy > 0.10:
+            print(f"  warning: host still {busy:.0%} busy before the phase", flush=True)
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def ms(values: list[float], p: float) -> str:
+    return f"{percentile(values, p) * 1000:.1f}" if values else "-"
+
+
+def spread(values: list[float]) -> str:
+    """p50 / p90 / p99 / max in ms."""
+    if not values:
+        return "-"
+    return " / ".join(ms(values, p) for p in (50, 90, 99)) + f" / {max(values) * 1000:.1f}"
+
+
+def verdict(run: Run) -> str:
+    e2e = run.e2e()
+    if not e2e:
+        return "-"
+    p99 = percentile(e2e, 99) * 1000
+    return f"yes ({p99:.1f} ms)" if p99 < TARGET_MS else f"**no** ({p99:.1f} ms)"
+
+
+def run_line(run: Run, total: int) -> str:
+    client = run.client
+    sent = len(client.sent) if client else 0
+    offered = client.offered if client else 0
+    lags = run.lags()
+    late = sum(1 for lag in lags if lag > 0.005)
+    return (
+        f"  run {run.index}/{total}: max {run.max_rate:.0f} msg/s ({run.max_note}); offered "
+        f"{run.rate:.0f} msg/s ({offered} messages), accepted {sent} at "
+        f"{client.achieved_rate if client else 0:.0f} msg/s, delivered {run.delivered} at "
+        f"{run.delivered_rate():.0f} msg/s; accept->delivered p50/p90/p99/max "
+        f"{spread(run.e2e())} ms; DATA-to-250 {spread(run.data_to_250())} ms; client lag "
+        f"p99 {ms(lags, 99)} max {max(lags, default=0) * 1000:.1f} ms, {late} taken > 5 ms late; "
+        f"host busy {run.host_busy:.0%}; p99 < {TARGET_MS:.0f} ms: {verdict(run)}"
+        + "".join(f"\n    error: {e}" for e in run.errors)
+    )
+
+
+def gap(t: timeline.Timeline, start: str, end: str) -> float:
+    return float(getattr(t, end)) - float(getattr(t, start))
+
+
+def stage_rows(run: Run) -> list[str]:
+    done = [t for t in run.timelines if t.complete]
+    if not done:
+        return []
+    e2e = sorted(done, key=lambda t: gap(t, "accepted", "sent"))
+    tail = e2e[int(len(e2e) * 0.99) :] or e2e[-1:]
+    rows = []
+    for name, start, end in STAGES:
+        values = [gap(t, start, end) for t in done]
+        tail_mean = statistics.mean(gap(t, start, end) for t in tail) * 1000
+        rows.append(f"| {run.index} | {name} | {spread(values)} | {tail_mean:.1f} |")
+    return rows
+
+
+def print_tables(args: argparse.Namespace, runs: list[Run], origin: str) -> None:
+    pace = f"{args.rate:g} msg/s (--rate)" if args.rate else f"{args.fraction:g} x the maximum"
+    maximum = (
+        "not measured"
+        if args.rate
+        else f"smtp-source -d -s {args.sessions} -m {args.max_messages} -l {args.size}, end to end"
+    )
+    print()
+    print(f"Command: `{command_text('latency.py', args.argv)}`  ")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {platform.machine()} "
+        f"{os.cpu_count()} CPUs, Linux {platform.release()}, mailgate {git_describe()} from "
+        f"{origin}; case {args.case}; paced: {args.connections} sessions, {args.seconds:.0f} s "
+        f"at {pace}, {args.size}-byte messages; maximum: {maximum}.  "
+    )
+    print()
+    print(
+        "| run | max msg/s | offered msg/s | accepted msg/s | delivered msg/s "
+        "| accept -> delivered p50 / p90 / p99 / max ms | DATA-to-250 p50 / p90 / p99 / max ms "
+        "| client lag p99 / max ms | p99 < 50 ms |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for run in runs:
+        lags = run.lags()
+        print(
+            f"| {run.index} | {f'{run.max_rate:.0f}' if run.max_rate else '-'} | {run.rate:.0f} "
+            f"| {run.client.achieved_rate if run.client else 0:.0f} | {run.delivered_rate():.0f} "
+            f"| {spread(run.e2e())} | {spread(run.data_to_250())} "
+            f"| {ms(lags, 99)} / {max(lags, default=0) * 1000:.1f} | {verdict(run)} |"
+        )
+    print()
+    print("| run | stage | p50 / p90 / p99 / max ms | mean over the slowest 1 %, ms |")
+    print("|---:|---|---:|---:|")
+    for run in runs:
+        for row in stage_rows(run):
+            print(row)
+    failed = [run.index for run in runs if run.errors]
+    if failed:
+        print(f"\nRun(s) {', '.join(map(str, failed))} had errors (see above).")
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--case", choices=("maildir", "relay"), default="maildir")
+    p.add_argument("--rate", type=float, default=0.0, help="paced rate; skips the maximum phase")
+    p.add_argument("--fraction", type=float, default=0.5, help="paced rate / maximum rate")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the paced phase")
+    p.add_argument("--connections", type=int, default=10, help="sessions of the paced client")
+    p.add_argument("--max-messages", type=int, default=3000, help="smtp-source -m (max phase)")
+    p.add_argument("--sessions", type=int, default=10, help="smtp-source -s (max phase)")
+    p.add_argument("--size", "-l", type=int, default=5120, help="message size, bytes")
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--postoffice-threads", type=int, default=0, help="[postoffice] threads")
+    add_mailgate_options(p)
+    add_run_options(p)
+    args = p.parse_args(argv)
+    args.argv = argv
+    if args.runs < 1 or args.connections < 1 or args.seconds <= 0 or args.fraction <= 0:
+        p.error("--runs, --connections, --seconds and --fraction must be positive")
+    if args.timeout is None:
+        args.timeout = 120.0 + args.max_messages / 10
+    if args.deliver_timeout is None:
+        args.deliver_timeout = 60.0 + args.max_messages / 50
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # so every `finally` (stop the servers, remove the data) runs
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        origin = mailgate_origin(args.python, args.src)
+        print(f"mailgate from {origin} (run by {args.python})", flush=True)
+        note = journal_note(args.tmp_dir or tempfile.gettempdir())
+        if note:
+            print(note, flush=True)
+        runs = []
+        for index in range(1, args.runs + 1):
+            runs.append(one_run(args, index))
+            print(run_line(runs[-1], args.runs), flush=True)
+        print_tables(args, runs, origin)
+        return 1 if any(run.errors for run in runs) else 0
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        remove_leftovers()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    sys.exit(130)
