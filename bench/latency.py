@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import resource
 import signal
 import statistics
 import sys
@@ -43,7 +44,14 @@ from dataclasses import dataclass, field
 
 import paced
 import timeline
-from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, mailgate_origin, with_setting
+from mailgate_instance import (
+    CONFIG,
+    Mailgate,
+    add_mailgate_options,
+    mailgate_env,
+    mailgate_origin,
+    with_setting,
+)
 from measure import (
     BenchError,
     SmtpSink,
@@ -54,9 +62,11 @@ from measure import (
     host_cpu_jiffies,
     journal_note,
     new_run_dir,
+    other_cpu,
     percentile,
     remove_leftovers,
     smtp_source,
+    user_sys_cpu,
     wait_delivered,
     wait_for_quiet,
 )
@@ -74,6 +84,19 @@ STAGES = (
     ("delivery of the message", "started", "finished"),
     ("delivery end -> Sent (rest of batch, flush, record)", "finished", "sent"),
 )
+# The same, finer, from the bench's hook (timeline.HOOK) in the interchange threads.
+FINE_STAGES = (
+    ("3000 -> claim submitted (thread busy with the batch before, or waking up)", "accepted",
+     "claim_submitted"),
+    ("claim commit", "claim_submitted", "claimed"),
+    ("claimed -> delivery start (earlier messages of the batch)", "claimed", "started"),
+    ("delivery of the message", "started", "finished"),
+    ("delivery end -> flush start (later messages of the batch)", "finished", "flush_started"),
+    ("flush (fsync of the files and new/)", "flush_started", "flushed"),
+    ("flush end -> record submitted", "flushed", "record_submitted"),
+    ("record commit", "record_submitted", "recorded"),
+    ("record committed -> Sent", "recorded", "sent"),
+)  # fmt: skip
 
 
 @dataclass
@@ -86,6 +109,7 @@ class Run:
     delivered: int = 0
     timelines: list[timeline.Timeline] = field(default_factory=list)
     host_busy: float = 0.0
+    cpu: str = ""  # CPU seconds of mailgate, the client and everything else in the paced phase
     errors: list[str] = field(default_factory=list)
 
     def e2e(self) -> list[float]:
@@ -123,7 +147,12 @@ def instance(
 ) -> Iterator[tuple[Mailgate, SmtpSink | None]]:
     """A started mailgate (and smtp-sink with --case relay); stopped at the end."""
     root = new_run_dir(f"latency-{name}-", args.tmp_dir, args.keep)
-    mg = Mailgate(root, args.python, src=args.src, config=config(args), commit_stats=False)
+    hook = None
+    if name == "paced" and args.hook:
+        hook = timeline.install_hook(root / "hook", mailgate_env(args.src).get("PYTHONPATH", ""))
+    mg = Mailgate(
+        root, args.python, src=args.src, config=config(args), commit_stats=False, service_env=hook
+    )
     sink = None
     try:
         if mg.add_mailboxes()[0] != MAILBOX:
@@ -198,7 +227,8 @@ def find_max(args: argparse.Namespace, run: Run) -> None:
 
 def paced_phase(args: argparse.Namespace, run: Run) -> None:
     with instance(args, "paced", run) as (mg, sink):
-        host_before = host_cpu_jiffies()
+        host_before, server_before = host_cpu_jiffies(), mg.cpu_seconds()
+        client_before = user_sys_cpu(resource.RUSAGE_SELF)
         result = asyncio.run(
             paced.drive(
                 mg.port,
@@ -209,7 +239,12 @@ def paced_phase(args: argparse.Namespace, run: Run) -> None:
                 size=args.size,
             )
         )
-        run.host_busy = busy_fraction(host_before, host_cpu_jiffies())
+        host_after = host_cpu_jiffies()
+        server = mg.cpu_seconds() - server_before
+        client = user_sys_cpu(resource.RUSAGE_SELF) - client_before
+        run.host_busy = busy_fraction(host_before, host_after)
+        others = other_cpu(host_before, host_after, server + client)
+        run.cpu = f"mailgate {server:.1f} s, client {client:.1f} s, others ~{others:.1f} s"
         run.client = result
         run.errors += result.errors
         run.delivered, _ = wait_all(args, mg, sink, len(result.sent))
@@ -217,6 +252,8 @@ def paced_phase(args: argparse.Namespace, run: Run) -> None:
             run.errors.append(f"paced: {run.delivered} of {len(result.sent)} delivered in time")
     # Stopped: the event log is complete and the queue file quiet.
     found = timeline.read(mg.data_dir)
+    if args.hook and not timeline.read_hook(mg.root / "hook", found):
+        print("  note: the stage hook recorded nothing (the code it wraps changed?)", flush=True)
     run.timelines = [found[s.queue_id] for s in result.sent if s.queue_id in found]
     missing = len(result.sent) - sum(1 for t in run.timelines if t.complete)
     if missing:
@@ -283,23 +320,28 @@ def run_line(run: Run, total: int) -> str:
         f"{run.delivered_rate():.0f} msg/s; accept->delivered p50/p90/p99/max "
         f"{spread(run.e2e())} ms; DATA-to-250 {spread(run.data_to_250())} ms; client lag "
         f"p99 {ms(lags, 99)} max {max(lags, default=0) * 1000:.1f} ms, {late} taken > 5 ms late; "
-        f"host busy {run.host_busy:.0%}; p99 < {TARGET_MS:.0f} ms: {verdict(run)}"
+        f"host busy {run.host_busy:.0%} (CPU: {run.cpu}); p99 < {TARGET_MS:.0f} ms: {verdict(run)}"
         + "".join(f"\n    error: {e}" for e in run.errors)
     )
+
+
+def batches(run: Run, p: float) -> str:
+    sizes = [float(t.batch) for t in run.timelines if t.hooked]
+    return f"{percentile(sizes, p):.0f}" if sizes else "-"
 
 
 def gap(t: timeline.Timeline, start: str, end: str) -> float:
     return float(getattr(t, end)) - float(getattr(t, start))
 
 
-def stage_rows(run: Run) -> list[str]:
-    done = [t for t in run.timelines if t.complete]
+def stage_rows(run: Run, stages: tuple[tuple[str, str, str], ...], fine: bool) -> list[str]:
+    done = [t for t in run.timelines if (t.hooked if fine else t.complete)]
     if not done:
         return []
     e2e = sorted(done, key=lambda t: gap(t, "accepted", "sent"))
     tail = e2e[int(len(e2e) * 0.99) :] or e2e[-1:]
     rows = []
-    for name, start, end in STAGES:
+    for name, start, end in stages:
         values = [gap(t, start, end) for t in done]
         tail_mean = statistics.mean(gap(t, start, end) for t in tail) * 1000
         rows.append(f"| {run.index} | {name} | {spread(values)} | {tail_mean:.1f} |")
@@ -340,7 +382,22 @@ def print_tables(args: argparse.Namespace, runs: list[Run], origin: str) -> None
     print("| run | stage | p50 / p90 / p99 / max ms | mean over the slowest 1 %, ms |")
     print("|---:|---|---:|---:|")
     for run in runs:
-        for row in stage_rows(run):
+        for row in stage_rows(run, STAGES, fine=False):
+            print(row)
+    fine = [row for run in runs for row in stage_rows(run, FINE_STAGES, fine=True)]
+    if fine:
+        print()
+        sizes = "; ".join(
+            f"run {r.index}: p50 {batches(r, 50)}, p99 {batches(r, 99)}" for r in runs
+        )
+        print(
+            "Finer, from the bench's hook in the interchange threads (recipients per claimed "
+            f"batch, {sizes}):"
+        )
+        print()
+        print("| run | stage | p50 / p90 / p99 / max ms | mean over the slowest 1 %, ms |")
+        print("|---:|---|---:|---:|")
+        for row in fine:
             print(row)
     failed = [run.index for run in runs if run.errors]
     if failed:
@@ -361,6 +418,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=10, help="smtp-source -s (max phase)")
     p.add_argument("--size", "-l", type=int, default=5120, help="message size, bytes")
     p.add_argument("--runs", type=int, default=2)
+    p.add_argument(
+        "--no-hook",
+        dest="hook",
+        action="store_false",
+        help="no stage hook in the paced phase (timeline.HOOK): no finer split",
+    )
     p.add_argument("--postoffice-threads", type=int, default=0, help="[postoffice] threads")
     add_mailgate_options(p)
     add_run_options(p)
