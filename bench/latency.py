@@ -27,7 +27,8 @@ smarthost connector relays to Postfix's smtp-sink. The stages table splits accep
 missed p99 comes from; a bench-only hook in the service (timeline.HOOK, --no-hook leaves it
 out) splits it finer: claim, flush and record times per batch. Each run's line also says in
 which seconds the messages over 50 ms were accepted (a burst, e.g. another job's CPU, or all
-along) and the CPU that mailgate, the client and the rest of the machine used meanwhile.
+along), the CPU that mailgate, the client and the rest of the machine used meanwhile, and the
+share of that time some task waited for CPU or IO (Linux PSI, /proc/pressure: "some").
 The output ends with markdown tables for docs/performance.md, headed by the command, date,
 machine and `git describe`. Exit status 1 if a run failed (not for a miss).
 """
@@ -47,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paced
 import timeline
@@ -118,6 +120,7 @@ class Run:
     timelines: list[timeline.Timeline] = field(default_factory=list)
     host_busy: float = 0.0
     cpu: str = ""  # CPU seconds of mailgate, the client and everything else in the paced phase
+    contention: str = "-"  # others' CPU and the PSI stall shares, for the table
     errors: list[str] = field(default_factory=list)
 
     def e2e(self) -> list[float]:
@@ -138,6 +141,26 @@ class Run:
 
 
 # --- one instance -----------------------------------------------------------------------------
+
+
+def pressure_totals() -> dict[str, int]:
+    """Microseconds some task waited for CPU / IO since boot (Linux PSI; {} without it)."""
+    found = {}
+    for resource_name in ("cpu", "io"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            some = Path(f"/proc/pressure/{resource_name}").read_text().splitlines()[0]
+            found[resource_name] = int(some.rsplit("total=", 1)[1])
+    return found
+
+
+def pressure(before: dict[str, int], after: dict[str, int], seconds: float) -> str:
+    """Share of the time some task was stalled waiting, per resource: how contended it was."""
+    parts = [
+        f"{name} {(after[name] - before[name]) / 1e6 / seconds:.0%}"
+        for name in before
+        if name in after and seconds > 0
+    ]
+    return "PSI some " + ", ".join(parts) if parts else "no PSI"
 
 
 def config(args: argparse.Namespace) -> str:
@@ -237,6 +260,7 @@ def paced_phase(args: argparse.Namespace, run: Run) -> None:
     with instance(args, "paced", run) as (mg, sink):
         host_before, server_before = host_cpu_jiffies(), mg.cpu_seconds()
         client_before = user_sys_cpu(resource.RUSAGE_SELF)
+        psi_before, wall_before = pressure_totals(), time.monotonic()
         result = asyncio.run(
             paced.drive(
                 mg.port,
@@ -252,7 +276,10 @@ def paced_phase(args: argparse.Namespace, run: Run) -> None:
         client = user_sys_cpu(resource.RUSAGE_SELF) - client_before
         run.host_busy = busy_fraction(host_before, host_after)
         others = other_cpu(host_before, host_after, server + client)
-        run.cpu = f"mailgate {server:.1f} s, client {client:.1f} s, others ~{others:.1f} s"
+        psi = pressure(psi_before, pressure_totals(), time.monotonic() - wall_before)
+        run.cpu = f"mailgate {server:.1f} s, client {client:.1f} s, others ~{others:.1f} s; {psi}"
+        seconds = time.monotonic() - wall_before
+        run.contention = f"{others / seconds:.1f} cores; {psi.removeprefix('PSI some ')}"
         run.client = result
         run.errors += result.errors
         run.delivered, _ = wait_all(args, mg, sink, len(result.sent))
@@ -402,16 +429,17 @@ def print_tables(args: argparse.Namespace, runs: list[Run], origin: str) -> None
     print(
         "| run | max msg/s | offered msg/s | accepted msg/s | delivered msg/s "
         "| accept -> delivered p50 / p90 / p99 / max ms | DATA-to-250 p50 / p90 / p99 / max ms "
-        "| client lag p99 / max ms | p99 < 50 ms |"
+        "| client lag p99 / max ms | other processes; PSI some | p99 < 50 ms |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for run in runs:
         lags = run.lags()
         print(
             f"| {run.index} | {f'{run.max_rate:.0f}' if run.max_rate else '-'} | {run.rate:.0f} "
             f"| {run.accepted_rate:.0f} | {run.delivered_rate():.0f} "
             f"| {spread(run.e2e())} | {spread(run.data_to_250())} "
-            f"| {ms(lags, 99)} / {max(lags, default=0) * 1000:.1f} | {verdict(run)} |"
+            f"| {ms(lags, 99)} / {max(lags, default=0) * 1000:.1f} | {run.contention} "
+            f"| {verdict(run)} |"
         )
     print()
     print("| run | stage | p50 / p90 / p99 / max ms | mean over the slowest 1 %, ms |")
