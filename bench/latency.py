@@ -100,7 +100,7 @@ FINE_STAGES = (
     ("claimed -> delivery start (earlier messages of the batch)", "claimed", "started"),
     ("delivery of the message", "started", "finished"),
     ("delivery end -> flush start (later messages of the batch)", "finished", "flush_started"),
-    ("flush (fsync of the files and new/)", "flush_started", "flushed"),
+    ("flush (postoffice: fsync of the files and new/)", "flush_started", "flushed"),
     ("flush end -> record submitted", "flushed", "record_submitted"),
     ("record commit", "record_submitted", "recorded"),
     ("record committed -> Sent", "recorded", "sent"),
