@@ -6,7 +6,7 @@ from the page cache, several times that cold, every start. It is there for damag
 service did not make: a torn write after a crash or a power cut, a file changed or
 replaced while the service was down, a restored backup. A clean stop therefore records
 the file's identity (device, inode, size, modification and status-change times, of the
-file and of its WAL) in `<queue file>-clean`; the next start, when the data directory
+file and of its WAL, if it holds anything) in `<queue file>-clean`; the next start, when the data directory
 lock says the previous service stopped cleanly, skips the check if both are unchanged.
 The record is removed at every start before the store is opened, so a service that dies
 leaves none, and anything that writes the file since (a `mailgate queue` command, the
@@ -38,13 +38,19 @@ def _record_path(db: Path) -> Path:
 
 
 def identity(db: Path) -> dict[str, list[int] | None]:
-    """The stat fields that any write or replacement of the file or its WAL changes."""
+    """The stat fields that any write or replacement of the file or its WAL changes. An
+    empty WAL is no WAL (it holds no page): a read-only tool, `mailgate queue list` with
+    the service stopped, leaves one behind; a checkpoint that emptied a WAL wrote the
+    file itself, whose times say so."""
     found: dict[str, list[int] | None] = {}
     for suffix in _FILES:
         try:
             st = os.stat(db.with_name(db.name + suffix))
         except FileNotFoundError:
             found[suffix or "db"] = None
+            continue
+        if suffix and st.st_size == 0:
+            found[suffix] = None
             continue
         found[suffix or "db"] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
     return found
