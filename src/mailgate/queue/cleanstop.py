@@ -6,8 +6,9 @@ from the page cache, several times that cold, every start. It is there for damag
 service did not make: a torn write after a crash or a power cut, a file changed or
 replaced while the service was down, a restored backup. A clean stop therefore records
 the file's identity (device, inode, size, modification and status-change times, of the
-file and of its WAL, if it holds anything) in `<queue file>-clean`; the next start, when the data directory
-lock says the previous service stopped cleanly, skips the check if both are unchanged.
+file and of its WAL if that holds anything) in `<queue file>-clean`; the next start,
+when the data directory lock says the previous service stopped cleanly, skips the check
+if both are unchanged.
 The record is removed at every start before the store is opened, so a service that dies
 leaves none, and anything that writes the file since (a `mailgate queue` command, the
 sqlite3 shell, a copy) changes its times and brings the check back. What it cannot see
