@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
-from mailgate.queue import ops
+from mailgate.queue import listing, ops
 from mailgate.queue.leases import end_leases
 from mailgate.queue.reader import QueueReader
 from mailgate.queue.retry import RetryPolicy
@@ -197,3 +197,28 @@ def test_queue_list_by_state_finds_the_recipients_first_instead_of_walking_every
     )
     plans = [(sql, plan) for sql, plan in recording.plans() if sql.startswith("SELECT m.id")]
     assert plans and not scans(plans), plans
+
+
+def test_queue_list_by_a_connector_with_few_recipients_finds_them_first(
+    recording: Recording,
+) -> None:
+    listed = QueueReader(recording).list_messages(connector="smtp", limit=10)  # type: ignore[arg-type]
+    assert len(listed) == 10 and all(
+        any(r.connector == "smtp" and r.state not in ("delivered", "bounced") for r in m.recipients)
+        for m in listed
+    )
+    plans = [(sql, plan) for sql, plan in recording.plans() if sql.startswith("SELECT m.id")]
+    assert plans and not scans(plans), plans
+
+
+@pytest.mark.parametrize("filters", [{"connector": "smtp"}, {"state": "queued"}])
+def test_queue_list_walks_the_messages_when_many_match_and_lists_the_same(
+    recording: Recording, monkeypatch: pytest.MonkeyPatch, filters: dict[str, str]
+) -> None:
+    reader = QueueReader(recording)  # type: ignore[arg-type]
+    few = [m.queue_id for m in reader.list_messages(limit=20, **filters)]  # type: ignore[arg-type]
+    monkeypatch.setattr(listing, "FEW", 10)  # as if a big queue: more than FEW match
+    many = [m.queue_id for m in reader.list_messages(limit=20, **filters)]  # type: ignore[arg-type]
+    assert len(few) == 20 and many == few
+    walked = [sql for sql, _ in recording.statements if sql.startswith("SELECT m.id")][-1]
+    assert "EXISTS" in walked, walked
