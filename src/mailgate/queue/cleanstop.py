@@ -16,7 +16,8 @@ is a page that rots on the disk without a write: SQLite reports that as damage w
 page is read (event 4001 while running), and `mailgate queue check` checks every page.
 
 Only the lock holder (master or single process) calls this, at start and at stop. Every
-failure to read or write the record means "check": it never stops a start or a stop.
+failure to read or write the record means "check": it never stops a start or a stop
+(failing to write or remove it is event 1056, by the caller).
 A PostgreSQL store has no file here: nothing is recorded and nothing is skipped (its
 start runs no page check anyway).
 """
@@ -57,11 +58,12 @@ def identity(db: Path) -> dict[str, list[int] | None]:
     return found
 
 
-def record(backend: object) -> bool:
+def record(backend: object) -> str | None:
     """At a clean stop, once nothing of this service writes the file any more: note its
-    identity. False if there is nothing to note (not SQLite, no file) or it failed."""
+    identity. None when noted, or when there is nothing to note (not SQLite, no file);
+    else why it could not be (the caller's event 1056)."""
     if not isinstance(backend, SqliteBackend) or not backend.path.exists():
-        return False
+        return None
     target = _record_path(backend.path)
     temporary = target.with_name(target.name + ".tmp")
     try:
@@ -69,11 +71,11 @@ def record(backend: object) -> bool:
         with os.fdopen(fd, "w") as f:
             json.dump(identity(backend.path), f)
         os.replace(temporary, target)
-    except OSError:
+    except OSError as exc:
         with contextlib.suppress(OSError):
             temporary.unlink()
-        return False
-    return True
+        return str(exc)
+    return None
 
 
 def unchanged(backend: object) -> bool:
@@ -88,9 +90,22 @@ def unchanged(backend: object) -> bool:
     return bool(noted) and noted == identity(backend.path) and noted.get("db") is not None
 
 
-def forget(backend: object) -> None:
+def forget(backend: object) -> str | None:
     """At start, before the store is opened: a service that dies from here on leaves no
-    record that would vouch for the file."""
-    if isinstance(backend, SqliteBackend):
-        with contextlib.suppress(OSError):
-            _record_path(backend.path).unlink()
+    record that would vouch for the file. None when done (or nothing to do), else why
+    not (the caller's event 1056; the lock's record of an unclean end still forces the
+    check after a crash)."""
+    if not isinstance(backend, SqliteBackend):
+        return None
+    try:
+        _record_path(backend.path).unlink()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def record_path(backend: object) -> str:
+    """Where the record is (for messages): `<queue file>-clean`, or "" without a file."""
+    return str(_record_path(backend.path)) if isinstance(backend, SqliteBackend) else ""

@@ -127,13 +127,18 @@ class Host:
         # a file exactly as the last clean stop left it needs no reading of every page
         # (queue/cleanstop.py: a million queued messages would add seconds to a restart).
         as_left = lock.previous_pid is None and cleanstop.unchanged(backend)
-        cleanstop.forget(backend)
+        self._clean_stop_failed("remove", cleanstop.forget(backend))
         backend.initialize(check=config.queue.check_at_start and not as_left)
         # Joined before any lease is given back: a second node under a live one's name is
         # refused before it could release that node's work.
         self.membership = Membership(config, backend, self.events)
         self.membership.join()
         release_leases_at_start(backend, self.events, config, lock)
+
+    def _clean_stop_failed(self, what: str, error: str | None) -> None:
+        if error is not None and self._backend is not None:
+            path = cleanstop.record_path(self._backend)
+            self.events.emit(catalog.CLEAN_STOP_NOT_RECORDED, what=what, path=path, error=error)
 
     # --- running -----------------------------------------------------------------------------
     @property
@@ -255,8 +260,8 @@ class Host:
         for part in reversed(self.parts):
             part.close()
         if self.lock is not None:
-            if not left and self._backend is not None:
-                cleanstop.record(self._backend)  # every thread and worker is done with it
+            if not left and self._backend is not None:  # every thread and worker is done
+                self._clean_stop_failed("write", cleanstop.record(self._backend))
             self.lock.release()
         return left
 
