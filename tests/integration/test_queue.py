@@ -21,6 +21,7 @@ from mailgate.queue.commit import Committer, DirectWriter
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueStore
+from mailgate.supervise import faults
 from mailgate.supervise.handle import ThreadHandle
 from tests.support.stores import AnyBackend
 
@@ -173,6 +174,26 @@ def test_failed_operation_leaves_nothing_and_others_commit(
     assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 2
     assert conn.execute("SELECT COUNT(*) FROM recipients").fetchone()[0] == 2
     conn.close()
+
+
+def test_a_write_alone_in_its_batch_that_fails_half_way_leaves_nothing(
+    store: QueueStore, backend: AnyBackend
+) -> None:
+    """A batch of one runs without a savepoint (commit.py): its failure after some of its
+    writes rolls the whole transaction back, and the next write commits as usual."""
+    faults.configure("queue.insert=raise:1")
+    try:
+        with pytest.raises(StoreError, match="InjectedFault"):
+            store.enqueue(message("a@x.test")).result(10)
+    finally:
+        faults.configure("")
+    assert store.enqueue(message("b@x.test")).result(10) is None
+    conn = backend.connect()
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM bodies").fetchone()[0] == 1
+    finally:
+        conn.close()
 
 
 @pytest.mark.sqlite_only

@@ -8,7 +8,11 @@ COMMIT returned, so "done" always means "on disk". While one batch is being
 synced the next one gathers, which is what makes durability cheap under load.
 With a `syncer` (commit_sync.py; a store that can flush apart from writing), the
 COMMIT returns once written and the syncer resolves the futures after its flush,
-so the next batch is built and written while the previous one is flushed.
+so the next batch is built and written while the previous one is flushed; a batch
+written with nothing behind it (no job waiting, the syncer drained) is flushed and
+settled in this thread instead, which spares a thread hand-off at low load.
+A batch of one operation runs without a savepoint (SQLite): its failure rolls the
+transaction back, which is all a savepoint would have undone.
 On PostgreSQL the whole batch, BEGIN to COMMIT, is sent in one go (pipeline mode,
 pg_pipeline.py): a batch of accepted messages is one round trip. Its errors come back
 only at the end, without saying whose, so a batch in which a statement failed is
@@ -28,7 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from mailgate.errors import StoreError
 from mailgate.observe import catalog
@@ -111,6 +115,7 @@ class Committer:
         on a slow fsync) is reported as stalled; waiting for work is `idle` (Q151669)."""
         faults.check("commit.loop")  # tests: a committer that dies at every start
         conn: Connection | None = None
+        pipelined = False
         syncer = self._syncer
         if syncer is not None:
             syncer.writer_running(True)
@@ -121,10 +126,11 @@ class Committer:
                     return
                 if not batch:
                     continue
-                busy()
+                busy()  # until flushed, when this thread flushes: a stuck flush is a stall
                 if conn is None:
                     conn = self._connect()
-                if not self._apply(conn, batch):
+                    pipelined = isinstance(conn, Pipelining)  # once: a Protocol check is slow
+                if not self._apply(conn, batch, pipelined):
                     conn.close()
                     conn = None
                 progress()
@@ -157,12 +163,12 @@ class Committer:
             return None
         return batch
 
-    def _apply(self, conn: Connection, batch: list[_Job]) -> bool:
+    def _apply(self, conn: Connection, batch: list[_Job], pipelined: bool) -> bool:
         """Run a batch in one transaction; False if the connection should be reopened."""
         started = time.monotonic()
         jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
         try:
-            results = self._transaction(conn, jobs)
+            results = self._transaction(conn, jobs, pipelined)
         except Exception as exc:
             conn.rollback()
             error = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
@@ -174,31 +180,47 @@ class Committer:
         self._batches += 1
         self._operations += len(batch)
         self._largest = max(self._largest, len(batch))
-        if self._syncer is not None:
-            self._syncer.put(results)  # settled once flushed
-        else:
+        syncer = self._syncer
+        if syncer is None:
             settle(results)
+        elif self._jobs.empty() and syncer.drained():
+            syncer.flush_here(results)  # nothing to overlap with: no hand-off
+        else:
+            syncer.put(results)  # settled once flushed, while the next batch is written
         return True
 
-    def _transaction(self, conn: Connection, jobs: list[_Job]) -> list[Result]:
+    def _transaction(self, conn: Connection, jobs: list[_Job], pipelined: bool) -> list[Result]:
         """The batch committed, each job's value or its own failure. Where the store can
         (PostgreSQL), the whole batch goes at once: one round trip when no operation reads
         a result. A statement that fails there is known only as "one did", the transaction
         having done nothing: it is rolled back and run again with each statement's result
         awaited, so the failing operation fails alone (rare: a duplicate, a bug)."""
-        if isinstance(conn, Pipelining):
-            conn.begin_pipelined()
+        if pipelined:
+            pipe = cast(Pipelining, conn)  # checked once per connection, in `run`
+            pipe.begin_pipelined()
             try:
-                return self._savepoints(conn, jobs)
+                return self._savepoints(conn, jobs, pipelined)
             except Exception:
-                if not conn.pipeline_failed():
+                if not pipe.pipeline_failed():
                     raise  # a lost connection, a failed COMMIT: the batch fails
                 conn.rollback()
                 self._replayed += 1
         conn.begin()
-        return self._savepoints(conn, jobs)
+        if len(jobs) == 1 and not pipelined:
+            return self._alone(conn, jobs[0])
+        return self._savepoints(conn, jobs, pipelined)
 
-    def _savepoints(self, conn: Connection, jobs: list[_Job]) -> list[Result]:
+    def _alone(self, conn: Connection, job: _Job) -> list[Result]:
+        """A batch of one: the transaction is its savepoint (two statements fewer)."""
+        try:
+            value = job.op(conn)
+        except Exception as exc:
+            conn.rollback()  # what ROLLBACK TO SAVEPOINT would have undone: all of it
+            return [(job.future, None, self._failed(job, exc))]
+        conn.commit()
+        return [(job.future, value, None)]
+
+    def _savepoints(self, conn: Connection, jobs: list[_Job], pipelined: bool) -> list[Result]:
         """Each job in its own savepoint, then COMMIT (raises if the batch must fail)."""
         results: list[Result] = []
         for job in jobs:
@@ -206,19 +228,23 @@ class Committer:
             try:
                 value = job.op(conn)
             except Exception as exc:  # one operation's failure stays its own
-                if isinstance(conn, Pipelining) and conn.pipeline_failed():
+                if pipelined and isinstance(conn, Pipelining) and conn.pipeline_failed():
                     raise  # whose statement failed is not known: run the batch again
                 conn.execute("ROLLBACK TO SAVEPOINT op")
                 conn.execute("RELEASE SAVEPOINT op")
-                if not isinstance(exc, StoreError):
-                    exc = StoreError(f"{job.name} failed: {exc!r}")
-                self._events.emit(catalog.STORE_ERROR, operation=job.name, error=str(exc))
-                results.append((job.future, None, exc))
+                results.append((job.future, None, self._failed(job, exc)))
                 continue
             conn.execute("RELEASE SAVEPOINT op")
             results.append((job.future, value, None))
         conn.commit()
         return results
+
+    def _failed(self, job: _Job, exc: Exception) -> Exception:
+        """One operation's own failure, as its caller gets it (event 4001 says so)."""
+        if not isinstance(exc, StoreError):
+            exc = StoreError(f"{job.name} failed: {exc!r}")
+        self._events.emit(catalog.STORE_ERROR, operation=job.name, error=str(exc))
+        return exc
 
 
 class DirectWriter:

@@ -9,6 +9,14 @@ the writer gathers, builds and writes the next batch: on a disk whose flush is s
 flushes no longer hold the one writer lock, and the receive processes' flushes overlap
 instead of queueing behind each other (issue 14).
 
+At low load the hand-off is skipped: a committer whose batch is written while nothing
+else waits (no job queued behind it, no batch here unflushed) flushes and settles in its
+own thread (`flush_here`), which spares a thread wake-up per commit, most of a
+one-session reply's latency after the fsync itself. The flush then covers the same
+commits and fails the same way; a job that arrives meanwhile waits for that flush before
+it is written, which costs it the write's time, not a flush's (the flush is outside
+the writer lock either way).
+
 Failure: a flush that fails (EIO, ENOSPC) fails every batch it was to cover with
 StoreError, and event 1050 says so. Those transactions are committed but maybe not on
 disk: the callers answer 4xx and the clients send again, which may duplicate a
@@ -71,6 +79,7 @@ class CommitSyncer:
         self.backend = backend
         self._events = events
         self._pending: queue.SimpleQueue[list[Result] | None] = queue.SimpleQueue()
+        self._unsettled = 0  # batches put and not yet settled (written by two threads)
         self._writers = 0  # committer loops running: the last batches may still come
         self._lock = threading.Lock()
         self._flushes = 0
@@ -85,7 +94,19 @@ class CommitSyncer:
 
     def put(self, results: list[Result]) -> None:
         """A batch whose COMMIT returned: settle it once it is on disk."""
+        with self._lock:
+            self._unsettled += 1
         self._pending.put(results)
+
+    def drained(self) -> bool:
+        """True if no batch put here waits for its flush (the writer may flush its own)."""
+        return self._unsettled == 0
+
+    def flush_here(self, results: list[Result]) -> None:
+        """Flush and settle a batch whose COMMIT returned, in the calling thread (the
+        writer's, when `drained`): the same flush and the same failure (event 1050) as in
+        the `commit-sync` thread, without waking it."""
+        self._flush([results], counted=False)
 
     def wake(self) -> None:
         self._pending.put(None)
@@ -126,17 +147,23 @@ class CommitSyncer:
             if more is not None:
                 batches.append(more)
 
-    def _flush(self, batches: list[list[Result]]) -> None:
+    def _flush(self, batches: list[list[Result]], *, counted: bool = True) -> None:
+        """Flush, then settle `batches`; `counted`: they were put here (`_unsettled`)."""
         try:
-            self.backend.sync_commits()
-        except (OSError, StoreError) as exc:
-            error = StoreError(f"flushing {len(batches)} committed batches failed: {exc}")
-            self._events.emit(catalog.COMMIT_FLUSH_FAILED, batches=len(batches), error=str(exc))
+            try:
+                self.backend.sync_commits()
+            except (OSError, StoreError) as exc:
+                error = StoreError(f"flushing {len(batches)} committed batches failed: {exc}")
+                self._events.emit(catalog.COMMIT_FLUSH_FAILED, batches=len(batches), error=str(exc))
+                for results in batches:
+                    settle([(future, None, error) for future, _, _ in results])
+                return
+            self._flushes += 1
+            self._batches += len(batches)
+            self._largest = max(self._largest, len(batches))
             for results in batches:
-                settle([(future, None, error) for future, _, _ in results])
-            return
-        self._flushes += 1
-        self._batches += len(batches)
-        self._largest = max(self._largest, len(batches))
-        for results in batches:
-            settle(results)
+                settle(results)
+        finally:
+            if counted:  # only once settled: the writer flushes its own only after these
+                with self._lock:
+                    self._unsettled -= len(batches)

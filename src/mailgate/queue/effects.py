@@ -68,10 +68,12 @@ class Effects:
         return future
 
     def _after(self, name: str, future: Future[T], aftermath: Callable[[T], Aftermath]) -> None:
-        if future.cancelled() or future.exception() is not None:
+        try:
+            value = future.result(0)  # one look at the future, not three: it runs per commit
+        except BaseException:  # failed or cancelled: nothing was committed, nothing is owed
             return
         try:
-            self.apply(aftermath(future.result()))
+            self.apply(aftermath(value))
         except Exception as exc:  # a bug here must not end the thread that committed
             if self.events is not None:
                 self.events.emit(
@@ -82,6 +84,10 @@ class Effects:
                 )
 
     def apply(self, after: Aftermath) -> None:
+        if not after.reports and not after.everything:  # most commits: new mail, no report
+            if after.wake and self.wakeup is not None:
+                self.wakeup.notify(*after.wake)
+            return
         wake = dict.fromkeys(after.wake)
         for result in after.reports:
             if isinstance(result, BounceResult) and result.bounce_id and result.connector:

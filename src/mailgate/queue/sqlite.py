@@ -33,9 +33,14 @@ def translate_errors(what: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
-        code = getattr(exc, "sqlite_errorcode", None)
-        full = code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
-        raise StoreError(f"{what}: {exc}", full=full) from exc
+        raise store_error(what, exc) from exc
+
+
+def store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """The StoreError for a sqlite3 error (full=True for SQLITE_FULL / ENOSPC)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return StoreError(f"{what}: {exc}", full=full)
 
 
 class SqliteConnection:
@@ -90,8 +95,10 @@ class SqliteConnection:
             self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor | _ReadCursor:
-        with translate_errors("query"):
+        try:  # not translate_errors: a context manager costs more than the INSERT here
             cursor = self._conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise store_error("query", exc) from exc
         return _ReadCursor(cursor) if self._read_only else cursor
 
     def executescript(self, script: str) -> None:
@@ -198,6 +205,7 @@ class SqliteBackend:
         self.durable = durable
         self.lock_timeout = lock_timeout
         self._directory_synced = False
+        self._wal = str(path.with_name(path.name + "-wal"))  # flushed once per commit
 
     @property
     def where(self) -> str:
@@ -220,9 +228,10 @@ class SqliteBackend:
         this flush runs. A commit a checkpoint already moved into the main file is on disk
         too: SQLite syncs the WAL before and the file after each checkpoint. The first call
         also syncs the directory, which holds the WAL file's name."""
-        wal = self.path.with_name(self.path.name + "-wal")
-        target = wal if wal.exists() else self.path
-        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        try:  # no WAL file (no connection has one open): the main file has every commit
+            fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fdatasync(fd)
         finally:

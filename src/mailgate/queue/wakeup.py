@@ -90,11 +90,17 @@ class RemoteWakeup(Wakeup):
         self._path = str(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        self._datagrams: dict[tuple[str, ...], bytes] = {}  # few: the connector sets seen
 
     def notify(self, *connectors: str) -> None:
         super().notify(*connectors)
+        data = self._datagrams.get(connectors)
+        if data is None:
+            data = ",".join(connectors).encode()
+            if len(self._datagrams) < 256:
+                self._datagrams[connectors] = data
         with contextlib.suppress(OSError):
-            self._sock.sendto(",".join(connectors).encode(), self._path)
+            self._sock.sendto(data, self._path)
 
 
 class WakeupListener:
