@@ -55,13 +55,39 @@ class DeferredSync(Protocol):
         ...
 
 
+class _Settling(threading.local):
+    later: list[Callable[[], None]] | None = None
+
+
+_SETTLING = _Settling()
+
+
 def settle(results: list[Result]) -> None:
-    """Tell each caller its outcome (only once its batch is durable)."""
-    for future, value, failure in results:
-        if failure is None:
-            future.set_result(value)
-        else:
-            future.set_exception(failure)
+    """Tell each caller its outcome (only once its batch is durable), then run the
+    effects their futures' callbacks left for `after_settled`: every caller of a batch is
+    woken before any wake-up or event of the batch is sent."""
+    later: list[Callable[[], None]] = []
+    _SETTLING.later = later
+    try:
+        for future, value, failure in results:
+            if failure is None:
+                future.set_result(value)
+            else:
+                future.set_exception(failure)
+    finally:
+        _SETTLING.later = None
+    for effect in later:
+        effect()
+
+
+def after_settled(effect: Callable[[], None]) -> None:
+    """Run `effect` (which must not raise) once the batch being settled in this thread has
+    every caller told; at once if no batch is (a DirectWriter resolved the future)."""
+    later = _SETTLING.later
+    if later is None:
+        effect()
+    else:
+        later.append(effect)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,9 @@ run once the Future resolved with a result: never before the commit is durable, 
 for a write that failed. They run in the thread that resolved it (the commit thread,
 or the caller of a DirectWriter), so they are cheap and never block: a wake-up is a
 hint (the scheduler still finds due work), and an effect that raises costs event 4050,
-never the commit. Callers report nothing of this themselves.
+never the commit. A committed batch's effects run once every caller of the batch was
+told (commit_sync.after_settled): wake-ups and events never delay a reply. Callers
+report nothing of this themselves.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from mailgate.model import NewMessage, RecipientState
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.admin import Changed, Finished
+from mailgate.queue.commit_sync import after_settled
 from mailgate.queue.expiry import ExpiryPass
 from mailgate.queue.leases import LeasesEnded
 from mailgate.queue.ops import Recorded, ReportFailed
@@ -64,7 +67,9 @@ class Effects:
         """Run `aftermath(result)`'s effects once `future` (the write `name`) has a result;
         returns `future`."""
         if self.wakeup is not None or self.events is not None:
-            future.add_done_callback(lambda done: self._after(name, done, aftermath))
+            future.add_done_callback(
+                lambda done: after_settled(lambda: self._after(name, done, aftermath))
+            )
         return future
 
     def _after(self, name: str, future: Future[T], aftermath: Callable[[T], Aftermath]) -> None:
