@@ -42,8 +42,9 @@ _RECORD_KEY = "mailgate_event"
 class Outbox:
     """The worker's outgoing channel: non-blocking `put`, drained by `writer` (a thread body)."""
 
-    def __init__(self, stream: BinaryIO | None = None) -> None:
+    def __init__(self, stream: BinaryIO | None = None, pace: float = PACE) -> None:
         self._stream = stream or os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+        self.pace = pace
         # SimpleQueue (C, no Condition to notify) bounded by hand: `put` runs for every event
         # on the SMTP thread, and queue.Queue's locking was 3% of a receive process.
         self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
@@ -72,7 +73,7 @@ class Outbox:
                     if handle.stopping:
                         return
                     continue
-                pause = sent + PACE - time.monotonic()
+                pause = sent + self.pace - time.monotonic()
                 if pause > 0 and self._queue.qsize() < BATCH - 1:
                     handle.wait(pause)  # what comes meanwhile goes in the same write
                 while len(batch) < BATCH:  # what else is waiting goes in the same write

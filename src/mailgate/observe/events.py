@@ -189,9 +189,18 @@ class JsonLinesFormatter(logging.Formatter):
 class HumanFormatter(logging.Formatter):
     """`2026-11-25 14:00:00 warning 2400 Interchange: message`, control characters escaped."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = (-1, "")  # the last second formatted, as text
+
     def format(self, record: logging.LogRecord) -> str:
         event, fields, when = getattr(record, _RECORD_KEY)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+        second, last = int(when // 1), self._second
+        if last[0] != second:  # a tuple swapped whole: a formatter may be shared
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._second = (second, stamp)
+        else:
+            stamp = last[1]
         text = render(event, fields, escape=True)
         return f"{stamp} {event.severity.value} {event.id} {event.category.value}: {text}"
 
