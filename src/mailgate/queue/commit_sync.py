@@ -56,7 +56,8 @@ class DeferredSync(Protocol):
 
 
 class _Settling(threading.local):
-    later: list[Callable[[], None]] | None = None
+    later: list[Callable[[], None]] | None = None  # while callers are told
+    running: list[Callable[[], None]] | None = None  # while their effects run
 
 
 _SETTLING = _Settling()
@@ -76,8 +77,14 @@ def settle(results: list[Result]) -> None:
                 future.set_exception(failure)
     finally:
         _SETTLING.later = None
-    for effect in later:
-        effect()
+    if not later:
+        return
+    _SETTLING.running = later
+    try:
+        for effect in later:  # effects may add more, to run after them all (after_effects)
+            effect()
+    finally:
+        _SETTLING.running = None
 
 
 def after_settled(effect: Callable[[], None]) -> None:
@@ -88,6 +95,14 @@ def after_settled(effect: Callable[[], None]) -> None:
         effect()
     else:
         later.append(effect)
+
+
+def batch_effects() -> list[Callable[[], None]] | None:
+    """From an effect of a batch: the batch's effects still to run, to append one that
+    must run after them all (which must not raise), to do once what each asked for (one
+    wake-up per connector per batch); a new list for each batch. None if no batch's
+    effects are running in this thread: the caller does it now."""
+    return _SETTLING.running
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +196,12 @@ class CommitSyncer:
             except (OSError, StoreError) as exc:
                 error = StoreError(f"flushing {len(batches)} committed batches failed: {exc}")
                 self._events.emit(catalog.COMMIT_FLUSH_FAILED, batches=len(batches), error=str(exc))
-                for results in batches:
-                    settle([(future, None, error) for future, _, _ in results])
+                settle([(future, None, error) for results in batches for future, _, _ in results])
                 return
             self._flushes += 1
             self._batches += len(batches)
             self._largest = max(self._largest, len(batches))
-            for results in batches:
-                settle(results)
+            settle([result for results in batches for result in results])  # as one
         finally:
             if counted:  # only once settled: the writer flushes its own only after these
                 with self._lock:
