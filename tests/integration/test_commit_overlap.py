@@ -177,6 +177,21 @@ def test_an_idle_committer_settles_only_after_its_flush(pipeline: Pipeline) -> N
     assert pipeline.backend.flushed_in == ["commit"]
 
 
+def test_a_write_that_waited_for_the_committers_flush_brings_the_overlap_back(
+    pipeline: Pipeline,
+) -> None:
+    """Load comes and goes between batches: once a write had to wait for a flush in the
+    committer's thread, the committer hands its batches to the syncer for a while."""
+    pipeline.committer.overlap_hold = 60.0  # "a while" outlasts this test on any machine
+    first = pipeline.store.enqueue(message("a@example.test"))
+    assert pipeline.backend.flushing.wait(10), "the first batch reached its flush"
+    second = pipeline.store.enqueue(message("b@example.test"))  # waits for that flush
+    pipeline.backend.gate.set()
+    assert first.result(10) is None and second.result(10) is None
+    assert pipeline.store.enqueue(message("c@example.test")).result(10) is None
+    assert pipeline.backend.flushed_in == ["commit", "commit-sync", "commit-sync"]
+
+
 def test_a_failed_flush_in_the_committer_fails_its_batch_with_1050(pipeline: Pipeline) -> None:
     pipeline.backend.fail_next = True
     pipeline.backend.gate.set()

@@ -8,9 +8,10 @@ COMMIT returned, so "done" always means "on disk". While one batch is being
 synced the next one gathers, which is what makes durability cheap under load.
 With a `syncer` (commit_sync.py; a store that can flush apart from writing), the
 COMMIT returns once written and the syncer resolves the futures after its flush,
-so the next batch is built and written while the previous one is flushed; a batch
-written with nothing behind it (no job waiting, the syncer drained) is flushed and
-settled in this thread instead, which spares a thread hand-off at low load.
+so the next batch is built and written while the previous one is flushed; at low load
+(nothing waiting, the syncer drained, no write that waited for or overlapped a flush in
+the last second) a batch is flushed and settled in this thread instead, which spares a
+thread hand-off per commit: most of a one-session reply's latency after the fsync itself.
 A batch of one operation runs without a savepoint (SQLite): its failure rolls the
 transaction back, which is all a savepoint would have undone.
 On PostgreSQL the whole batch, BEGIN to COMMIT, is sent in one go (pipeline mode,
@@ -65,6 +66,8 @@ class CommitterStats:
 class Committer:
     """The group-commit writer. `run` is the body of a supervised thread."""
 
+    overlap_hold = 1.0  # seconds of hand-offs to the syncer after the last sign of load
+
     def __init__(
         self,
         backend: Backend,
@@ -83,6 +86,7 @@ class Committer:
         self._largest = 0
         self._last_commit = 0.0
         self._replayed = 0
+        self._overlapped = -float("inf")  # when a write last overlapped a flush, or waited for one
 
     def submit(self, name: str, op: Callable[[Connection], T]) -> Future[T]:
         job = _Job(name, op)
@@ -183,11 +187,26 @@ class Committer:
         syncer = self._syncer
         if syncer is None:
             settle(results)
-        elif self._jobs.empty() and syncer.drained():
+        elif self._flush_here(syncer):
             syncer.flush_here(results)  # nothing to overlap with: no hand-off
+            if not self._jobs.empty():  # someone waited for that flush: overlap from now
+                self._overlapped = time.monotonic()
         else:
             syncer.put(results)  # settled once flushed, while the next batch is written
         return True
+
+    def _flush_here(self, syncer: CommitSyncer) -> bool:
+        """Whether to flush a batch just written in this thread: nothing waits behind it
+        nor in the syncer, and no write had to wait for a flush, or overlapped one, in the
+        last `overlap_hold` seconds (the load of several sessions comes and goes between
+        two batches; the overlap is worth its hand-off while it lasts, most on a disk whose
+        flush is slow)."""
+        if not syncer.drained():  # a flush still runs: this write overlapped it
+            self._overlapped = time.monotonic()
+            return False
+        if not self._jobs.empty():
+            return False
+        return time.monotonic() - self._overlapped > self.overlap_hold
 
     def _transaction(self, conn: Connection, jobs: list[_Job], pipelined: bool) -> list[Result]:
         """The batch committed, each job's value or its own failure. Where the store can
