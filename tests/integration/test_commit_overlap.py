@@ -192,6 +192,37 @@ def test_a_write_that_waited_for_the_committers_flush_brings_the_overlap_back(
     assert pipeline.backend.flushed_in == ["commit", "commit-sync", "commit-sync"]
 
 
+def test_a_batch_whose_flush_ended_does_not_keep_the_next_one_from_the_committer(
+    pipeline: Pipeline,
+) -> None:
+    """A batch counts as waiting for the syncer until its flush ended, not until its callers
+    were told. Regression: while the syncer told them (a caller told sends its next message
+    at once), the writer took the batch for one still flushing and handed the next one off
+    too: at one session every batch went through the syncer's wake-up again."""
+    pipeline.committer.overlap_hold = 60.0
+    first = pipeline.store.enqueue(message("a@example.test"))
+    assert pipeline.backend.flushing.wait(10), "the first batch reached its flush"
+    second = pipeline.store.enqueue(message("b@example.test"))  # waits: the overlap is back
+    telling, told = threading.Event(), threading.Event()
+
+    def slowly(_: object) -> None:  # the syncer's thread, telling the second's caller
+        telling.set()
+        told.wait(10)
+
+    second.add_done_callback(slowly)
+    pipeline.backend.gate.set()
+    try:
+        assert first.result(10) is None
+        assert telling.wait(10), "the syncer flushed the second and is telling its caller"
+        pipeline.committer.overlap_hold = 0.0  # the load is gone
+        third = pipeline.store.enqueue(message("c@example.test"))
+        assert third.result(5) is None, "the third waited for the syncer's telling"
+    finally:
+        told.set()
+    assert second.result(10) is None
+    assert pipeline.backend.flushed_in == ["commit", "commit-sync", "commit"]
+
+
 def test_a_failed_flush_in_the_committer_fails_its_batch_with_1050(pipeline: Pipeline) -> None:
     pipeline.backend.fail_next = True
     pipeline.backend.gate.set()

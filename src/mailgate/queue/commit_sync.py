@@ -189,20 +189,27 @@ class CommitSyncer:
                 batches.append(more)
 
     def _flush(self, batches: list[list[Result]], *, counted: bool = True) -> None:
-        """Flush, then settle `batches`; `counted`: they were put here (`_unsettled`)."""
+        """Flush, then settle `batches`; `counted`: they were put here (`_unsettled`).
+
+        They count as unsettled until their flush ended, not until their callers were
+        told: a caller told may send its next message at once, and the writer must not
+        take the telling that follows for a flush still running (it would hand off
+        again and again at one session, each batch waiting on this thread's wake-up)."""
+        failure: OSError | StoreError | None = None
         try:
-            try:
-                self.backend.sync_commits()
-            except (OSError, StoreError) as exc:
-                error = StoreError(f"flushing {len(batches)} committed batches failed: {exc}")
-                self._events.emit(catalog.COMMIT_FLUSH_FAILED, batches=len(batches), error=str(exc))
-                settle([(future, None, error) for results in batches for future, _, _ in results])
-                return
+            self.backend.sync_commits()
             self._flushes += 1
             self._batches += len(batches)
             self._largest = max(self._largest, len(batches))
-            settle([result for results in batches for result in results])  # as one
+        except (OSError, StoreError) as exc:
+            failure = exc
         finally:
-            if counted:  # only once settled: the writer flushes its own only after these
+            if counted:
                 with self._lock:
                     self._unsettled -= len(batches)
+        if failure is not None:
+            error = StoreError(f"flushing {len(batches)} committed batches failed: {failure}")
+            self._events.emit(catalog.COMMIT_FLUSH_FAILED, batches=len(batches), error=str(failure))
+            settle([(future, None, error) for results in batches for future, _, _ in results])
+            return
+        settle([result for results in batches for result in results])  # as one
