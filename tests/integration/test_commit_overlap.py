@@ -223,6 +223,26 @@ def test_a_batch_whose_flush_ended_does_not_keep_the_next_one_from_the_committer
     assert pipeline.backend.flushed_in == ["commit", "commit-sync", "commit"]
 
 
+def test_a_caller_that_writes_again_once_told_is_no_sign_of_load(pipeline: Pipeline) -> None:
+    """Regression: the committer looked for writes waiting after it had told its batch's
+    callers, so a caller quick to send its next message (one session) looked like load
+    and the next batches went through the syncer."""
+    pipeline.committer.overlap_hold = 60.0
+    later: list[Future[None]] = []
+
+    def again(_: object) -> None:  # the committer's thread, telling the first's caller
+        later.append(pipeline.store.enqueue(message("b@example.test")))
+
+    first = pipeline.store.enqueue(message("a@example.test"))
+    assert pipeline.backend.flushing.wait(10), "the first batch reached its flush"
+    first.add_done_callback(again)  # before it is told: run by the thread that tells it
+    pipeline.backend.gate.set()
+    assert first.result(10) is None
+    wait_for(lambda: later, 10, what="the next write")
+    assert later[0].result(10) is None
+    assert pipeline.backend.flushed_in == ["commit", "commit"]
+
+
 def test_a_failed_flush_in_the_committer_fails_its_batch_with_1050(pipeline: Pipeline) -> None:
     pipeline.backend.fail_next = True
     pipeline.backend.gate.set()

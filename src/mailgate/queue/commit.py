@@ -188,12 +188,16 @@ class Committer:
         if syncer is None:
             settle(results)
         elif self._flush_here(syncer):
-            syncer.flush_here(results)  # nothing to overlap with: no hand-off
-            if not self._jobs.empty():  # someone waited for that flush: overlap from now
-                self._overlapped = time.monotonic()
+            syncer.flush_here(results, self._waited)  # nothing to overlap with: no hand-off
         else:
             syncer.put(results)  # settled once flushed, while the next batch is written
         return True
+
+    def _waited(self) -> None:
+        """After a flush in this thread, before its callers are told: a write that came
+        meanwhile waited for it, so the overlap is worth its hand-off from now."""
+        if not self._jobs.empty():
+            self._overlapped = time.monotonic()
 
     def _flush_here(self, syncer: CommitSyncer) -> bool:
         """Whether to flush a batch just written in this thread: nothing waits behind it

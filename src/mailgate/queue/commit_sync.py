@@ -143,11 +143,12 @@ class CommitSyncer:
         """True if no batch put here waits for its flush (the writer may flush its own)."""
         return self._unsettled == 0
 
-    def flush_here(self, results: list[Result]) -> None:
+    def flush_here(self, results: list[Result], flushed: Callable[[], None]) -> None:
         """Flush and settle a batch whose COMMIT returned, in the calling thread (the
         writer's, when `drained`): the same flush and the same failure (event 1050) as in
-        the `commit-sync` thread, without waking it."""
-        self._flush([results], counted=False)
+        the `commit-sync` thread, without waking it. `flushed` is called once the flush
+        ended, before any caller is told (who then may write again at once)."""
+        self._flush([results], counted=False, flushed=flushed)
 
     def wake(self) -> None:
         self._pending.put(None)
@@ -188,7 +189,13 @@ class CommitSyncer:
             if more is not None:
                 batches.append(more)
 
-    def _flush(self, batches: list[list[Result]], *, counted: bool = True) -> None:
+    def _flush(
+        self,
+        batches: list[list[Result]],
+        *,
+        counted: bool = True,
+        flushed: Callable[[], None] = lambda: None,
+    ) -> None:
         """Flush, then settle `batches`; `counted`: they were put here (`_unsettled`).
 
         They count as unsettled until their flush ended, not until their callers were
@@ -207,6 +214,7 @@ class CommitSyncer:
             if counted:
                 with self._lock:
                     self._unsettled -= len(batches)
+        flushed()
         if failure is not None:
             error = StoreError(f"flushing {len(batches)} committed batches failed: {failure}")
             self._events.emit(catalog.COMMIT_FLUSH_FAILED, batches=len(batches), error=str(failure))
