@@ -7,14 +7,21 @@ transactions: SMTP would take hours for a million), bodies of --big-queue-size b
 default: 1,000,000 x 5 KB would be 5 GB). Then measured: the RSS of every mailgate process
 (/proc), the time of `mailgate queue list` (its first page, 1,000 messages) and of `mailgate
 ctl status` (command line, Python start-up included, which `mailgate --version` shows; and
-the bare control-socket request), the delivery rate of the first K messages once the
-connector is resumed (Maildir new/ counts, RSS sampled meanwhile), and the restart time: stop
-(SIGTERM until exit) and start until SMTP answers. Prints a markdown table naming the command.
+the bare control-socket request), the CPU the idle service spends with them queued (the
+connector paused: work done every second or two that grows with the queue shows here), the
+delivery rate of the first K messages once the connector is resumed (Maildir new/ counts, RSS
+sampled meanwhile), the restart time: stop (SIGTERM until exit) and start until SMTP answers,
+and the start after a SIGKILL (which reads every page of the queue file, [queue]
+check_at_start, and ends the dead service's leases). Prints a markdown table naming the
+command.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,10 +32,19 @@ from typing import Any
 
 from flushshim import FlushShim
 from mailgate_instance import CONFIG, Mailgate, mailgate_env
-from measure import LEFTOVERS, BenchError, command_text, count_files, git_describe, new_run_dir
+from measure import (
+    LEFTOVERS,
+    BenchError,
+    command_text,
+    count_files,
+    descendants,
+    git_describe,
+    new_run_dir,
+)
 
 FILL = Path(__file__).resolve().parent / "queue_fill.py"
 MB = 1024 * 1024
+IDLE_SECONDS = 5.0
 
 
 @dataclass
@@ -44,6 +60,8 @@ class QueueRun:
     deliver_seconds: float = 0.0
     stop_seconds: float = 0.0
     start_seconds: float = 0.0
+    idle_cpu: float = 0.0  # CPU seconds per second of the whole service, connector paused
+    crash_start_seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -83,6 +101,25 @@ def fill(args: argparse.Namespace, mg: Mailgate, count: int, recipients: list[st
     return float(last.rpartition("seconds=")[2])
 
 
+def idle_cpu(mg: Mailgate) -> float:
+    """The service's CPU seconds per second over IDLE_SECONDS with nothing to do."""
+    before, started = mg.cpu_seconds(), time.monotonic()
+    time.sleep(IDLE_SECONDS)
+    return (mg.cpu_seconds() - before) / (time.monotonic() - started)
+
+
+def kill(mg: Mailgate) -> None:
+    """SIGKILL the master and every worker, as a crash would end them, and reap it."""
+    assert mg.proc is not None
+    for pid in [mg.proc.pid, *descendants(mg.proc.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    mg.proc.wait(30)
+    deadline = time.monotonic() + 30
+    while descendants(mg.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def deliver(args: argparse.Namespace, mg: Mailgate, run: QueueRun, target: int) -> None:
     """Resume the postoffice connector and time the first `target` deliveries."""
     dirs = mg.new_dirs()
@@ -120,11 +157,14 @@ def measure(args: argparse.Namespace, shim: FlushShim | None, queued: int) -> Qu
         run.list_seconds = timed(lambda: mg.cli("queue", "list"))
         run.version_seconds = timed(lambda: mg.cli("--version", where=False))
         sample_rss(mg, run.rss_max)
+        run.idle_cpu = idle_cpu(mg)
         deliver(args, mg, run, min(queued, args.big_queue_deliver))
         run.stop_seconds = timed(lambda: mg.stop(args.stop_timeout))
         run.start_seconds = mg.start()
         time.sleep(2)  # a moment of work with the whole queue after the restart
         sample_rss(mg, run.rss_max)
+        kill(mg)
+        run.crash_start_seconds = mg.start()
     except BenchError as exc:
         run.errors.append(str(exc))
     finally:
@@ -150,7 +190,15 @@ def print_table(args: argparse.Namespace, runs: list[QueueRun]) -> None:
         ("`mailgate ctl status`, s", lambda r: f"{r.status_cli_seconds:.2f}"),
         ("control-socket `status` alone, s", lambda r: f"{r.status_socket_seconds:.3f}"),
         ("`mailgate --version` (Python start-up), s", lambda r: f"{r.version_seconds:.2f}"),
+        (
+            f"idle service, connector paused, CPU % of one core ({IDLE_SECONDS:.0f} s)",
+            lambda r: f"{100 * r.idle_cpu:.1f}",
+        ),
         ("restart: stop + start until SMTP answers, s", restart_text),
+        (
+            "start after a SIGKILL (every page checked, leases ended), s",
+            lambda r: f"{r.crash_start_seconds:.2f}",
+        ),
     ]
     command = command_text("vs_postfix.py", args.argv)
     print()

@@ -57,7 +57,8 @@ listen = ""
 # `python -m mailgate run` and every worker process it starts (they inherit the environment)
 # import it at start-up. It wraps the group committer so that its statistics, how many
 # operations of each kind it committed and the DATA-to-reply times of the process (from
-# ReceiveHandler.handle_DATA being called, once the final "." was read, to its reply: the
+# ReceiveHandler.handle_DATA being called, or the message built (its received_at), once the
+# final "." was read, to its reply: the
 # server's side of DATA-to-250) go to $MAILGATE_BENCH_STATS.<pid> when the commit thread ends
 # (a clean stop); with MAILGATE_BENCH_NODELAY=1 it sets TCP_NODELAY on accepted SMTP sockets.
 # Anything it cannot find (the code is being changed) is left alone.
@@ -113,9 +114,22 @@ def _install():
 def _latency():
     try:
         from mailgate.receive import smtp
-        original = smtp.ReceiveHandler.handle_DATA
+        handler = smtp.ReceiveHandler
     except Exception:
         return
+    durable = getattr(handler, "durable", None)
+    if durable is not None:
+        # Trees with the session's fast path: the reply is built by durable(), once the
+        # commit ended; message.received_at is when the final "." had been read.
+        def timed_durable(self, message, error):
+            try:
+                return durable(self, message, error)
+            finally:
+                LATENCIES.append(time.time() - message.received_at)
+
+        handler.durable = timed_durable
+        return
+    original = handler.handle_DATA
 
     async def handle_DATA(self, *args, **kwargs):
         started = time.perf_counter()
@@ -124,7 +138,7 @@ def _latency():
         finally:
             LATENCIES.append(time.perf_counter() - started)
 
-    smtp.ReceiveHandler.handle_DATA = handle_DATA
+    handler.handle_DATA = handle_DATA
 
 def _nodelay():
     import socket

@@ -21,7 +21,7 @@ from tests.support.process import DEFAULT_CONFIG, Mailgate
 from tests.support.segments import Client
 
 BASE = ["SIZE 10485760", "8BITMIME", "SMTPUTF8"]
-TAIL = ["PIPELINING", "ENHANCEDSTATUSCODES", "HELP"]
+TAIL = ["PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES", "HELP"]
 
 
 @pytest.fixture(scope="module")

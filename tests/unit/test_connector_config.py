@@ -167,3 +167,21 @@ def test_smtp_connectors_need_a_client_allowed_to_relay_lmtp_does_not(tmp_path: 
     assert policy.check("u@far.example", outside, authenticated=True).accepted
     assert policy.check("u@mail.example", outside).connector == "dovecot"
     assert policy.check("u@mail.example", outside).accepted, "local delivery, as a mailbox"
+
+
+def test_chunking_is_on_by_default_and_off_per_connector_and_for_the_smarthost() -> None:
+    off = {**CORP, "chunking": False}
+    config = parse_config(
+        {
+            "connector": [off, NET, DOVECOT],
+            "smarthost": {"host": "relay.test", "chunking": False},
+            "route": routes(("*@corp.example", "corp"), ("*@mail.example", "dovecot"),
+                            ("*@relay.example", "smarthost"), ("*", "internet")),
+        }
+    )  # fmt: skip
+    tables = config.connector_tables
+    assert [tables[n].chunking for n in ("corp", "internet", "dovecot", "smarthost")] == [
+        False, True, True, False
+    ]  # fmt: skip
+    assert problems({"connector": [{"name": "postoffice", "type": "postoffice",
+                                    "chunking": False}]})  # fmt: skip

@@ -215,7 +215,8 @@ def test_ehlo_advertises_pipelining_and_no_empty_auth(receive: ReceiveHandler) -
     where = session()
     answer = asyncio.run(receive.handle_EHLO(None, where, Envelope(), "c.example.org", responses))  # type: ignore[arg-type]
     assert answer == [
-        "250-mx.test", "250-SIZE 1000", "250-PIPELINING", "250-ENHANCEDSTATUSCODES", "250 HELP",
+        "250-mx.test", "250-SIZE 1000", "250-PIPELINING", "250-CHUNKING",
+        "250-ENHANCEDSTATUSCODES", "250 HELP",
     ]  # fmt: skip
     assert where.host_name == "c.example.org"
 

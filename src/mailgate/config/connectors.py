@@ -31,9 +31,10 @@ _LIMITS = ("connections", "messages_per_connection", "rate", "burst")
 _TLS = ("starttls", "verify", "ca_file")
 KEYS: dict[str, tuple[str, ...]] = {
     "smarthost": ("host", "port", *_TLS, "username", "password", "password_file", "helo",
-                  "timeout", "down_for", *_LIMITS),
-    "mx": ("mx", "port", *_TLS, "helo", "timeout", "max_addresses", *_LIMITS),
-    "lmtp": ("host", "port", "socket", *_TLS, "helo", "timeout", "down_for", *_LIMITS),
+                  "timeout", "down_for", "chunking", *_LIMITS),
+    "mx": ("mx", "port", *_TLS, "helo", "timeout", "max_addresses", "chunking", *_LIMITS),
+    "lmtp": ("host", "port", "socket", *_TLS, "helo", "timeout", "down_for", "chunking",
+             *_LIMITS),
     "postoffice": (),
 }  # fmt: skip
 _COMMON = ("name", "type", "threads", "batch")
@@ -96,6 +97,12 @@ class ConnectorTable(_Section):
         60.0,
         json_schema_extra={"doc_default": '"60s"'},
         description="After a connection failure, how long new attempts are deferred at once.",
+    )
+    chunking: bool = Field(
+        True,
+        description="Send the message with BDAT (RFC 3030) when the server offers CHUNKING: "
+        "no dot-stuffing, and with PIPELINING the whole transaction in one write; false "
+        "always sends DATA.",
     )
     max_addresses: int = Field(
         5, ge=1, le=50, description="mx: most host addresses tried for a domain in one attempt."

@@ -24,6 +24,7 @@ from mailgate.route.patterns import parse_pattern
 # Enumerations are Literal types, declared once: validation, the tuples below and the
 # allowed values in docs/configuration.md (reference.py) all come from these.
 PostofficeMode = Literal["0600", "0640", "0660"]
+EventLoop = Literal["uvloop", "asyncio"]
 # The relay connector of a configuration without [[connector]] tables; the service asks
 # Config.relay_connectors, which knows the tables (kept for tools and tests that build a
 # recipient policy by hand).
@@ -261,6 +262,28 @@ class SmtpSettings(Section):
         description="Clients in relay_networks have no max_sessions_per_ip (as Postfix exempts "
         "$mynetworks from its client limits); false limits them like any client.",
     )
+    event_loop: EventLoop = Field(
+        "uvloop",
+        description="The SMTP listener's event loop: uvloop (libuv, the loop's own work in C: "
+        "less CPU per command) or Python's asyncio loop (to rule uvloop out when "
+        "diagnosing).",
+    )
+    fast_path: bool = Field(
+        True,
+        description="Answer MAIL, RCPT, DATA, RSET and NOOP as their bytes arrive, without a "
+        "turn of aiosmtpd's session task per line (the same replies, a third less CPU per "
+        "message); false runs every command through aiosmtpd, to rule the fast path out "
+        "when diagnosing a client.",
+    )
+    inline_commit_sessions: int = Field(
+        1,
+        ge=0,
+        description="A receive process with at most this many sessions open commits an "
+        "accepted message in the session's own thread when the queue's writer lock is free "
+        "at that instant (SQLite; the 250 still follows the flush), instead of handing it to "
+        "the group commit and back: nobody would share its flush. 0: always the group "
+        "commit.",
+    )
     max_errors: int = Field(
         20,
         ge=1,
@@ -371,8 +394,10 @@ class QueueSettings(Section):
         True,
         description="Verify every page of the queue file at start (SQLite quick_check); a "
         "damaged file stops the start (event 1002) and `mailgate queue check` says what to "
-        "do. Costs about 0.1 s per 100 MB of queue from the page cache, 1 s cold; turn it "
-        "off only where a huge queue must start at once.",
+        "do. Skipped when the last stop was clean and the file is exactly as it left it "
+        "(same inode, size and times of the file and its WAL). Costs about 0.1 s per 100 MB "
+        "of queue from the page cache, 1 s cold; turn it off only where a huge queue must "
+        "start at once even after a crash.",
     )
 
     def sqlite_path(self, data_dir: Path) -> Path:
@@ -591,11 +616,16 @@ class SmarthostSettings(Section):
         description="After a connection failure, how long new attempts are deferred at once "
         "instead of hammering a dead host.",
     )
+    chunking: bool = Field(
+        True,
+        description="Send the message with BDAT (RFC 3030) when the smarthost offers CHUNKING; "
+        "false always sends DATA.",
+    )
 
     def as_connector(self) -> ConnectorTable:
         """This section as the connector named `smarthost`."""
         keys = ("host", "port", "starttls", "verify", "ca_file", "username", "password_file",
-                "helo", "timeout", "threads", "batch", "down_for")  # fmt: skip
+                "helo", "timeout", "threads", "batch", "down_for", "chunking")  # fmt: skip
         return ConnectorTable.model_validate(
             {"name": "smarthost", "type": "smtp", **{k: getattr(self, k) for k in keys}}
         )

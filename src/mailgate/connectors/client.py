@@ -3,9 +3,11 @@
 `open_client` connects (TCP, or a Unix socket path for LMTP), checks the greeting, says
 EHLO (LHLO for LMTP), STARTTLS by policy and AUTH. `send_message` runs one transaction:
 MAIL, RCPT for each recipient and DATA, sent in one write when the server offers
-PIPELINING (RFC 2920); it returns one reply per recipient: its RCPT reply if refused, the
-MAIL reply if MAIL was, else the reply to the message, which LMTP gives once per accepted
-recipient, in order (RFC 2033). It raises `ConnectionLost` if the server goes away
+PIPELINING (RFC 2920); when it offers CHUNKING (RFC 3030) the message goes as BDAT chunks
+instead (no dot-stuffing, no 354 to wait for), and with PIPELINING too the whole
+transaction is one write. It returns one reply per recipient: its RCPT reply if refused,
+the MAIL reply if MAIL was, else the reply to the message, which LMTP gives once per
+accepted recipient, in order (RFC 2033). It raises `ConnectionLost` if the server goes away
 (`after_data` once the whole message was sent: it may have been delivered; LMTP replies
 already read travel with it) and smtplib's or the socket's errors for the rest; a
 connector translates those at its boundary. Lines over 998 octets are broken before
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mailgate.connectors import chunked
 from mailgate.model import Disposition
 
 STARTTLS_MODES = ("none", "opportunistic", "required")
@@ -87,6 +90,7 @@ class ClientSettings:
     password_file: str = ""
     timeout: float = 60.0
     lmtp: bool = False
+    chunking: bool = True  # BDAT when the server offers CHUNKING
     password: str = field(default="", repr=False)  # given inline; else read from password_file
 
 
@@ -181,15 +185,20 @@ def send_message(
     options: Sequence[str],
     *,
     lmtp: bool = False,
+    chunking: bool = True,
     before_body: Callable[[], None] = lambda: None,
 ) -> list[Reply]:
     """One transaction; one reply per recipient, in order (see the module doc).
-    `before_body` is called once the server is ready for the message, before it is sent."""
+    `before_body` is called once the server is ready for the message, before it is sent
+    (with BDAT pipelined: before the one write, which carries the message too). `chunking`
+    False sends DATA even to a server that offers CHUNKING."""
     for address in (sender, *recipients):
         if "\r" in address or "\n" in address:
             raise ValueError(f"line break in address {address!r}")
     mail = " ".join([f"MAIL FROM:<{sender}>", *options])
     rcpts = [f"RCPT TO:<{address}>" for address in recipients]
+    if chunking and conn.has_extn("chunking"):
+        return chunked.send(conn, mail, rcpts, body, lmtp=lmtp, before_body=before_body)
     try:
         if conn.has_extn("pipelining"):
             _send(conn, [mail, *rcpts, "DATA"])

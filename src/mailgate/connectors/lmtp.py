@@ -40,6 +40,7 @@ class LmtpTarget:
     ca_file: str = ""
     timeout: float = 60.0
     down_for: float = 30.0
+    chunking: bool = True  # BDAT when the server offers CHUNKING
 
     def __post_init__(self) -> None:
         if "/" in self.host and not self.host.startswith("/"):
@@ -64,7 +65,7 @@ class LmtpConnector:
         self.peer = Peer("LMTP server", t.host, t.port, t.host, t.down_for)
         self.settings = ClientSettings(
             helo=t.lhlo, starttls=t.starttls, verify=t.verify, ca_file=t.ca_file,
-            timeout=t.timeout, lmtp=True,
+            timeout=t.timeout, lmtp=True, chunking=t.chunking,
         )  # fmt: skip
 
     def open(self) -> LmtpSession:

@@ -62,14 +62,16 @@ class MxConnector:
         limits: Limits | None = None,
         max_addresses: int = 5,
         idle_for: float = 10.0,
+        chunking: bool = True,
     ) -> None:
         self.name = name
         self.events = events
         self.dns = dns or DnsSettings()
         self.port = port
         self.settings = ClientSettings(
-            helo=helo, starttls=starttls, verify=verify, ca_file=ca_file, timeout=timeout
-        )
+            helo=helo, starttls=starttls, verify=verify, ca_file=ca_file, timeout=timeout,
+            chunking=chunking,
+        )  # fmt: skip
         self.max_addresses = max_addresses
         self.idle_for = idle_for
         self.destinations = Connections(limits)  # shared by this connector's threads
@@ -182,8 +184,9 @@ class MxSession(ClientSession):
                 with self._using():
                     conn, reused = self._connection(host, address, queue_id)
                     sent = self._send(
-                        conn, claims, body, lmtp=False, remote=host.name, kind="mail host"
-                    )
+                        conn, claims, body, lmtp=False, remote=host.name, kind="mail host",
+                        chunking=self.c.settings.chunking,
+                    )  # fmt: skip
                 self._sent(host.name)
             except ConnectionLost as exc:
                 self._drop(host.name)

@@ -51,6 +51,7 @@ class SmarthostTarget:
     password_file: str = ""
     timeout: float = 60.0
     down_for: float = 60.0
+    chunking: bool = True  # BDAT when the smarthost offers CHUNKING
     password: str = field(default="", repr=False)  # inline; else read from password_file
 
     @property
@@ -79,7 +80,7 @@ class SmarthostConnector:
         self.settings = ClientSettings(
             helo=t.helo, starttls=t.starttls, verify=t.verify, ca_file=t.ca_file,
             username=t.username, password_file=t.password_file, timeout=t.timeout,
-            password=t.password,
+            password=t.password, chunking=t.chunking,
         )  # fmt: skip
 
     def open(self) -> SmarthostSession:

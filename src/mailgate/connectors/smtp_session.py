@@ -230,6 +230,7 @@ class ClientSession:
         lmtp: bool,
         remote: str,
         kind: str,
+        chunking: bool = True,
     ) -> list[Result]:
         """One transaction on `conn`: one result per claim (see connectors.client)."""
         first = claims[0]
@@ -240,7 +241,8 @@ class ClientSession:
             return [Result(Disposition.FAILED, refused, remote)] * len(claims)
         replies = send_message(
             conn, first.sender, [c.address for c in claims], body, options,
-            lmtp=lmtp, before_body=lambda: self._hand_over(first.queue_id),
+            lmtp=lmtp, chunking=chunking,
+            before_body=lambda: self._hand_over(first.queue_id),
         )  # fmt: skip
         return results(replies, remote)
 
@@ -307,7 +309,7 @@ class RelaySession(ClientSession):
                     conn, reused = self._connection(queue_id)
                     sent = self._send(
                         conn, claims, body, lmtp=self.settings.lmtp, remote=peer.address,
-                        kind=peer.kind,
+                        kind=peer.kind, chunking=self.settings.chunking,
                     )  # fmt: skip
                 self._sent()
                 return sent

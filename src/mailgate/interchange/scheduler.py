@@ -7,7 +7,8 @@ configuration no longer has (queue/reroute.py), wakes the threads of any
 connector with due work (work a commit made due the queue wakes at once: this
 finds what became due with time, a deferral's retry), and asks the stall watch
 whether a connector has due mail but completes no attempts (events 5006/5007,
-repeated until it clears). Every few minutes it purges finished messages older
+repeated until it clears; whether mail is due is an index seek, how much is counted
+only for the report). Every few minutes it purges finished messages older
 than keep_done. All of it is indexed queries; nothing scans the queue."""
 
 from __future__ import annotations
@@ -141,10 +142,11 @@ class Scheduler:
 
     def _wake_and_watch(self, reader: QueueReader) -> None:
         now = self._clock()
-        loads: dict[str, Load] = {}
-        for name in self.connectors.names():
-            due, oldest = reader.due_load(name, now)
-            loads[name] = Load(due, now - oldest if oldest is not None else 0.0)
+        # Whether anything is due is two index seeks; how much, and how old, is counted
+        # only for a stall report: every second over a million due would cost a core.
+        loads = {
+            name: Load(int(reader.has_due(name, now)), 0.0) for name in self.connectors.names()
+        }
         due_now = [name for name, load in loads.items() if load.due]
         if due_now:
             self.wakeup.notify(*due_now)
@@ -157,11 +159,12 @@ class Scheduler:
         )
         for report in reports:
             if report.stalled:
+                due, oldest = reader.due_load(report.connector, now)
                 self.events.emit(
                     catalog.CONNECTOR_STALLED,
                     connector=report.connector,
-                    due=report.due,
-                    oldest=round(report.oldest_age),
+                    due=due,
+                    oldest=round(now - oldest) if oldest is not None else 0,
                     seconds=round(report.seconds),
                     threads=self.threads_summary(report.connector),
                 )

@@ -433,6 +433,16 @@ NODE_TAKEN = _event(
     "nodes with one name would release each other's work, so this one stops.",
     "Give one of them another `[service] node`.",
 )  # fmt: skip
+# --- A big queue (issue 14.6, w-bigq: 1056-1059) -------------------------------------------------
+CLEAN_STOP_NOT_RECORDED = _event(
+    1056, "CleanStopNotRecorded", C.SERVICE, S.WARNING, MIN,
+    "could not {what} the record of the queue file's clean stop ({path}): {error}",
+    "A clean stop records the queue file's identity so that the next start can skip "
+    "reading every page of an unchanged file ([queue] check_at_start). Writing it at a "
+    "stop, or removing it at a start, failed: the next start checks every page (slower "
+    "with a big queue, never less safe).",
+    "Check the permissions and free space of the queue directory.",
+)  # fmt: skip
 NODE_HEARTBEAT_FAILED = _event(
     4080, "NodeHeartbeatFailed", C.QUEUE, S.WARNING, MIN,
     "node {node} could not heart-beat into the queue: {error}",

@@ -129,6 +129,12 @@ BYTES_RECEIVED = _metric(
     "mailgate_bytes_received_total", C, STAGE,
     "Bytes of the messages accepted and queued, by source.", ("source",),
 )  # fmt: skip
+SMTP_COMMITS = _metric(
+    "mailgate_smtp_commits_total", C, STAGE,
+    "Messages accepted over SMTP, by how they were committed: inline (in the session's own "
+    "thread: nobody to share a flush with, [smtp] inline_commit_sessions) or group (the "
+    "group commit).", ("path",),
+)  # fmt: skip
 SMTP_SESSIONS = _metric("mailgate_smtp_sessions_total", C, STAGE, "SMTP sessions accepted.")
 SMTP_SESSIONS_OPEN = _metric("mailgate_smtp_sessions_open", G, STAGE, "SMTP sessions open now.")
 SMTP_SESSIONS_REFUSED = _metric(

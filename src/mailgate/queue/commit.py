@@ -63,6 +63,19 @@ class CommitterStats:
     replayed: int = 0  # pipelined batches run again one statement at a time (one failed)
 
 
+_PIPELINING: dict[type, bool] = {}
+
+
+def _pipelining(conn: Connection) -> bool:
+    """isinstance(conn, Pipelining), known once per connection class: a runtime-checkable
+    Protocol's isinstance walks its members each time (a tenth of a commit thread's time)."""
+    kind = type(conn)
+    known = _PIPELINING.get(kind)
+    if known is None:
+        known = _PIPELINING[kind] = isinstance(conn, Pipelining)
+    return known
+
+
 class Committer:
     """The group-commit writer. `run` is the body of a supervised thread."""
 
@@ -119,7 +132,6 @@ class Committer:
         on a slow fsync) is reported as stalled; waiting for work is `idle` (Q151669)."""
         faults.check("commit.loop")  # tests: a committer that dies at every start
         conn: Connection | None = None
-        pipelined = False
         syncer = self._syncer
         if syncer is not None:
             syncer.writer_running(True)
@@ -133,8 +145,7 @@ class Committer:
                 busy()  # until flushed, when this thread flushes: a stuck flush is a stall
                 if conn is None:
                     conn = self._connect()
-                    pipelined = isinstance(conn, Pipelining)  # once: a Protocol check is slow
-                if not self._apply(conn, batch, pipelined):
+                if not self._apply(conn, batch):
                     conn.close()
                     conn = None
                 progress()
@@ -167,12 +178,12 @@ class Committer:
             return None
         return batch
 
-    def _apply(self, conn: Connection, batch: list[_Job], pipelined: bool) -> bool:
+    def _apply(self, conn: Connection, batch: list[_Job]) -> bool:
         """Run a batch in one transaction; False if the connection should be reopened."""
         started = time.monotonic()
         jobs = [job for job in batch if job.future.set_running_or_notify_cancel()]
         try:
-            results = self._transaction(conn, jobs, pipelined)
+            results = self._transaction(conn, jobs)
         except Exception as exc:
             conn.rollback()
             error = exc if isinstance(exc, StoreError) else StoreError(f"commit failed: {exc}")
@@ -212,62 +223,56 @@ class Committer:
             return False
         return time.monotonic() - self._overlapped > self.overlap_hold
 
-    def _transaction(self, conn: Connection, jobs: list[_Job], pipelined: bool) -> list[Result]:
+    def _transaction(self, conn: Connection, jobs: list[_Job]) -> list[Result]:
         """The batch committed, each job's value or its own failure. Where the store can
         (PostgreSQL), the whole batch goes at once: one round trip when no operation reads
         a result. A statement that fails there is known only as "one did", the transaction
         having done nothing: it is rolled back and run again with each statement's result
         awaited, so the failing operation fails alone (rare: a duplicate, a bug)."""
-        if pipelined:
-            pipe = cast(Pipelining, conn)  # checked once per connection, in `run`
+        if _pipelining(conn):
+            pipe = cast(Pipelining, conn)
             pipe.begin_pipelined()
             try:
-                return self._savepoints(conn, jobs, pipelined)
+                return self._savepoints(conn, jobs)
             except Exception:
                 if not pipe.pipeline_failed():
                     raise  # a lost connection, a failed COMMIT: the batch fails
                 conn.rollback()
                 self._replayed += 1
         conn.begin()
-        if len(jobs) == 1 and not pipelined:
-            return self._alone(conn, jobs[0])
-        return self._savepoints(conn, jobs, pipelined)
+        return self._savepoints(conn, jobs)
 
-    def _alone(self, conn: Connection, job: _Job) -> list[Result]:
-        """A batch of one: the transaction is its savepoint (two statements fewer)."""
-        try:
-            value = job.op(conn)
-        except Exception as exc:
-            conn.rollback()  # what ROLLBACK TO SAVEPOINT would have undone: all of it
-            return [(job.future, None, self._failed(job, exc))]
-        conn.commit()
-        return [(job.future, value, None)]
-
-    def _savepoints(self, conn: Connection, jobs: list[_Job], pipelined: bool) -> list[Result]:
-        """Each job in its own savepoint, then COMMIT (raises if the batch must fail)."""
+    def _savepoints(self, conn: Connection, jobs: list[_Job]) -> list[Result]:
+        """Each job in its own savepoint, then COMMIT (raises if the batch must fail). A job
+        alone (the usual batch at low load) needs no savepoint: its failure rolls the
+        transaction back instead, two statements fewer per commit."""
         results: list[Result] = []
+        alone = len(jobs) == 1 and not _pipelining(conn)
         for job in jobs:
-            conn.execute("SAVEPOINT op")
+            if not alone:
+                conn.execute("SAVEPOINT op")
             try:
                 value = job.op(conn)
             except Exception as exc:  # one operation's failure stays its own
-                if pipelined and isinstance(conn, Pipelining) and conn.pipeline_failed():
+                if _pipelining(conn) and cast(Pipelining, conn).pipeline_failed():
                     raise  # whose statement failed is not known: run the batch again
-                conn.execute("ROLLBACK TO SAVEPOINT op")
-                conn.execute("RELEASE SAVEPOINT op")
-                results.append((job.future, None, self._failed(job, exc)))
+                if alone:
+                    conn.rollback()
+                else:
+                    conn.execute("ROLLBACK TO SAVEPOINT op")
+                    conn.execute("RELEASE SAVEPOINT op")
+                if not isinstance(exc, StoreError):
+                    exc = StoreError(f"{job.name} failed: {exc!r}")
+                self._events.emit(catalog.STORE_ERROR, operation=job.name, error=str(exc))
+                results.append((job.future, None, exc))
+                if alone:
+                    return results  # rolled back: nothing to commit
                 continue
-            conn.execute("RELEASE SAVEPOINT op")
+            if not alone:
+                conn.execute("RELEASE SAVEPOINT op")
             results.append((job.future, value, None))
         conn.commit()
         return results
-
-    def _failed(self, job: _Job, exc: Exception) -> Exception:
-        """One operation's own failure, as its caller gets it (event 4001 says so)."""
-        if not isinstance(exc, StoreError):
-            exc = StoreError(f"{job.name} failed: {exc!r}")
-        self._events.emit(catalog.STORE_ERROR, operation=job.name, error=str(exc))
-        return exc
 
 
 class DirectWriter:

@@ -32,13 +32,12 @@ class ReportBuilder(Protocol):
 
 def bounce_source(conn: Connection, queue_id: str, state: RecipientState) -> BounceSource | None:
     """The message `queue_id` with its recipients in `state`; None if it is gone."""
-    row = conn.execute(
-        "SELECT m.sender, m.received_at, m.kind, b.data FROM messages m "
-        "LEFT JOIN bodies b ON b.message_id = m.id WHERE m.id = ?",
-        (queue_id,),
-    ).fetchone()
-    if row is None:
-        return None
+    return _source(conn, queue_id, state, only_if_any=False)
+
+
+def _source(
+    conn: Connection, queue_id: str, state: RecipientState, *, only_if_any: bool
+) -> BounceSource | None:
     recipients = tuple(
         ReportedRecipient(str(address), reply, remote)
         for address, reply, remote in conn.execute(
@@ -47,6 +46,15 @@ def bounce_source(conn: Connection, queue_id: str, state: RecipientState) -> Bou
             (queue_id, state.value),
         ).fetchall()
     )
+    if only_if_any and not recipients:
+        return None  # nothing to report: the message and its body need not be read
+    row = conn.execute(
+        "SELECT m.sender, m.received_at, m.kind, b.data FROM messages m "
+        "LEFT JOIN bodies b ON b.message_id = m.id WHERE m.id = ?",
+        (queue_id,),
+    ).fetchone()
+    if row is None:
+        return None
     original = None if row[3] is None else bytes(row[3])
     return BounceSource(
         queue_id, str(row[0]), float(row[1]), MessageKind(row[2]), original, recipients
@@ -60,8 +68,9 @@ class ReportQueue:
         self.builder = builder
 
     def __call__(self, conn: Connection, queue_id: str, now: float) -> BounceResult | None:
-        """The bounce of a finished message's failed recipients (an `on_done` hook)."""
-        source = bounce_source(conn, queue_id, RecipientState.BOUNCED)
+        """The bounce of a finished message's failed recipients (an `on_done` hook). Run for
+        every finished message, most of them delivered: the body is read only for a bounce."""
+        source = _source(conn, queue_id, RecipientState.BOUNCED, only_if_any=True)
         if source is None or not source.recipients:
             return None
         return _queue(conn, self.builder.bounce(source, now), now)

@@ -50,6 +50,11 @@ def _v3(conn: Connection) -> None:
     conn.execute(schema.NODES)
 
 
+def _v4(conn: Connection) -> None:
+    """Recipients by state, connector and message: counts and leases without a scan."""
+    conn.execute(schema.RECIPIENTS_STATE)
+
+
 STEPS = (
     Step(
         2,
@@ -58,6 +63,12 @@ STEPS = (
         _v2,
     ),
     Step(3, "nodes: each node's name, instance, heart-beat, state and work", _v3),
+    Step(
+        4,
+        "recipients_state: recipients by state, connector and message (status counts, "
+        "the oldest open message and the leases without a scan of the queue)",
+        _v4,
+    ),
 )
 CURRENT = STEPS[-1].version
 

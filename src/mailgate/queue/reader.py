@@ -49,8 +49,25 @@ class QueueReader:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def has_due(self, connector: str, now: float) -> bool:
+        """Whether `connector` has a recipient due now or in flight: two index seeks, so
+        the scheduler can ask every second whatever the queue's size."""
+        due = self._conn.execute(
+            f"SELECT 1 FROM recipients WHERE connector = ? AND state {states.WAITING} "
+            "AND due_at <= ? LIMIT 1",
+            (connector, now),
+        ).fetchone()
+        if due is not None:
+            return True
+        active = self._conn.execute(
+            "SELECT 1 FROM recipients WHERE state = 'active' AND connector = ? LIMIT 1",
+            (connector,),
+        ).fetchone()
+        return active is not None
+
     def due_load(self, connector: str, now: float) -> tuple[int, float | None]:
-        """Recipients of `connector` due now or in flight, and the oldest one's arrival time."""
+        """Recipients of `connector` due now or in flight, and the oldest one's arrival time.
+        Looks at every due recipient: for a stall report, not for every tick (has_due)."""
         row = self._conn.execute(
             "SELECT COUNT(*), MIN(m.received_at) FROM recipients r "
             "JOIN messages m ON m.id = r.message_id WHERE r.connector = ? "
@@ -66,20 +83,34 @@ class QueueReader:
         return int(row[0]) + int(active[0]), (min(oldest) if oldest else None)
 
     def counts(self) -> QueueCounts:
+        """Open recipients per (connector, state), and per connector the arrival time of
+        its oldest open message: the one with the lowest queue id (ids sort by arrival
+        time, model.new_queue_id). Counted on the recipients_state index, one range per
+        open state (O(open recipients), no table row read); the oldest is one seek per
+        (connector, state) found and one message row."""
         by_state: dict[tuple[str, str], int] = {}
-        for connector, state, count in self._conn.execute(
-            "SELECT connector, state, COUNT(*) FROM recipients "
-            f"WHERE state {states.OPEN} GROUP BY connector, state"
+        for state, connector, count in self._conn.execute(
+            "SELECT state, connector, COUNT(*) FROM recipients "
+            f"WHERE state {states.OPEN_LISTED} GROUP BY state, connector"
         ).fetchall():
-            by_state[(connector, state)] = count
+            by_state[(str(connector), str(state))] = int(count)
+        first: dict[str, str] = {}
+        for connector, state in by_state:
+            row = self._conn.execute(
+                "SELECT MIN(message_id) FROM recipients WHERE state = ? AND connector = ?",
+                (state, connector),
+            ).fetchone()
+            if row is not None and row[0] is not None:
+                lowest = str(row[0])
+                first[connector] = min(first.get(connector, lowest), lowest)
         oldest: dict[str, float] = {}
-        for connector, received in self._conn.execute(
-            "SELECT r.connector, MIN(m.received_at) FROM recipients r "
-            "JOIN messages m ON m.id = r.message_id "
-            f"WHERE r.state {states.OPEN} GROUP BY r.connector"
-        ).fetchall():
-            oldest[connector] = float(received)
-        return QueueCounts(by_state, oldest)
+        for connector, queue_id in first.items():
+            row = self._conn.execute(
+                "SELECT received_at FROM messages WHERE id = ?", (queue_id,)
+            ).fetchone()
+            if row is not None:
+                oldest[connector] = float(row[0])
+        return QueueCounts(dict(sorted(by_state.items())), oldest)
 
     # --- a message's life (track, queue show) ----------------------------------------------------
     def message_id(self, key: str) -> str | None:

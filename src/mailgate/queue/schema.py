@@ -76,6 +76,16 @@ NODES = """CREATE TABLE IF NOT EXISTS nodes (
 
 DELAY_WARNED = "delay_warned INTEGER NOT NULL DEFAULT 0"
 
+# Schema 4: recipients by state, then connector, then message. It makes what a big queue
+# asks every second or two cheap: the counts of `ctl status`, the dashboard and the
+# metrics (a covering range per open state, never the finished rows kept for tracking),
+# the oldest open message of a connector (a seek for the lowest queue id), whether a
+# connector has work in flight, and the leases (the lease queries' ORDER BY r.id made
+# SQLite scan the whole table in rowid order rather than use recipients_lease).
+RECIPIENTS_STATE = (
+    "CREATE INDEX IF NOT EXISTS recipients_state ON recipients (state, connector, message_id)"
+)
+
 INDEXES = (
     # A pickup file's identity: after a crash, a file already queued is recognised.
     "CREATE INDEX IF NOT EXISTS messages_origin ON messages (origin) WHERE origin IS NOT NULL",

@@ -27,6 +27,13 @@ from mailgate.queue.backend import SQLITE
 from mailgate.queue.migrations import SchemaStatus, Step
 
 
+def store_error(what: str, exc: sqlite3.Error) -> StoreError:
+    """The StoreError for a sqlite3 error (full=True for SQLITE_FULL / ENOSPC)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return StoreError(f"{what}: {exc}", full=full)
+
+
 @contextlib.contextmanager
 def translate_errors(what: str) -> Iterator[None]:
     """Map sqlite3 errors to StoreError (full=True for SQLITE_FULL / ENOSPC)."""
@@ -34,13 +41,6 @@ def translate_errors(what: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise store_error(what, exc) from exc
-
-
-def store_error(what: str, exc: sqlite3.Error) -> StoreError:
-    """The StoreError for a sqlite3 error (full=True for SQLITE_FULL / ENOSPC)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    full = code == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
-    return StoreError(f"{what}: {exc}", full=full)
 
 
 class SqliteConnection:
@@ -95,7 +95,9 @@ class SqliteConnection:
             self._conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor | _ReadCursor:
-        try:  # not translate_errors: a context manager costs more than the INSERT here
+        # try/except, not translate_errors: a generator context manager per statement was a
+        # third of the commit thread's own time (17 statements per delivered message).
+        try:
             cursor = self._conn.execute(sql, params)
         except sqlite3.Error as exc:
             raise store_error("query", exc) from exc

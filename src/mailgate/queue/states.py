@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mailgate.model import FINAL_STATES, WAITING_STATES, RecipientState
+from mailgate.model import FINAL_STATES, OPEN_STATES, WAITING_STATES, RecipientState
 
 
 def sql_in(states: Iterable[RecipientState]) -> str:
@@ -27,3 +27,7 @@ WAITING = sql_in(WAITING_STATES)
 """`IN ('queued', 'deferred')`: waiting for an attempt; the predicate of recipients_due."""
 OPEN = sql_not_in(FINAL_STATES)
 """`NOT IN ('delivered', 'bounced')`: not final (queued, active, deferred, held, quarantined)."""
+OPEN_LISTED = sql_in(OPEN_STATES)
+"""`IN ('queued', 'active', 'deferred', 'held', 'quarantined')`: OPEN spelled as the open
+states themselves, so that the recipients_state index is read in one range per open state
+and the finished rows (kept for tracking) are never stepped over."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mailgate.model import Claim, NewMessage, Outcome
 from mailgate.queue import admin, expiry, leases, ops, reroute
@@ -25,6 +25,9 @@ from mailgate.queue.effects import Aftermath, Effects
 from mailgate.queue.reader import QueueReader
 from mailgate.queue.retry import RetryPolicy
 from mailgate.queue.revoke import Revoked
+
+if TYPE_CHECKING:
+    from mailgate.queue.inline import InlineWriter
 
 T = TypeVar("T")
 STORE_WAIT = 120.0
@@ -62,6 +65,8 @@ class QueueStore:
         self.on_done = on_done
         self.delay_warner: ops.OnDone | None = None
         self.effects = effects or Effects()
+        # Set at wiring time where the store can commit in the caller's thread (inline.py).
+        self.inline: InlineWriter | None = None
 
     def use_reports(self, builder: ReportBuilder) -> None:
         """Queue the reports `builder` (dsn.generate.BounceGenerator) builds: the bounces
@@ -84,6 +89,19 @@ class QueueStore:
         return self._submit(
             "enqueue", lambda c: ops.insert_message(c, message, on_done), after.enqueued(message)
         )
+
+    def enqueue_now(self, message: NewMessage) -> Future[Any] | None:
+        """`enqueue` committed in the calling thread, done when this returns, if the writer
+        lock is free this instant (inline.py); None (nothing done) if not, or if this store
+        cannot: then `enqueue` it. The same effects follow the commit."""
+        inline = self.inline
+        if inline is None:
+            return None
+        on_done = self.on_done
+        future = inline.try_submit("enqueue", lambda c: ops.insert_message(c, message, on_done))
+        if future is None:
+            return None
+        return self.effects.follow("enqueue", future, after.enqueued(message))
 
     def claim(self, connector: str, owner: str, limit: int) -> Future[list[Claim]]:
         now, lease = self._clock(), self.lease

@@ -52,6 +52,24 @@ class ReplyBuffer(asyncio.Transport):
         if not self.inner.is_closing():
             self.inner.write(data)
 
+    def write_now(self, data: bytes) -> None:
+        """Send `data` at once, after anything held: for replies already gathered into one
+        write (the session's fast path), which need no turn of the loop to be joined."""
+        if self._held:
+            self._held += data
+            self.flush()
+        elif not self.inner.is_closing():
+            self.inner.write(data)
+
+    def write_after_turn(self, data: bytes) -> None:
+        """Hold `data` until the loop has run what is ready now and one turn more: the fast
+        path's replies to the first of some pipelined commands, whose rest aiosmtpd's task
+        answers in its next step, all leaving in one write."""
+        self._held += data
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._loop.call_soon, self._flush_soon)
+
     def _flush_soon(self) -> None:
         self._scheduled = False
         self.flush()

@@ -18,8 +18,11 @@ import socket
 import ssl
 import time
 
+import uvloop
+
 from mailgate.observe import metrics
 from mailgate.receive.accept import Acceptor
+from mailgate.receive.chunking import read_chunks_before_starttls
 from mailgate.receive.session import MailgateSMTP, skip_disabled_command_logs
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.supervise import faults
@@ -29,6 +32,13 @@ from mailgate.supervise.handle import ThreadHandle
 # (1 s), so a turning loop is never taken for a wedged one.
 HEARTBEAT = 0.2
 SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down, try again later\r\n"
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of `kind` ([smtp] event_loop): uvloop's or asyncio's own."""
+    if kind == "uvloop":
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 class SmtpListener:
@@ -43,6 +53,7 @@ class SmtpListener:
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         skip_disabled_command_logs()
+        read_chunks_before_starttls()
         self.tls_sock = tls_sock  # the implicit-TLS listener (port 465 style), if any
         self.tls_context = tls_context
         self.handler = handler
@@ -64,7 +75,7 @@ class SmtpListener:
                 loop.call_soon_threadsafe(stop.set)
 
     def __call__(self, handle: ThreadHandle) -> None:
-        loop = asyncio.new_event_loop()
+        loop = new_loop(self.handler.settings.event_loop)
         self._loop = loop
         try:
             loop.run_until_complete(self._serve(handle))

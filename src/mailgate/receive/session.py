@@ -9,6 +9,9 @@
 - A session on the implicit-TLS listener counts as encrypted from the first byte.
 - Replies go out through a ReplyBuffer: every reply, and every group of replies to
   pipelined commands that are ready together, leaves in one write.
+- MAIL, RCPT, DATA, RSET and NOOP in the states nearly every message meets are answered
+  inside `data_received` by the fast path (session_fast.py), the same replies without
+  aiosmtpd's per-line task turns; everything else is aiosmtpd's, as before.
 """
 
 from __future__ import annotations
@@ -18,16 +21,22 @@ import collections
 import functools
 import logging
 import re
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from aiosmtpd import smtp as aiosmtpd_smtp
-from aiosmtpd.smtp import SMTP, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailgate.config.schema import SmtpSettings
+from mailgate.model import NewMessage
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
+from mailgate.queue.store import QueueStore
+from mailgate.receive.chunking import Chunking
 from mailgate.receive.replies import with_enhanced_code
 from mailgate.receive.reply_buffer import ReplyBuffer
+from mailgate.receive.session_fast import FastPath
 
 
 def skip_disabled_command_logs() -> None:
@@ -51,10 +60,27 @@ def skip_disabled_command_logs() -> None:
 
 class SessionOwner(Protocol):
     """What a session needs of its handler (receive/smtp.py's ReceiveHandler) beyond
-    aiosmtpd's hooks: the limits, admission and the events."""
+    aiosmtpd's hooks: the limits, admission and the events; and for the fast path
+    (session_fast.py) the verdicts of MAIL, RCPT and DATA and the queue."""
 
     settings: SmtpSettings
     events: EventLog
+    store: QueueStore
+    committing: int  # sessions waiting for a commit (the listener's stop waits for them)
+
+    def mail(self, envelope: Envelope, address: str, options: list[str]) -> str: ...
+
+    def rcpt(
+        self, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str: ...
+
+    def message(self, server: SMTP, session: Session, envelope: Envelope) -> NewMessage | str: ...
+
+    def durable(self, message: NewMessage, error: BaseException | None) -> str: ...
+
+    def commit_now(self, message: NewMessage) -> Future[Any] | None: ...
+
+    def internal_error(self, error: Exception) -> str: ...
 
     def admit(self, ip: str) -> str | None: ...
 
@@ -134,7 +160,11 @@ def client_name(session: Session) -> str:
     return f"{session.host_name or 'unknown'} [{client_ip(session)}]"
 
 
-class MailgateSMTP(SMTP):
+def _uvloop_stream(transport: object) -> bool:
+    return type(transport).__module__ == "uvloop.loop" and hasattr(transport, "write")
+
+
+class MailgateSMTP(Chunking, SMTP):
     def __init__(self, handler: SessionOwner, *, implicit_tls: bool = False, **kwargs: Any) -> None:
         # aiosmtpd keeps command size limits in a class-level dict that every
         # session mutates; give each session its own.
@@ -149,7 +179,13 @@ class MailgateSMTP(SMTP):
         self._commands = 0
         self._closing = False
         self._idle_until = 0.0
+        self.command_running = False  # one of aiosmtpd's command coroutines is running
+        self._replies = bytearray()  # the fast path's replies, sent at the end of its turn
+        self.fast = FastPath(self)
         super().__init__(handler, **kwargs)
+        self._smtp_methods = {
+            name: self._tracked(method) for name, method in self._smtp_methods.items()
+        }
         # Only aiosmtpd's own PLAIN and LOGIN are mechanisms: it would also take any handler
         # attribute named auth_* for one, advertise it, and fail when a client chose it.
         self._auth_methods = {
@@ -171,8 +207,10 @@ class MailgateSMTP(SMTP):
                 transport.close()
                 return
             self._admitted_ip = ip
-        if isinstance(transport, asyncio.Transport):
-            transport = ReplyBuffer(transport, self.loop)
+        # A stream transport (asyncio's, TLS's, or uvloop's, which is no asyncio.Transport
+        # subclass) gets its replies joined; anything else (a test's pipe) is used as it is.
+        if isinstance(transport, asyncio.Transport) or _uvloop_stream(transport):
+            transport = ReplyBuffer(transport, self.loop)  # type: ignore[arg-type]
         super().connection_made(transport)
         if first and self.implicit_tls and transport.get_extra_info("ssl_object") is not None:
             self.tls_active = True
@@ -184,10 +222,49 @@ class MailgateSMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self._refused:
             return  # never admitted: aiosmtpd knows nothing of this connection
+        self.fast.connection_lost()
         if self._admitted_ip is not None:
             self.receive_handler.release(self._admitted_ip)
             self._admitted_ip = None
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        """The client is done sending: aiosmtpd cancels the session's task, whose handler
+        closes the connection; but a task cancelled before its first step (the client gone
+        before its greeting, as uvloop orders it) never closes it, and its session slot
+        would stay taken until the idle timeout. So what was answered goes out and the
+        transport closes itself (False), as soon as the client is gone."""
+        if self._refused:
+            return False
+        super().eof_received()
+        self._flush()
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        rest = self.fast.feed(data)
+        if not rest:
+            self.send_replies()
+            return
+        self.send_replies(with_next_step=True)  # joined by the replies to the rest
+        super().data_received(rest)
+
+    def _tracked(
+        self, method: Callable[[str], Awaitable[None]]
+    ) -> Callable[[str], Awaitable[None]]:
+        """aiosmtpd's command coroutine, marking the session busy while it runs: AUTH's and
+        DATA's own reads look to the reader like the wait for a command, but are not."""
+
+        async def run(arg: str) -> None:
+            self.command_running = True
+            try:
+                await method(arg)
+            finally:
+                self.command_running = False
+
+        functools.update_wrapper(run, method)  # HELP reads the syntax attributes
+        return run
 
     # --- the idle timeout ------------------------------------------------------------------------
     def _reset_timeout(self, duration: float | None = None) -> None:
@@ -215,9 +292,7 @@ class MailgateSMTP(SMTP):
             await super().push(status)
             return
         if not self._plain_replies:
-            status = with_enhanced_code(status)
-            if status.startswith(("552", "500 5.5.2 Line too long")):
-                self.receive_handler.refused_by_protocol(self, status)
+            status = self._accounted(status)
         await super().push(status)
         if status.startswith("220"):
             # The greeting has nothing to join; STARTTLS's 220 must reach the socket before
@@ -225,6 +300,37 @@ class MailgateSMTP(SMTP):
             self._flush()
         if status[3:4] != "-":  # the last line of a reply: one command answered
             self._count(status)
+
+    def _accounted(self, status: str) -> str:
+        status = with_enhanced_code(status)
+        if status.startswith(("552", "500 5.5.2 Line too long")):
+            self.receive_handler.refused_by_protocol(self, status)
+        return status
+
+    def reply_now(self, status: str) -> None:
+        """`push` for the fast path: the same reply, written without awaiting a drain (the
+        fast path hands over to aiosmtpd when the client stops reading)."""
+        status = self._accounted(status)
+        self._replies += status.encode()
+        self._replies += b"\r\n"
+        self._count(status)
+
+    def send_replies(self, *, with_next_step: bool = False) -> None:
+        """Write the fast path's gathered replies, in one write, before anything later;
+        `with_next_step`: together with what aiosmtpd's task answers in its next step."""
+        replies = self._replies
+        if not replies:
+            return
+        data = bytes(replies)
+        replies.clear()
+        transport = self.transport
+        if isinstance(transport, ReplyBuffer):
+            if with_next_step:
+                transport.write_after_turn(data)
+            else:
+                transport.write_now(data)
+        elif transport is not None and not transport.is_closing():
+            transport.write(data)  # type: ignore[attr-defined]
 
     def _flush(self) -> None:
         transport = self._writer.transport
@@ -241,6 +347,7 @@ class MailgateSMTP(SMTP):
         ):
             return
         self._closing = True
+        self.send_replies()  # the replies earned so far go before the 421
         why = "errors" if self._errors >= limits.max_errors else "commands"
         session = self.session
         self.receive_handler.events.emit(
@@ -258,11 +365,19 @@ class MailgateSMTP(SMTP):
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parsing, with a fast path for the plain `<local@domain>` that
         nearly every client sends (the general parser costs ~15% of a session's CPU)."""
-        match = _PLAIN_PATH.match(arg)
-        if match is not None and not self.local_part_limit:
-            return match.group(1) or "<>", match.group(2)  # aiosmtpd spells null as "<>"
+        plain, after = self.plain_path(arg)
+        if plain is not None:
+            return plain, after
         address, rest = super()._getaddr(arg)
         return address, rest
+
+    def plain_path(self, arg: str) -> tuple[str | None, str]:
+        """A plain `<local@domain>` or `<>` and what follows it; (None, "") for anything the
+        general parser must see."""
+        match = _PLAIN_PATH.match(arg)
+        if match is None or self.local_part_limit:
+            return None, ""
+        return match.group(1) or "<>", match.group(2)  # aiosmtpd spells null as "<>"
 
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA, reading the body in chunks instead of one await per line.
@@ -275,6 +390,8 @@ class MailgateSMTP(SMTP):
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
+        if await self.refuse_data_after_bdat():
+            return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
@@ -283,34 +400,42 @@ class MailgateSMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        body = self.new_body()
         try:
-            stuffed, too_much = await self._read_data()
+            await self._read_data(body)
         except asyncio.CancelledError:
             self._writer.close()
             raise
-        if too_much:
-            await self.push("552 Error: Too much mail data")
+        refusal = self.finish_body(body)
+        if refusal is not None:
+            await self.push(refusal)  # before the reset: its event names the sender
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
-        content = bytes(stuffed[1:] if stuffed.startswith(b".") else stuffed)
-        content = content.replace(b"\r\n.", b"\r\n")
-        longest = self.receive_handler.settings.max_line_length
-        if _too_long(content, longest + 2):  # the limit is without the CRLF
-            await self.push(
-                f"500 5.5.2 Line too long: a message line is longer than {longest} octets"
-            )
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        self.envelope.content = content
-        self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push(status)
 
-    async def _read_data(self) -> tuple[bytearray, bool]:
-        """The dot-stuffed body up to (not including) the final ".CRLF"; and whether it was
-        over the size limit (then nothing is kept)."""
-        body = EndOfData(self.data_size_limit or 0)
+    def new_body(self) -> EndOfData:
+        return EndOfData(self.data_size_limit or 0)
+
+    def finish_body(self, body: EndOfData) -> str | None:
+        """A body that ended: the reply refusing it (552 too big, 500 a line too long), or
+        None with the unstuffed content set on the envelope for the handler."""
+        if body.too_much:
+            return "552 Error: Too much mail data"
+        stuffed = body.data
+        content = bytes(stuffed[1:] if stuffed.startswith(b".") else stuffed)
+        content = content.replace(b"\r\n.", b"\r\n")
+        longest = self.receive_handler.settings.max_line_length
+        if _too_long(content, longest + 2):  # the limit is without the CRLF
+            return f"500 5.5.2 Line too long: a message line is longer than {longest} octets"
+        assert self.envelope is not None
+        self.envelope.content = content
+        self.envelope.original_content = content
+        return None
+
+    async def _read_data(self, body: EndOfData) -> None:
+        """Read the dot-stuffed body into `body` up to its final ".CRLF"."""
         while True:
             chunk = await self._reader.read(1 << 16)
             if not chunk:
@@ -319,7 +444,7 @@ class MailgateSMTP(SMTP):
             if leftover is not None:
                 if leftover:  # commands pipelined after the end of data: give them back
                     self._reader._buffer[0:0] = leftover  # type: ignore[attr-defined]
-                return body.data, body.too_much
+                return
 
     async def smtp_STARTTLS(self, arg: str) -> None:
         """aiosmtpd's STARTTLS, with TLS layered on the socket's own transport: asyncio's TLS

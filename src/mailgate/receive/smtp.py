@@ -184,11 +184,15 @@ class ReceiveHandler:
         last = responses.pop()  # "250 HELP"
         # aiosmtpd lists "250-AUTH" even with no mechanism: show it only when usable.
         responses = [r for r in responses if r.strip() != "250-AUTH"]
-        return [*responses, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+        return [*responses, "250-PIPELINING", "250-CHUNKING", "250-ENHANCEDSTATUSCODES", last]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        return self.mail(envelope, address, options)
+
+    def mail(self, envelope: Envelope, address: str, options: list[str]) -> str:
+        """MAIL's verdict (handle_MAIL and the session's fast path, session_fast.py)."""
         if address != "<>":
             problem = address_problem(address, sender=True)
             if problem:
@@ -202,6 +206,10 @@ class ReceiveHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        return self.rcpt(session, envelope, address, options)
+
+    def rcpt(self, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        """RCPT's verdict (handle_RCPT and the session's fast path)."""
         if len(envelope.rcpt_tos) >= self.settings.max_recipients:
             return "452 4.5.3 Error: too many recipients"
         problem = address_problem(address, sender=False)
@@ -236,6 +244,34 @@ class ReceiveHandler:
         return verdict.reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        prepared = self.message(server, session, envelope)
+        if isinstance(prepared, str):
+            return prepared
+        done = self.commit_now(prepared)
+        if done is not None:
+            return self.durable(prepared, done.exception())
+        self.committing += 1
+        error: StoreError | TimeoutError | None = None
+        try:
+            await _within(self.store.enqueue(prepared), self.settings.commit_timeout)
+        except (StoreError, TimeoutError) as exc:
+            error = exc
+        finally:
+            self.committing -= 1
+        return self.durable(prepared, error)
+
+    def commit_now(self, message: NewMessage) -> Future[Any] | None:
+        """The message committed in this thread, if this process has at most
+        [smtp] inline_commit_sessions sessions open and the writer lock is free now
+        (queue/inline.py): its future, done; None: queue it for the group commit."""
+        done = None
+        if self.limits.total <= self.settings.inline_commit_sessions:
+            done = self.store.enqueue_now(message)
+        self.counters.add(metrics.SMTP_COMMITS, path="group" if done is None else "inline")
+        return done
+
+    def message(self, server: SMTP, session: Session, envelope: Envelope) -> NewMessage | str:
+        """The message to queue for a DATA (or BDAT) that ended, or the reply refusing it."""
         data: bytes = envelope.original_content or b""
         sender = "" if envelope.mail_from == "<>" else str(envelope.mail_from)
         client = client_name(session)
@@ -266,7 +302,7 @@ class ReceiveHandler:
             recipient=envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None,
             when=now,
         )
-        message = NewMessage(
+        return NewMessage(
             queue_id=queue_id,
             sender=sender,
             recipients=tuple(NewRecipient(a, routes[a]) for a in envelope.rcpt_tos),
@@ -276,50 +312,49 @@ class ReceiveHandler:
             header_message_id=header_message_id(data),
             smtputf8=bool(envelope.smtp_utf8),
         )
-        reply = await self._make_durable(message)
-        if reply is not None:
-            return reply  # the commit woke the connectors the message is for (queue/effects.py)
-        self.counters.add(metrics.MESSAGES_RECEIVED, source="smtp")
-        self.counters.add(metrics.BYTES_RECEIVED, len(message.body), source="smtp")
-        self.events.emit(
-            catalog.MESSAGE_RECEIVED,
-            queue_id=queue_id,
-            client=client,
-            sender=sender,
-            recipients=len(message.recipients),
-            size=len(message.body),
-            message_id=message.header_message_id or "-",
-        )
-        return f"250 2.0.0 Ok: queued as {queue_id}"
 
-    async def _make_durable(self, message: NewMessage) -> str | None:
-        """Wait for the queue to commit `message`; a 4xx reply if it could not."""
-        self.committing += 1
-        try:
-            await _within(self.store.enqueue(message), self.settings.commit_timeout)
-        except StoreError as exc:
+    def durable(self, message: NewMessage, error: BaseException | None) -> str:
+        """The reply once `message`'s commit ended: 250 when it is on disk (`error` None),
+        else 452 (storage full), or 451 (any other store failure, or the commit timed out),
+        with event 3020. The commit itself woke the connectors (queue/effects.py)."""
+        if error is None:
+            self.counters.add(metrics.MESSAGES_RECEIVED, source="smtp")
+            self.counters.add(metrics.BYTES_RECEIVED, len(message.body), source="smtp")
+            self.events.emit(
+                catalog.MESSAGE_RECEIVED,
+                queue_id=message.queue_id,
+                client=message.client,
+                sender=message.sender,
+                recipients=len(message.recipients),
+                size=len(message.body),
+                message_id=message.header_message_id or "-",
+            )
+            return f"250 2.0.0 Ok: queued as {message.queue_id}"
+        if isinstance(error, StoreError):
             reply = (
                 "452 4.3.1 Insufficient system storage, try again later"
-                if exc.full
+                if error.full
                 else "451 4.3.0 Temporary queue failure, try again later"
             )
-            error = str(exc)
-        except TimeoutError:
-            reply, error = "451 4.3.0 Queue is not answering, try again later", "commit timed out"
+            why = str(error)
+        elif isinstance(error, TimeoutError):
+            reply, why = "451 4.3.0 Queue is not answering, try again later", "commit timed out"
         else:
-            return None
-        finally:
-            self.committing -= 1
+            reply, why = "451 4.3.0 Temporary queue failure, try again later", repr(error)
         self.events.emit(
             catalog.STORE_FAILED_RECEIVE,
             client=message.client,
             sender=message.sender,
-            error=error,
+            error=why,
             reply=reply,
         )
         return reply
 
     async def handle_exception(self, error: Exception) -> str:
+        return self.internal_error(error)
+
+    def internal_error(self, error: Exception) -> str:
+        """An unexpected exception of a command: event 3004, and 451 to the client."""
         self.events.emit(
             catalog.SESSION_ERROR,
             client="?",

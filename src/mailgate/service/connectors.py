@@ -109,19 +109,20 @@ def build(
             dns=DnsSettings(tuple(dns.nameservers), dns.port, dns.timeout, dns.ipv6),
             port=table.port_number, starttls=table.starttls_mode,
             verify=table.verify_certificate, ca_file=table.ca_file, timeout=table.timeout,
-            limits=limits, max_addresses=table.max_addresses,
+            limits=limits, max_addresses=table.max_addresses, chunking=table.chunking,
         )  # fmt: skip
     if table.kind == "lmtp":
         target = LmtpTarget(
             host=table.socket or table.host, lhlo=helo, port=table.port_number,
             starttls=table.starttls_mode, verify=table.verify_certificate,
             ca_file=table.ca_file, timeout=table.timeout, down_for=table.down_for,
+            chunking=table.chunking,
         )  # fmt: skip
         return LmtpConnector(target, events, name=table.name, limits=limits)
     smarthost = SmarthostTarget(
         host=table.host, port=table.port_number, helo=helo, starttls=table.starttls_mode,
         verify=table.verify_certificate, ca_file=table.ca_file, username=table.username,
         password_file=table.password_file, password=table.password, timeout=table.timeout,
-        down_for=table.down_for,
+        down_for=table.down_for, chunking=table.chunking,
     )  # fmt: skip
     return SmarthostConnector(smarthost, events, limits=limits, name=table.name)

@@ -1,7 +1,8 @@
 """The host of a process: runs its parts from start to exit, the same for every mode.
 
 The lock holder (the single-process service, or the master) takes the data
-directory lock, checks the store (a damaged page stops the start, Q159305) and gives
+directory lock, checks the store (a damaged page stops the start, Q159305; a file as
+the last clean stop left it is not read again, queue/cleanstop.py) and gives
 back the leases left by its predecessors before any part is prepared; a worker
 process does none of that. Then every part is prepared (errors reach the caller;
 `run` turns each into its event and exit status 1) and started. The serve loop on
@@ -27,9 +28,10 @@ from mailgate.errors import AlreadyRunning, ConfigError, PortInUse, StoreError, 
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config
+from mailgate.queue import cleanstop
 from mailgate.queue.lock import DataDirLock
 from mailgate.queue.nodes import NodeNameInUse
-from mailgate.queue.open import open_backend
+from mailgate.queue.open import StoreBackend, open_backend
 from mailgate.security.passwords import CredentialsError
 from mailgate.service import wiring
 from mailgate.service.connectors import node_connectors
@@ -78,6 +80,7 @@ class Host:
         self.reloads = ReloadState()
         self.started_at = time.time()
         self.membership: Membership | None = None  # this node's entry in the queue (owner)
+        self._backend: StoreBackend | None = None  # the store the lock holder opened
 
     def part(self, kind: type[P]) -> P:
         found = self.find(kind)
@@ -119,13 +122,23 @@ class Host:
         node_connectors(config)  # an unknown [service] connectors name stops it here
         config.postoffice_root.mkdir(parents=True, exist_ok=True)
         backend = open_backend(config.queue, config.data_dir)
-        # A damaged page stops the start, before any part or worker runs on it (Q159305).
-        backend.initialize(check=config.queue.check_at_start)
+        self._backend = backend
+        # A damaged page stops the start, before any part or worker runs on it (Q159305);
+        # a file exactly as the last clean stop left it needs no reading of every page
+        # (queue/cleanstop.py: a million queued messages would add seconds to a restart).
+        as_left = lock.previous_pid is None and cleanstop.unchanged(backend)
+        self._clean_stop_failed("remove", cleanstop.forget(backend))
+        backend.initialize(check=config.queue.check_at_start and not as_left)
         # Joined before any lease is given back: a second node under a live one's name is
         # refused before it could release that node's work.
         self.membership = Membership(config, backend, self.events)
         self.membership.join()
         release_leases_at_start(backend, self.events, config, lock)
+
+    def _clean_stop_failed(self, what: str, error: str | None) -> None:
+        if error is not None and self._backend is not None:
+            path = cleanstop.record_path(self._backend)
+            self.events.emit(catalog.CLEAN_STOP_NOT_RECORDED, what=what, path=path, error=error)
 
     # --- running -----------------------------------------------------------------------------
     @property
@@ -247,6 +260,8 @@ class Host:
         for part in reversed(self.parts):
             part.close()
         if self.lock is not None:
+            if not left and self._backend is not None:  # every thread and worker is done
+                self._clean_stop_failed("write", cleanstop.record(self._backend))
             self.lock.release()
         return left
 

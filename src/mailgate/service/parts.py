@@ -24,8 +24,10 @@ from mailgate.observe.events import EventLog
 from mailgate.queue.commit import Committer
 from mailgate.queue.commit_sync import CommitSyncer, DeferredSync
 from mailgate.queue.effects import Effects
+from mailgate.queue.inline import InlineWriter
 from mailgate.queue.open import open_backend
 from mailgate.queue.reader import QueueReader
+from mailgate.queue.sqlite import SqliteBackend
 from mailgate.queue.store import QueueStore
 from mailgate.queue.wakeup import Wakeup
 from mailgate.receive.listeners import Listeners, open_listeners
@@ -80,6 +82,9 @@ class QueuePart(Part):
             self.syncer = CommitSyncer(self.backend, events)
         self.committer = Committer(self.backend, events, max_batch=batch, syncer=self.syncer)
         self.store = wiring.queue_store(config, self.committer, self.backend)
+        if durable and isinstance(self.backend, SqliteBackend):
+            # A receive process with one session commits its message itself (inline.py).
+            self.store.inline = InlineWriter(self.backend, events)
         self.pickup_committer: Committer | None = None
         self.pickup_store = self.store
         if not durable:
