@@ -30,20 +30,21 @@ def test_one_session_commits_inline_and_more_through_the_group(tmp_path: Path) -
         with smtplib.SMTP("127.0.0.1", mg.port, timeout=10) as one:
             for _ in range(3):
                 one.sendmail("s@example.org", [ALICE], BODY)
-        wait_for(
-            lambda: commits(admin, "inline") == 3,
-            10,
-            what=f"three inline commits, {commits(admin, 'inline')} {commits(admin, 'group')}",
-        )
-        assert commits(admin, "group") == 0
+        # Inline when the writer lock is free that instant; the interchange process or the
+        # master's heartbeat may hold it just then, and that message takes the group commit.
+        wait_for(lambda: commits(admin, "inline") + commits(admin, "group") == 3, 10,
+                 what="three commits counted")  # fmt: skip
+        inline = commits(admin, "inline")
+        assert inline >= 1, "a lone session commits in its own thread"
         with (
             smtplib.SMTP("127.0.0.1", mg.port, timeout=10) as first,
             smtplib.SMTP("127.0.0.1", mg.port, timeout=10) as second,
         ):
             first.sendmail("s@example.org", [ALICE], BODY)  # two sessions open: the group
             second.sendmail("s@example.org", [ALICE], BODY)
-        wait_for(lambda: commits(admin, "group") == 2, 10, what="two group commits")
-        assert commits(admin, "inline") == 3
+        wait_for(lambda: commits(admin, "inline") + commits(admin, "group") == 5, 10,
+                 what="five commits counted")  # fmt: skip
+        assert commits(admin, "inline") == inline, "never inline with two sessions open"
         paths = wait_for(
             lambda: len(p := mg.delivered("NET1", "PO1", "ALICE")) == 5 and p, 10,
             what="five deliveries",

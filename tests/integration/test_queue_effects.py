@@ -221,3 +221,46 @@ def test_an_effect_that_raises_costs_an_event_not_the_write(
     assert failed["fields"]["operation"] == "enqueue" and "a bug" in failed["fields"]["error"]
     store.enqueue(second).result(10)  # the commit thread goes on
     assert store.claim("postoffice", OWNER, 10).result(10)[0].queue_id == first.queue_id
+
+
+def test_a_batch_wakes_each_connector_once_when_every_caller_of_it_was_told(
+    backend: SqliteBackend, committer: Committer, log: EventLog
+) -> None:
+    """Effects run after the whole batch is settled (commit_sync.after_settled), so no
+    caller's reply waits behind another's wake-up datagram, and a batch wakes each of its
+    connectors once. Regression (issue 14): each future's effects ran inside its set_result,
+    before the callers after it were told, and each message sent its own datagram."""
+    futures: list[Any] = []
+
+    class Noting(Wakeup):
+        def __init__(self) -> None:
+            super().__init__()
+            self.told: list[list[bool]] = []
+
+        def notify(self, *connectors: str) -> None:
+            self.told.append([f.done() for f in futures[:4]])
+            super().notify(*connectors)
+
+    wakeup = Noting()
+    store = store_of(backend, committer, wakeup, log)
+    running, release = threading.Event(), threading.Event()
+
+    def held(conn: Any) -> None:
+        running.set()
+        release.wait(10)
+
+    first = committer.submit("held", held)
+    assert running.wait(10)
+    futures.extend(store.enqueue(message((ALICE, "postoffice"))) for _ in range(3))
+    futures.append(store.enqueue(message(("far@elsewhere.org", "smarthost"))))
+    release.set()  # the four are one batch behind the held write
+    first.result(10)
+    for future in futures:
+        future.result(10)
+    soon(lambda: wakeup.told, "the batch's wake-up")
+    assert wakeup.told == [[True] * 4]
+    assert wakeup.generation("postoffice") == 1 and wakeup.generation("smarthost") == 1
+    # Alone in its batch, a write wakes its connector as before.
+    store.enqueue(message((ALICE, "postoffice"))).result(10)
+    soon(lambda: len(wakeup.told) == 2, "the next wake-up")
+    assert wakeup.generation("postoffice") == 2

@@ -32,8 +32,9 @@ def small_filesystem(path: Path, size: str) -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Fill the filesystem holding `directory`; returns the filler file to unlink later."""
     filler = directory / "filler"
-    with open(filler, "wb") as f, contextlib.suppress(OSError):
+    # Unbuffered: a write refused for want of space leaves nothing for close() to flush
+    # (buffered, the last block came back from close() as ENOSPC, past the suppress).
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
         while True:
             f.write(b"\0" * 65536)
-            f.flush()
     return filler

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.receive.session import EndOfData, _too_long
+from mailgate.receive.body import EndOfData, too_long
 
 
 def feed_all(stream: bytes, cuts: list[int], limit: int = 0) -> tuple[EndOfData, bytes | None]:
@@ -68,4 +68,4 @@ def test_empty_body_and_limit() -> None:
 )
 def test_the_long_line_check_agrees_with_splitting_every_line(data: bytes, limit: int) -> None:
     expected = any(len(line) + 1 > limit for line in data.split(b"\n"))
-    assert _too_long(bytearray(data), limit) is expected
+    assert too_long(bytearray(data), limit) is expected

@@ -9,7 +9,7 @@ sent unless a recipient was accepted. Replies map to recipients exactly as for D
 MAIL reply if MAIL was refused, the RCPT reply where one was, else the reply to the first
 refused chunk, or to the last one, which LMTP gives once per accepted recipient in order
 (RFC 2033), and only when every chunk before it was taken. A refused transaction ends
-with RSET. How it fails: `client.ConnectionLost` when the server goes away, with
+with RSET. How it fails: `wire.ConnectionLost` when the server goes away, with
 `after_data` once the last chunk was written (the server may have the whole message) and
 the replies already read; socket and smtplib errors otherwise. Security: the commands are
 the ones connectors.client checked; the body is counted, never parsed, so nothing in it
@@ -21,7 +21,7 @@ from __future__ import annotations
 import smtplib
 from collections.abc import Callable, Sequence
 
-from mailgate.connectors import client
+from mailgate.connectors import wire
 
 CHUNK = 1 << 20  # octets per BDAT: big enough to be one chunk for nearly all mail
 
@@ -48,7 +48,7 @@ def send(
     lmtp: bool,
     before_body: Callable[[], None],
     size: int = CHUNK,
-) -> list[client.Reply]:
+) -> list[wire.Reply]:
     """One transaction with BDAT; one reply per recipient, in order (see the module doc)."""
     transaction = _Transaction(conn, len(rcpts), lmtp=lmtp)
     try:
@@ -69,10 +69,10 @@ class _Transaction:
         self.conn = conn
         self.recipients = recipients
         self.lmtp = lmtp
-        self.mail: client.Reply | None = None
-        self.rcpts: list[client.Reply] = []
-        self.refused: client.Reply | None = None  # the first chunk refused, if one was
-        self.final: list[client.Reply] = []  # the replies to the LAST chunk
+        self.mail: wire.Reply | None = None
+        self.rcpts: list[wire.Reply] = []
+        self.refused: wire.Reply | None = None  # the first chunk refused, if one was
+        self.final: list[wire.Reply] = []  # the replies to the LAST chunk
         self.sent_all = False  # the LAST chunk was written
         self.needs_rset = False
 
@@ -87,10 +87,10 @@ class _Transaction:
         pieces = chunks(body, size)
         self.conn.send(b"".join([commands, *pieces]))
         self.sent_all = True
-        self.mail = client._read(self.conn)
-        self.rcpts = [client._read(self.conn) for _ in rcpts]
+        self.mail = wire.read_reply(self.conn)
+        self.rcpts = [wire.read_reply(self.conn) for _ in rcpts]
         for _ in pieces[1:]:
-            self._chunk_reply(client._read(self.conn))
+            self._chunk_reply(wire.read_reply(self.conn))
         self._last_replies()
 
     def in_turn(
@@ -101,14 +101,14 @@ class _Transaction:
         size: int,
         before_body: Callable[[], None],
     ) -> None:
-        client._send(self.conn, [mail])
-        self.mail = client._read(self.conn)
+        wire.send_lines(self.conn, [mail])
+        self.mail = wire.read_reply(self.conn)
         if self.mail.code != 250:
             self.needs_rset = True
             return
         for rcpt in rcpts:
-            client._send(self.conn, [rcpt])
-            self.rcpts.append(client._read(self.conn))
+            wire.send_lines(self.conn, [rcpt])
+            self.rcpts.append(wire.read_reply(self.conn))
         if not self.accepted:
             self.needs_rset = True
             return
@@ -116,14 +116,14 @@ class _Transaction:
         *first, last = chunks(body, size)
         for piece in first:
             self.conn.send(piece)
-            self._chunk_reply(client._read(self.conn))
+            self._chunk_reply(wire.read_reply(self.conn))
             if self.refused is not None:
                 return  # RFC 3030: no chunk after a refused one
         self.conn.send(last)
         self.sent_all = True
         self._last_replies()
 
-    def _chunk_reply(self, reply: client.Reply) -> None:
+    def _chunk_reply(self, reply: wire.Reply) -> None:
         if reply.code != 250 and self.refused is None:
             self.refused = reply
             self.needs_rset = True
@@ -134,13 +134,13 @@ class _Transaction:
         taken = self.mail is not None and self.mail.code == 250 and self.refused is None
         count = len(self.accepted) if self.lmtp and taken and self.accepted else 1
         while len(self.final) < count:
-            self.final.append(client._read(self.conn))
+            self.final.append(wire.read_reply(self.conn))
         if not taken or not self.accepted or (self.final[0].code != 250 and not self.lmtp):
             self.needs_rset = True
 
-    def outcome(self) -> list[client.Reply]:
+    def outcome(self) -> list[wire.Reply]:
         if self.needs_rset:
-            client._rset(self.conn)
+            wire.reset_or_close(self.conn)
         assert self.mail is not None
         if self.mail.code != 250:
             return [self.mail] * self.recipients
@@ -158,10 +158,10 @@ class _Transaction:
             replies[index] = answer
         return replies
 
-    def lost(self, exc: smtplib.SMTPServerDisconnected) -> client.ConnectionLost:
+    def lost(self, exc: smtplib.SMTPServerDisconnected) -> wire.ConnectionLost:
         if not self.sent_all:
-            return client.ConnectionLost(str(exc), after_data=False)
-        known: list[client.Reply | None] = [None] * self.recipients
+            return wire.ConnectionLost(str(exc), after_data=False)
+        known: list[wire.Reply | None] = [None] * self.recipients
         for index, each in enumerate(self.rcpts):
             if index not in self.accepted:
                 known[index] = each
@@ -173,4 +173,4 @@ class _Transaction:
         elif self.lmtp:
             for index, each in zip(self.accepted, self.final, strict=False):
                 known[index] = each
-        return client.ConnectionLost(str(exc), after_data=True, replies=known)
+        return wire.ConnectionLost(str(exc), after_data=True, replies=known)

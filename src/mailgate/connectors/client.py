@@ -25,50 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailgate.connectors import chunked
-from mailgate.model import Disposition
+from mailgate.connectors.wire import (
+    ConnectionLost,
+    Reply,
+    disposition,
+    read_reply,
+    reply,
+    reset_or_close,
+    send_lines,
+)
+
+__all__ = ["ConnectionLost", "Reply", "disposition", "reply"]  # defined in wire.py
 
 STARTTLS_MODES = ("none", "opportunistic", "required")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    code: int
-    text: str  # without the code, whitespace folded
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}".strip()
-
-    @property
-    def disposition(self) -> Disposition:
-        return disposition(self.code)
-
-
-def disposition(code: int) -> Disposition:
-    if 200 <= code < 300:
-        return Disposition.DELIVERED
-    if 500 <= code < 600:
-        return Disposition.FAILED
-    return Disposition.DEFERRED
-
-
-def reply(code: int, message: bytes | str) -> Reply:
-    text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-    return Reply(code, " ".join(text.split()))
-
-
-class ConnectionLost(smtplib.SMTPServerDisconnected):
-    """The server closed the connection, or it failed, in the middle of a transaction.
-
-    After the whole message was sent (`after_data`), `replies` holds one entry per
-    recipient: the final reply it had (refused at RCPT, or LMTP's reply read before the
-    loss), or None for one whose fate is unknown (it may have been delivered)."""
-
-    def __init__(
-        self, error: str, *, after_data: bool, replies: Sequence[Reply | None] = ()
-    ) -> None:
-        super().__init__(error)
-        self.after_data = after_data
-        self.replies = list(replies)
 
 
 class TlsFailed(smtplib.SMTPException):
@@ -201,17 +170,17 @@ def send_message(
         return chunked.send(conn, mail, rcpts, body, lmtp=lmtp, before_body=before_body)
     try:
         if conn.has_extn("pipelining"):
-            _send(conn, [mail, *rcpts, "DATA"])
-            mail_reply = _read(conn)
-            rcpt_replies = [_read(conn) for _ in rcpts]
-            data_reply: Reply | None = _read(conn)
+            send_lines(conn, [mail, *rcpts, "DATA"])
+            mail_reply = read_reply(conn)
+            rcpt_replies = [read_reply(conn) for _ in rcpts]
+            data_reply: Reply | None = read_reply(conn)
         else:
-            _send(conn, [mail])
-            mail_reply, rcpt_replies, data_reply = _read(conn), [], None
+            send_lines(conn, [mail])
+            mail_reply, rcpt_replies, data_reply = read_reply(conn), [], None
             if mail_reply.code == 250:
                 for rcpt in rcpts:
-                    _send(conn, [rcpt])
-                    rcpt_replies.append(_read(conn))
+                    send_lines(conn, [rcpt])
+                    rcpt_replies.append(read_reply(conn))
     except smtplib.SMTPServerDisconnected as exc:
         raise ConnectionLost(str(exc), after_data=False) from exc
     if mail_reply.code != 250:
@@ -224,12 +193,12 @@ def send_message(
         return replies
     try:
         if data_reply is None:
-            _send(conn, ["DATA"])
-            data_reply = _read(conn)
+            send_lines(conn, ["DATA"])
+            data_reply = read_reply(conn)
     except smtplib.SMTPServerDisconnected as exc:
         raise ConnectionLost(str(exc), after_data=False) from exc
     if data_reply.code != 354:  # DATA itself refused: the reply of every accepted recipient
-        _rset(conn)
+        reset_or_close(conn)
         for index in accepted:
             replies[index] = data_reply
         return replies
@@ -255,7 +224,7 @@ def _send_body(conn: smtplib.SMTP, body: bytes, count: int, got: list[Reply]) ->
         data += b"\r\n"
     conn.send(data + b".\r\n")
     while len(got) < count:
-        got.append(_read(conn))
+        got.append(read_reply(conn))
 
 
 def _settle(conn: smtplib.SMTP, data_reply: Reply | None) -> None:
@@ -264,35 +233,18 @@ def _settle(conn: smtplib.SMTP, data_reply: Reply | None) -> None:
     try:
         if data_reply is not None and data_reply.code == 354:
             conn.send(b".\r\n")
-            _read(conn)
+            read_reply(conn)
     except smtplib.SMTPServerDisconnected:
         return
-    _rset(conn)
-
-
-def _rset(conn: smtplib.SMTP) -> None:
-    try:
-        _send(conn, ["RSET"])
-        _read(conn)
-    except smtplib.SMTPException:
-        conn.close()  # the next use reconnects
-
-
-def _send(conn: smtplib.SMTP, lines: Sequence[str]) -> None:
-    conn.send("".join(f"{line}\r\n" for line in lines))
-
-
-def _read(conn: smtplib.SMTP) -> Reply:
-    code, message = conn.getreply()
-    return reply(code, message)
+    reset_or_close(conn)
 
 
 def rset(conn: smtplib.SMTP) -> bool:
     """Reset a connection kept between messages; False if it is no longer usable (the
     server dropped it while idle, say)."""
     try:
-        _send(conn, ["RSET"])
-        return _read(conn).code == 250
+        send_lines(conn, ["RSET"])
+        return read_reply(conn).code == 250
     except (OSError, smtplib.SMTPException):
         return False
 

@@ -67,17 +67,20 @@ class WorkerInbox:
             return False
         worker.buffer += data
         *lines, worker.buffer = worker.buffer.split(b"\n")
+        heard = False
         for line in lines:
-            self._message(worker, line)
+            heard = self._message(worker, line) or heard
+        if heard:  # once per read: a read carries many lines under load
+            worker.last_heard = time.time()
         return True
 
-    def _message(self, worker: WorkerProcess, line: bytes) -> None:
+    def _message(self, worker: WorkerProcess, line: bytes) -> bool:
+        """Handle one line; False if it was not a message (not JSON, no type)."""
         try:
-            message = json.loads(line)
+            message = _decode(line.decode())
             kind = message["type"]
         except (ValueError, KeyError, TypeError):
-            return
-        worker.last_heard = time.time()
+            return False
         if kind == "event":
             event = catalog.CATALOG.get(message.get("id", -1))
             if event is catalog.WORKER_EXITING:
@@ -95,3 +98,7 @@ class WorkerInbox:
             worker.heartbeats += 1
         elif kind == "reply":
             worker.reply(message)
+        return True
+
+
+_decode = json.JSONDecoder().decode  # json.loads of bytes first guesses their encoding

@@ -97,52 +97,110 @@ class EventLog:
     def _handle(
         self, event: EventType, fields: dict[str, Any], when: float, origin: tuple[int, str] | None
     ) -> None:
-        severity = {
-            Severity.INFO: logging.INFO,
-            Severity.WARNING: logging.WARNING,
-            Severity.ERROR: logging.ERROR,
-            Severity.CRITICAL: logging.CRITICAL,
-        }[event.severity]
-        record = self._logger.makeRecord(
-            self._logger.name, severity, "(event)", 0, event.template, (), None
-        )
-        setattr(record, _RECORD_KEY, (event, fields, when))
-        if origin is not None:
-            record.process, record.threadName = origin
+        record = _EventRecord(self._logger.name, event, fields, when, origin)
         self._logger.handle(record)
+
+
+_LEVEL = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.ERROR: logging.ERROR,
+    Severity.CRITICAL: logging.CRITICAL,
+}
+
+
+class _EventRecord(logging.LogRecord):
+    """The record of one event: every attribute a LogRecord has, filled in without
+    LogRecord's per-record look-ups (module from a path, the multiprocessing process name,
+    the asyncio task), for one is built per event: per message received, on the SMTP
+    thread in a worker and again in the master. `origin`: (pid, thread) of a forwarded
+    event, else this process and thread."""
+
+    def __init__(
+        self,
+        name: str,
+        event: EventType,
+        fields: dict[str, Any],
+        when: float,
+        origin: tuple[int, str] | None,
+    ) -> None:
+        level = _LEVEL[event.severity]
+        self.name, self.msg, self.args = name, event.template, ()
+        self.levelname, self.levelno = logging.getLevelName(level), level
+        self.pathname = self.filename = self.module = "(event)"
+        self.exc_info = self.exc_text = self.stack_info = None
+        self.funcName = "(event)"
+        self.lineno = 0
+        self.created = when
+        self.msecs = int((when - int(when)) * 1000) + 0.0
+        self.relativeCreated = (when - _STARTED) * 1000
+        self.thread = threading.get_ident()
+        self.processName = "MainProcess"
+        self.taskName = None
+        if origin is None:
+            self.process, self.threadName = os.getpid(), threading.current_thread().name
+        else:
+            self.process, self.threadName = origin
+        setattr(self, _RECORD_KEY, (event, fields, when))
+
+
+_STARTED = time.time()
 
 
 class JsonLinesFormatter(logging.Formatter):
     """One JSON object per event: time, id, name, category, severity, message, fields."""
 
+    # One encoder for every record (json.dumps with options builds one per call), and
+    # what an event type always writes the same, looked up once per type: the master
+    # formats an event per message received (issue 14).
+    _encoder = json.JSONEncoder(default=str, ensure_ascii=False)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kinds: dict[int, tuple[str, str, str]] = {}
+        self._second = (-1, "")  # the last second formatted, as text
+
     def format(self, record: logging.LogRecord) -> str:
         event, fields, when = getattr(record, _RECORD_KEY)
-        return json.dumps(
+        kind = self._kinds.get(event.id)
+        if kind is None:
+            kind = (event.category.value, event.severity.value, event.level.name.lower())
+            self._kinds[event.id] = kind
+        second, stamp = int(when // 1), self._second
+        if stamp[0] != second:  # a tuple swapped whole: a formatter may be shared
+            stamp = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return self._encoder.encode(
             {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
-                + f".{int(when % 1 * 1000):03d}Z",
+                "time": f"{stamp[1]}.{int(when % 1 * 1000):03d}Z",
                 "ts": when,
                 "id": event.id,
                 "name": event.name,
-                "category": event.category.value,
-                "severity": event.severity.value,
-                "level": event.level.name.lower(),
+                "category": kind[0],
+                "severity": kind[1],
+                "level": kind[2],
                 "message": render(event, fields, escape=False),
                 "pid": record.process or os.getpid(),
                 "thread": record.threadName,
                 "fields": fields,
-            },
-            default=str,
-            ensure_ascii=False,
+            }
         )
 
 
 class HumanFormatter(logging.Formatter):
     """`2026-11-25 14:00:00 warning 2400 Interchange: message`, control characters escaped."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = (-1, "")  # the last second formatted, as text
+
     def format(self, record: logging.LogRecord) -> str:
         event, fields, when = getattr(record, _RECORD_KEY)
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+        second, last = int(when // 1), self._second
+        if last[0] != second:  # a tuple swapped whole: a formatter may be shared
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._second = (second, stamp)
+        else:
+            stamp = last[1]
         text = render(event, fields, escape=True)
         return f"{stamp} {event.severity.value} {event.id} {event.category.value}: {text}"
 

@@ -8,7 +8,12 @@ COMMIT returned, so "done" always means "on disk". While one batch is being
 synced the next one gathers, which is what makes durability cheap under load.
 With a `syncer` (commit_sync.py; a store that can flush apart from writing), the
 COMMIT returns once written and the syncer resolves the futures after its flush,
-so the next batch is built and written while the previous one is flushed.
+so the next batch is built and written while the previous one is flushed; at low load
+(nothing waiting, the syncer drained, no write that waited for or overlapped a flush in
+the last second) a batch is flushed and settled in this thread instead, which spares a
+thread hand-off per commit: most of a one-session reply's latency after the fsync itself.
+A batch of one operation runs without a savepoint (SQLite): its failure rolls the
+transaction back, which is all a savepoint would have undone.
 On PostgreSQL the whole batch, BEGIN to COMMIT, is sent in one go (pipeline mode,
 pg_pipeline.py): a batch of accepted messages is one round trip. Its errors come back
 only at the end, without saying whose, so a batch in which a statement failed is
@@ -74,6 +79,8 @@ def _pipelining(conn: Connection) -> bool:
 class Committer:
     """The group-commit writer. `run` is the body of a supervised thread."""
 
+    overlap_hold = 1.0  # seconds of hand-offs to the syncer after the last sign of load
+
     def __init__(
         self,
         backend: Backend,
@@ -92,6 +99,7 @@ class Committer:
         self._largest = 0
         self._last_commit = 0.0
         self._replayed = 0
+        self._overlapped = -float("inf")  # when a write last overlapped a flush, or waited for one
 
     def submit(self, name: str, op: Callable[[Connection], T]) -> Future[T]:
         job = _Job(name, op)
@@ -134,7 +142,7 @@ class Committer:
                     return
                 if not batch:
                     continue
-                busy()
+                busy()  # until flushed, when this thread flushes: a stuck flush is a stall
                 if conn is None:
                     conn = self._connect()
                 if not self._apply(conn, batch):
@@ -187,11 +195,33 @@ class Committer:
         self._batches += 1
         self._operations += len(batch)
         self._largest = max(self._largest, len(batch))
-        if self._syncer is not None:
-            self._syncer.put(results)  # settled once flushed
-        else:
+        syncer = self._syncer
+        if syncer is None:
             settle(results)
+        elif self._flush_here(syncer):
+            syncer.flush_here(results, self._waited)  # nothing to overlap with: no hand-off
+        else:
+            syncer.put(results)  # settled once flushed, while the next batch is written
         return True
+
+    def _waited(self) -> None:
+        """After a flush in this thread, before its callers are told: a write that came
+        meanwhile waited for it, so the overlap is worth its hand-off from now."""
+        if not self._jobs.empty():
+            self._overlapped = time.monotonic()
+
+    def _flush_here(self, syncer: CommitSyncer) -> bool:
+        """Whether to flush a batch just written in this thread: nothing waits behind it
+        nor in the syncer, and no write had to wait for a flush, or overlapped one, in the
+        last `overlap_hold` seconds (the load of several sessions comes and goes between
+        two batches; the overlap is worth its hand-off while it lasts, most on a disk whose
+        flush is slow)."""
+        if not syncer.drained():  # a flush still runs: this write overlapped it
+            self._overlapped = time.monotonic()
+            return False
+        if not self._jobs.empty():
+            return False
+        return time.monotonic() - self._overlapped > self.overlap_hold
 
     def _transaction(self, conn: Connection, jobs: list[_Job]) -> list[Result]:
         """The batch committed, each job's value or its own failure. Where the store can

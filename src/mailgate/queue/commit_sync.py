@@ -9,6 +9,14 @@ the writer gathers, builds and writes the next batch: on a disk whose flush is s
 flushes no longer hold the one writer lock, and the receive processes' flushes overlap
 instead of queueing behind each other (issue 14).
 
+At low load the hand-off is skipped: a committer whose batch is written while nothing
+else waits (no job queued behind it, no batch here unflushed) flushes and settles in its
+own thread (`flush_here`), which spares a thread wake-up per commit, most of a
+one-session reply's latency after the fsync itself. The flush then covers the same
+commits and fails the same way; a job that arrives meanwhile waits for that flush before
+it is written, which costs it the write's time, not a flush's (the flush is outside
+the writer lock either way).
+
 Failure: a flush that fails (EIO, ENOSPC) fails every batch it was to cover with
 StoreError, and event 1050 says so. Those transactions are committed but maybe not on
 disk: the callers answer 4xx and the clients send again, which may duplicate a
@@ -47,13 +55,54 @@ class DeferredSync(Protocol):
         ...
 
 
+class _Settling(threading.local):
+    later: list[Callable[[], None]] | None = None  # while callers are told
+    running: list[Callable[[], None]] | None = None  # while their effects run
+
+
+_SETTLING = _Settling()
+
+
 def settle(results: list[Result]) -> None:
-    """Tell each caller its outcome (only once its batch is durable)."""
-    for future, value, failure in results:
-        if failure is None:
-            future.set_result(value)
-        else:
-            future.set_exception(failure)
+    """Tell each caller its outcome (only once its batch is durable), then run the
+    effects their futures' callbacks left for `after_settled`: every caller of a batch is
+    woken before any wake-up or event of the batch is sent."""
+    later: list[Callable[[], None]] = []
+    _SETTLING.later = later
+    try:
+        for future, value, failure in results:
+            if failure is None:
+                future.set_result(value)
+            else:
+                future.set_exception(failure)
+    finally:
+        _SETTLING.later = None
+    if not later:
+        return
+    _SETTLING.running = later
+    try:
+        for effect in later:  # effects may add more, to run after them all (after_effects)
+            effect()
+    finally:
+        _SETTLING.running = None
+
+
+def after_settled(effect: Callable[[], None]) -> None:
+    """Run `effect` (which must not raise) once the batch being settled in this thread has
+    every caller told; at once if no batch is (a DirectWriter resolved the future)."""
+    later = _SETTLING.later
+    if later is None:
+        effect()
+    else:
+        later.append(effect)
+
+
+def batch_effects() -> list[Callable[[], None]] | None:
+    """From an effect of a batch: the batch's effects still to run, to append one that
+    must run after them all (which must not raise), to do once what each asked for (one
+    wake-up per connector per batch); a new list for each batch. None if no batch's
+    effects are running in this thread: the caller does it now."""
+    return _SETTLING.running
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +120,7 @@ class CommitSyncer:
         self.backend = backend
         self._events = events
         self._pending: queue.SimpleQueue[list[Result] | None] = queue.SimpleQueue()
+        self._unsettled = 0  # batches put and not yet settled (written by two threads)
         self._writers = 0  # committer loops running: the last batches may still come
         self._lock = threading.Lock()
         self._flushes = 0
@@ -85,7 +135,20 @@ class CommitSyncer:
 
     def put(self, results: list[Result]) -> None:
         """A batch whose COMMIT returned: settle it once it is on disk."""
+        with self._lock:
+            self._unsettled += 1
         self._pending.put(results)
+
+    def drained(self) -> bool:
+        """True if no batch put here waits for its flush (the writer may flush its own)."""
+        return self._unsettled == 0
+
+    def flush_here(self, results: list[Result], flushed: Callable[[], None]) -> None:
+        """Flush and settle a batch whose COMMIT returned, in the calling thread (the
+        writer's, when `drained`): the same flush and the same failure (event 1050) as in
+        the `commit-sync` thread, without waking it. `flushed` is called once the flush
+        ended, before any caller is told (who then may write again at once)."""
+        self._flush([results], counted=False, flushed=flushed)
 
     def wake(self) -> None:
         self._pending.put(None)
@@ -126,17 +189,35 @@ class CommitSyncer:
             if more is not None:
                 batches.append(more)
 
-    def _flush(self, batches: list[list[Result]]) -> None:
+    def _flush(
+        self,
+        batches: list[list[Result]],
+        *,
+        counted: bool = True,
+        flushed: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Flush, then settle `batches`; `counted`: they were put here (`_unsettled`).
+
+        They count as unsettled until their flush ended, not until their callers were
+        told: a caller told may send its next message at once, and the writer must not
+        take the telling that follows for a flush still running (it would hand off
+        again and again at one session, each batch waiting on this thread's wake-up)."""
+        failure: OSError | StoreError | None = None
         try:
             self.backend.sync_commits()
+            self._flushes += 1
+            self._batches += len(batches)
+            self._largest = max(self._largest, len(batches))
         except (OSError, StoreError) as exc:
-            error = StoreError(f"flushing {len(batches)} committed batches failed: {exc}")
-            self._events.emit(catalog.COMMIT_FLUSH_FAILED, batches=len(batches), error=str(exc))
-            for results in batches:
-                settle([(future, None, error) for future, _, _ in results])
+            failure = exc
+        finally:
+            if counted:
+                with self._lock:
+                    self._unsettled -= len(batches)
+        flushed()
+        if failure is not None:
+            error = StoreError(f"flushing {len(batches)} committed batches failed: {failure}")
+            self._events.emit(catalog.COMMIT_FLUSH_FAILED, batches=len(batches), error=str(failure))
+            settle([(future, None, error) for results in batches for future, _, _ in results])
             return
-        self._flushes += 1
-        self._batches += len(batches)
-        self._largest = max(self._largest, len(batches))
-        for results in batches:
-            settle(results)
+        settle([result for results in batches for result in results])  # as one

@@ -8,11 +8,17 @@ run once the Future resolved with a result: never before the commit is durable, 
 for a write that failed. They run in the thread that resolved it (the commit thread,
 or the caller of a DirectWriter), so they are cheap and never block: a wake-up is a
 hint (the scheduler still finds due work), and an effect that raises costs event 4050,
-never the commit. Callers report nothing of this themselves.
+never the commit. A committed batch's effects run once every caller of the batch was
+told (commit_sync.after_settled): wake-ups and events never delay a reply; and the
+batch wakes each connector once, after all of its effects, however many of its writes
+asked (in a receive process each wake-up is a datagram to the interchange). Callers
+report nothing of this themselves.
 """
 
 from __future__ import annotations
 
+import functools
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -24,6 +30,7 @@ from mailgate.model import NewMessage, RecipientState
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.queue.admin import Changed, Finished
+from mailgate.queue.commit_sync import after_settled, batch_effects
 from mailgate.queue.expiry import ExpiryPass
 from mailgate.queue.leases import LeasesEnded
 from mailgate.queue.ops import Recorded, ReportFailed
@@ -57,6 +64,7 @@ class Effects:
     def __init__(self, wakeup: Waker | None = None, events: EventLog | None = None) -> None:
         self.wakeup = wakeup
         self.events = events
+        self._batch = _Waking()  # the connectors a batch's effects asked to wake, so far
 
     def follow(
         self, name: str, future: Future[T], aftermath: Callable[[T], Aftermath]
@@ -64,14 +72,18 @@ class Effects:
         """Run `aftermath(result)`'s effects once `future` (the write `name`) has a result;
         returns `future`."""
         if self.wakeup is not None or self.events is not None:
-            future.add_done_callback(lambda done: self._after(name, done, aftermath))
+            future.add_done_callback(
+                lambda done: after_settled(lambda: self._after(name, done, aftermath))
+            )
         return future
 
     def _after(self, name: str, future: Future[T], aftermath: Callable[[T], Aftermath]) -> None:
-        if future.cancelled() or future.exception() is not None:
+        try:
+            value = future.result(0)  # one look at the future, not three: it runs per commit
+        except BaseException:  # failed or cancelled: nothing was committed, nothing is owed
             return
         try:
-            self.apply(aftermath(future.result()))
+            self.apply(aftermath(value), name)
         except Exception as exc:  # a bug here must not end the thread that committed
             if self.events is not None:
                 self.events.emit(
@@ -81,7 +93,12 @@ class Effects:
                     traceback="".join(traceback.format_exception(exc)),
                 )
 
-    def apply(self, after: Aftermath) -> None:
+    def apply(self, after: Aftermath, operation: str = "effects") -> None:
+        """Wake and report what `after` says (`operation`: the write it follows)."""
+        if not after.reports and not after.everything:  # most commits: new mail, no report
+            if after.wake and self.wakeup is not None:
+                self._wake(after.wake, operation)
+            return
         wake = dict.fromkeys(after.wake)
         for result in after.reports:
             if isinstance(result, BounceResult) and result.bounce_id and result.connector:
@@ -90,10 +107,48 @@ class Effects:
             if after.everything:
                 self.wakeup.notify_all()
             elif wake:
-                self.wakeup.notify(*wake)
+                self._wake(tuple(wake), operation)
         if self.events is not None:
             for result in after.reports:
                 report(self.events, result)
+
+    def _wake(self, connectors: tuple[str, ...], operation: str) -> None:
+        """Wake `connectors`: once per batch, after all of the batch's effects, when this
+        runs among them (a datagram per connector per batch, not per message)."""
+        assert self.wakeup is not None
+        running, state = batch_effects(), self._batch
+        if running is None:
+            self.wakeup.notify(*connectors)
+        elif state.running is running:  # this batch wakes already: add to it
+            state.pending.update(dict.fromkeys(connectors))
+            state.operations[operation] = None
+        else:  # (a batch whose effects were cut short left its state: never reused)
+            state.running, state.pending = running, dict.fromkeys(connectors)
+            state.operations = {operation: None}
+            running.append(functools.partial(self._wake_batch, state.pending, state.operations))
+
+    def _wake_batch(self, pending: dict[str, None], operations: dict[str, None]) -> None:
+        self._batch.running = None
+        try:
+            if self.wakeup is not None:
+                self.wakeup.notify(*pending)
+        except Exception as exc:  # a bug here must not end the thread that committed
+            if self.events is not None:
+                self.events.emit(
+                    catalog.QUEUE_EFFECT_FAILED,
+                    operation=", ".join(operations),
+                    error=repr(exc),
+                    traceback="".join(traceback.format_exception(exc)),
+                )
+
+
+class _Waking(threading.local):
+    running: list[Callable[[], None]] | None = None  # the batch `pending` is for
+    pending: dict[str, None]
+    operations: dict[str, None]  # the writes that asked
+
+    def __init__(self) -> None:
+        self.pending, self.operations = {}, {}
 
 
 def report(events: EventLog, result: object) -> None:

@@ -18,6 +18,7 @@ the transaction is rolled back, as in a committer's batch of one. Security: as t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TypeVar
@@ -39,10 +40,15 @@ class InlineWriter:
         self._backend = backend
         self._events = events
         self._conn: SqliteConnection | None = None
+        self._using = threading.Lock()  # held while an operation runs; close() waits for it
         self.done = 0  # operations committed here
         self.busy = 0  # operations handed back because the lock was taken
 
     def try_submit(self, name: str, op: Callable[[Connection], T]) -> Future[T] | None:
+        with self._using:
+            return self._run(name, op)
+
+    def _run(self, name: str, op: Callable[[Connection], T]) -> Future[T] | None:
         conn = self._conn
         if conn is None:
             conn = self._conn = SqliteConnection(
@@ -67,7 +73,15 @@ class InlineWriter:
         future.set_result(value)
         return future
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def close(self, timeout: float = 1.0) -> None:
+        """Close the connection, once no operation runs (at most `timeout` seconds: one stuck
+        on the disk keeps it). At a stop, before the clean-stop record (cleanstop.py): the
+        last connection to a WAL file to close checkpoints it, which changes the file."""
+        if not self._using.acquire(timeout=timeout):
+            return
+        try:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        finally:
+            self._using.release()

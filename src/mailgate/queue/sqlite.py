@@ -207,6 +207,7 @@ class SqliteBackend:
         self.durable = durable
         self.lock_timeout = lock_timeout
         self._directory_synced = False
+        self._wal = str(path.with_name(path.name + "-wal"))  # flushed once per commit
 
     @property
     def where(self) -> str:
@@ -229,9 +230,10 @@ class SqliteBackend:
         this flush runs. A commit a checkpoint already moved into the main file is on disk
         too: SQLite syncs the WAL before and the file after each checkpoint. The first call
         also syncs the directory, which holds the WAL file's name."""
-        wal = self.path.with_name(self.path.name + "-wal")
-        target = wal if wal.exists() else self.path
-        fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        try:  # no WAL file (no connection has one open): the main file has every commit
+            fd = os.open(self._wal, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             os.fdatasync(fd)
         finally:

@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING
 from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP, Envelope, syntax
 
+from mailgate.receive.body import too_long
+
 if TYPE_CHECKING:
-    from mailgate.receive.session import SessionOwner
+    from mailgate.receive.owner import SessionOwner
 
     _Base = SMTP
 else:
@@ -159,14 +161,11 @@ class Chunking(_Base):
 
     async def _end_of_message(self) -> None:
         """The LAST chunk: the same checks and hand-over as DATA's end of data."""
-        # session imports this module: import its long-line check at use, not at load.
-        from mailgate.receive.session import _too_long
-
         assert self._chunks is not None and self.envelope is not None
         content = bytes(self._chunks)
         self._chunks = None
         longest = self.receive_handler.settings.max_line_length
-        if _too_long(content, longest + 2):  # the limit is without the CRLF
+        if too_long(content, longest + 2):  # the limit is without the CRLF
             await self.push(
                 f"500 5.5.2 Line too long: a message line is longer than {longest} octets"
             )

@@ -22,21 +22,18 @@ import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import Any
 
 from aiosmtpd import smtp as aiosmtpd_smtp
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Session
 
-from mailgate.config.schema import SmtpSettings
-from mailgate.model import NewMessage
 from mailgate.observe import catalog
-from mailgate.observe.events import EventLog
-from mailgate.queue.store import QueueStore
+from mailgate.receive.body import EndOfData, too_long
 from mailgate.receive.chunking import Chunking
+from mailgate.receive.owner import SessionOwner
 from mailgate.receive.replies import with_enhanced_code
 from mailgate.receive.reply_buffer import ReplyBuffer
-from mailgate.receive.session_fast import FastPath
+from mailgate.receive.session_fast import FastPath, FastSession
 
 
 def skip_disabled_command_logs() -> None:
@@ -58,97 +55,12 @@ def skip_disabled_command_logs() -> None:
     aiosmtpd_smtp.sanitized_log = sanitized_log
 
 
-class SessionOwner(Protocol):
-    """What a session needs of its handler (receive/smtp.py's ReceiveHandler) beyond
-    aiosmtpd's hooks: the limits, admission and the events; and for the fast path
-    (session_fast.py) the verdicts of MAIL, RCPT and DATA and the queue."""
-
-    settings: SmtpSettings
-    events: EventLog
-    store: QueueStore
-    committing: int  # sessions waiting for a commit (the listener's stop waits for them)
-
-    def mail(self, envelope: Envelope, address: str, options: list[str]) -> str: ...
-
-    def rcpt(
-        self, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str: ...
-
-    def message(self, server: SMTP, session: Session, envelope: Envelope) -> NewMessage | str: ...
-
-    def durable(self, message: NewMessage, error: BaseException | None) -> str: ...
-
-    def commit_now(self, message: NewMessage) -> Future[Any] | None: ...
-
-    def internal_error(self, error: Exception) -> str: ...
-
-    def admit(self, ip: str) -> str | None: ...
-
-    def release(self, ip: str) -> None: ...
-
-    def refused_by_protocol(self, server: MailgateSMTP, reply: str) -> None: ...
-
-
 # `<>` or `<local@domain>` with a dot-atom-ish local part and a plain domain; anything
 # else (quotes, routes, literals, UTF-8) goes to aiosmtpd's full RFC 5322 parser.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _DOT_ATOM = rf"{_ATEXT}(?:\.{_ATEXT})*"
 _DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _PLAIN_PATH = re.compile(rf"<((?:{_DOT_ATOM}@{_DOMAIN})?)>\s*(.*)\Z", re.S)
-
-
-class EndOfData:
-    """Finds the end of a DATA body, CRLF.CRLF and nothing else, across chunks.
-
-    `feed` returns None until the end is seen, then the bytes after it (the client's next,
-    pipelined commands). `data` is the dot-stuffed body without the final ".CRLF"; past
-    `limit` bytes (0: none) nothing more is kept and `too_much` is set.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.too_much = False
-        self._tail = b"\r\n"  # the body starts after a line end: ".CRLF" at once is empty
-
-    def feed(self, chunk: bytes) -> bytes | None:
-        tail = self._tail
-        window = tail + chunk
-        end = window.find(b"\r\n.\r\n")
-        if end == -1:
-            self._keep(chunk)
-            self._tail = window[-4:]
-            return None
-        keep = end + 2 - len(tail)  # bytes of this chunk that belong to the body
-        if keep >= 0:
-            self._keep(chunk[:keep])
-        elif not self.too_much:
-            del self.data[len(self.data) + keep :]  # the end began in the previous chunk
-        return chunk[end + 5 - len(tail) :]
-
-    def _keep(self, part: bytes) -> None:
-        if self.too_much:
-            return
-        self.data += part
-        if self.limit and len(self.data) > self.limit:
-            self.too_much = True
-            self.data.clear()  # read on to the end, keeping nothing
-
-
-@functools.lru_cache(maxsize=8)
-def _line_after_newline(limit: int) -> re.Pattern[bytes]:
-    # The literal "\n" prefix lets the regex engine jump from newline to newline;
-    # a bare [^\n]{N} would be tried at every offset (130 us for a 5 KB body).
-    return re.compile(rb"\n[^\n]{%d}" % limit)
-
-
-def _too_long(data: bytes | bytearray, limit: int) -> bool:
-    """Whether a line (with its LF) is longer than `limit` octets."""
-    if len(data) < limit:
-        return False
-    if data.find(b"\n", 0, limit) < 0:
-        return True  # the first line
-    return _line_after_newline(limit).search(data) is not None
 
 
 def client_ip(session: Session) -> str:
@@ -164,7 +76,7 @@ def _uvloop_stream(transport: object) -> bool:
     return type(transport).__module__ == "uvloop.loop" and hasattr(transport, "write")
 
 
-class MailgateSMTP(Chunking, SMTP):
+class MailgateSMTP(Chunking, FastSession):
     def __init__(self, handler: SessionOwner, *, implicit_tls: bool = False, **kwargs: Any) -> None:
         # aiosmtpd keeps command size limits in a class-level dict that every
         # session mutates; give each session its own.
@@ -427,7 +339,7 @@ class MailgateSMTP(Chunking, SMTP):
         content = bytes(stuffed[1:] if stuffed.startswith(b".") else stuffed)
         content = content.replace(b"\r\n.", b"\r\n")
         longest = self.receive_handler.settings.max_line_length
-        if _too_long(content, longest + 2):  # the limit is without the CRLF
+        if too_long(content, longest + 2):  # the limit is without the CRLF
             return f"500 5.5.2 Line too long: a message line is longer than {longest} octets"
         assert self.envelope is not None
         self.envelope.content = content

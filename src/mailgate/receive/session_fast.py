@@ -19,7 +19,7 @@ verdicts, go through the session's reply accounting (enhanced codes, error and c
 and read exactly as aiosmtpd's.
 
 The guarantees of the slow path hold here too: a body ends only at CRLF.CRLF (a bare LF or CR
-never ends it: no smuggling; receive/session.py's EndOfData), a body over the size limit is
+never ends it: no smuggling; receive/body.py's EndOfData), a body over the size limit is
 read to its end and refused with 552 keeping nothing, lines over [smtp] max_line_length are
 refused, the 250 follows the commit (the future resolves only after the flush), a commit that
 fails or times out is 451/452, a client gone mid-body leaves nothing, and input is never
@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
 
 from mailgate.model import NewMessage
-
-if TYPE_CHECKING:
-    from mailgate.receive.session import EndOfData, MailgateSMTP
+from mailgate.receive.body import EndOfData
+from mailgate.receive.owner import SessionOwner
 
 HOLD_LIMIT = 64 * 1024  # bytes held while a commit is awaited before reading pauses
 WRITE_LIMIT = 256 * 1024  # replies unread by the client beyond which the slow path takes over
@@ -45,10 +46,37 @@ _FAST_VERBS = frozenset((b"MAIL", b"RCPT", b"DATA", b"RSET", b"NOOP"))
 _BODIES = frozenset(("7BIT", "8BITMIME"))
 
 
+class FastSession(SMTP):
+    """What the fast path needs of its session beyond aiosmtpd's SMTP: receive/session.py's
+    MailgateSMTP, which derives from this, has each of these."""
+
+    receive_handler: SessionOwner
+    command_running: bool  # one of aiosmtpd's command coroutines is running
+    _closing: bool  # the session is being closed (an error or command limit)
+
+    def reply_now(self, status: str) -> None:
+        raise NotImplementedError
+
+    def send_replies(self, *, with_next_step: bool = False) -> None:
+        raise NotImplementedError
+
+    def plain_path(self, arg: str) -> tuple[str | None, str]:
+        raise NotImplementedError
+
+    def new_body(self) -> EndOfData:
+        raise NotImplementedError
+
+    def finish_body(self, body: EndOfData) -> str | None:
+        raise NotImplementedError
+
+    def bdat_started(self) -> bool:
+        raise NotImplementedError
+
+
 class FastPath:
     """The fast path of one session (see the module docstring)."""
 
-    def __init__(self, smtp: MailgateSMTP) -> None:
+    def __init__(self, smtp: FastSession) -> None:
         self.smtp = smtp
         self.body: EndOfData | None = None  # set between DATA's 354 and the final "."
         self.commit: Future[Any] | None = None  # the message whose commit is awaited

@@ -363,7 +363,7 @@ class ReceiveHandler:
         )
         return "451 4.3.0 Internal error, try again later"
 
-    def refused_by_protocol(self, server: MailgateSMTP, reply: str) -> None:
+    def refused_by_protocol(self, server: SMTP, reply: str) -> None:
         session = server.session
         envelope = server.envelope
         self.events.emit(

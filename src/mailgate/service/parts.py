@@ -101,6 +101,10 @@ class QueuePart(Part):
     def reader(self) -> QueueReader:
         return self.store.reader()
 
+    def close(self) -> None:
+        if self.store.inline is not None:  # its connection, before the clean-stop record
+            self.store.inline.close()
+
     def prepare(self) -> None:
         # The lock holder checked the store (host.py) before any worker opened it.
         self.backend.initialize()
