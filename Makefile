@@ -26,8 +26,10 @@ lint: $(STAMP)
 tools:
 	sh .ci/tools
 
+# Two pytest workers, a test file each at a time (module fixtures stay in one worker): most
+# of the suite waits on real processes and sockets, and this machine has two cores.
 test: lint tools
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 fmt: $(STAMP)
 	$(BIN)/ruff format $(CODE)

@@ -58,3 +58,26 @@ def test_datagrams_that_keep_coming_wake_each_connector_once_per_round(
     wait_for(lambda: len(wakeup.calls) == 2, 5, what="the second round")
     assert wakeup.calls[1] == ("smarthost", "postoffice", "bounces")
     assert wakeup.generation("smarthost") == 1 and wakeup.generation("postoffice") == 2
+
+
+def test_a_lone_datagram_wakes_without_waiting_for_the_sockets_timeout(tmp_path: Path) -> None:
+    """Regression: reading what else was queued waited for the socket's timeout first (a
+    recv on a socket with a timeout polls for it), so every wake-up came that late."""
+    path = tmp_path / "run" / "wakeup.sock"
+    sock = bind_wakeup(path)
+    sock.settimeout(5)  # the bug held each round this long
+    wakeup = Noting()
+    handle = ThreadHandle("wakeup", "wakeup", None)
+    thread = threading.Thread(target=WakeupListener(sock, wakeup, pace=0.0), args=(handle,))
+    thread.start()
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sender.sendto(b"postoffice", str(path))
+        wait_for(lambda: wakeup.calls, 2, what="the wake-up, well before the timeout")
+        assert wakeup.calls == [("postoffice",)]
+    finally:
+        handle.stop_event.set()
+        thread.join(10)  # its recv times out, and it sees the stop
+        sender.close()
+        sock.close()
+    assert not thread.is_alive()
