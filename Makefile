@@ -26,10 +26,11 @@ lint: $(STAMP)
 tools:
 	sh .ci/tools
 
-# Two pytest workers, a test file each at a time (module fixtures stay in one worker): most
-# of the suite waits on real processes and sockets, and this machine has two cores.
+# One worker: several end-to-end tests bound their waits for a machine that runs only them.
+# `make test PYTEST_ARGS="-n 2 --dist loadfile"` (pytest-xdist) runs two files at a time:
+# 10 minutes instead of 17 here, with the live `top` test seen to time out under that load.
 test: lint tools
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 fmt: $(STAMP)
 	$(BIN)/ruff format $(CODE)
