@@ -4,6 +4,7 @@ read together and wake each connector once (issue 14: one round per pace, not pe
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -26,24 +27,35 @@ class Noting(Wakeup):
         super().notify(*connectors)
 
 
-@pytest.fixture
-def listening(tmp_path: Path) -> Iterator[tuple[Noting, socket.socket, Path]]:
+@contextlib.contextmanager
+def listener(
+    tmp_path: Path, pace: float, timeout: float | None = None
+) -> Iterator[tuple[Noting, socket.socket, Path]]:
+    """A real `wakeup` thread on a real datagram socket (its timeout set to `timeout`)."""
     path = tmp_path / "run" / "wakeup.sock"
     sock = bind_wakeup(path)
+    if timeout is not None:
+        sock.settimeout(timeout)
     wakeup = Noting()
     handle = ThreadHandle("wakeup", "wakeup", None)
-    # A long pace, so "within the pace" holds however slow the machine is.
-    thread = threading.Thread(target=WakeupListener(sock, wakeup, pace=1.0), args=(handle,))
+    thread = threading.Thread(target=WakeupListener(sock, wakeup, pace=pace), args=(handle,))
     thread.start()
     sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         yield wakeup, sender, path
     finally:
         handle.stop_event.set()
-        thread.join(10)
+        thread.join(10)  # its recv times out, and it sees the stop
         sender.close()
         sock.close()
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def listening(tmp_path: Path) -> Iterator[tuple[Noting, socket.socket, Path]]:
+    # A long pace, so "within the pace" holds however slow the machine is.
+    with listener(tmp_path, pace=1.0) as found:
+        yield found
 
 
 def test_datagrams_that_keep_coming_wake_each_connector_once_per_round(
@@ -63,21 +75,7 @@ def test_datagrams_that_keep_coming_wake_each_connector_once_per_round(
 def test_a_lone_datagram_wakes_without_waiting_for_the_sockets_timeout(tmp_path: Path) -> None:
     """Regression: reading what else was queued waited for the socket's timeout first (a
     recv on a socket with a timeout polls for it), so every wake-up came that late."""
-    path = tmp_path / "run" / "wakeup.sock"
-    sock = bind_wakeup(path)
-    sock.settimeout(5)  # the bug held each round this long
-    wakeup = Noting()
-    handle = ThreadHandle("wakeup", "wakeup", None)
-    thread = threading.Thread(target=WakeupListener(sock, wakeup, pace=0.0), args=(handle,))
-    thread.start()
-    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
+    with listener(tmp_path, pace=0.0, timeout=5) as (wakeup, sender, path):  # 5 s: the bug's wait
         sender.sendto(b"postoffice", str(path))
         wait_for(lambda: wakeup.calls, 2, what="the wake-up, well before the timeout")
         assert wakeup.calls == [("postoffice",)]
-    finally:
-        handle.stop_event.set()
-        thread.join(10)  # its recv times out, and it sees the stop
-        sender.close()
-        sock.close()
-    assert not thread.is_alive()
