@@ -6,7 +6,7 @@ advert, MAIL and RCPT policy, and DATA answered 250 only once the message is dur
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,11 @@ from mailgate.config import parse_config
 from mailgate.config.schema import RELAY_CONNECTORS, Config
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
+from mailgate.model import NewMessage
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import PostofficeAddress
 from mailgate.queue.commit import Committer
+from mailgate.queue.inline import InlineWriter
 from mailgate.queue.store import QueueStore
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
@@ -258,3 +260,43 @@ def test_auth_checks_the_credentials_and_throttles_an_address_that_keeps_failing
 
 def where_name(where: Session) -> str:
     return f"{where.host_name} [{where.peer[0]}]"
+
+
+def test_an_inline_commits_wake_up_counters_and_event_wait_for_the_deferred_turn(
+    receive: ReceiveHandler, queue: Stage
+) -> None:
+    """Issue 14: at one session, the wake-ups, counters and event 3000 of a commit stood
+    between the fdatasync and the 250. Given `defer` (the loop's call_soon), they are handed
+    to it and the reply is ready first; nothing of them is lost, only later."""
+    queue.store.inline = InlineWriter(queue.backend, queue.events)
+    envelope = envelope_to(receive, ALICE)
+    prepared = receive.message(receive.protocol(), session(), envelope)
+    assert isinstance(prepared, NewMessage)
+    deferred: list[Callable[[], None]] = []
+    woken = queue.wakeup.generation("postoffice")
+    done = receive.commit_now(prepared, deferred.append)
+    assert done is not None and done.exception() is None, "committed inline, durable"
+    reply = receive.durable(prepared, None, deferred.append)
+    assert reply == f"250 2.0.0 Ok: queued as {prepared.queue_id}"
+    assert queue.wakeup.generation("postoffice") == woken, "no wake-up before the reply"
+    assert not queue.seen.of(catalog.MESSAGE_RECEIVED), "no event 3000 before the reply"
+    assert len(deferred) == 2, "the commit's effects, then the 250's bookkeeping"
+    for later in deferred:
+        later()
+    assert queue.wakeup.generation("postoffice") > woken, "the postoffice is woken after"
+    [received] = queue.seen.of(catalog.MESSAGE_RECEIVED)
+    assert received["queue_id"] == prepared.queue_id
+
+
+def test_without_defer_the_commits_effects_come_at_once(
+    receive: ReceiveHandler, queue: Stage
+) -> None:
+    queue.store.inline = InlineWriter(queue.backend, queue.events)
+    prepared = receive.message(receive.protocol(), session(), envelope_to(receive, ALICE))
+    assert isinstance(prepared, NewMessage)
+    woken = queue.wakeup.generation("postoffice")
+    done = receive.commit_now(prepared)
+    assert done is not None and done.exception() is None
+    assert receive.durable(prepared, None).startswith("250 2.0.0")
+    assert queue.wakeup.generation("postoffice") > woken
+    assert len(queue.seen.of(catalog.MESSAGE_RECEIVED)) == 1

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -67,16 +68,29 @@ def settle(results: list[Result]) -> None:
     """Tell each caller its outcome (only once its batch is durable), then run the
     effects their futures' callbacks left for `after_settled`: every caller of a batch is
     woken before any wake-up or event of the batch is sent."""
-    later: list[Callable[[], None]] = []
-    _SETTLING.later = later
-    try:
+    with effects_kept() as later:
         for future, value, failure in results:
             if failure is None:
                 future.set_result(value)
             else:
                 future.set_exception(failure)
+    run_effects(later)
+
+
+@contextmanager
+def effects_kept() -> Iterator[list[Callable[[], None]]]:
+    """Within it, `after_settled` keeps the effects in the list it yields instead of
+    running them; `run_effects` runs them later. Not reentrant: one batch per thread."""
+    later: list[Callable[[], None]] = []
+    _SETTLING.later = later
+    try:
+        yield later
     finally:
         _SETTLING.later = None
+
+
+def run_effects(later: list[Callable[[], None]]) -> None:
+    """Run the effects `effects_kept` kept, as one batch (see `batch_effects`)."""
     if not later:
         return
     _SETTLING.running = later

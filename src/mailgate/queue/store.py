@@ -11,6 +11,7 @@ Nothing here loads the whole queue: claims and reads are bounded, indexed querie
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
@@ -20,6 +21,7 @@ from mailgate.model import Claim, NewMessage, Outcome
 from mailgate.queue import admin, expiry, leases, ops, reroute
 from mailgate.queue import effects as after
 from mailgate.queue.backend import Backend, Connection
+from mailgate.queue.commit_sync import effects_kept, run_effects
 from mailgate.queue.dsn_source import ReportBuilder, ReportQueue
 from mailgate.queue.effects import Aftermath, Effects
 from mailgate.queue.reader import QueueReader
@@ -90,10 +92,14 @@ class QueueStore:
             "enqueue", lambda c: ops.insert_message(c, message, on_done), after.enqueued(message)
         )
 
-    def enqueue_now(self, message: NewMessage) -> Future[Any] | None:
+    def enqueue_now(
+        self, message: NewMessage, defer: Callable[[Callable[[], None]], object] | None = None
+    ) -> Future[Any] | None:
         """`enqueue` committed in the calling thread, done when this returns, if the writer
         lock is free this instant (inline.py); None (nothing done) if not, or if this store
-        cannot: then `enqueue` it. The same effects follow the commit."""
+        cannot: then `enqueue` it. The same effects follow the commit: at once, or, with
+        `defer` (an event loop's call_soon), handed to it as one callable, so that the
+        caller answers its client before the wake-ups are sent."""
         inline = self.inline
         if inline is None:
             return None
@@ -101,7 +107,13 @@ class QueueStore:
         future = inline.try_submit("enqueue", lambda c: ops.insert_message(c, message, on_done))
         if future is None:
             return None
-        return self.effects.follow("enqueue", future, after.enqueued(message))
+        if defer is None:
+            return self.effects.follow("enqueue", future, after.enqueued(message))
+        with effects_kept() as later:
+            self.effects.follow("enqueue", future, after.enqueued(message))
+        if later:
+            defer(functools.partial(run_effects, later))
+        return future
 
     def claim(self, connector: str, owner: str, limit: int) -> Future[list[Claim]]:
         now, lease = self._clock(), self.lease

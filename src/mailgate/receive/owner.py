@@ -4,6 +4,7 @@ chunking.py, so that none of them imports the handler (nor each other) to be typ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
@@ -13,6 +14,9 @@ from mailgate.config.schema import SmtpSettings
 from mailgate.model import NewMessage
 from mailgate.observe.events import EventLog
 from mailgate.queue.store import QueueStore
+
+# What runs a callable once the current replies are written: the event loop's call_soon.
+Defer = Callable[[Callable[[], None]], object]
 
 
 class SessionOwner(Protocol):
@@ -33,9 +37,11 @@ class SessionOwner(Protocol):
 
     def message(self, server: SMTP, session: Session, envelope: Envelope) -> NewMessage | str: ...
 
-    def durable(self, message: NewMessage, error: BaseException | None) -> str: ...
+    def durable(
+        self, message: NewMessage, error: BaseException | None, defer: Defer | None = None
+    ) -> str: ...
 
-    def commit_now(self, message: NewMessage) -> Future[Any] | None: ...
+    def commit_now(self, message: NewMessage, defer: Defer | None = None) -> Future[Any] | None: ...
 
     def internal_error(self, error: Exception) -> str: ...
 

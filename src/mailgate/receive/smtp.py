@@ -17,6 +17,7 @@ escaping sinks; nothing from the client names a file.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 import traceback
@@ -35,6 +36,7 @@ from mailgate.queue.store import QueueStore
 from mailgate.receive.board import SessionBoard
 from mailgate.receive.checks import address_problem, content_problem, header_message_id
 from mailgate.receive.limits import AuthThrottle, SessionLimiter
+from mailgate.receive.owner import Defer
 from mailgate.receive.received import received_header
 from mailgate.receive.session import MailgateSMTP, client_ip, client_name
 from mailgate.route.policy import RecipientPolicy
@@ -260,13 +262,14 @@ class ReceiveHandler:
             self.committing -= 1
         return self.durable(prepared, error)
 
-    def commit_now(self, message: NewMessage) -> Future[Any] | None:
+    def commit_now(self, message: NewMessage, defer: Defer | None = None) -> Future[Any] | None:
         """The message committed in this thread, if this process has at most
         [smtp] inline_commit_sessions sessions open and the writer lock is free now
-        (queue/inline.py): its future, done; None: queue it for the group commit."""
+        (queue/inline.py): its future, done; None: queue it for the group commit. With
+        `defer` (the loop's call_soon), the commit's wake-ups are sent after the reply."""
         done = None
         if self.limits.total <= self.settings.inline_commit_sessions:
-            done = self.store.enqueue_now(message)
+            done = self.store.enqueue_now(message, defer)
         self.counters.add(metrics.SMTP_COMMITS, path="group" if done is None else "inline")
         return done
 
@@ -313,22 +316,19 @@ class ReceiveHandler:
             smtputf8=bool(envelope.smtp_utf8),
         )
 
-    def durable(self, message: NewMessage, error: BaseException | None) -> str:
+    def durable(
+        self, message: NewMessage, error: BaseException | None, defer: Defer | None = None
+    ) -> str:
         """The reply once `message`'s commit ended: 250 when it is on disk (`error` None),
         else 452 (storage full), or 451 (any other store failure, or the commit timed out),
-        with event 3020. The commit itself woke the connectors (queue/effects.py)."""
+        with event 3020. The commit itself woke the connectors (queue/effects.py). With
+        `defer` (the loop's call_soon), a 250's counters and event 3000 come after the
+        reply is written: at one session they were on the path from fdatasync to reply."""
         if error is None:
-            self.counters.add(metrics.MESSAGES_RECEIVED, source="smtp")
-            self.counters.add(metrics.BYTES_RECEIVED, len(message.body), source="smtp")
-            self.events.emit(
-                catalog.MESSAGE_RECEIVED,
-                queue_id=message.queue_id,
-                client=message.client,
-                sender=message.sender,
-                recipients=len(message.recipients),
-                size=len(message.body),
-                message_id=message.header_message_id or "-",
-            )
+            if defer is None:
+                self.received(message)
+            else:
+                defer(functools.partial(self.received, message))
             return f"250 2.0.0 Ok: queued as {message.queue_id}"
         if isinstance(error, StoreError):
             reply = (
@@ -349,6 +349,20 @@ class ReceiveHandler:
             reply=reply,
         )
         return reply
+
+    def received(self, message: NewMessage) -> None:
+        """A message is on disk and answered 250: count it, event 3000."""
+        self.counters.add(metrics.MESSAGES_RECEIVED, source="smtp")
+        self.counters.add(metrics.BYTES_RECEIVED, len(message.body), source="smtp")
+        self.events.emit(
+            catalog.MESSAGE_RECEIVED,
+            queue_id=message.queue_id,
+            client=message.client,
+            sender=message.sender,
+            recipients=len(message.recipients),
+            size=len(message.body),
+            message_id=message.header_message_id or "-",
+        )
 
     async def handle_exception(self, error: Exception) -> str:
         return self.internal_error(error)
