@@ -121,9 +121,9 @@ def _latency():
     if durable is not None:
         # Trees with the session's fast path: the reply is built by durable(), once the
         # commit ended; message.received_at is when the final "." had been read.
-        def timed_durable(self, message, error):
+        def timed_durable(self, message, error, *more):
             try:
-                return durable(self, message, error)
+                return durable(self, message, error, *more)
             finally:
                 LATENCIES.append(time.time() - message.received_at)
 
