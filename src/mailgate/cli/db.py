@@ -21,9 +21,7 @@ from mailgate.config.schema import Config
 from mailgate.errors import AlreadyRunning, StoreError, StoreInUse
 from mailgate.observe import catalog
 from mailgate.queue.lock import DataDirLock
-from mailgate.queue.move import MoveRefused, move
 from mailgate.queue.open import StoreBackend, open_backend
-from mailgate.queue.postgres import PostgresBackend
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.service import wiring
 
@@ -103,6 +101,10 @@ def migrate_from_sqlite(
     stopped) into the PostgreSQL store of the configuration: messages, bodies, recipient
     states, attempts and history, in one transaction. The file is then marked moved; a
     second run, or one that meets a message id already there, moves nothing."""
+    # psycopg only for this PostgreSQL command: `db status` on SQLite does without it.
+    from mailgate.queue.move import MoveRefused, move
+    from mailgate.queue.postgres import PostgresBackend
+
     config = get_config(config_path, data_dir)
     target = _backend(config)
     if not isinstance(target, PostgresBackend):

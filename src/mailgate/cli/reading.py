@@ -20,14 +20,17 @@ from mailgate.model import WAITING_STATES
 from mailgate.observe.eventstore import iso_time
 from mailgate.queue.history import Attempt, MessageHistory, RecipientHistory
 from mailgate.queue.open import open_backend
-from mailgate.queue.postgres import redact
 from mailgate.queue.reader import QueueReader, open_reader
 
 
 @contextlib.contextmanager
 def reading(config: Config) -> Iterator[QueueReader | None]:
     """A reader of `config`'s queue, or None if there is none yet."""
-    path = redact(config.queue.url) if config.queue.url else str(config.queue_path)
+    path = str(config.queue_path)
+    if config.queue.url:  # psycopg only for a PostgreSQL queue: 90 ms of every command
+        from mailgate.queue.postgres import redact
+
+        path = redact(config.queue.url)
     try:
         reader = open_reader(open_backend(config.queue, config.data_dir, lock_timeout=30.0))
     except StoreError as exc:

@@ -25,18 +25,22 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import sys
 import threading
 from collections.abc import Callable, Iterable
-
-import psycopg
+from typing import TYPE_CHECKING, cast
 
 from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.queue.backend import Backend
-from mailgate.queue.postgres import PostgresBackend
 from mailgate.queue.wakeup import Wakeup
 from mailgate.supervise.handle import ThreadHandle
+
+if TYPE_CHECKING:  # psycopg only for a PostgreSQL queue: 90 ms of every process start
+    import psycopg
+
+    from mailgate.queue.postgres import PostgresBackend
 
 CHANNEL = "mailgate_due"
 CANCEL_CHANNEL = "mailgate_cancel"
@@ -74,6 +78,8 @@ class WakeChannel:
     ) -> None:
         """The `listen` thread: send what was announced, hear the others (`hear(None)`:
         everything is due) and the administrator's cancels (`cancel`)."""
+        import psycopg  # this channel exists only on a PostgreSQL queue
+
         conn: psycopg.Connection[tuple[object, ...]] | None = None
         try:
             while not handle.stopping:
@@ -129,20 +135,28 @@ class WakeChannel:
         hear(None if EVERYTHING in names else names)
 
 
+def _postgres(backend: Backend) -> PostgresBackend | None:
+    """`backend` if it is a PostgresBackend, asked without importing queue/postgres.py
+    (and psycopg): while that module is not loaded, no PostgresBackend exists."""
+    module = sys.modules.get("mailgate.queue.postgres")
+    if module is None or not isinstance(backend, module.PostgresBackend):
+        return None
+    return cast("PostgresBackend", backend)
+
+
 def wake_channel(
     backend: Backend, events: EventLog, counters: Counters | None = None
 ) -> WakeChannel | None:
     """The node's channel to the others, where the store is shared (PostgreSQL)."""
-    if not isinstance(backend, PostgresBackend):
-        return None
-    return WakeChannel(backend, events, counters)
+    postgres = _postgres(backend)
+    return None if postgres is None else WakeChannel(postgres, events, counters)
 
 
 def announce_now(backend: Backend, names: Iterable[str] = (EVERYTHING,)) -> None:
     """Wake every node's threads for `names` at once (a caller that may block: the node
     thread, after it released a dead node's leases). Nothing for SQLite; raises
     StoreError if the NOTIFY cannot be sent."""
-    if not isinstance(backend, PostgresBackend):
+    if _postgres(backend) is None:
         return
     conn = backend.connect()
     try:
@@ -155,7 +169,7 @@ def announce_cancel(backend: Backend, queue_id: str, owners: Iterable[str]) -> b
     """Tell every node to stop the attempts on `queue_id` under these lease owners (their
     leases revoked by the caller's committed transaction). False where the store is not
     shared (SQLite: no other node); raises StoreError if the NOTIFY cannot be sent."""
-    if not isinstance(backend, PostgresBackend):
+    if _postgres(backend) is None:
         return False
     payload = json.dumps({"queue_id": queue_id, "owners": sorted(owners)[:MAX_OWNERS]})
     conn = backend.connect()

@@ -18,9 +18,7 @@ from mailgate.config.connectors import ConnectorTable
 from mailgate.config.schema import Config
 from mailgate.connectors.limits import Limits
 from mailgate.connectors.lmtp import LmtpConnector, LmtpTarget
-from mailgate.connectors.mx import MxConnector
 from mailgate.connectors.postoffice import PostofficeConnector
-from mailgate.connectors.resolve import DnsSettings
 from mailgate.connectors.smtp import SmarthostConnector, SmarthostTarget
 from mailgate.errors import ConfigError
 from mailgate.interchange.connector import Connector
@@ -103,6 +101,10 @@ def build(
             flusher=flusher,
         )
     if table.kind == "mx":
+        # dnspython only where an MX connector is built: 100 ms of every process start.
+        from mailgate.connectors.mx import MxConnector
+        from mailgate.connectors.resolve import DnsSettings
+
         dns = config.dns
         return MxConnector(
             helo, events, name=table.name,

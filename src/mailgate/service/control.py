@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mailgate.config.schema import Config
 from mailgate.control.server import ControlServer, bind_control, socket_path
@@ -21,7 +22,9 @@ from mailgate.observe.events import EventLog
 from mailgate.observe.eventwriter import EventStoreWriter, attach_event_store
 from mailgate.service.part import Part
 from mailgate.supervise.supervisor import Supervisor
-from mailgate.web.admin import AdminServer, open_admin
+
+if TYPE_CHECKING:
+    from mailgate.web.admin import AdminServer
 
 
 class ControlPart(Part):
@@ -37,7 +40,11 @@ class ControlPart(Part):
 
     def prepare(self) -> None:
         self.socket = bind_control(socket_path(self.config.data_dir))
-        self.admin = open_admin(self.config.admin, self.surface, self.config, self.events)
+        self.admin = None
+        if self.config.admin.listen:  # uvicorn and Starlette only then: 40 ms of a start
+            from mailgate.web.admin import open_admin
+
+            self.admin = open_admin(self.config.admin, self.surface, self.config, self.events)
 
     def start(self, sup: Supervisor) -> None:
         log = self.config.log
