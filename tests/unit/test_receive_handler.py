@@ -15,9 +15,9 @@ from aiosmtpd.smtp import Envelope, LoginPassword, Session
 
 from mailgate.config import parse_config
 from mailgate.config.schema import RELAY_CONNECTORS, Config
+from mailgate.model import NewMessage
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
-from mailgate.model import NewMessage
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import PostofficeAddress
 from mailgate.queue.commit import Committer
