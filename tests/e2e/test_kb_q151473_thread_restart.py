@@ -48,14 +48,22 @@ def test_failure_building_a_thread_context_is_reported_and_retried(tmp_path: Pat
 
 
 def test_recycling_never_drops_or_duplicates(tmp_path: Path) -> None:
-    extra = "\n[supervise]\nrecycle_after = 50\n".replace("[supervise]\n", "")
-    config = DEFAULT_CONFIG + FAST.replace('stall_grace = "2s"', 'stall_grace = "2s"' + extra)
+    # A thread recycles once it made `every` attempts, counted per claimed batch of at
+    # most `batch`: each life ends after fewer than every + batch attempts, so the run
+    # holds at least messages // (every + batch - 1) recycles (event 5002), 200 here; the
+    # earlier 20,000 messages at recycle_after = 50 and batch 32 guaranteed 246 and were
+    # the suite's slowest test (30 to 65 s on this machine).
+    messages, every, batch = 3_000, 8, 8
+    extra = f"\nrecycle_after = {every}\n"
+    config = DEFAULT_CONFIG.replace("[postoffice]\n", f"[postoffice]\nbatch = {batch}\n")
+    config += FAST.replace('stall_grace = "2s"', 'stall_grace = "2s"' + extra)
+    assert f"batch = {batch}" in config
     mg = Mailgate(tmp_path, config=config)
     mg.add_mailbox("MS:NET1/PO1/ALICE")
     mg.start()
     try:
-        accepted = send_many(mg.port, 20_000, ALICE, clients=8)
+        accepted = send_many(mg.port, messages, ALICE, clients=8)
         assert_exactly_once(mg, accepted, "NET1", "PO1", "ALICE", timeout=120)
-        assert mg.wait_events(5002, count=20_000 // 50 // 2)
+        assert mg.wait_events(5002, count=messages // (every + batch - 1))
     finally:
         mg.close()
