@@ -34,6 +34,8 @@ class NotifySocket:
 def test_ready_status_and_watchdog_only_while_healthy(tmp_path: Path) -> None:
     notify = NotifySocket(tmp_path / "notify.sock")
     config = DEFAULT_CONFIG + '\n[supervise]\nstall_after = "2s"\nstall_grace = "60s"\n'
+    # The stop below gives up on the hung thread after stop_timeout: 2 s, not 10.
+    config = config.replace('stop_timeout = "10s"', 'stop_timeout = "2s"')
     mg = Mailgate(tmp_path, config=config)
     mg.add_mailbox("MS:NET1/PO1/ALICE")
     env = {
