@@ -300,3 +300,24 @@ def test_without_defer_the_commits_effects_come_at_once(
     assert receive.durable(prepared, None).startswith("250 2.0.0")
     assert queue.wakeup.generation("postoffice") > woken
     assert len(queue.seen.of(catalog.MESSAGE_RECEIVED)) == 1
+
+
+def test_a_failure_after_the_250_is_event_3004_not_a_line_in_asyncios_log(
+    receive: ReceiveHandler, queue: Stage
+) -> None:
+    """What a 250 defers runs as a loop callback, where an exception would only reach
+    asyncio's own log: `guarded` turns it into event 3004 and lets the loop go on."""
+    deferred: list[Callable[[], None]] = []
+    defer = receive.guarded(deferred.append)
+    ran: list[str] = []
+    defer(lambda: ran.append("first"))
+
+    def broken() -> None:  # as a bug in a counter or an event sink would be
+        raise IndexError("no such counter")
+
+    defer(broken)
+    for later in deferred:
+        later()  # none raises
+    assert ran == ["first"]
+    [error] = queue.seen.of(catalog.SESSION_ERROR)
+    assert "IndexError" in error["error"]

@@ -270,7 +270,7 @@ class FastPath:
             # What the commit owes besides the reply (wake-ups, counters, event 3000) waits
             # for the loop's next turn, after this chunk's replies are written: at one
             # session it stood between the fdatasync and the 250.
-            defer = smtp.loop.call_soon
+            defer = smtp.receive_handler.guarded(smtp.loop.call_soon)
             done = smtp.receive_handler.commit_now(prepared, defer)
             if done is None:
                 self._start_commit(prepared)
@@ -315,7 +315,7 @@ class FastPath:
             self._timer.cancel()
             self._timer = None
         handler.committing -= 1
-        reply = handler.durable(message, error, smtp.loop.call_soon)  # counted after the reply
+        reply = handler.durable(message, error, handler.guarded(smtp.loop.call_soon))
         if self.lost:
             return
         smtp._set_post_data_state()  # type: ignore[no-untyped-call]
