@@ -28,7 +28,8 @@ from mailgate.model import RecipientState
 from mailgate.observe.catalog import Category, Level
 from mailgate.observe.events import EventLog
 from mailgate.queue.reader import QueueCounts, QueueReader
-from mailgate.supervise.supervisor import Supervisor, ThreadView
+from mailgate.supervise.supervisor import Supervisor
+from mailgate.supervise.views import ThreadView
 
 Command = Callable[[dict[str, Any]], Any]
 # The states of a recipient still waiting, as `status` counts them per connector.

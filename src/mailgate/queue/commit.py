@@ -23,7 +23,10 @@ A failing operation fails only its own future (pipelined or not); a failing COMM
 or a connection lost mid-batch, fails the whole batch with StoreError (the callers
 answer 4xx) and the thread reopens its connection: a batch is run again only when the
 server said a statement failed, never when a COMMIT sent may have been done.
-Operations waiting when the thread restarts stay queued for the new one.
+Operations waiting when the thread restarts stay queued for the new one; once it has
+failed for good (`fail_waiting`, from the supervisor) they, and any submitted later, fail
+at once with StoreError: a caller blocked on a future no thread will resolve would hold
+the service's stop until its deadline.
 """
 
 from __future__ import annotations
@@ -100,11 +103,29 @@ class Committer:
         self._last_commit = 0.0
         self._replayed = 0
         self._overlapped = -float("inf")  # when a write last overlapped a flush, or waited for one
+        self._failed: StoreError | None = None  # set once the thread has failed for good
 
     def submit(self, name: str, op: Callable[[Connection], T]) -> Future[T]:
         job = _Job(name, op)
         self._jobs.put(job)
+        if self._failed is not None:  # after the put: a job put while failing is not missed
+            self._fail_queued(self._failed)
         return job.future
+
+    def fail_waiting(self, reason: str = "the commit thread has failed") -> None:
+        """Fail every operation waiting, and every one submitted from now on, with
+        StoreError (the callers answer 4xx or retry later): no thread will run them."""
+        self._failed = StoreError(reason)
+        self._fail_queued(self._failed)
+
+    def _fail_queued(self, error: StoreError) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(error)
 
     def wake(self) -> None:
         """Unblock the thread so it notices a stop request."""

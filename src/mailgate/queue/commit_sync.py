@@ -21,7 +21,10 @@ Failure: a flush that fails (EIO, ENOSPC) fails every batch it was to cover with
 StoreError, and event 1050 says so. Those transactions are committed but maybe not on
 disk: the callers answer 4xx and the clients send again, which may duplicate a
 message, never lose one. Batches waiting when this thread restarts stay queued for the
-new one; it ends, when asked, only once the writer has ended and nothing waits.
+new one; it ends, when asked, only once the writer has ended and nothing waits. Once it
+has failed for good (`fail_waiting`, from the supervisor), the batches waiting and any
+put later fail the same way at once, instead of holding their callers until the stop's
+deadline.
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ class CommitSyncer:
         self._flushes = 0
         self._batches = 0
         self._largest = 0
+        self._failed: StoreError | None = None  # set once the thread has failed for good
 
     def writer_running(self, running: bool) -> None:
         with self._lock:
@@ -152,6 +156,26 @@ class CommitSyncer:
         with self._lock:
             self._unsettled += 1
         self._pending.put(results)
+        if self._failed is not None:  # after the put: a batch put while failing is not missed
+            self._fail_pending(self._failed)
+
+    def fail_waiting(self, reason: str = "the commit flush thread has failed") -> None:
+        """Fail every batch waiting for its flush, and every one put from now on, with
+        StoreError: committed, maybe not on disk, and no thread will flush them."""
+        self._failed = StoreError(reason)
+        self._fail_pending(self._failed)
+
+    def _fail_pending(self, error: StoreError) -> None:
+        while True:
+            try:
+                results = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            if results is None:
+                continue
+            with self._lock:
+                self._unsettled -= 1
+            settle([(future, None, error) for future, _, _ in results])
 
     def drained(self) -> bool:
         """True if no batch put here waits for its flush (the writer may flush its own)."""

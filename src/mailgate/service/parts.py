@@ -118,6 +118,7 @@ class QueuePart(Part):
                 critical=True,
                 on_stop=committer.wake,
                 abandon=False,  # a second committer would wait on the same lock or disk
+                on_fail=committer.fail_waiting,  # its callers must not wait out the stop
             )
         if self.syncer is not None:
             syncer = self.syncer
@@ -127,6 +128,7 @@ class QueuePart(Part):
                     lambda: handle.stopping, handle.progress, handle.busy, handle.idle
                 ),
                 critical=True, on_stop=syncer.wake, abandon=False,
+                on_fail=syncer.fail_waiting,
             )  # fmt: skip
 
     def threads(self, phase: Phase) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -38,3 +39,15 @@ def name_os_thread(name: str) -> None:
             f.write(name.encode("ascii", "replace")[:15])
     except OSError:
         pass
+
+
+def cpu_rate(samples: deque[tuple[float, float]], since: float, now: float) -> float | None:
+    """CPU seconds per second over [since, now], from the samples nearest those times."""
+    if len(samples) < 2:
+        return None
+    start = min(samples, key=lambda s: abs(s[0] - since))
+    end = samples[-1]
+    if end[0] - start[0] < 0.5:
+        start = samples[0]
+    span = end[0] - start[0]
+    return (end[1] - start[1]) / span if span > 0 else None

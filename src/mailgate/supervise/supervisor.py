@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from mailgate.observe import catalog
 from mailgate.observe.events import EventLog
 from mailgate.supervise.budget import BACKOFF_FIRST, RestartBudget
-from mailgate.supervise.cpu import name_os_thread, thread_cpu_seconds
-from mailgate.supervise.handle import ThreadHandle, ThreadState, Work
+from mailgate.supervise.cpu import cpu_rate, name_os_thread, thread_cpu_seconds
+from mailgate.supervise.handle import ThreadHandle, ThreadState
+from mailgate.supervise.views import SupervisorStats, ThreadView
 
 Body = Callable[[ThreadHandle], None]
 
@@ -43,34 +44,6 @@ TICK = 0.2
 # blocked thread uses ~0; a spinning one gets what the GIL and other processes leave it,
 # which on a busy 2-core machine can be as little as a few tenths.
 SPINNING = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class ThreadView:
-    name: str
-    role: str
-    connector: str | None
-    native_id: int | None
-    state: str
-    work: Work | None
-    started_at: float
-    restarts: int
-    recycles: int
-    last_progress: float
-    jobs_done: int
-    cpu_seconds: float | None
-    alive: bool
-    generation: int
-    abandoned: int
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisorStats:
-    threads: tuple[ThreadView, ...]
-    failed: tuple[str, ...]
-    stalled: tuple[str, ...]
-    abandoned: int
-    restarts: int
 
 
 @dataclass(slots=True)
@@ -97,6 +70,7 @@ class _Slot:
     stall_after: float | None
     budget: RestartBudget
     abandon: bool = True
+    on_fail: Callable[[], None] | None = None
     life: _Life | None = None
     generation: int = 0
     restarts: int = 0
@@ -143,15 +117,22 @@ class Supervisor:
         on_stall: Callable[[ThreadHandle], None] | None = None,
         stall_detection: bool = True,
         abandon: bool = True,
+        on_fail: Callable[[], None] | None = None,
     ) -> ThreadHandle:
-        """Register a thread and start it now; returns its first life's handle."""
+        """Register a thread and start it now; returns its first life's handle.
+
+        `on_fail` runs once the thread will not run again: its restarts spent (before a
+        critical failure stops the service), or the service stopping while it waits for
+        a restart. What the thread owed its callers (a committer's waiting futures) is
+        failed there, instead of being waited for until the stop's deadline."""
         if name in self._slots:
             raise ValueError(f"thread name {name!r} is already registered")
         stall_after = self.stall_after if stall_detection else None
         budget = RestartBudget(self._max_restarts, self._window, self._backoff)
         slot = _Slot(
-            name, role, connector, body, critical, on_stop, on_stall, stall_after, budget, abandon
-        )
+            name, role, connector, body, critical, on_stop, on_stall, stall_after, budget, abandon,
+            on_fail,
+        )  # fmt: skip
         self._slots[name] = slot
         return self._launch(slot)
 
@@ -324,8 +305,19 @@ class Supervisor:
         )
         if slot.connector is not None:
             self._events.emit(catalog.CONNECTOR_FAILED, connector=slot.connector, thread=slot.name)
+        self._gone(slot)
         if slot.critical and self._on_fatal is not None:
             self._on_fatal(f"critical thread {slot.name} failed")
+
+    def _gone(self, slot: _Slot) -> None:
+        """The slot's thread will not run again: fail what it owed (`on_fail`), once."""
+        on_fail, slot.on_fail = slot.on_fail, None
+        if on_fail is None:
+            return
+        try:
+            on_fail()
+        except Exception as exc:  # the service must still learn of the failure
+            self._events.emit(catalog.STORE_ERROR, operation="fail waiting", error=str(exc))
 
     # --- stalls ----------------------------------------------------------------------------------
     def _check_stall(self, slot: _Slot, life: _Life, now: float) -> None:
@@ -353,7 +345,7 @@ class Supervisor:
         handle = life.handle
         handle.state = ThreadState.STALLED
         life.stalled_at = now
-        rate = _cpu_rate(life.cpu, since, now)
+        rate = cpu_rate(life.cpu, since, now)
         frame = sys._current_frames().get(life.thread.ident or -1)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
         work = handle.work
@@ -424,6 +416,9 @@ class Supervisor:
         Order matters: receivers stop before the committer they hand messages to.
         """
         self._stopping.set()
+        for slot in list(self._slots.values()):
+            if slot.life is not None and slot.life.ended:  # dead, waiting for a restart
+                self._gone(slot)  # none comes now: whoever waits on it must not wait on
         left: list[str] = []
         named = {n for group in groups for n in group}
         for group in groups:
@@ -433,15 +428,3 @@ class Supervisor:
         # The monitor only sleeps in short waits: it always gets a moment to end.
         left += self.stop(["supervisor"], max(deadline, time.monotonic() + 1.0))
         return left
-
-
-def _cpu_rate(samples: deque[tuple[float, float]], since: float, now: float) -> float | None:
-    """CPU seconds per second over [since, now], from the samples nearest those times."""
-    if len(samples) < 2:
-        return None
-    start = min(samples, key=lambda s: abs(s[0] - since))
-    end = samples[-1]
-    if end[0] - start[0] < 0.5:
-        start = samples[0]
-    span = end[0] - start[0]
-    return (end[1] - start[1]) / span if span > 0 else None
