@@ -185,3 +185,21 @@ def test_chunking_is_on_by_default_and_off_per_connector_and_for_the_smarthost()
     ]  # fmt: skip
     assert problems({"connector": [{"name": "postoffice", "type": "postoffice",
                                     "chunking": False}]})  # fmt: skip
+
+
+def test_linger_is_5ms_by_default_and_set_per_connector_postoffice_and_smarthost() -> None:
+    config = parse_config(
+        {
+            "connector": [{**CORP, "linger": "0s"}, NET],
+            "postoffice": {"linger": "20ms"},
+            "smarthost": {"host": "relay.test", "linger": "2ms"},
+            "route": routes(("*@corp.example", "corp"), ("*@relay.example", "smarthost"),
+                            ("*", "internet")),
+        }
+    )  # fmt: skip
+    tables = config.connector_tables
+    assert [tables[n].linger_seconds for n in ("postoffice", "corp", "internet", "smarthost")] == [
+        0.02, 0.0, 0.005, 0.002
+    ]  # fmt: skip
+    assert parse_config({}).connector_tables["postoffice"].linger_seconds == 0.005
+    assert problems({"postoffice": {"linger": "soon"}})

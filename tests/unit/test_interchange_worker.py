@@ -5,6 +5,7 @@ limit, leases of an earlier life, recycling; the thread survives a connector's b
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class Scripted:
         self.calls: list[list[str]] = []
         self.flush_error: Exception | None = None
         self.opened = self.closed = 0
+        self.batches: list[tuple[float, list[str]]] = []  # each flush: when, what it covered
+        self._since_flush: list[str] = []
 
     def open(self) -> ConnectorSession:
         self.opened += 1
@@ -48,6 +51,7 @@ class _Session:
     def deliver(self, claims: Sequence[Claim], body: bytes) -> list[Result]:
         addresses = [c.address for c in claims]
         self.connector.calls.append(addresses)
+        self.connector._since_flush += addresses
         results = []
         for address in addresses:
             answer = self.connector.answers.get(address, Result(Disposition.DELIVERED, "250 ok"))
@@ -57,6 +61,8 @@ class _Session:
         return results
 
     def flush(self) -> None:
+        self.connector.batches.append((time.monotonic(), self.connector._since_flush))
+        self.connector._since_flush = []
         if self.connector.flush_error is not None:
             raise self.connector.flush_error
 
@@ -210,3 +216,46 @@ def test_a_thread_asks_to_be_recycled_after_its_attempts_and_records_its_last_ba
     assert [s for s in states if set(s.values()) == {"delivered"}] == states[:2]
     assert set(states[2].values()) == {"queued"}, "left for the fresh thread"
     assert body.state.delivered == 2 and body.state.attempts == 2
+
+
+def test_after_a_partial_batch_a_thread_lingers_so_the_next_messages_share_one_batch(
+    queue: Stage,
+) -> None:
+    """Issue 14: at one message at a time every batch was a batch of one, each with its own
+    claim, record and mailbox-directory flush. After a claim that found a partial batch
+    the thread waits out `linger` before it claims again; the first message after an idle
+    spell still goes at once."""
+    connector = Scripted()
+    handle = queue.run(worker(queue, connector, linger=1.5))
+    began = time.monotonic()
+    first = queue.enqueue("first@x.test")
+    settled(queue, first, "delivered")
+    assert connector.batches[0][0] - began < 1.0, "the first message after idling is not held"
+    rest = [queue.enqueue(f"r{i}@x.test") for i in range(3)]  # while the thread lingers
+    for queue_id in rest:
+        settled(queue, queue_id, "delivered")
+    assert [addresses for _, addresses in connector.batches] == [
+        ["first@x.test"],
+        ["r0@x.test", "r1@x.test", "r2@x.test"],
+    ], "the three that came during the linger went in one batch"
+    assert connector.batches[1][0] - connector.batches[0][0] >= 1.0, "it lingered"
+    queue.stop(handle)
+
+
+def test_a_full_batch_is_followed_by_the_next_claim_at_once_and_a_stop_ends_a_linger(
+    queue: Stage,
+) -> None:
+    connector = Scripted()
+    ids = [queue.enqueue(f"u{i}@x.test") for i in range(5)]
+    body = InterchangeThread(
+        connector, queue.store, queue.wakeup, queue.events, node=HOST, batch=2, linger=30.0
+    )
+    handle = queue.run(body)
+    for queue_id in ids[:4]:  # two full batches: no linger between them
+        settled(queue, queue_id, "delivered")
+    assert [len(addresses) for _, addresses in connector.batches[:2]] == [2, 2]
+    settled(queue, ids[4], "delivered")  # after the last full batch, a partial one at once
+    assert set(queue.states(ids[4]).values()) == {"delivered"}
+    began = time.monotonic()
+    queue.stop(handle)  # it lingers 30 s after that partial batch: the stop ends that
+    assert time.monotonic() - began < 10.0

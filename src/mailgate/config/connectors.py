@@ -25,6 +25,7 @@ from mailgate.config.units import Duration
 StartTls = Literal["none", "opportunistic", "required"]
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}\Z")
 SMTP_PORT, LMTP_PORT = 25, 24
+LINGER = 0.005  # seconds: the default of every connector's linger
 
 # The keys each kind of connector takes, beyond name, type, threads and batch.
 _LIMITS = ("connections", "messages_per_connection", "rate", "burst")
@@ -37,7 +38,7 @@ KEYS: dict[str, tuple[str, ...]] = {
              *_LIMITS),
     "postoffice": (),
 }  # fmt: skip
-_COMMON = ("name", "type", "threads", "batch")
+_COMMON = ("name", "type", "threads", "batch", "linger")
 
 
 class _Section(BaseModel):
@@ -122,6 +123,12 @@ class ConnectorTable(_Section):
         description="Recipients one thread claims at a time. Default: 32, or [postoffice] batch.",
         json_schema_extra={"doc_default": "by type"},
     )
+    linger: Duration | None = Field(
+        None,
+        description="How long a thread that claimed a partial batch waits before it claims "
+        "again (see [postoffice] linger). Default: 5ms, or [postoffice] linger.",
+        json_schema_extra={"doc_default": "by type"},
+    )
     connections: int = Field(
         0, ge=0, description="Connections open at once per destination (a smarthost, an "
         "LMTP server, an MX host); 0: no limit beyond the threads.",
@@ -162,6 +169,10 @@ class ConnectorTable(_Section):
     @property
     def batch_size(self) -> int:
         return self.batch if self.batch is not None else 32
+
+    @property
+    def linger_seconds(self) -> float:
+        return self.linger if self.linger is not None else LINGER
 
     @property
     def port_number(self) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import enum
 import json
 import types
-from typing import Any, Literal, Union, get_args, get_origin
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator
 from pydantic.fields import FieldInfo
@@ -57,18 +58,29 @@ def _plain_type(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation)).replace("str", "string").lower()
 
 
-def _type_name(field: FieldInfo) -> str:
-    for meta in field.metadata:
+def _unit(metadata: Iterable[object]) -> str | None:
+    for meta in metadata:
         if isinstance(meta, BeforeValidator):
             if meta.func is parse_duration:
                 return "duration"
             if meta.func is parse_size:
                 return "size"
+    return None
+
+
+def _type_name(field: FieldInfo) -> str:
+    unit = _unit(field.metadata)
+    if unit is not None:
+        return unit
     annotation: Any = field.annotation
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):  # `X | None`: unset means a default by type
         annotation = next(a for a in get_args(annotation) if a is not type(None))
         origin = get_origin(annotation)
+        if origin is Annotated:  # `Duration | None`: the unit is inside
+            unit = _unit(get_args(annotation)[1:])
+            if unit is not None:
+                return unit
     if origin is list:
         inner = get_args(annotation)[0]
         if isinstance(inner, type) and issubclass(inner, BaseModel):

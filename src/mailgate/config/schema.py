@@ -466,6 +466,16 @@ class PostofficeSettings(Section):
         "(contending for Python's GIL) than they gained. Raise it where fsync is slow.",
     )
     batch: int = Field(32, ge=1, le=1000, description="Recipients one thread claims at a time.")
+    linger: Duration = Field(
+        "5ms",
+        validate_default=True,
+        description="After a claim that found fewer recipients than a batch, how long (from "
+        "that claim) a thread waits before it claims again, so that mail arriving one message "
+        "at a time is delivered several to a claim: one claim, one record and one "
+        "mailbox-directory flush for several messages, for at most this much latency. A "
+        "claim that found nothing waits for new mail, and the first message after it goes "
+        'at once; "0s" claims again at once.',
+    )
     flush_threads: int = Field(
         4,
         ge=0,
@@ -610,6 +620,12 @@ class SmarthostSettings(Section):
     )
     threads: int = Field(2, ge=1, le=64, description="Interchange threads relaying to it.")
     batch: int = Field(32, ge=1, le=1000, description="Recipients one thread claims at a time.")
+    linger: Duration = Field(
+        "5ms",
+        validate_default=True,
+        description="How long a thread that claimed a partial batch waits before it claims "
+        "again (see [postoffice] linger).",
+    )
     down_for: Duration = Field(
         "60s",
         validate_default=True,
@@ -625,7 +641,8 @@ class SmarthostSettings(Section):
     def as_connector(self) -> ConnectorTable:
         """This section as the connector named `smarthost`."""
         keys = ("host", "port", "starttls", "verify", "ca_file", "username", "password_file",
-                "helo", "timeout", "threads", "batch", "down_for", "chunking")  # fmt: skip
+                "helo", "timeout", "threads", "batch", "linger", "down_for",
+                "chunking")  # fmt: skip
         return ConnectorTable.model_validate(
             {"name": "smarthost", "type": "smtp", **{k: getattr(self, k) for k in keys}}
         )
@@ -786,11 +803,12 @@ class Config(Section):
         """Every declared connector by name: postoffice, the [smarthost] one, the tables."""
         po = self.postoffice
         found = {"postoffice": ConnectorTable(name="postoffice", type="postoffice",
-                                              threads=po.threads, batch=po.batch)}  # fmt: skip
+                                              threads=po.threads, batch=po.batch,
+                                              linger=po.linger)}  # fmt: skip
         if self.smarthost.host:
             found["smarthost"] = self.smarthost.as_connector()
         for table in self.connector:
-            # A postoffice table sets threads and batch; those it leaves are [postoffice]'s.
+            # A postoffice table sets threads, batch, linger; those it leaves are [postoffice]'s.
             merged = found["postoffice"].model_copy(update=table.given())
             found[table.name] = merged if table.type == "postoffice" else table
         return found

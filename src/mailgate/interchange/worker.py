@@ -5,7 +5,10 @@ through the connector's per-thread session, flush the session (make the batch
 durable at the destination), then record every outcome in one queue commit
 (submitted just ahead of the next claim, so the two usually share it), and
 only then write events (the reports that commit queued, and the wake-ups of
-their connectors, are the queue's own: queue/effects.py). A crash anywhere
+their connectors, are the queue's own: queue/effects.py). After a claim that found a
+partial batch the next claim waits until `linger` has passed since it (a few
+milliseconds): at one message at a time it turns batches of one into batches of
+several, and a claim that found nothing waits for a wake-up and goes at once. A crash anywhere
 before the record leaves the leases to be released and the recipients retried;
 the postoffice connector makes such a retry idempotent. An unexpected exception
 in one delivery is an internal error for that recipient only (event 2450;
@@ -63,6 +66,7 @@ class InterchangeThread:
         *,
         node: str,
         batch: int,
+        linger: float = 0.0,
         max_received: int = 30,
         state: ConnectorState | None = None,
         recycle_after: int = 0,
@@ -77,6 +81,7 @@ class InterchangeThread:
         self.events = events
         self.node = node
         self.batch = batch
+        self.linger = linger  # seconds between claims while they find partial batches
         self.max_received = max_received
         self.state = state or ConnectorState(connector.name)
         self.recycle_after = recycle_after
@@ -114,6 +119,7 @@ class InterchangeThread:
         # and counters for a batch still come only after its record is committed.
         recording: Future[list[Recorded]] | None = None
         pending = 0  # attempts in `recording`
+        last_claim, last_size = 0.0, self.batch  # the last claim: when, how many it found
         try:
             while not handle.stopping:
                 if handle.recycle:  # asked for by `mailgate ctl refresh`
@@ -128,10 +134,15 @@ class InterchangeThread:
                     handle.recycle = True  # the supervisor replaces this thread with a fresh one
                     break
                 faults.check("interchange.loop")
+                if self._linger(handle, last_claim, last_size):
+                    break  # asked to stop while lingering
+                last_claim = time.monotonic()
                 claiming = self.store.claim(name, owner, self.batch)
                 attempts += self._recorded(recording)
                 recording, pending = None, 0
                 claims = claiming.result(STORE_WAIT)
+                # After nothing, the claim that a wake-up brings goes at once.
+                last_size = len(claims) or self.batch
                 if not claims:
                     handle.idle()
                     seen = self.wakeup.wait(name, seen, IDLE_WAIT)
@@ -145,6 +156,16 @@ class InterchangeThread:
                     self._recorded(recording)
             raise
         self._recorded(recording)
+
+    def _linger(self, handle: ThreadHandle, last_claim: float, last_size: int) -> bool:
+        """After a claim that found a partial batch, wait until `linger` has passed since it
+        began, so that mail arriving one message at a time is claimed several at once (one
+        claim, one record, one directory flush for several: the per-batch costs are most of
+        what a lone message costs to deliver); True if a stop was asked meanwhile."""
+        if not self.linger or last_size >= self.batch:
+            return False
+        left = last_claim + self.linger - time.monotonic()
+        return left > 0 and handle.wait(left)
 
     def _recorded(self, recording: Future[list[Recorded]] | None) -> int:
         """Wait for a batch's record to commit, then report it; how many attempts it held."""

@@ -30,11 +30,12 @@ from mailgate.postoffice.tree import Postoffice
 
 @dataclass(frozen=True, slots=True)
 class Built:
-    """A connector with the thread count and claim batch of its table."""
+    """A connector with the thread count, claim batch and linger of its table."""
 
     connector: Connector
     threads: int
     batch: int
+    linger: float = 0.0
 
 
 def built_connectors(config: Config) -> list[str]:
@@ -69,7 +70,7 @@ def build_all(
     for name in node_connectors(config):
         table = config.connector_tables[name]
         connector = build(table, config, office, events, counters, flusher)
-        built.append(Built(connector, table.thread_count, table.batch_size))
+        built.append(Built(connector, table.thread_count, table.batch_size, table.linger_seconds))
     return built
 
 

@@ -33,7 +33,7 @@ from mailgate.queue.reader import QueueReader
 from mailgate.queue.store import QueueStore
 from mailgate.queue.wakeup import Wakeup, WakeupListener, bind_wakeup, wakeup_path
 from mailgate.service import wiring
-from mailgate.service.connectors import node_connectors
+from mailgate.service.connectors import Built, node_connectors
 from mailgate.service.part import Apply, Part, Phase
 from mailgate.service.parts import RoutingPart
 from mailgate.service.reload import live_part
@@ -65,7 +65,7 @@ class DeliveryPart(Part):
         self.interchange_threads: list[str] = []
         self.delivery_connectors: dict[str, Connector] = {}
         self.thread_counts: dict[str, int] = {}
-        self.built: list[tuple[Connector, int, int]] = []
+        self.built: list[Built] = []
         self.scheduler: Scheduler | None = None
         self.supervisor: Supervisor | None = None
         self.wakeup_socket: socket.socket | None = None
@@ -108,7 +108,8 @@ class DeliveryPart(Part):
                 sup.spawn(name, "flush", self.flusher.run, on_stop=self.flusher.wake)
                 self.flush_threads.append(name)
         sv = config.supervise
-        for connector, threads, batch in self.built:
+        for built in self.built:
+            connector, threads = built.connector, built.threads
             self.delivery_connectors[connector.name] = connector
             self.thread_counts[connector.name] = threads
             body = InterchangeThread(
@@ -117,7 +118,8 @@ class DeliveryPart(Part):
                 self.wakeup,
                 self.events,
                 node=config.service.node,
-                batch=batch,
+                batch=built.batch,
+                linger=built.linger,
                 max_received=config.dsn.max_received,
                 state=self.connectors[connector.name],
                 recycle_after=sv.recycle_after,

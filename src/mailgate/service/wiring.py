@@ -15,7 +15,6 @@ from pathlib import Path
 
 from mailgate.config.schema import Config, SmtpSettings
 from mailgate.dsn.generate import BounceGenerator
-from mailgate.interchange.connector import Connector
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
 from mailgate.postoffice.address import AddressMap
@@ -32,7 +31,7 @@ from mailgate.receive.tls import server_context
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
 from mailgate.route.router import Router
 from mailgate.security.passwords import Credentials, CredentialsError
-from mailgate.service.connectors import build_all, built_connectors, node_connectors
+from mailgate.service.connectors import Built, build_all, built_connectors, node_connectors
 from mailgate.supervise.supervisor import Supervisor
 
 
@@ -176,13 +175,10 @@ def delivery_connectors(
     events: EventLog,
     counters: Counters,
     flusher: Flusher | None = None,
-) -> list[tuple[Connector, int, int]]:
-    """Each connector this node runs (service/connectors.py), with its thread count and
-    claim batch."""
-    return [
-        (b.connector, b.threads, b.batch)
-        for b in build_all(config, office, events, counters, flusher)
-    ]
+) -> list[Built]:
+    """Each connector this node runs (service/connectors.py), with its thread count,
+    claim batch and linger."""
+    return build_all(config, office, events, counters, flusher)
 
 
 def pickup(
