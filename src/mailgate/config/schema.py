@@ -390,6 +390,16 @@ class QueueSettings(Section):
     commit_batch: int = Field(
         512, ge=1, description="Most operations that share one durable commit (group commit)."
     )
+    commit_flush_threads: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Threads of a receiving process that flush its committed batches (SQLite): "
+        "with two, a batch written while the previous one is still being flushed starts its "
+        "own flush at once instead of waiting for that one to end, which halves the wait "
+        "where a flush is slow and independent flushes run side by side (a network block "
+        "device). 1: one flush at a time.",
+    )
     check_at_start: bool = Field(
         True,
         description="Verify every page of the queue file at start (SQLite quick_check); a "

@@ -7,7 +7,12 @@ covers every batch committed before it began; only then are the batch's futures
 resolved, so "done" still means "on disk" and a 250 still follows the flush. Meanwhile
 the writer gathers, builds and writes the next batch: on a disk whose flush is slow the
 flushes no longer hold the one writer lock, and the receive processes' flushes overlap
-instead of queueing behind each other (issue 14).
+instead of queueing behind each other (issue 14). Several flush threads may share one
+syncer (`[queue] commit_flush_threads`, `commit-sync`, `commit-sync-2`): a batch written
+while one flush runs is taken by an idle thread and flushed at once, instead of waiting
+for that flush to end and then for its own. Each batch is still settled only after a
+flush that began after its COMMIT returned (it is put here only then), whichever thread
+ran it; batches may be settled out of order, each once.
 
 At low load the hand-off is skipped: a committer whose batch is written while nothing
 else waits (no job queued behind it, no batch here unflushed) flushes and settles in its
@@ -243,9 +248,10 @@ class CommitSyncer:
         failure: OSError | StoreError | None = None
         try:
             self.backend.sync_commits()
-            self._flushes += 1
-            self._batches += len(batches)
-            self._largest = max(self._largest, len(batches))
+            with self._lock:  # several flush threads may count at once
+                self._flushes += 1
+                self._batches += len(batches)
+                self._largest = max(self._largest, len(batches))
         except (OSError, StoreError) as exc:
             failure = exc
         finally:

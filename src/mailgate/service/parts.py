@@ -81,6 +81,7 @@ class QueuePart(Part):
         if durable and isinstance(self.backend, DeferredSync):
             self.syncer = CommitSyncer(self.backend, events)
         self.committer = Committer(self.backend, events, max_batch=batch, syncer=self.syncer)
+        self.flush_threads = config.queue.commit_flush_threads
         self.store = wiring.queue_store(config, self.committer, self.backend)
         if durable and isinstance(self.backend, SqliteBackend):
             # A receive process with one session commits its message itself (inline.py).
@@ -122,21 +123,30 @@ class QueuePart(Part):
             )
         if self.syncer is not None:
             syncer = self.syncer
-            sup.spawn(
-                "commit-sync", "commit",
-                lambda handle: syncer.run(
-                    lambda: handle.stopping, handle.progress, handle.busy, handle.idle
-                ),
-                critical=True, on_stop=syncer.wake, abandon=False,
-                on_fail=syncer.fail_waiting,
-            )  # fmt: skip
+            for name in self._flushers():
+                sup.spawn(
+                    name, "commit",
+                    lambda handle: syncer.run(
+                        lambda: handle.stopping, handle.progress, handle.busy, handle.idle
+                    ),
+                    critical=True, on_stop=syncer.wake, abandon=False,
+                    on_fail=syncer.fail_waiting,
+                )  # fmt: skip
 
     def threads(self, phase: Phase) -> list[str]:
         if phase is not Phase.COMMIT:
             return []
-        # The flush thread last: it ends once the committer has and every batch is flushed.
-        names = [name for name, _ in self._committers()]
-        return names + (["commit-sync"] if self.syncer is not None else [])
+        # The flush threads last: they end once the committer has and every batch is flushed.
+        return [name for name, _ in self._committers()] + self._flushers()
+
+    def _flushers(self) -> list[str]:
+        """The flush threads' names: `commit-sync`, `commit-sync-2`, ... (none without a
+        syncer). Several take batches from one queue: each batch is flushed by a flush that
+        began after its COMMIT returned, whichever thread runs it."""
+        if self.syncer is None:
+            return []
+        count = self.flush_threads
+        return ["commit-sync"] + [f"commit-sync-{n}" for n in range(2, count + 1)]
 
     def _committers(self) -> list[tuple[str, Committer]]:
         found = [("commit", self.committer)]
