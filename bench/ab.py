@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -131,9 +132,12 @@ def main() -> int:
     for side in sides:
         print(f"{side.label}: {side.src or 'installed tree'} {' '.join(side.settings)}")
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
-    for n in range(args.runs):
-        for side in sides if n % 2 == 0 else reversed(sides):
-            run_once(side, args, args.python, work / f"{side.label}{n}")
+    try:
+        for n in range(args.runs):
+            for side in sides if n % 2 == 0 else reversed(sides):
+                run_once(side, args, args.python, work / f"{side.label}{n}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     case = "Maildir end to end" if args.deliver else "accept only"
     shim = f", +{args.flush_delay_us} us per flush" if args.flush_delay_us else ""
     print(
