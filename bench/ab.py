@@ -1,7 +1,7 @@
 """Two mailgate trees (or two settings) side by side: rate and CPU per message of each thread.
 
     .venv/bin/python bench/ab.py --src /tmp/before/src --against src [--runs 4]
-        [--sessions 10] [--messages 3000] [--size 5120] [--deliver]
+        [--sessions 10] [--messages 3000] [--size 5120] [--deliver | --relay]
         [--flush-delay-us 1000] [--set 'queue:commit_flush_threads = 1' ...]
         [--set-b 'postoffice:linger = "0s"' ...] [--threads]
 
@@ -10,7 +10,8 @@ for a change whose effect is smaller than the noise of one run on a shared machi
 two sides (A: `--src` with `--set`, B: `--against` with `--set-b`, either defaulting to
 the installed tree and the bench's configuration) run alternately, `--runs` times each,
 against smtp-source, accept only (the postoffice connector paused) or, with `--deliver`,
-until every message is in the Maildir. Each run prints its rate; the end prints each
+until every message is in the Maildir, or with `--relay` until Postfix's smtp-sink (the
+smarthost) has every one. Each run prints its rate; the end prints each
 side's median rate and median CPU ms/msg of all its processes (from /proc, every thread of
 the master and the workers), and with `--threads` each thread's share (named as `top -H`
 shows them), which says where a change moved the cost. `--flush-delay-us` runs both under
@@ -32,7 +33,9 @@ from pathlib import Path
 
 from flushshim import FlushShim
 from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, with_setting
-from measure import smtp_source
+from measure import SmtpSink, smtp_source
+
+RELAY_RECIPIENT = "r1@relay.example"  # routed to the smarthost, as in vs_postfix.py
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -81,9 +84,13 @@ def run_once(side: Side, args: argparse.Namespace, python: str, root: Path) -> N
         shim = FlushShim(root / "shim", args.flush_delay_us)
         mg.service_env.update(shim.environment(shim.counter("mailgate")))
     address = mg.add_mailboxes()[0]
+    sink = SmtpSink(args.smtp_sink) if args.relay else None
+    if sink is not None:
+        mg.smarthost = f"127.0.0.1:{sink.port}"
+        address = RELAY_RECIPIENT
     mg.start()
     try:
-        if not args.deliver:
+        if not (args.deliver or args.relay):
             mg.set_paused("postoffice", True)
         pids = mg.pids()
         before = _threads(pids)
@@ -99,10 +106,14 @@ def run_once(side: Side, args: argparse.Namespace, python: str, root: Path) -> N
             if sum(len(os.listdir(d)) for d in mg.new_dirs()) >= args.messages:
                 break
             time.sleep(0.02)
-        seconds = time.monotonic() - started if args.deliver else run.seconds
+        if sink is not None:
+            sink.wait_received(args.messages, 120)
+        seconds = time.monotonic() - started if args.deliver or args.relay else run.seconds
         after = _threads(pids)
     finally:
         mg.stop()
+        if sink is not None:
+            sink.stop()
     side.rates.append(args.messages / seconds)
     spent = {key: after[key] - before.get(key, 0.0) for key in after}
     side.cpu.append(1000 * sum(spent.values()) / args.messages)
@@ -124,6 +135,8 @@ def main() -> int:
     p.add_argument("--messages", type=int, default=3000)
     p.add_argument("--size", type=int, default=5120)
     p.add_argument("--deliver", action="store_true", help="until delivered into the Maildir")
+    p.add_argument("--relay", action="store_true", help="until relayed to smtp-sink")
+    p.add_argument("--smtp-sink", default="/usr/sbin/smtp-sink", help="smtp-sink path")
     p.add_argument("--flush-delay-us", type=int, default=0)
     p.add_argument("--threads", action="store_true", help="each thread's CPU ms/msg")
     add_mailgate_options(p)
@@ -139,6 +152,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     case = "Maildir end to end" if args.deliver else "accept only"
+    case = "relay end to end" if args.relay else case
     shim = f", +{args.flush_delay_us} us per flush" if args.flush_delay_us else ""
     print(
         f"\n{case}, {args.sessions} sessions, {args.messages} messages{shim}, "
