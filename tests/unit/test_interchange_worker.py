@@ -259,3 +259,26 @@ def test_a_full_batch_is_followed_by_the_next_claim_at_once_and_a_stop_ends_a_li
     began = time.monotonic()
     queue.stop(handle)  # it lingers 30 s after that partial batch: the stop ends that
     assert time.monotonic() - began < 10.0
+
+
+def test_a_connectors_threads_share_one_linger(queue: Stage) -> None:
+    """Two threads of one connector (one body runs in each, as delivery.py spawns them):
+    while one lingers after a partial batch, the other must not take the next message
+    alone. Regression: each thread lingered on its own, so with the smarthost's two
+    threads the idle one claimed every new message at once and batches stayed of one."""
+    connector = Scripted()
+    body = worker(queue, connector, linger=1.5)
+    first_thread = queue.run(body, name="t-1")
+    second_thread = queue.run(body, name="t-2")
+    first = queue.enqueue("first@x.test")
+    settled(queue, first, "delivered")
+    rest = [queue.enqueue(f"r{i}@x.test") for i in range(3)]  # both threads idle or lingering
+    for queue_id in rest:
+        settled(queue, queue_id, "delivered")
+    assert [addresses for _, addresses in connector.batches] == [
+        ["first@x.test"],
+        ["r0@x.test", "r1@x.test", "r2@x.test"],
+    ], "the idle thread waited out the other's linger too"
+    assert connector.batches[1][0] - connector.batches[0][0] >= 1.0
+    queue.stop(first_thread)
+    queue.stop(second_thread)

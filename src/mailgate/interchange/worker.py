@@ -6,9 +6,10 @@ durable at the destination), then record every outcome in one queue commit
 (submitted just ahead of the next claim, so the two usually share it), and
 only then write events (the reports that commit queued, and the wake-ups of
 their connectors, are the queue's own: queue/effects.py). After a claim that found a
-partial batch the next claim waits until `linger` has passed since it (a few
-milliseconds): at one message at a time it turns batches of one into batches of
-several, and a claim that found nothing waits for a wake-up and goes at once. A crash anywhere
+partial batch the connector's next claim, by whichever of its threads, waits until
+`linger` has passed since it (a few milliseconds): at one message at a time it turns
+batches of one into batches of several, and a claim that found nothing waits for a
+wake-up and goes at once. A crash anywhere
 before the record leaves the leases to be released and the recipients retried;
 the postoffice connector makes such a retry idempotent. An unexpected exception
 in one delivery is an internal error for that recipient only (event 2450;
@@ -82,6 +83,9 @@ class InterchangeThread:
         self.node = node
         self.batch = batch
         self.linger = linger  # seconds between claims while they find partial batches
+        # Shared by the connector's threads (one body runs in each): no claim before this
+        # (monotonic), set by a claim that found a partial batch, cleared by a full one.
+        self._quiet_until = 0.0
         self.max_received = max_received
         self.state = state or ConnectorState(connector.name)
         self.recycle_after = recycle_after
@@ -119,7 +123,6 @@ class InterchangeThread:
         # and counters for a batch still come only after its record is committed.
         recording: Future[list[Recorded]] | None = None
         pending = 0  # attempts in `recording`
-        last_claim, last_size = 0.0, self.batch  # the last claim: when, how many it found
         try:
             while not handle.stopping:
                 if handle.recycle:  # asked for by `mailgate ctl refresh`
@@ -134,15 +137,14 @@ class InterchangeThread:
                     handle.recycle = True  # the supervisor replaces this thread with a fresh one
                     break
                 faults.check("interchange.loop")
-                if self._linger(handle, last_claim, last_size):
+                if self._linger(handle):
                     break  # asked to stop while lingering
-                last_claim = time.monotonic()
+                began = time.monotonic()
                 claiming = self.store.claim(name, owner, self.batch)
                 attempts += self._recorded(recording)
                 recording, pending = None, 0
                 claims = claiming.result(STORE_WAIT)
-                # After nothing, the claim that a wake-up brings goes at once.
-                last_size = len(claims) or self.batch
+                self._claimed(began, len(claims))
                 if not claims:
                     handle.idle()
                     seen = self.wakeup.wait(name, seen, IDLE_WAIT)
@@ -157,15 +159,24 @@ class InterchangeThread:
             raise
         self._recorded(recording)
 
-    def _linger(self, handle: ThreadHandle, last_claim: float, last_size: int) -> bool:
-        """After a claim that found a partial batch, wait until `linger` has passed since it
-        began, so that mail arriving one message at a time is claimed several at once (one
-        claim, one record, one directory flush for several: the per-batch costs are most of
-        what a lone message costs to deliver); True if a stop was asked meanwhile."""
-        if not self.linger or last_size >= self.batch:
-            return False
-        left = last_claim + self.linger - time.monotonic()
+    def _linger(self, handle: ThreadHandle) -> bool:
+        """Wait until `linger` has passed since the connector's last claim that found a
+        partial batch, whichever of its threads made it, so that mail arriving one message
+        at a time is claimed several at once (one claim, one record, one directory flush for
+        several: the per-batch costs are most of what a lone message costs to deliver);
+        True if a stop was asked meanwhile."""
+        left = self._quiet_until - time.monotonic()
         return left > 0 and handle.wait(left)
+
+    def _claimed(self, began: float, found: int) -> None:
+        """After a claim: a partial batch makes the next claim of any thread of the
+        connector wait; a full one (more is waiting) lets it come at once. A claim that
+        found nothing changes nothing: its thread waits for a wake-up, and the claim that
+        brings goes at once unless another thread's partial claim was just made."""
+        if found >= self.batch:
+            self._quiet_until = 0.0
+        elif found and self.linger:
+            self._quiet_until = began + self.linger
 
     def _recorded(self, recording: Future[list[Recorded]] | None) -> int:
         """Wait for a batch's record to commit, then report it; how many attempts it held."""
