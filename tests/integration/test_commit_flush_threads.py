@@ -164,3 +164,26 @@ def test_a_service_runs_its_flush_threads_supervised(
         assert sorted(n for n in found if n.startswith("commit-sync")) == names
     finally:
         assert service.stop() == []
+
+
+def test_both_flush_threads_end_at_once_when_the_committer_has(tmp_path: Path) -> None:
+    """Regression: the committer's end woke one flush thread; the other slept out its poll
+    (0.5 s), and every stop of every receiving process took that much longer. Here the poll
+    is a minute: only the wake-up each ending thread passes on can end the other."""
+    backend = SqliteBackend(tmp_path / "queue.db", lock_timeout=None)
+    backend.initialize()
+    syncer = CommitSyncer(backend, EventLog())
+    syncer.poll = 60.0
+    syncer.writer_running(True)
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=syncer.run, args=(stop.is_set, lambda: None), daemon=True)
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    stop.set()
+    syncer.writer_running(False)  # the committer ended: one wake-up
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive(), "a flush thread slept on after the committer ended"

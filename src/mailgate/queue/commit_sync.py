@@ -138,6 +138,8 @@ class SyncerStats:
 class CommitSyncer:
     """Flushes committed batches; `run` is the body of the supervised `commit-sync` thread."""
 
+    poll = 0.5  # seconds a flush thread waits for a batch before it looks at its stop flag
+
     def __init__(self, backend: DeferredSync, events: EventLog) -> None:
         self.backend = backend
         self._events = events
@@ -211,6 +213,7 @@ class CommitSyncer:
             batches = self._gather()
             if not batches:
                 if stopping() and self._writers == 0 and self._pending.empty():
+                    self._pending.put(None)  # the next flush thread, asleep in its get, may go too
                     return
                 continue
             busy()  # a flush stuck on the disk is a stall, with callers waiting
@@ -220,7 +223,7 @@ class CommitSyncer:
 
     def _gather(self) -> list[list[Result]]:
         try:
-            first = self._pending.get(timeout=0.5)
+            first = self._pending.get(timeout=self.poll)
         except queue.Empty:
             return []
         batches = [first] if first is not None else []
