@@ -24,6 +24,7 @@ from mailgate.queue.commit_sync import CommitSyncer
 from mailgate.queue.sqlite import SqliteBackend
 from mailgate.service.processes import single_process
 from mailgate.supervise.handle import ThreadHandle
+from tests.integration.test_commit_overlap import _committed
 from tests.integration.test_queue import message
 from tests.support.process import wait_for
 
@@ -109,14 +110,6 @@ def _run(tmp_path: Path, flushers: int) -> Run:
     second = insert("b@example.test")
     wait_for(lambda: _committed(backend) == 2, 10, what="the second batch written")
     return Run(backend, first, second, stop)
-
-
-def _committed(backend: SqliteBackend) -> int:
-    conn = backend.connect()
-    try:
-        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
-    finally:
-        conn.close()
 
 
 def test_a_batch_written_during_a_slow_flush_is_flushed_at_once_by_the_other_thread(
