@@ -203,3 +203,6 @@ def test_linger_is_5ms_by_default_and_set_per_connector_postoffice_and_smarthost
     ]  # fmt: skip
     assert parse_config({}).connector_tables["postoffice"].linger_seconds == 0.005
     assert problems({"postoffice": {"linger": "soon"}})
+    # A linger of minutes would hold every partial batch that long: refused, naming the key.
+    assert "postoffice.linger" in problems({"postoffice": {"linger": "2s"}})
+    assert "connector[0].linger" in problems({"connector": [{**CORP, "linger": "1m"}]})

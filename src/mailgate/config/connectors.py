@@ -125,8 +125,9 @@ class ConnectorTable(_Section):
     )
     linger: Duration | None = Field(
         None,
+        le=1.0,
         description="How long a thread that claimed a partial batch waits before it claims "
-        "again (see [postoffice] linger). Default: 5ms, or [postoffice] linger.",
+        "again (see [postoffice] linger; at most 1s). Default: 5ms, or [postoffice] linger.",
         json_schema_extra={"doc_default": "by type"},
     )
     connections: int = Field(

@@ -479,12 +479,13 @@ class PostofficeSettings(Section):
     linger: Duration = Field(
         "5ms",
         validate_default=True,
+        le=1.0,
         description="After a claim that found fewer recipients than a batch, how long (from "
         "that claim) a thread waits before it claims again, so that mail arriving one message "
         "at a time is delivered several to a claim: one claim, one record and one "
         "mailbox-directory flush for several messages, for at most this much latency. A "
         "claim that found nothing waits for new mail, and the first message after it goes "
-        'at once; "0s" claims again at once.',
+        'at once; "0s" claims again at once. At most "1s".',
     )
     flush_threads: int = Field(
         4,
@@ -633,6 +634,7 @@ class SmarthostSettings(Section):
     linger: Duration = Field(
         "5ms",
         validate_default=True,
+        le=1.0,
         description="How long a thread that claimed a partial batch waits before it claims "
         "again (see [postoffice] linger).",
     )
