@@ -22,8 +22,25 @@ GENERIC = {
 }  # fmt: skip
 
 
+_DONE: dict[str, str] = {}  # the answers for short replies, which repeat: two regexes less
+_DONE_SIZE = 1024  # then cleared (client text can make replies vary without bound)
+_DONE_LENGTH = 80
+
+
 def with_enhanced_code(status: str) -> str:
     """`status` with the generic enhanced code inserted if it has none and needs one."""
+    done = _DONE.get(status)
+    if done is not None:
+        return done
+    done = _with_enhanced_code(status)
+    if len(status) <= _DONE_LENGTH:
+        if len(_DONE) >= _DONE_SIZE:
+            _DONE.clear()
+        _DONE[status] = done
+    return done
+
+
+def _with_enhanced_code(status: str) -> str:
     if _HAS_ENHANCED.match(status):
         return status
     match = _BASIC.match(status)

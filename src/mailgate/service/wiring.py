@@ -19,6 +19,7 @@ from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog, levels_from_config, open_event_log
 from mailgate.postoffice.address import AddressMap
 from mailgate.postoffice.flush import Flusher
+from mailgate.postoffice.known import KnownMailboxes
 from mailgate.postoffice.owner import Ownership
 from mailgate.postoffice.tree import Postoffice
 from mailgate.queue.backend import Backend
@@ -81,7 +82,7 @@ def recipient_policy(config: Config, office: Postoffice, routes: Router) -> Reci
     verify = "postoffice" in node_connectors(config)
     return RecipientPolicy(
         routes,
-        {"postoffice": postoffice_verifier(office.exists)} if verify else {},
+        {"postoffice": postoffice_verifier(KnownMailboxes(office.exists))} if verify else {},
         relay_connectors=config.relay_connectors,
         relay_networks=config.smtp.relay_networks,
     )
