@@ -5,6 +5,7 @@ limit, leases of an earlier life, recycling; the thread survives a connector's b
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.errors import PermanentFailure, TemporaryFailure
+from mailgate.interchange import worker as worker_module
 from mailgate.interchange.connector import ConnectorSession, Result
 from mailgate.interchange.state import ConnectorState
 from mailgate.interchange.worker import InterchangeThread, lease_owner
@@ -38,6 +40,8 @@ class Scripted:
         self.opened = self.closed = 0
         self.batches: list[tuple[float, list[str]]] = []  # each flush: when, what it covered
         self._since_flush: list[str] = []
+        self.delivered_by: list[str] = []  # the thread of each deliver call
+        self.delay = 0.0  # seconds each deliver call takes
 
     def open(self) -> ConnectorSession:
         self.opened += 1
@@ -50,6 +54,8 @@ class _Session:
 
     def deliver(self, claims: Sequence[Claim], body: bytes) -> list[Result]:
         addresses = [c.address for c in claims]
+        self.connector.delivered_by.append(threading.current_thread().name)
+        time.sleep(self.connector.delay)  # a slow delivery, for tests that need overlap
         self.connector.calls.append(addresses)
         self.connector._since_flush += addresses
         results = []
@@ -282,3 +288,54 @@ def test_a_connectors_threads_share_one_linger(queue: Stage) -> None:
     assert connector.batches[1][0] - connector.batches[0][0] >= 1.0
     queue.stop(first_thread)
     queue.stop(second_thread)
+
+
+def test_regression_a_second_postoffice_thread_took_messages_at_one_at_a_time(
+    queue: Stage,
+) -> None:
+    """Issue 14: with two postoffice threads, one message at a time cost a fifth more CPU
+    per message than with one (`bench/ab.py --sessions 1 --deliver --set 'postoffice:
+    threads = 2'`: 1.830 against 1.527 ms), each new message waking the idle thread. With
+    `helpers_on_backlog` the second thread is woken only by a backlog: here, never."""
+    connector = Scripted()
+    body = worker(queue, connector, linger=0.01, helpers_on_backlog=True)
+    first_thread = queue.run(body, name="t-1")
+    second_thread = queue.run(body.helper(), name="t-2")
+    for i in range(6):
+        settled(queue, queue.enqueue(f"one{i}@x.test"), "delivered")
+    assert connector.delivered_by == ["t-1"] * 6
+    queue.stop(second_thread)  # asleep on the backlog's wake-up: a stop ends that
+    queue.stop(first_thread)
+
+
+def test_a_backlog_wakes_the_helpers_and_they_deliver_beside_the_first_thread(
+    queue: Stage,
+) -> None:
+    connector = Scripted()
+    connector.delay = 0.05  # 10 recipients a batch: half a second each, so they overlap
+    ids = [queue.enqueue(f"b{i}@x.test") for i in range(40)]
+    body = worker(queue, connector, helpers_on_backlog=True)
+    threads = [queue.run(body, name="t-1"), queue.run(body.helper(), name="t-2")]
+    for queue_id in ids:
+        settled(queue, queue_id, "delivered")
+    assert {"t-1", "t-2"} <= set(connector.delivered_by), connector.delivered_by
+    assert sorted(a for call in connector.calls for a in call) == sorted(
+        f"b{i}@x.test" for i in range(40)
+    ), "each recipient delivered once"
+    for handle in threads:
+        queue.stop(handle)
+
+
+def test_a_helper_alone_still_delivers_by_its_poll(
+    queue: Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the first thread is stuck (or gone), what waits is claimed by a helper's poll,
+    every IDLE_WAIT seconds, without any backlog wake-up."""
+    monkeypatch.setattr(worker_module, "IDLE_WAIT", 0.2)
+    connector = Scripted()
+    body = worker(queue, connector, helpers_on_backlog=True)
+    helper = queue.run(body.helper(), name="t-2")
+    queue_id = queue.enqueue("alone@x.test")
+    settled(queue, queue_id, "delivered")
+    assert connector.delivered_by == ["t-2"]
+    queue.stop(helper)

@@ -9,7 +9,11 @@ their connectors, are the queue's own: queue/effects.py). After a claim that fou
 partial batch the connector's next claim, by whichever of its threads, waits until
 `linger` has passed since it (a few milliseconds): at one message at a time it turns
 batches of one into batches of several, and a claim that found nothing waits for a
-wake-up and goes at once. A crash anywhere
+wake-up and goes at once. Where the connector says so (`helpers_on_backlog`: the
+postoffice, whose deliveries are local and short), its second and later threads claim only
+while there is a backlog: woken by a claim that found a full batch, or every IDLE_WAIT
+seconds in case the first thread is stuck; at one message at a time they cost nothing,
+and a slow flush still has several batches in flight once mail queues up. A crash anywhere
 before the record leaves the leases to be released and the recipients retried;
 the postoffice connector makes such a retry idempotent. An unexpected exception
 in one delivery is an internal error for that recipient only (event 2450;
@@ -19,11 +23,12 @@ quarantine after a few), never the end of the thread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from mailgate.errors import PermanentFailure, TemporaryFailure
@@ -74,6 +79,7 @@ class InterchangeThread:
         recycle_every: float = 0.0,
         counters: Counters | None = None,
         in_flight: InFlight | None = None,
+        helpers_on_backlog: bool = False,
     ) -> None:
         self.connector = connector
         self.in_flight = in_flight or InFlight()  # what an administrator's command may cancel
@@ -86,6 +92,8 @@ class InterchangeThread:
         # Shared by the connector's threads (one body runs in each): no claim before this
         # (monotonic), set by a claim that found a partial batch, cleared by a full one.
         self._quiet_until = 0.0
+        self.helpers_on_backlog = helpers_on_backlog
+        self._backlog = f"{connector.name} backlog"  # the wake-up key the helpers wait on
         self.max_received = max_received
         self.state = state or ConnectorState(connector.name)
         self.recycle_after = recycle_after
@@ -93,6 +101,15 @@ class InterchangeThread:
         self.counters = counters or Counters()
 
     def __call__(self, handle: ThreadHandle) -> None:
+        """The body of the connector's first thread."""
+        self._run(handle, helper=False)
+
+    def helper(self) -> Callable[[ThreadHandle], None]:
+        """The body of the connector's second and later threads: with `helpers_on_backlog`,
+        they claim only while the connector has a backlog (see the module docstring)."""
+        return functools.partial(self._run, helper=True)
+
+    def _run(self, handle: ThreadHandle, *, helper: bool) -> None:
         owner = lease_owner(self.node, handle.name, handle.generation)
         # Leases earlier lives of this thread held (dead or abandoned) are ours to give back.
         previous = lease_owner(self.node, handle.name)
@@ -104,7 +121,7 @@ class InterchangeThread:
         handle.on_abort(getattr(session, "abort", None))
         reader = self.store.reader()
         try:
-            self._loop(handle, owner, session, reader)
+            self._loop(handle, owner, session, reader, helper and self.helpers_on_backlog)
         except faults.FaultExit:
             return  # tests: a thread that ends without being asked to
         finally:
@@ -113,10 +130,19 @@ class InterchangeThread:
             reader.close()
 
     def _loop(
-        self, handle: ThreadHandle, owner: str, session: ConnectorSession, reader: QueueReader
+        self,
+        handle: ThreadHandle,
+        owner: str,
+        session: ConnectorSession,
+        reader: QueueReader,
+        on_backlog: bool,
     ) -> None:
         name = self.connector.name
-        seen = self.wakeup.generation(name)
+        # A helper waits on the backlog's wake-ups, never on the connector's own: each of
+        # those (one per commit that made mail due) then wakes the first thread alone.
+        key = self._backlog if on_backlog else name
+        seen = self.wakeup.generation(key)
+        waiting = on_backlog  # for a backlog: a helper's claim found a partial batch
         started, attempts = time.monotonic(), 0
         # A batch's outcomes are recorded while the next claim is submitted behind them, so
         # both usually share one commit: one wait on the queue per batch, not two. Events
@@ -131,7 +157,14 @@ class InterchangeThread:
                     attempts += self._recorded(recording)
                     recording, pending = None, 0
                     handle.idle()
-                    seen = self.wakeup.wait(name, seen, IDLE_WAIT)
+                    seen = self.wakeup.wait(key, seen, IDLE_WAIT)
+                    continue
+                if waiting:
+                    attempts += self._recorded(recording)
+                    recording, pending = None, 0
+                    handle.idle()
+                    seen = self.wakeup.wait(key, seen, IDLE_WAIT)  # woken, or the poll
+                    waiting = False  # claim once: a partial batch sends it back here
                     continue
                 if self._recycle_due(attempts + pending, time.monotonic() - started):
                     handle.recycle = True  # the supervisor replaces this thread with a fresh one
@@ -145,9 +178,15 @@ class InterchangeThread:
                 recording, pending = None, 0
                 claims = claiming.result(STORE_WAIT)
                 self._claimed(began, len(claims))
+                if len(claims) >= self.batch:
+                    if self.helpers_on_backlog:
+                        self.wakeup.notify(self._backlog)  # one helper more: it may wake the next
+                elif on_backlog:
+                    waiting = True
                 if not claims:
-                    handle.idle()
-                    seen = self.wakeup.wait(name, seen, IDLE_WAIT)
+                    if not on_backlog:
+                        handle.idle()
+                        seen = self.wakeup.wait(key, seen, IDLE_WAIT)
                     continue
                 outcomes = self._deliver_batch(handle, session, reader, claims)
                 recording, pending = self.store.record(outcomes, owner), len(outcomes)

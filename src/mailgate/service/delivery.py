@@ -126,13 +126,15 @@ class DeliveryPart(Part):
                 recycle_every=sv.recycle_every,
                 counters=self.counters,
                 in_flight=self.in_flight,
+                # Local and short deliveries: extra threads are for a backlog (a slow flush).
+                helpers_on_backlog=connector.name == "postoffice",
             )
             for n in range(1, threads + 1):
                 name = f"{connector.name}-{n}"
                 sup.spawn(
                     name,
                     "interchange",
-                    body,
+                    body if n == 1 else body.helper(),
                     connector=connector.name,
                     critical=sv.exit_on_failure,
                     on_stop=self.wakeup.notify_all,
