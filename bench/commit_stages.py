@@ -13,9 +13,10 @@ Each receive process writes its figures to a file every 500 messages; printed: m
 and p90 of each stage in ms, and the batch size. Messages a lone session commits inline
 (queue/inline.py) do not pass the committer and are not counted: use 2 sessions or more.
 With --syscalls S, `strace -f -c` watches the first receive process for S seconds from
-the third second on and its counts are printed per message that process queued meanwhile
-(strace slows the process severalfold: counts, not times). Anything the hook cannot find
-(the code changed) is left alone and the script says it found no figures.
+the second second on (give it --messages enough to last), and its counts are printed per
+message that process queued meanwhile (strace slows it severalfold: counts, not times).
+Anything the hook cannot find (the code changed) is left alone; the script then says it
+found no figures.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ STAGES = ("queue wait", "lock wait", "transaction", "to flush start", "flush", "
 
 
 def _syscalls(mg: Mailgate, seconds: float, out: Path) -> None:
-    time.sleep(3)
+    time.sleep(2)
     pid = next(p for p, role in mg.pids().items() if role == "receive")
     cmd = ["timeout", "-s", "INT", str(seconds), "strace", "-f", "-c", "-o", str(out)]
     subprocess.run([*cmd, "-p", str(pid)], capture_output=True, timeout=seconds + 30)
@@ -137,7 +138,12 @@ def _print_syscalls(path: Path) -> None:
     counts = {}
     for line in path.read_text().splitlines():
         parts = line.split()
-        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1].isidentifier():
+        if (
+            len(parts) >= 5
+            and parts[0][0].isdigit()
+            and parts[-1].isidentifier()
+            and parts[-1] != "total"
+        ):
             counts[parts[-1]] = int(parts[3])
     # getrandom: one per queue id (model.new_queue_id), so one per message queued.
     messages = counts.get("getrandom", 0)
