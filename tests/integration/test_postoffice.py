@@ -12,7 +12,7 @@ import pytest
 
 from mailgate.connectors.postoffice import PostofficeConnector
 from mailgate.errors import AddressError, PermanentFailure, TemporaryFailure
-from mailgate.model import Claim
+from mailgate.model import Claim, Disposition
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import AddressMap, PostofficeAddress
 from mailgate.postoffice.tree import Postoffice
@@ -248,3 +248,27 @@ def test_outbox_is_created_with_the_postoffice_and_a_symlink_there_is_refused(
         po.add(PostofficeAddress("LOCAL", "OTHER", "BOB"))
     assert list(elsewhere.iterdir()) == [] and not (po.root / "LOCAL" / "OTHER" / "BOB").exists()
     assert po.outbox("LOCAL", "OTHER").waiting is None, "a symlinked outbox is not followed"
+
+
+def test_regression_a_cancelled_attempt_cancelled_the_messages_next_one_too(
+    po: Postoffice,
+) -> None:
+    """`mailgate queue hold` cancels the attempt in progress; after `queue release` the
+    same thread, on the same session, tries the message again. Its cancel was kept for the
+    queue id and stopped that attempt as well: the message was deferred for the retry
+    interval instead of delivered (tests/e2e/test_admin_command_takes_effect.py)."""
+    session = connector(po).open()
+    session.cancel("Q1")  # between the claim and the delivery
+    [cancelled] = session.deliver([claim(rid=1)], BODY)
+    assert cancelled.disposition is Disposition.DEFERRED, cancelled
+    assert "cancelled by the administrator" in cancelled.reply
+    [again] = session.deliver([claim(rid=1)], BODY)  # the next attempt, after a release
+    assert again.disposition is Disposition.DELIVERED, again
+    session.flush()
+    session.cancel("Q2")  # skipped in its batch: never delivered there
+    session.flush()
+    [later] = session.deliver([claim(queue_id="Q2", rid=2)], BODY)
+    assert later.disposition is Disposition.DELIVERED, later
+    session.flush()
+    assert len(files(po)) == 2
+    session.close()

@@ -42,6 +42,7 @@ class Scripted:
         self._since_flush: list[str] = []
         self.delivered_by: list[str] = []  # the thread of each deliver call
         self.delay = 0.0  # seconds each deliver call takes
+        self.hold: dict[str, threading.Event] = {}  # a delivery to it waits for its event
 
     def open(self) -> ConnectorSession:
         self.opened += 1
@@ -56,6 +57,9 @@ class _Session:
         addresses = [c.address for c in claims]
         self.connector.delivered_by.append(threading.current_thread().name)
         time.sleep(self.connector.delay)  # a slow delivery, for tests that need overlap
+        for address in addresses:
+            if address in self.connector.hold:
+                self.connector.hold[address].wait(WAIT)  # a stuck delivery
         self.connector.calls.append(addresses)
         self.connector._since_flush += addresses
         results = []
@@ -339,3 +343,28 @@ def test_a_helper_alone_still_delivers_by_its_poll(
     settled(queue, queue_id, "delivered")
     assert connector.delivered_by == ["t-2"]
     queue.stop(helper)
+
+
+def test_new_mail_goes_to_a_helper_while_the_first_thread_is_stuck(
+    queue: Stage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first thread stuck in one batch (a hung mailbox) must not hold up the mail that
+    comes meanwhile: once it has been in its batch for STUCK_AFTER, new mail's wake-ups
+    spill over to a helper (not its poll: IDLE_WAIT is a minute here). Regression: with
+    the helpers waiting for a backlog alone, a released delivery waited behind a stuck
+    thread (tests/e2e/test_admin_command_takes_effect.py, test_kb_q237182)."""
+    monkeypatch.setattr(worker_module, "IDLE_WAIT", 60.0)
+    monkeypatch.setattr(worker_module, "STUCK_AFTER", 0.2)
+    connector = Scripted()
+    gate = connector.hold["stuck@x.test"] = threading.Event()
+    body = worker(queue, connector, linger=0.01, helpers_on_backlog=True)
+    threads = [queue.run(body, name="t-1"), queue.run(body.helper(), name="t-2")]
+    stuck = queue.enqueue("stuck@x.test")
+    wait_for(lambda: body._first_stuck(), WAIT, what="the first thread stuck")
+    later = queue.enqueue("later@x.test")
+    settled(queue, later, "delivered")
+    assert connector.delivered_by == ["t-1", "t-2"]
+    gate.set()
+    settled(queue, stuck, "delivered")
+    for handle in threads:
+        queue.stop(handle)

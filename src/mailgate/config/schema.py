@@ -473,8 +473,9 @@ class PostofficeSettings(Section):
         le=64,
         description="Interchange threads delivering to mailboxes. The first takes the mail as "
         "it comes; the others claim only while there is a backlog (a claim found a whole "
-        "batch), so that several batches are written and flushed at once where flushes are "
-        "slow, and cost nothing at a message at a time. Raise it where fsync is slow.",
+        "batch) or the first is stuck in one batch, so that several batches are written and "
+        "flushed at once where flushes are slow, and cost nothing at a message at a time. "
+        "Raise it where fsync is slow.",
     )
     batch: int = Field(32, ge=1, le=1000, description="Recipients one thread claims at a time.")
     linger: Duration = Field(

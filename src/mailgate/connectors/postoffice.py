@@ -161,6 +161,10 @@ class PostofficeSession:
         finally:
             with self._lock:
                 self._current, self._done = None, queue_id
+                if self._cancelled == queue_id:
+                    # This attempt is over: its cancel must not stop the message's next one
+                    # (after `queue release`, on this same session).
+                    self._cancelled = None
 
     def cancel(self, queue_id: str) -> str:
         """Stop the delivery of `queue_id` before its next link (called from the control
@@ -349,6 +353,8 @@ class PostofficeSession:
     def flush(self) -> None:
         """fsync every file delivered and every new/ linked into since the last flush
         (one per mailbox, not per file), side by side."""
+        with self._lock:  # the batch is over: a cancel of one it skipped is spent too
+            self._cancelled = None
         dirty, self._dirty = list(self._dirty.values()), {}
         retired, self._retired = self._retired, []
         files, self._unsynced = self._unsynced, []

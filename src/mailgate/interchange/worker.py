@@ -11,9 +11,10 @@ partial batch the connector's next claim, by whichever of its threads, waits unt
 batches of one into batches of several, and a claim that found nothing waits for a
 wake-up and goes at once. Where the connector says so (`helpers_on_backlog`: the
 postoffice, whose deliveries are local and short), its second and later threads claim only
-while there is a backlog: woken by a claim that found a full batch, or every IDLE_WAIT
-seconds in case the first thread is stuck; at one message at a time they cost nothing,
-and a slow flush still has several batches in flight once mail queues up. A crash anywhere
+while there is a backlog: woken by a claim that found a full batch, by new mail while the
+first thread has been in one batch for over STUCK_AFTER seconds (a hung mailbox, a fault),
+or by their poll every IDLE_WAIT seconds; at one message at a time they cost nothing, and
+a slow flush still has several batches in flight once mail queues up. A crash anywhere
 before the record leaves the leases to be released and the recipients retried;
 the postoffice connector makes such a retry idempotent. An unexpected exception
 in one delivery is an internal error for that recipient only (event 2450;
@@ -50,6 +51,7 @@ from mailgate.supervise import faults
 from mailgate.supervise.handle import ThreadHandle
 
 IDLE_WAIT = 5.0
+STUCK_AFTER = 0.5  # seconds in one batch after which the first thread's new mail spills over
 
 
 def lease_owner(node: str, thread_name: str, generation: int | None = None) -> str:
@@ -94,6 +96,9 @@ class InterchangeThread:
         self._quiet_until = 0.0
         self.helpers_on_backlog = helpers_on_backlog
         self._backlog = f"{connector.name} backlog"  # the wake-up key the helpers wait on
+        self._first_busy_since: float | None = None  # the first thread, in a batch (monotonic)
+        if helpers_on_backlog:
+            wakeup.spill(connector.name, self._backlog, self._first_stuck)
         self.max_received = max_received
         self.state = state or ConnectorState(connector.name)
         self.recycle_after = recycle_after
@@ -108,6 +113,10 @@ class InterchangeThread:
         """The body of the connector's second and later threads: with `helpers_on_backlog`,
         they claim only while the connector has a backlog (see the module docstring)."""
         return functools.partial(self._run, helper=True)
+
+    def _first_stuck(self) -> bool:
+        since = self._first_busy_since
+        return since is not None and time.monotonic() - since > STUCK_AFTER
 
     def _run(self, handle: ThreadHandle, *, helper: bool) -> None:
         owner = lease_owner(self.node, handle.name, handle.generation)
@@ -188,7 +197,14 @@ class InterchangeThread:
                         handle.idle()
                         seen = self.wakeup.wait(key, seen, IDLE_WAIT)
                     continue
-                outcomes = self._deliver_batch(handle, session, reader, claims)
+                first = self.helpers_on_backlog and not on_backlog
+                if first:
+                    self._first_busy_since = time.monotonic()
+                try:
+                    outcomes = self._deliver_batch(handle, session, reader, claims)
+                finally:
+                    if first:
+                        self._first_busy_since = None
                 recording, pending = self.store.record(outcomes, owner), len(outcomes)
                 handle.idle()
         except BaseException:

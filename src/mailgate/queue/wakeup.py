@@ -17,6 +17,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mailgate.supervise import faults
@@ -29,6 +30,7 @@ class Wakeup:
         self._conds: dict[str, threading.Condition] = {}
         self._generation: dict[str, int] = {}
         self._everything = 0
+        self._spills: dict[str, tuple[str, Callable[[], bool]]] = {}
 
     def _cond(self, connector: str) -> threading.Condition:
         cond = self._conds.get(connector)
@@ -37,11 +39,25 @@ class Wakeup:
         return cond
 
     def notify(self, *connectors: str) -> None:
-        """Wake one idle thread of each connector named."""
+        """Wake one idle thread of each connector named (and a spill's, see `spill`)."""
         with self._lock:
             for name in connectors:
-                self._generation[name] = self._generation.get(name, 0) + 1
-                self._cond(name).notify(1)
+                self._bump(name)
+                spill = self._spills.get(name)
+                if spill is not None and spill[1]():
+                    self._bump(spill[0])
+
+    def spill(self, connector: str, to: str, when: Callable[[], bool]) -> None:
+        """From now on a wake-up of `connector` also wakes one thread waiting on `to`
+        whenever `when()` holds (called under this object's lock: it must be quick). The
+        postoffice's helper threads wait on their own key, so that new mail wakes the
+        first thread alone, unless that one is stuck in a long delivery (worker.py)."""
+        with self._lock:
+            self._spills[connector] = (to, when)
+
+    def _bump(self, name: str) -> None:
+        self._generation[name] = self._generation.get(name, 0) + 1
+        self._cond(name).notify(1)
 
     def notify_all(self) -> None:
         """Wake every waiting thread (stop requests, released leases)."""
