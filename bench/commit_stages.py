@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, with_setting
+from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, hook_path, with_setting
 from measure import smtp_source
 
 HOOK = """
@@ -165,16 +165,15 @@ def main() -> int:
     add_mailgate_options(p)
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="commit-stages-"))
-    hook = root / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HOOK)
     config = CONFIG
     for setting in args.set:
         section, line = setting.split(":", 1)
         config = with_setting(config, section.strip(), line.strip())
     mg = Mailgate(root, args.python, src=args.src, config=config, commit_stats=False)
-    path = [str(hook), *([str(Path(args.src).resolve())] if args.src else [])]
-    mg.service_env = {"PYTHONPATH": ":".join(path), "MAILGATE_BENCH_STAGES": str(root / "stages")}
+    mg.service_env = {
+        "PYTHONPATH": hook_path(root, HOOK, args.src),
+        "MAILGATE_BENCH_STAGES": str(root / "stages"),
+    }
     address = mg.add_mailboxes()[0]
     traced = root / "strace.txt"
     try:

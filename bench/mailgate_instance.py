@@ -201,6 +201,15 @@ def mailgate_origin(python: str, src: str | None) -> str:
     return str(Path(result.stdout.strip()).parent)
 
 
+def hook_path(root: Path, hook: str, src: str | None) -> str:
+    """A PYTHONPATH for the service that runs `hook` as its sitecustomize (written into
+    ROOT/hook) before mailgate's own tree (`src`, when one is given)."""
+    directory = root / "hook"
+    directory.mkdir()
+    (directory / "sitecustomize.py").write_text(hook)
+    return ":".join([str(directory), *([str(Path(src).resolve())] if src else [])])
+
+
 def with_setting(config: str, section: str, line: str) -> str:
     """`config` with `line` at the top of [section] (the section added if missing)."""
     header = f"[{section}]\n"

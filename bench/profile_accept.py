@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, with_setting
+from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, hook_path, with_setting
 from measure import smtp_source
 
 HOOK = """
@@ -61,13 +61,12 @@ def main() -> int:
     add_mailgate_options(p)
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="profile-accept-"))
-    hook = root / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HOOK)
     config = with_setting(CONFIG, "processes", "receive = 1")
     mg = Mailgate(root, args.python, src=args.src, config=config, commit_stats=False)
-    path = [str(hook), *([str(Path(args.src).resolve())] if args.src else [])]
-    mg.service_env = {"PYTHONPATH": ":".join(path), "MAILGATE_PROFILE": str(root / "prof")}
+    mg.service_env = {
+        "PYTHONPATH": hook_path(root, HOOK, args.src),
+        "MAILGATE_PROFILE": str(root / "prof"),
+    }
     address = mg.add_mailboxes()[0]
     mg.start()
     try:
