@@ -345,7 +345,7 @@ def test_a_helper_alone_still_delivers_by_its_poll(
     queue.stop(helper)
 
 
-def test_new_mail_goes_to_a_helper_while_the_first_thread_is_stuck(
+def test_regression_new_mail_waited_for_a_stuck_first_thread(
     queue: Stage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A first thread stuck in one batch (a hung mailbox) must not hold up the mail that
@@ -368,3 +368,12 @@ def test_new_mail_goes_to_a_helper_while_the_first_thread_is_stuck(
     settled(queue, stuck, "delivered")
     for handle in threads:
         queue.stop(handle)
+
+
+def test_the_postoffice_asks_for_backlog_helpers_and_the_smarthost_does_not() -> None:
+    """delivery.py passes the connector's own `helpers_on_backlog` to its threads."""
+    from mailgate.connectors.postoffice import PostofficeConnector
+    from mailgate.connectors.smtp import SmarthostConnector
+
+    assert PostofficeConnector.helpers_on_backlog is True
+    assert getattr(SmarthostConnector, "helpers_on_backlog", False) is False

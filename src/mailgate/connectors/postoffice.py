@@ -69,6 +69,8 @@ def maildir_content(claim: Claim, body: bytes) -> bytes:
 
 class PostofficeConnector:
     name = "postoffice"
+    # Deliveries are local and short: a second thread is for a backlog (interchange/worker.py).
+    helpers_on_backlog = True
 
     def __init__(
         self,

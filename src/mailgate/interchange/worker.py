@@ -9,7 +9,7 @@ their connectors, are the queue's own: queue/effects.py). After a claim that fou
 partial batch the connector's next claim, by whichever of its threads, waits until
 `linger` has passed since it (a few milliseconds): at one message at a time it turns
 batches of one into batches of several, and a claim that found nothing waits for a
-wake-up and goes at once. Where the connector says so (`helpers_on_backlog`: the
+wake-up and goes at once. Where the connector says so (its `helpers_on_backlog`: the
 postoffice, whose deliveries are local and short), its second and later threads claim only
 while there is a backlog: woken by a claim that found a full batch, by new mail while the
 first thread has been in one batch for over STUCK_AFTER seconds (a hung mailbox, a fault),

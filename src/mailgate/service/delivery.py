@@ -126,8 +126,8 @@ class DeliveryPart(Part):
                 recycle_every=sv.recycle_every,
                 counters=self.counters,
                 in_flight=self.in_flight,
-                # Local and short deliveries: extra threads are for a backlog (a slow flush).
-                helpers_on_backlog=connector.name == "postoffice",
+                # The connector says whether its extra threads are for a backlog only.
+                helpers_on_backlog=getattr(connector, "helpers_on_backlog", False),
             )
             for n in range(1, threads + 1):
                 name = f"{connector.name}-{n}"
