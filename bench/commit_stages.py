@@ -1,7 +1,7 @@
 """Where a message's DATA-to-250 goes in the receive worker's group commit, stage by stage.
 
     .venv/bin/python bench/commit_stages.py [--sessions 10] [--messages 6000]
-        [--set 'processes: receive = 1'] [--syscalls SECONDS] [--src DIR]
+        [--set 'processes: receive = 1'] [--syscalls SECONDS] [--flush-delay-us N] [--src DIR]
 
 Accept only (the postoffice connector paused), driven by smtp-source. A sitecustomize hook
 put first on the service's PYTHONPATH times each message's future through the committer
@@ -33,6 +33,7 @@ import threading
 import time
 from pathlib import Path
 
+from flushshim import FlushShim
 from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, hook_path, with_setting
 from measure import smtp_source
 
@@ -162,6 +163,9 @@ def main() -> int:
     p.add_argument("--size", type=int, default=5120)
     p.add_argument("--set", action="append", default=[], help="'section: key = value'")
     p.add_argument("--syscalls", type=float, default=0.0, help="seconds of strace -c")
+    p.add_argument(
+        "--flush-delay-us", type=int, default=0, help="run under the flush shim (flushshim.py)"
+    )
     add_mailgate_options(p)
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="commit-stages-"))
@@ -174,6 +178,9 @@ def main() -> int:
         "PYTHONPATH": hook_path(root, HOOK, args.src),
         "MAILGATE_BENCH_STAGES": str(root / "stages"),
     }
+    if args.flush_delay_us:
+        shim = FlushShim(root / "shim", args.flush_delay_us)
+        mg.service_env.update(shim.environment(shim.counter("mailgate")))
     address = mg.add_mailboxes()[0]
     traced = root / "strace.txt"
     try:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/latency.py [--case maildir|relay] [--rate N] [--fraction 0.5]
         [--seconds 20] [--warmup 2] [--connections 10] [--max-messages 3000] [--sessions 10]
-        [--size 5120] [--runs 2] [--postoffice-threads N] [--no-hook]
+        [--size 5120] [--runs 2] [--postoffice-threads N] [--set 'section: key = value'] [--no-hook]
 
 Each run has two phases, each on a fresh `mailgate run` (bench/mailgate_instance.py) in a fresh
 directory:
@@ -169,6 +169,9 @@ def config(args: argparse.Namespace) -> str:
         text = with_setting(text, "log.levels", line)
     if args.postoffice_threads:
         text = with_setting(text, "postoffice", f"threads = {args.postoffice_threads}")
+    for setting in args.set:
+        section, _, line = setting.partition(":")
+        text = with_setting(text, section.strip(), line.strip())
     return text
 
 
@@ -491,6 +494,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="no stage hook in the paced phase (timeline.HOOK): no finer split",
     )
     p.add_argument("--postoffice-threads", type=int, default=0, help="[postoffice] threads")
+    p.add_argument(
+        "--set", action="append", default=[], help="a service setting: 'section: key = value'"
+    )
     add_mailgate_options(p)
     add_run_options(p)
     args = p.parse_args(argv)
