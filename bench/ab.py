@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flushshim import FlushShim
-from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, with_setting
+from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, setting_arg, with_settings
 from measure import SmtpSink, smtp_source
 
 RELAY_RECIPIENT = "r1@relay.example"  # routed to the smarthost, as in vs_postfix.py
@@ -44,7 +44,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 class Side:
     label: str
     src: str | None
-    settings: list[str]
+    settings: list[tuple[str, str]]
     rates: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # ms/msg, all processes
     threads: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -69,12 +69,8 @@ def _threads(pids: dict[int, str]) -> dict[tuple[str, str, str], float]:
     return found
 
 
-def _config(settings: list[str]) -> str:
-    config = CONFIG
-    for setting in settings:
-        section, _, line = setting.partition(":")
-        config = with_setting(config, section.strip(), line.strip())
-    return config
+def _config(settings: list[tuple[str, str]]) -> str:
+    return with_settings(CONFIG, settings)
 
 
 def run_once(side: Side, args: argparse.Namespace, python: str, root: Path) -> None:
@@ -128,8 +124,12 @@ def run_once(side: Side, args: argparse.Namespace, python: str, root: Path) -> N
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--against", help="B's src/ directory (default: the installed tree)")
-    p.add_argument("--set", action="append", default=[], help="A's 'section: key = value'")
-    p.add_argument("--set-b", action="append", default=[], help="B's 'section: key = value'")
+    p.add_argument(
+        "--set", action="append", default=[], type=setting_arg, help="A's 'section: key = value'"
+    )
+    p.add_argument(
+        "--set-b", action="append", default=[], type=setting_arg, help="B's 'section: key = value'"
+    )
     p.add_argument("--runs", type=int, default=4)
     p.add_argument("--sessions", type=int, default=10)
     p.add_argument("--messages", type=int, default=3000)
@@ -143,7 +143,8 @@ def main() -> int:
     args = p.parse_args()
     sides = [Side("A", args.src, args.set), Side("B", args.against, args.set_b)]
     for side in sides:
-        print(f"{side.label}: {side.src or 'installed tree'} {' '.join(side.settings)}")
+        settings = " ".join(f"[{section}] {line}" for section, line in side.settings)
+        print(f"{side.label}: {side.src or 'installed tree'} {settings}")
     work = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     try:
         for n in range(args.runs):

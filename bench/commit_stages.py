@@ -34,7 +34,14 @@ import time
 from pathlib import Path
 
 from flushshim import FlushShim
-from mailgate_instance import CONFIG, Mailgate, add_mailgate_options, hook_path, with_setting
+from mailgate_instance import (
+    CONFIG,
+    Mailgate,
+    add_mailgate_options,
+    hook_path,
+    setting_arg,
+    with_settings,
+)
 from measure import smtp_source
 
 HOOK = """
@@ -161,7 +168,9 @@ def main() -> int:
     p.add_argument("--sessions", type=int, default=10)
     p.add_argument("--messages", type=int, default=6000)
     p.add_argument("--size", type=int, default=5120)
-    p.add_argument("--set", action="append", default=[], help="'section: key = value'")
+    p.add_argument(
+        "--set", action="append", default=[], type=setting_arg, help="'section: key = value'"
+    )
     p.add_argument("--syscalls", type=float, default=0.0, help="seconds of strace -c")
     p.add_argument(
         "--flush-delay-us", type=int, default=0, help="run under the flush shim (flushshim.py)"
@@ -169,10 +178,7 @@ def main() -> int:
     add_mailgate_options(p)
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="commit-stages-"))
-    config = CONFIG
-    for setting in args.set:
-        section, line = setting.split(":", 1)
-        config = with_setting(config, section.strip(), line.strip())
+    config = with_settings(CONFIG, args.set)
     mg = Mailgate(root, args.python, src=args.src, config=config, commit_stats=False)
     mg.service_env = {
         "PYTHONPATH": hook_path(root, HOOK, args.src),

@@ -109,6 +109,8 @@ def main() -> int:
         if not Path(tool).exists():
             p.error(f"{tool} is missing (Debian package postfix)")
     parent = Path(args.dir) if args.dir else Path(__file__).resolve().parent.parent
+    if not parent.is_dir():
+        p.error(f"--dir {parent} is not a directory")
     directory = Path(tempfile.mkdtemp(prefix="floor-", dir=parent))
     figures: dict[str, list[float]] = {}
     try:

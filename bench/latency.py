@@ -58,7 +58,9 @@ from mailgate_instance import (
     add_mailgate_options,
     mailgate_env,
     mailgate_origin,
+    setting_arg,
     with_setting,
+    with_settings,
 )
 from measure import (
     BenchError,
@@ -169,10 +171,7 @@ def config(args: argparse.Namespace) -> str:
         text = with_setting(text, "log.levels", line)
     if args.postoffice_threads:
         text = with_setting(text, "postoffice", f"threads = {args.postoffice_threads}")
-    for setting in args.set:
-        section, _, line = setting.partition(":")
-        text = with_setting(text, section.strip(), line.strip())
-    return text
+    return with_settings(text, args.set)
 
 
 @contextlib.contextmanager
@@ -495,7 +494,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--postoffice-threads", type=int, default=0, help="[postoffice] threads")
     p.add_argument(
-        "--set", action="append", default=[], help="a service setting: 'section: key = value'"
+        "--set",
+        action="append",
+        default=[],
+        type=setting_arg,
+        help="a service setting: 'section: key = value'",
     )
     add_mailgate_options(p)
     add_run_options(p)

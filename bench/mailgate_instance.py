@@ -218,6 +218,22 @@ def with_setting(config: str, section: str, line: str) -> str:
     return config + f"\n{header}{line}\n"
 
 
+def setting_arg(text: str) -> tuple[str, str]:
+    """argparse type of a `--set 'section: key = value'` option: (section, line), or a
+    usage error naming what is wrong."""
+    section, colon, line = text.partition(":")
+    if not colon or not section.strip() or "=" not in line or not line.split("=", 1)[0].strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'section: key = value'")
+    return section.strip(), line.strip()
+
+
+def with_settings(config: str, settings: list[tuple[str, str]]) -> str:
+    """`config` with each (section, line) of `setting_arg` put in (see with_setting)."""
+    for section, line in settings:
+        config = with_setting(config, section, line)
+    return config
+
+
 class Mailgate:
     """One `mailgate run` subprocess on its own temporary data directory."""
 
