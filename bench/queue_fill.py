@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from mailgate.model import NewMessage, NewRecipient, new_queue_id
-from mailgate.queue import ops
+from mailgate.queue import ops, track
 from mailgate.queue.sqlite import SqliteBackend
 
 
@@ -55,6 +55,7 @@ def fill(path: Path, count: int, size: int, batch: int, recipients: list[str]) -
                         header_message_id=f"<{queue_id}@bench.test>",
                     )
                     ops.insert_message(conn, message)
+                track.index_new(conn, batch)  # as the service's scheduler would have
                 conn.commit()
             except BaseException:
                 conn.rollback()

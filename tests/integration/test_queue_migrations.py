@@ -62,9 +62,16 @@ def test_a_schema_1_file_made_by_main_upgrades_in_place_without_loss(tmp_path: P
     backend = SqliteBackend(path)
     assert backend.schema_status() == migrations.SchemaStatus(1)
     backend.initialize()  # what a start does: in place
-    assert backend.schema_status().current and migrations.CURRENT == 4
+    assert backend.schema_status().current and migrations.CURRENT == 5
     after = contents(path)
-    assert after["meta"] == [("schema", "4")]
+    meta = dict(after["meta"])
+    assert meta.pop("schema") == "5"
+    [(newest, newest_id)] = sql(
+        backend, "SELECT rowid, id FROM messages ORDER BY rowid DESC LIMIT 1"
+    )
+    assert meta == {"track_through": str(newest), "track_through_id": newest_id}, (
+        "the upgrade indexed every queued message for `mailgate track`"
+    )
     for table in TABLES[1:]:
         assert after[table] == before[table], f"{table}: every row as it was"
     fresh = SqliteBackend(tmp_path / "fresh.db")
@@ -117,10 +124,10 @@ def test_postgres_is_never_upgraded_by_a_start_and_says_which_command_to_run() -
                 backend.initialize()
             assert backend.schema_status().found is None, "the start created nothing"
             status, steps = backend.upgrade()
-            assert status.found is None and [s.version for s in steps] == [2, 3, 4]
+            assert status.found is None and [s.version for s in steps] == [2, 3, 4, 5]
             backend.initialize()
             sql(backend, "UPDATE meta SET value = '1' WHERE key = 'schema'")
-            with pytest.raises(StoreError, match=r"schema 1, this mailgate needs 4: run "
+            with pytest.raises(StoreError, match=r"schema 1, this mailgate needs 5: run "
                                r"`mailgate db upgrade --config FILE`"):  # fmt: skip
                 backend.initialize()
             assert backend.upgrade()[1], "an older one is upgraded by the command"

@@ -16,6 +16,7 @@ from mailgate.interchange.state import Connectors
 from mailgate.model import Disposition, Outcome
 from mailgate.observe import catalog
 from mailgate.observe.counters import Counters
+from mailgate.queue import track
 from mailgate.queue.reader import QueueReader
 from tests.support.stage import Stage, stage
 
@@ -216,3 +217,17 @@ def test_finished_messages_are_purged_every_few_minutes(bench: Bench) -> None:
     reader = bench.queue.store.reader()
     assert reader.message_history(queue_id) is None, "gone from the queue"
     reader.close()
+
+
+def test_a_tick_writes_the_tracking_keys_of_what_was_queued_since(bench: Bench) -> None:
+    queued = [bench.queue.enqueue(f"t{n}@x.test", at=bench.clock.now) for n in range(3)]
+    conn = bench.queue.store.backend.connect()
+    try:
+        assert track.mark(conn) == (0, "")
+        bench.tick()
+        assert track.mark(conn) == (3, queued[-1])
+        keys = conn.execute("SELECT key FROM track_keys WHERE kind = 'r' ORDER BY 1").fetchall()
+        assert [k for (k,) in keys] == ["t0@x.test", "t1@x.test", "t2@x.test"]
+    finally:
+        conn.close()
+

@@ -8,7 +8,8 @@ connector with due work (work a commit made due the queue wakes at once: this
 finds what became due with time, a deferral's retry), and asks the stall watch
 whether a connector has due mail but completes no attempts (events 5006/5007,
 repeated until it clears; whether mail is due is an index seek, how much is counted
-only for the report). Every few minutes it purges finished messages older
+only for the report), and writes the tracking keys of the messages queued since
+(queue/track.py). Every few minutes it purges finished messages older
 than keep_done. All of it is indexed queries; nothing scans the queue."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mailgate.interchange.state import Connectors
 from mailgate.observe import catalog, metrics
 from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
+from mailgate.queue import track
 from mailgate.queue.expiry import Cursor, ExpiryPass
 from mailgate.queue.leases import LeasesEnded
 from mailgate.queue.reader import QueueReader
@@ -33,6 +35,7 @@ from mailgate.supervise.watch import ConnectorWatch, Load
 TICK = 1.0
 WARN_EVERY = 60.0
 PURGE_EVERY = 300.0
+TRACK_ROUNDS = 20
 
 
 class Scheduler:
@@ -89,6 +92,7 @@ class Scheduler:
         """One pass (every TICK): recover, wake and watch; warn and purge when their time
         has come. `reader` is the calling thread's own."""
         self._recover()
+        self._index_tracking()
         self._wake_and_watch(reader)
         if self.delay_warning and self._timer() >= self._next_warning:
             self._warn_delayed()
@@ -107,6 +111,14 @@ class Scheduler:
         self._expire_waiting(expiring.result(STORE_WAIT))
         if rerouting is not None:
             self._reroute_vanished(rerouting.result(STORE_WAIT))
+
+    def _index_tracking(self) -> None:
+        """The tracking keys of what was queued since the last tick (queue/track.py): a
+        batch per commit, so that none holds the writer lock for long, and at most
+        TRACK_ROUNDS of them per tick, far more than the service accepts in one."""
+        for _ in range(TRACK_ROUNDS):
+            if self.store.index_tracking().result(STORE_WAIT) < track.BATCH:
+                return
 
     def _expire(self, ended: LeasesEnded) -> None:
         """Leases that ran out ended their attempts (counted: see queue/leases.py)."""

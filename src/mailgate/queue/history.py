@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mailgate.model import MessageKind
+from mailgate.queue import track
 from mailgate.queue.backend import Connection
 from mailgate.queue.dsn_source import DSN_CLIENT_PREFIX
 
@@ -98,27 +99,11 @@ def find(conn: Connection, key: str, limit: int = 20) -> list[str]:
     bare = key[1:-1] if key.startswith("<") and key.endswith(">") else key
     found: dict[str, float] = {}
     for value in dict.fromkeys((f"<{bare}>", bare)):
-        for queue_id, received in conn.execute(
-            "SELECT id, received_at FROM messages WHERE header_message_id = ? "
-            "ORDER BY received_at DESC LIMIT ?",
-            (value, limit),
-        ).fetchall():
-            found[str(queue_id)] = float(received)
+        found.update(track.newest(conn, track.MESSAGE_ID, value, limit))
     if not found and "@" in bare:
         for address in dict.fromkeys((bare, bare.lower())):
-            for queue_id, received in conn.execute(
-                "SELECT id, received_at FROM messages WHERE sender = ? "
-                "ORDER BY received_at DESC LIMIT ?",
-                (address, limit),
-            ).fetchall():
-                found[str(queue_id)] = float(received)
-            for queue_id, received in conn.execute(
-                "SELECT m.id, m.received_at FROM recipients r "
-                "JOIN messages m ON m.id = r.message_id WHERE r.address = ? "
-                "ORDER BY r.message_id DESC LIMIT ?",
-                (address, limit),
-            ).fetchall():
-                found[str(queue_id)] = float(received)
+            found.update(track.newest(conn, track.SENDER, address, limit))
+            found.update(track.newest(conn, track.RECIPIENT, address, limit))
     newest = sorted(found, key=lambda q: (found[q], q), reverse=True)
     return newest[:limit]
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailgate.errors import StoreError
-from mailgate.queue import schema
+from mailgate.queue import schema, track
 from mailgate.queue.backend import POSTGRES, SQLITE, Connection
 
 UPGRADE = "mailgate db upgrade --config FILE"
@@ -55,6 +55,18 @@ def _v4(conn: Connection) -> None:
     conn.execute(schema.RECIPIENTS_STATE)
 
 
+def _v5(conn: Connection) -> None:
+    """SQLite: the tracking keys leave the accept commit (queue/track.py); the messages
+    already queued are indexed here, so that lookups start complete and cheap.
+    PostgreSQL keeps its column indexes: nothing to do."""
+    if conn.dialect is not SQLITE:
+        return
+    for statement in track.SCHEMA:
+        conn.execute(statement)
+    while track.index_new(conn, 100_000):
+        pass
+
+
 STEPS = (
     Step(
         2,
@@ -68,6 +80,12 @@ STEPS = (
         "recipients_state: recipients by state, connector and message (status counts, "
         "the oldest open message and the leases without a scan of the queue)",
         _v4,
+    ),
+    Step(
+        5,
+        "SQLite: messages by sender, Message-ID and recipient in track_keys, written after "
+        "the 250 instead of in each message's commit (PostgreSQL: no change)",
+        _v5,
     ),
 )
 CURRENT = STEPS[-1].version

@@ -18,9 +18,9 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from mailgate.model import Claim, NewMessage, Outcome
-from mailgate.queue import admin, expiry, leases, ops, reroute
+from mailgate.queue import admin, expiry, leases, ops, reroute, track
 from mailgate.queue import effects as after
-from mailgate.queue.backend import Backend, Connection
+from mailgate.queue.backend import SQLITE, Backend, Connection
 from mailgate.queue.commit_sync import effects_kept, run_effects
 from mailgate.queue.dsn_source import ReportBuilder, ReportQueue
 from mailgate.queue.effects import Aftermath, Effects
@@ -205,6 +205,15 @@ class QueueStore:
             lambda c: reroute.reroute_vanished(c, known, route, now, on_done),
             after.rerouted,
         )
+
+    def index_tracking(self) -> Future[int]:
+        """Index the tracking keys of the next batch of messages queued since the last
+        call (queue/track.py); the Future gives how many (track.BATCH: there is more)."""
+        if self.backend.dialect is not SQLITE:  # its column indexes: nothing to write
+            done: Future[int] = Future()
+            done.set_result(0)
+            return done
+        return self._writer.submit("track", track.index_new)
 
     def purge_done(self, older_than: float) -> Future[int]:
         before = self._clock() - older_than
