@@ -230,4 +230,3 @@ def test_a_tick_writes_the_tracking_keys_of_what_was_queued_since(bench: Bench) 
         assert [k for (k,) in keys] == ["t0@x.test", "t1@x.test", "t2@x.test"]
     finally:
         conn.close()
-
