@@ -65,13 +65,13 @@ def test_status_and_upgrade_create_the_schema_once(
     assert "no queue schema yet" in status.stdout and "postgres:***@" in status.stdout
     upgrade = mg.cli("db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
-    assert "schema none -> 4" in upgrade.stdout
+    assert "schema none -> 5" in upgrade.stdout
     again = mg.cli("db", "upgrade")
     assert again.returncode == 0 and "up to date: nothing to do" in again.stdout
     status = mg.cli("db", "status")
-    assert status.returncode == 0 and "schema 4: up to date" in status.stdout
+    assert status.returncode == 0 and "schema 5: up to date" in status.stdout
     [event] = mg.events(4060)
-    assert event["fields"]["new"] == 4 and "***" in event["fields"]["store"]
+    assert event["fields"]["new"] == 5 and "***" in event["fields"]["store"]
     backend.initialize()  # a start would now accept it
     no_secret(mg, status.stdout, status.stderr, upgrade.stdout, upgrade.stderr)
 
