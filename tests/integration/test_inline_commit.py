@@ -1,6 +1,8 @@
 """queue/inline.py: an operation committed in the caller's thread when the writer lock is free
 this instant, durable when it returns; handed back (None, nothing written, no wait) when
-another writer holds mailgate's writer lock or SQLite's own; a failing operation rolled back."""
+another writer holds mailgate's writer lock or SQLite's own; a failing operation rolled back;
+flushed outside the lock while the lock is contended, a failure of that flush the
+operation's own (event 1050)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from mailgate.observe.catalog import Category, Level
 from mailgate.observe.events import EventLog
 from mailgate.queue import ops
 from mailgate.queue.backend import Connection
-from mailgate.queue.inline import InlineWriter
+from mailgate.queue.inline import CONTENDED, InlineWriter
 from mailgate.queue.sqlite import SqliteBackend
 from tests.support.stage import Seen
 
@@ -120,3 +122,76 @@ def test_a_failing_operation_is_rolled_back_and_its_own(backend: SqliteBackend) 
     assert [f["operation"] for f in seen.of(catalog.STORE_ERROR)] == ["enqueue"]
     ok = writer.try_submit("enqueue", insert(message("a@x.test")))
     assert ok is not None and ok.exception() is None and count(backend) == 1
+
+
+class FlakyFlush(SqliteBackend):
+    """A real SQLite store whose next flush outside a COMMIT can be made to fail."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.flushes = 0
+        self.fail_next = False
+
+    def sync_commits(self) -> None:
+        self.flushes += 1
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(5, "Input/output error")
+        super().sync_commits()
+
+
+def contend(backend: SqliteBackend, writer: InlineWriter) -> None:
+    """Other writers hold the lock at every attempt until the writer counts it contended."""
+    holder = backend.connect()
+    holder.begin()
+    try:
+        for n in range(1000):
+            assert writer.try_submit("enqueue", insert(message(f"x{n}@x.test"))) is None
+            if writer._contention > CONTENDED:
+                return
+        raise AssertionError("never counted as contended")
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_a_contended_lock_moves_the_flush_outside_it_and_back(tmp_path: Path) -> None:
+    backend = FlakyFlush(tmp_path / "queue.db")
+    backend.initialize()
+    writer = InlineWriter(backend, event_log(Seen()))
+    first = writer.try_submit("enqueue", insert(message("a@x.test")))
+    assert first is not None and first.exception() is None
+    assert (backend.flushes, writer.flushed_outside) == (0, 0), "uncontended: SQLite's COMMIT"
+    contend(backend, writer)
+    second = writer.try_submit("enqueue", insert(message("b@x.test")))
+    assert second is not None and second.exception() is None and count(backend) == 2
+    assert writer._conn is not None
+    # synchronous=NORMAL: the COMMIT wrote, and the flush came after the lock was released
+    assert writer._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert (backend.flushes, writer.flushed_outside) == (1, 1)
+    for n in range(50):  # the lock free again at every attempt: back inside the COMMIT
+        done = writer.try_submit("enqueue", insert(message(f"c{n}@x.test")))
+        assert done is not None and done.exception() is None
+    assert writer._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert backend.flushes == writer.flushed_outside < 50
+
+
+def test_a_flush_that_fails_after_the_commit_fails_the_operation_with_1050(
+    tmp_path: Path,
+) -> None:
+    backend = FlakyFlush(tmp_path / "queue.db")
+    backend.initialize()
+    seen = Seen()
+    writer = InlineWriter(backend, event_log(seen))
+    contend(backend, writer)
+    backend.fail_next = True
+    failed = writer.try_submit("enqueue", insert(message("a@x.test")))
+    assert failed is not None
+    with pytest.raises(StoreError, match=r"flushing the committed enqueue failed: .*Input/output"):
+        failed.result(0)
+    [event] = seen.of(catalog.COMMIT_FLUSH_FAILED)
+    assert event["batches"] == 1 and "Input/output" in event["error"]
+    assert count(backend) == 1, "committed, maybe not on disk: the client sends again"
+    assert writer.done == 0 and writer.flushed_outside == 0
+    again = writer.try_submit("enqueue", insert(message("b@x.test")))
+    assert again is not None and again.exception() is None and count(backend) == 2

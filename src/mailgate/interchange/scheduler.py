@@ -35,7 +35,7 @@ from mailgate.supervise.watch import ConnectorWatch, Load
 TICK = 1.0
 WARN_EVERY = 60.0
 PURGE_EVERY = 300.0
-TRACK_ROUNDS = 20
+TRACK_ROUNDS = 50
 
 
 class Scheduler:

@@ -32,8 +32,9 @@ from typing import Any
 
 from mailgate.queue.backend import SQLITE, Connection
 
-BATCH = 1000
-"""Messages indexed per transaction: a few milliseconds of the writer lock."""
+BATCH = 250
+"""Messages indexed per transaction: a millisecond or two of the writer lock, which the
+receive processes' commits wait for."""
 
 SENDER, MESSAGE_ID, RECIPIENT = "s", "i", "r"
 _THROUGH, _THROUGH_ID = "track_through", "track_through_id"
