@@ -21,7 +21,7 @@ from mailgate.observe.counters import Counters
 from mailgate.observe.events import EventLog
 from mailgate.postoffice.address import PostofficeAddress
 from mailgate.queue.commit import Committer
-from mailgate.queue.inline import InlineWriter
+from mailgate.queue.inline import CONTENDED, InlineWriter
 from mailgate.queue.store import QueueStore
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
@@ -300,6 +300,28 @@ def test_without_defer_the_commits_effects_come_at_once(
     assert receive.durable(prepared, None).startswith("250 2.0.0")
     assert queue.wakeup.generation("postoffice") > woken
     assert len(queue.seen.of(catalog.MESSAGE_RECEIVED)) == 1
+
+
+def test_a_commit_flushed_after_the_writer_lock_is_counted_as_inline_unlocked(
+    receive: ReceiveHandler, queue: Stage
+) -> None:
+    inline = queue.store.inline = InlineWriter(queue.backend, queue.events)
+    holder = queue.backend.connect()
+    holder.begin()  # another writer, at every attempt, until the inline writer counts it
+    try:
+        while inline._contention <= CONTENDED:
+            assert inline.try_submit("probe", lambda c: None) is None
+    finally:
+        holder.rollback()
+        holder.close()
+    for _ in range(2):
+        prepared = receive.message(receive.protocol(), session(), envelope_to(receive, ALICE))
+        assert isinstance(prepared, NewMessage)
+        done = receive.commit_now(prepared)
+        assert done is not None and done.exception() is None
+    counts = receive.counters.snapshot()["counters"]
+    assert counts['mailgate_smtp_commits_total{path="inline-unlocked"}'] == 2
+    assert 'mailgate_smtp_commits_total{path="inline"}' not in counts
 
 
 def test_a_failure_after_the_250_is_event_3004_not_a_line_in_asyncios_log(

@@ -4,6 +4,7 @@ configuration dropped, the connector stall watch, and purging finished messages.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -230,3 +231,33 @@ def test_a_tick_writes_the_tracking_keys_of_what_was_queued_since(bench: Bench) 
         assert [k for (k,) in keys] == ["t0@x.test", "t1@x.test", "t2@x.test"]
     finally:
         conn.close()
+
+
+def test_a_failing_tracking_pass_is_event_4070_once_a_minute_and_the_tick_goes_on(
+    bench: Bench,
+) -> None:
+    db = sqlite3.connect(bench.queue.backend.path)  # every write of a key fails, as on EIO
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON track_keys "
+        "BEGIN SELECT RAISE(ABORT, 'track_keys: disk I/O error'); END"
+    )
+    db.close()
+    queued = bench.queue.enqueue("a@x.test", at=bench.clock.now)
+    bench.clock.advance(PURGE_EVERY + 1)  # this tick purges too
+    before = bench.generation()
+    bench.tick()
+    [failed] = bench.queue.seen.of(catalog.TRACKING_KEYS_FAILED)
+    assert "track_keys" in failed["error"]
+    assert bench.generation() > before, "the due mail was still announced"
+    assert bench.queue.seen.of(catalog.MESSAGES_PURGED) == [] and bench.queue.states(queued)
+    bench.clock.advance(30)
+    bench.tick()
+    assert len(bench.queue.seen.of(catalog.TRACKING_KEYS_FAILED)) == 1, "not every second"
+    bench.clock.advance(31)
+    bench.tick()
+    assert len(bench.queue.seen.of(catalog.TRACKING_KEYS_FAILED)) == 2, "again after a minute"
+    reader = bench.queue.store.reader()
+    try:
+        assert reader.find("a@x.test") == [queued], "found without the pass"
+    finally:
+        reader.close()

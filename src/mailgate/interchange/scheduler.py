@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 
+from mailgate.errors import StoreError
 from mailgate.interchange.ended import report_ended, report_set_aside
 from mailgate.interchange.state import Connectors
 from mailgate.observe import catalog, metrics
@@ -63,6 +64,7 @@ class Scheduler:
         warnings and purges (tests give both)."""
         self._clock, self._timer = clock, timer
         self._next_purge = timer() + PURGE_EVERY
+        self._next_track_report = timer()
         self._next_warning = timer() + min(WARN_EVERY, delay_warning or WARN_EVERY)
         self.route = route
         self.known_connectors = known_connectors or connectors.names
@@ -92,7 +94,6 @@ class Scheduler:
         """One pass (every TICK): recover, wake and watch; warn and purge when their time
         has come. `reader` is the calling thread's own."""
         self._recover()
-        self._index_tracking()
         self._wake_and_watch(reader)
         if self.delay_warning and self._timer() >= self._next_warning:
             self._warn_delayed()
@@ -100,6 +101,7 @@ class Scheduler:
         if self._timer() >= self._next_purge:
             self._purge()
             self._next_purge = self._timer() + PURGE_EVERY
+        self._index_tracking()
 
     def _recover(self) -> None:
         """Work no thread would ever finish, found again; the three share one commit."""
@@ -115,10 +117,17 @@ class Scheduler:
     def _index_tracking(self) -> None:
         """The tracking keys of what was queued since the last tick (queue/track.py): a
         batch per commit, so that none holds the writer lock for long, and at most
-        TRACK_ROUNDS of them per tick, far more than the service accepts in one."""
-        for _ in range(TRACK_ROUNDS):
-            if self.store.index_tracking().result(STORE_WAIT) < track.BATCH:
-                return
+        TRACK_ROUNDS of them per tick, far more than the service accepts in one. Last in
+        the tick, and a failure of its own (event 4070, once a minute while it lasts): no
+        lookup depends on it for completeness, so nothing else waits for it."""
+        try:
+            for _ in range(TRACK_ROUNDS):
+                if self.store.index_tracking().result(STORE_WAIT) < track.BATCH:
+                    return
+        except (StoreError, TimeoutError) as exc:
+            if self._timer() >= self._next_track_report:
+                self.events.emit(catalog.TRACKING_KEYS_FAILED, error=str(exc) or repr(exc))
+                self._next_track_report = self._timer() + WARN_EVERY
 
     def _expire(self, ended: LeasesEnded) -> None:
         """Leases that ran out ended their attempts (counted: see queue/leases.py)."""

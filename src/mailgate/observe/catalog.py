@@ -877,6 +877,18 @@ ADMIN_REQUEST_FAILED = _event(
     "Report it with the error; if it names the queue store, look at the store first.",
 )  # fmt: skip
 
+TRACKING_KEYS_FAILED = _event(
+    4070, "TrackingKeysFailed", C.QUEUE, S.WARNING, MIN,
+    "the tracking keys of newly queued messages could not be written: {error}",
+    "The scheduler's pass that indexes new messages by sender, Message-ID and recipient "
+    "(SQLite, queue/track.py) failed. Mail is not affected, and `mailgate track` and `queue "
+    "list --sender/--recipient` still find every message: they also scan the messages the "
+    "pass has not reached, more slowly as those grow. Retried every second; reported again "
+    "every minute while it fails.",
+    "Check the disk and `mailgate queue check`; the pass catches up by itself once the "
+    "cause is gone.",
+)  # fmt: skip
+
 # --- Flushes overlapped with writes (issue 14, w-perf: 1050-1054, 2495-2499, 3030-3039) ---------
 COMMIT_FLUSH_FAILED = _event(
     1050, "CommitFlushFailed", C.QUEUE, S.ERROR, MIN,

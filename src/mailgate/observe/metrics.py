@@ -132,8 +132,9 @@ BYTES_RECEIVED = _metric(
 SMTP_COMMITS = _metric(
     "mailgate_smtp_commits_total", C, STAGE,
     "Messages accepted over SMTP, by how they were committed: inline (in the session's own "
-    "thread: nobody to share a flush with, [smtp] inline_commit_sessions) or group (the "
-    "group commit).", ("path",),
+    "thread: nobody to share a flush with, [smtp] inline_commit_sessions), inline-unlocked "
+    "(the same, flushed after the writer lock was released, as other writers contended "
+    "for it) or group (the group commit).", ("path",),
 )  # fmt: skip
 SMTP_SESSIONS = _metric("mailgate_smtp_sessions_total", C, STAGE, "SMTP sessions accepted.")
 SMTP_SESSIONS_OPEN = _metric("mailgate_smtp_sessions_open", G, STAGE, "SMTP sessions open now.")

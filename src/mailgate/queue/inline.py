@@ -66,6 +66,7 @@ class InlineWriter:
         self.flushed_outside = 0  # of `done`, flushed after the lock was released
         self._contention = 0.0  # moving share of attempts that found the lock taken
         self._outside = False  # the connection's mode: synchronous NORMAL, flush after
+        self.last_outside = False  # the last operation committed was flushed after the lock
 
     def try_submit(self, name: str, op: Callable[[Connection], T]) -> Future[T] | None:
         with self._using:
@@ -106,6 +107,7 @@ class InlineWriter:
                 future.set_exception(StoreError(f"flushing the committed {name} failed: {exc}"))
                 return future
             self.flushed_outside += 1
+        self.last_outside = outside
         self.done += 1
         future.set_result(value)
         return future

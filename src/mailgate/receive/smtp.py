@@ -268,10 +268,13 @@ class ReceiveHandler:
         [smtp] inline_commit_sessions sessions open and the writer lock is free now
         (queue/inline.py): its future, done; None: queue it for the group commit. With
         `defer` (the loop's call_soon), the commit's wake-ups are sent after the reply."""
-        done = None
+        done, path = None, "group"
         if self.limits.total <= self.settings.inline_commit_sessions:
             done = self.store.enqueue_now(message, defer)
-        self.counters.add(metrics.SMTP_COMMITS, path="group" if done is None else "inline")
+        if done is not None:
+            inline = self.store.inline
+            path = "inline-unlocked" if inline is not None and inline.last_outside else "inline"
+        self.counters.add(metrics.SMTP_COMMITS, path=path)
         return done
 
     def message(self, server: SMTP, session: Session, envelope: Envelope) -> NewMessage | str:
