@@ -343,3 +343,19 @@ def test_a_failure_after_the_250_is_event_3004_not_a_line_in_asyncios_log(
     assert ran == ["first"]
     [error] = queue.seen.of(catalog.SESSION_ERROR)
     assert "IndexError" in error["error"]
+
+
+def test_only_a_lone_session_lingers_after_its_replies(tmp_path: Path, queue: Stage) -> None:
+    """[smtp] reply_linger (receive/linger.py): the spin after a reply would hold up every
+    other session of the process, so it is for the process's only one, and off at 0."""
+    lingering = handler(tmp_path, queue.store, queue.events)
+    assert lingering.settings.reply_linger == pytest.approx(0.0002)
+    assert not lingering.lone_session()
+    assert lingering.admit("127.0.0.1") is None
+    assert lingering.lone_session()
+    assert lingering.admit("127.0.0.2") is None
+    assert not lingering.lone_session(), "two sessions: neither spins"
+    lingering.release("127.0.0.2")
+    assert lingering.lone_session()
+    off = handler(tmp_path, queue.store, queue.events, reply_linger="0s")
+    assert off.admit("127.0.0.1") is None and not off.lone_session()

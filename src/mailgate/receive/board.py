@@ -6,7 +6,9 @@ count per process would let one client hold `max_sessions_per_ip` times the numb
 of workers. The master creates one shared table (a memfd, never a file on disk);
 each receive worker owns one row of it and writes only there, and reads the sum of
 every row for an address. Addresses hash (CRC-32, the same in every process) into a
-fixed number of buckets, so the table is bounded whatever the clients; two addresses
+fixed number of buckets, so the table is bounded whatever the clients (and one more cell
+per row holds the worker's sessions of every address, exempt ones too: a lone session may
+then linger after its replies, receive/linger.py); two addresses
 sharing a bucket only ever count more, never less. A check-and-count takes a POSIX
 record lock on the table, so two workers admitting the same client at once cannot
 both take its last slot.
@@ -27,6 +29,7 @@ import zlib
 
 BUCKETS = 1 << 16  # per row: 256 KiB of 32-bit counters
 _CELL = 4
+_ROW = BUCKETS + 1  # cells per row: the buckets, then the worker's sessions of every address
 
 
 class SessionBoard:
@@ -39,7 +42,7 @@ class SessionBoard:
         self.fd = fd
         self.rows = rows
         self.row = row
-        self._map = mmap.mmap(fd, rows * BUCKETS * _CELL)
+        self._map = mmap.mmap(fd, rows * _ROW * _CELL)
         self._cells = memoryview(self._map).cast("I")
         if row is not None:
             self.clear(row)
@@ -48,7 +51,7 @@ class SessionBoard:
     def create(cls, rows: int, row: int | None = None) -> SessionBoard:
         """A new zeroed table, its fd inheritable by the workers given it in pass_fds."""
         fd = os.memfd_create("mailgate-sessions")  # close-on-exec but for pass_fds
-        os.ftruncate(fd, rows * BUCKETS * _CELL)
+        os.ftruncate(fd, rows * _ROW * _CELL)
         return cls(fd, rows, row)
 
     @staticmethod
@@ -64,7 +67,7 @@ class SessionBoard:
         try:
             if self._count(bucket) >= limit:
                 return False
-            self._cells[self.row * BUCKETS + bucket] += 1
+            self._cells[self.row * _ROW + bucket] += 1
             return True
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN)
@@ -72,7 +75,7 @@ class SessionBoard:
     def remove(self, ip: str) -> None:
         """One session of `ip` counted by this process ended."""
         assert self.row is not None, "only a receive process counts sessions"
-        cell = self.row * BUCKETS + self.bucket(ip)
+        cell = self.row * _ROW + self.bucket(ip)
         if self._cells[cell] > 0:  # a row cleared under us (never expected) stays at zero
             self._cells[cell] -= 1
 
@@ -82,12 +85,23 @@ class SessionBoard:
 
     def _count(self, bucket: int) -> int:
         cells = self._cells
-        return sum(cells[r * BUCKETS + bucket] for r in range(self.rows))
+        return sum(cells[r * _ROW + bucket] for r in range(self.rows))
+
+    def set_open(self, sessions: int) -> None:
+        """This process has `sessions` sessions open, of every address (exempt ones too)."""
+        assert self.row is not None, "only a receive process counts sessions"
+        self._cells[self.row * _ROW + BUCKETS] = max(sessions, 0)
+
+    def open_sessions(self) -> int:
+        """Sessions open in the instance, every worker's (each written without a lock by its
+        own worker: a moment old at most)."""
+        cells = self._cells
+        return sum(cells[r * _ROW + BUCKETS] for r in range(self.rows))
 
     def clear(self, row: int) -> None:
         """Forget every session of `row`: its worker has died or is starting afresh."""
-        start = row * BUCKETS * _CELL
-        self._map[start : start + BUCKETS * _CELL] = bytes(BUCKETS * _CELL)
+        start = row * _ROW * _CELL
+        self._map[start : start + _ROW * _CELL] = bytes(_ROW * _CELL)
 
     def close(self) -> None:
         self._cells.release()

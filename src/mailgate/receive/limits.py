@@ -48,10 +48,12 @@ class SessionLimiter:
                 return "421 4.7.0 Too many connections from your address, try again later"
             self.per_ip[ip] += 1
         self.total += 1
+        self.board.set_open(self.total)
         return None
 
     def release(self, ip: str) -> None:
         self.total -= 1
+        self.board.set_open(self.total)
         # Only what acquire counted: an exemption changed by a reload meanwhile is no matter.
         if ip in self.per_ip:
             self.board.remove(ip)

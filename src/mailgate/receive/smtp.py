@@ -263,6 +263,17 @@ class ReceiveHandler:
             self.committing -= 1
         return self.durable(prepared, error)
 
+    def lone_session(self) -> bool:
+        """Whether a session may linger after its reply (receive/linger.py): the instance's
+        only one (a spin would take a core from another worker's sessions), with [smtp]
+        reply_linger on."""
+        limits = self.limits
+        return (
+            limits.total == 1
+            and self.settings.reply_linger > 0
+            and limits.board.open_sessions() == 1
+        )
+
     def commit_now(self, message: NewMessage, defer: Defer | None = None) -> Future[Any] | None:
         """The message committed in this thread, if this process has at most
         [smtp] inline_commit_sessions sessions open and the writer lock is free now
