@@ -23,6 +23,7 @@ from mailgate.postoffice.address import PostofficeAddress
 from mailgate.queue.commit import Committer
 from mailgate.queue.inline import CONTENDED, InlineWriter
 from mailgate.queue.store import QueueStore
+from mailgate.receive.board import SessionBoard
 from mailgate.receive.smtp import ReceiveHandler
 from mailgate.route.policy import RecipientPolicy, postoffice_verifier
 from mailgate.security.passwords import Credentials
@@ -51,6 +52,7 @@ def handler(
     store: QueueStore,
     events: EventLog,
     credentials: Credentials | None = None,
+    board: SessionBoard | None = None,
     **smtp: Any,
 ) -> ReceiveHandler:
     made = config(tmp_path, **smtp)
@@ -62,7 +64,14 @@ def handler(
         relay_networks=made.smtp.relay_networks,
     )
     return ReceiveHandler(
-        made.smtp, store, policy, events, Counters(), hostname="mx.test", credentials=credentials
+        made.smtp,
+        store,
+        policy,
+        events,
+        Counters(),
+        hostname="mx.test",
+        credentials=credentials,
+        board=board,
     )
 
 
@@ -359,3 +368,18 @@ def test_only_a_lone_session_lingers_after_its_replies(tmp_path: Path, queue: St
     assert lingering.lone_session()
     off = handler(tmp_path, queue.store, queue.events, reply_linger="0s")
     assert off.admit("127.0.0.1") is None and not off.lone_session()
+
+
+def test_a_session_alone_in_its_worker_but_not_in_the_instance_does_not_linger(
+    tmp_path: Path, queue: Stage
+) -> None:
+    """The kernel spreads sessions over the receive workers: two workers with one session
+    each must both see two, or each would spin a core away from the other's session."""
+    board = SessionBoard.create(2)
+    one = handler(tmp_path, queue.store, queue.events, board=SessionBoard(board.fd, 2, 0))
+    two = handler(tmp_path, queue.store, queue.events, board=SessionBoard(board.fd, 2, 1))
+    assert one.admit("127.0.0.1") is None and one.lone_session()
+    assert two.admit("127.0.0.1") is None
+    assert not one.lone_session() and not two.lone_session()
+    one.release("127.0.0.1")
+    assert two.lone_session()

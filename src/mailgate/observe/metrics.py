@@ -136,6 +136,12 @@ SMTP_COMMITS = _metric(
     "(the same, flushed after the writer lock was released, as other writers contended "
     "for it) or group (the group commit).", ("path",),
 )  # fmt: skip
+SMTP_LINGERS = _metric(
+    "mailgate_smtp_lingers_total", C, STAGE,
+    "Waits awake after a reply of the instance's only SMTP session ([smtp] reply_linger), by "
+    "how they ended: bytes (the client's next command, or its hangup, came) or bound (the "
+    "time ran out and the session's thread went back to sleeping).", ("outcome",),
+)  # fmt: skip
 SMTP_SESSIONS = _metric("mailgate_smtp_sessions_total", C, STAGE, "SMTP sessions accepted.")
 SMTP_SESSIONS_OPEN = _metric("mailgate_smtp_sessions_open", G, STAGE, "SMTP sessions open now.")
 SMTP_SESSIONS_REFUSED = _metric(

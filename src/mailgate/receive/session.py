@@ -30,7 +30,6 @@ from aiosmtpd.smtp import SMTP, Session
 from mailgate.observe import catalog
 from mailgate.receive.body import EndOfData, too_long
 from mailgate.receive.chunking import Chunking
-from mailgate.receive.linger import linger
 from mailgate.receive.owner import SessionOwner
 from mailgate.receive.replies import with_enhanced_code
 from mailgate.receive.reply_buffer import ReplyBuffer
@@ -159,23 +158,24 @@ class MailgateSMTP(Chunking, FastSession):
         rest = self.fast.feed(data)
         if not rest:
             self.send_replies()
-            if self.receive_handler.lone_session() and self.fast.commit is None:
-                # after what the reply deferred (its wake-ups, events), before the loop sleeps
-                self.loop.call_soon(self._linger)
+            handler = self.receive_handler
+            if handler.lone_session() and self.fast.commit is None:
+                # after what the reply deferred (its wake-ups, events), before the loop
+                # sleeps; a failure is event 3004, not asyncio's log
+                handler.guarded(self.loop.call_soon)(self._linger)
             return
         self.send_replies(with_next_step=True)  # joined by the replies to the rest
         super().data_received(rest)
 
     def _linger(self) -> None:
         """Wait awake for the client's next bytes (receive/linger.py), if this session is
-        still the process's only one and awaits no commit."""
+        still the instance's only one and awaits no commit."""
         transport = self.transport
-        seconds = self.receive_handler.settings.reply_linger
         if transport is None or transport.is_closing() or self.fast.commit is not None:
             return
         sock = transport.get_extra_info("socket")
-        if sock is not None and self.receive_handler.lone_session():
-            linger(sock.fileno(), seconds)
+        if sock is not None:
+            self.receive_handler.linger(sock.fileno())
 
     def _tracked(
         self, method: Callable[[str], Awaitable[None]]

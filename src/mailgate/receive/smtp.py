@@ -37,6 +37,7 @@ from mailgate.queue.store import QueueStore
 from mailgate.receive.board import SessionBoard
 from mailgate.receive.checks import address_problem, content_problem, header_message_id
 from mailgate.receive.limits import AuthThrottle, SessionLimiter
+from mailgate.receive.linger import linger
 from mailgate.receive.owner import Defer
 from mailgate.receive.received import received_header
 from mailgate.receive.session import MailgateSMTP, client_ip, client_name
@@ -273,6 +274,13 @@ class ReceiveHandler:
             and self.settings.reply_linger > 0
             and limits.board.open_sessions() == 1
         )
+
+    def linger(self, fileno: int) -> None:
+        """Wait awake for a lone session's next bytes on `fileno` (receive/linger.py), if it
+        is still the instance's only one; counted by how the wait ended."""
+        if self.lone_session():
+            came = linger(fileno, self.settings.reply_linger)
+            self.counters.add(metrics.SMTP_LINGERS, outcome="bytes" if came else "bound")
 
     def commit_now(self, message: NewMessage, defer: Defer | None = None) -> Future[Any] | None:
         """The message committed in this thread, if this process has at most
