@@ -91,3 +91,41 @@ def test_the_json_log_rotates_and_keeps_its_backups(tmp_path: Path) -> None:
     assert all(p.stat().st_size < 2000 + 400 for p in tmp_path.glob("events.jsonl*"))
     newest = (tmp_path / "events.jsonl").read_text().splitlines()
     assert json.loads(newest[-1])["fields"]["recipient"] == "r99@x"
+
+
+def test_a_batch_holds_its_events_and_writes_them_when_it_ends(tmp_path: Path) -> None:
+    """The master forwards what one read from a worker carried inside `batch()`: the file
+    sink writes those events once, at the end (issue 14: a write per event before)."""
+    log = open_event_log(tmp_path, stderr=False)
+    path = tmp_path / "events.jsonl"
+    log.emit(catalog.RELAY_DENIED, recipient="first@x", client="c")
+    written = path.stat().st_size
+    assert written > 0, "outside a batch an event is written at once"
+    with log.batch():
+        for n in range(5):
+            log.emit(catalog.RELAY_DENIED, recipient=f"r{n}@x", client="c")
+        assert path.stat().st_size == written, "held until the batch ends"
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["fields"]["recipient"] for line in lines[1:]] == [
+        f"r{n}@x" for n in range(5)
+    ]
+    log.emit(catalog.RELAY_DENIED, recipient="after@x", client="c")
+    assert json.loads(path.read_text().splitlines()[-1])["fields"]["recipient"] == "after@x"
+    log.close()
+
+
+def test_the_json_log_counts_an_existing_file_and_wide_characters_towards_rotation(
+    tmp_path: Path,
+) -> None:
+    """The size that decides rotation is counted, not asked of the stream: from the file
+    left by an earlier run, in bytes (UTF-8), not characters."""
+    path = tmp_path / "events.jsonl"
+    path.write_text("x" * 1500 + "\n")
+    log = open_event_log(tmp_path, stderr=False, max_bytes=2000, backups=1)
+    log.emit(catalog.RELAY_DENIED, recipient="é" * 300 + "@x", client="c")  # 600 bytes
+    log.emit(catalog.RELAY_DENIED, recipient="next@x", client="c")
+    log.close()
+    rotated = (tmp_path / "events.jsonl.1").read_text().splitlines()
+    assert rotated[0] == "x" * 1500 and len(rotated) == 2, "the old file and the wide event"
+    newest = path.read_text().splitlines()
+    assert [json.loads(line)["fields"]["recipient"] for line in newest] == ["next@x"]

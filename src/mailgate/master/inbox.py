@@ -68,8 +68,9 @@ class WorkerInbox:
         worker.buffer += data
         *lines, worker.buffer = worker.buffer.split(b"\n")
         heard = False
-        for line in lines:
-            heard = self._message(worker, line) or heard
+        with self.events.batch():  # the read's events reach each file in one write
+            for line in lines:
+                heard = self._message(worker, line) or heard
         if heard:  # once per read: a read carries many lines under load
             worker.last_heard = time.time()
         return True
