@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from mailgate.errors import PortInUse
+from mailgate.receive import holder as holder_module
 from mailgate.receive.holder import command_line, holder, holders
 from mailgate.receive.listeners import bind
 
@@ -30,6 +31,26 @@ def test_a_socket_shared_with_a_child_is_held_by_the_parent() -> None:
             child.stdin.close()
             child.wait(10)
     assert holders(port) == [] and holder(port) is None
+
+
+def test_a_descriptor_closed_during_the_scan_does_not_hide_the_holder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A child starting up opens and closes files while its fd table is read: one entry
+    # gone between the listing and its readlink once hid the whole process.
+    real = os.readlink
+    gone = []
+
+    def readlink(path: str) -> str:
+        if path.startswith(f"/proc/{os.getpid()}/fd/") and not gone:
+            gone.append(path)
+            raise FileNotFoundError(path)
+        return real(path)
+
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        monkeypatch.setattr(holder_module.os, "readlink", readlink)
+        assert holders(sock.getsockname()[1]) == [os.getpid()]
+    assert gone, "the scan read this process's descriptors"
 
 
 def test_bind_on_a_taken_port_names_the_holder() -> None:

@@ -36,9 +36,18 @@ def holders(port: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):  # gone, or another user's
-            if any(os.readlink(fd.path) in targets for fd in os.scandir(f"{entry.path}/fd")):
+            if any(_link(fd.path) in targets for fd in os.scandir(f"{entry.path}/fd")):
                 found.append(int(entry.name))
     return sorted(found)
+
+
+def _link(fd_path: str) -> str:
+    """What one descriptor names, "" if it closed since the listing: a process opening
+    and closing files as it is read (a child starting up) still counts by its others."""
+    try:
+        return os.readlink(fd_path)
+    except OSError:
+        return ""
 
 
 def command_line(pid: int) -> str:
