@@ -62,6 +62,12 @@ def test_a_critical_thread_that_keeps_failing_ends_the_service_with_1002(
         assert failed, "no ServiceFailed event"
         reason = failed[-1]["fields"]["reason"]
         assert "commit" in reason, reason  # the thread that failed is named, in both modes
+        # A worker that fails for good says how its last run ended (a worker once died
+        # without last words under load, and neither 5013 nor 1002 said how).
+        assert bool(mg.events(5013)) is (mode == ()), "5013 when, and only when, workers run"
+        for event in mg.events(5013):
+            assert event["fields"]["how"].startswith(("exit status", "signal")), event
+            assert event["fields"]["how"] in reason, (event, reason)
         assert mg.events(10003), "the thread's own failure is in the log too"
         # Regression: the threads blocked on the dead committer's futures (postoffice,
         # scheduler) held the stop until its 10 s deadline and were named by event 1005.

@@ -262,10 +262,11 @@ class Master(Part):
                 role=worker.spec.role,
                 restarts=worker.budget.used,
                 window=int(worker.budget.window),
+                how=how,
             )
             # Without this worker the service cannot do its job: end it, non-zero (Q151431).
-            words = f": {worker.last_words}" if worker.last_words else ""
-            self.fail(f"worker {worker.name} failed{words}")
+            # Its last words name the thread that failed; without them, how it ended.
+            self.fail(f"worker {worker.name} failed ({how})")
             return
         # One that died before it ever reported backs off longer (a structural problem).
         backoff = worker.budget.backoff(structural=worker.heartbeats == 0)

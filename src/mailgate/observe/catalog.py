@@ -780,7 +780,8 @@ WORKER_KILLED = _event(
 )  # fmt: skip
 WORKER_FAILED = _event(
     5013, "WorkerFailed", C.SUPERVISION, S.CRITICAL, MIN,
-    "worker {worker} ({role}) died {restarts} times within {window}s; not restarted",
+    "worker {worker} ({role}) died {restarts} times within {window}s; not restarted (the "
+    "last: {how})",
     "A worker process keeps dying; restarting it again would only hide the problem. "
     "Without it the service cannot do its job: it exits non-zero (event 1002) so that "
     "its service manager restarts it.",
