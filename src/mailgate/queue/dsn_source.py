@@ -38,12 +38,16 @@ def bounce_source(conn: Connection, queue_id: str, state: RecipientState) -> Bou
 def _source(
     conn: Connection, queue_id: str, state: RecipientState, *, only_if_any: bool
 ) -> BounceSource | None:
+    # The state is spelled in the SQL, not bound: SQLite prepares a statement again at each
+    # new binding of a parameter compared with a column that a partial index's WHERE names
+    # (recipients_due, recipients_lease), and this runs for every finished message (issue
+    # 14: 21 -> 6 us per call). A RecipientState value is one of a fixed set of words.
     recipients = tuple(
         ReportedRecipient(str(address), reply, remote)
         for address, reply, remote in conn.execute(
             "SELECT address, last_reply, remote_mta FROM recipients "
-            "WHERE message_id = ? AND state = ? ORDER BY id",
-            (queue_id, state.value),
+            f"WHERE message_id = ? AND state = '{RecipientState(state).value}' ORDER BY id",
+            (queue_id,),
         ).fetchall()
     )
     if only_if_any and not recipients:
